@@ -1,0 +1,3 @@
+from initcli.cli import main
+
+main()

@@ -1,0 +1,232 @@
+"""Activation functions, their derivatives and torch's gain table.
+
+Every function works on numpy arrays of any float dtype, returns the same dtype, and is
+written so that large |x| neither overflows nor warns (sigmoid(-1000) is 0, not a warning).
+Derivatives take both the pre-activation and the activation, since several are cheapest
+from the output (tanh' = 1 - tanh², sigmoid' = s(1 - s)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import InitcliError, suggest
+
+Array = np.ndarray
+
+# Klambauer et al. 2017, "Self-Normalizing Neural Networks", eq. 14 (the values torch uses).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+ELU_ALPHA = 1.0  # torch.nn.ELU's default
+DEFAULT_NEGATIVE_SLOPE = 0.01  # torch.nn.LeakyReLU's default
+
+# Saturation thresholds of THEORY.md: the flat regions of tanh and sigmoid.
+TANH_SATURATION = 0.97
+SIGMOID_SATURATION = (0.03, 0.97)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation φ with φ'(h), and what the rest of initcli needs to know about it."""
+
+    name: str
+    fn: Callable[[Array], Array]
+    derivative: Callable[[Array, Array], Array]  # (preact, act) -> φ'(preact)
+    torch_gain: float | None  # torch.nn.init.calculate_gain, None where torch has no entry
+    piecewise: bool  # φ or φ' changes form at 0: integrate each half-line separately
+    saturated: Callable[[Array], Array] | None = None  # act -> bool mask of the flat region
+    negative_slope: float | None = None
+
+
+# -- numerically stable pieces ------------------------------------------------------------
+
+
+def sigmoid(x: Array) -> Array:
+    """1/(1+e^-x) without overflow: only e^-|x| is ever formed."""
+    x = np.asarray(x)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def softplus(x: Array) -> Array:
+    """log(1+e^x) = max(x,0) + log1p(e^-|x|)."""
+    x = np.asarray(x)
+    return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype, copy=False)
+
+
+@lru_cache(maxsize=1)
+def _erf_fits():
+    """Chebyshev fits, built once, that evaluate erf to about 1e-14 (absolute; relative in the tails).
+
+    numpy has no erf and initcli's only dependency is numpy, so: on |z| <= 3 fit erf(z)/z,
+    an entire function of t = (z/3)²; on |z| > 3 fit k(u) = √π·z·e^{z²}·erfc(z) of
+    u = 3/z, which is smooth and tends to 1 (the leading term of erfc's asymptotic series).
+    The nodes' values come from math.erf/math.erfc (correctly rounded libm).
+    """
+    from numpy.polynomial import Chebyshev
+
+    def erf_over_z(t):
+        z = 3 * np.sqrt(t)
+        return np.array([math.erf(v) / v if v > 0 else 2 / math.sqrt(math.pi) for v in z])
+
+    def k_of_u(u):
+        out = []
+        for ui in u:
+            z = 3 / ui
+            if z < 25:
+                out.append(math.sqrt(math.pi) * z * math.exp(z * z) * math.erfc(z))
+            else:  # asymptotic series 1 + Σ (-1)^n (2n-1)!!/(2z²)^n: 12 terms, error < 1e-25
+                term, total = 1.0, 1.0
+                for n in range(1, 13):
+                    term *= -(2 * n - 1) / (2 * z * z)
+                    total += term
+                out.append(total)
+        return np.array(out)
+
+    inner = Chebyshev.interpolate(erf_over_z, 21, domain=[0, 1])
+    outer = Chebyshev.interpolate(k_of_u, 22, domain=[0, 1])
+    return inner, outer
+
+
+def erf(x: Array) -> Array:
+    """The error function, vectorised, in float64."""
+    z = np.asarray(x, dtype=np.float64)
+    inner, outer = _erf_fits()
+    a = np.abs(z)
+    out = np.empty_like(z)
+    small = a <= 3
+    zs = z[small]
+    out[small] = zs * inner((zs / 3) ** 2)
+    big = ~small
+    ab = a[big]
+    with np.errstate(under="ignore"):
+        tail = np.exp(-ab * ab) * outer(3 / ab) / (ab * math.sqrt(math.pi))  # erfc(|z|)
+    out[big] = np.sign(z[big]) * (1 - tail)
+    return out
+
+
+def norm_cdf(x: Array) -> Array:
+    """Φ(x), the standard normal CDF, accurate in the far left tail too (float64)."""
+    z = np.asarray(x, dtype=np.float64) / math.sqrt(2)
+    inner, outer = _erf_fits()
+    a = np.abs(z)
+    out = np.empty_like(z)
+    small = a <= 3
+    zs = z[small]
+    out[small] = 0.5 + 0.5 * zs * inner((zs / 3) ** 2)
+    big = ~small
+    ab = a[big]
+    with np.errstate(under="ignore"):
+        half_erfc = 0.5 * np.exp(-ab * ab) * outer(3 / ab) / (ab * math.sqrt(math.pi))
+    out[big] = np.where(z[big] > 0, 1 - half_erfc, half_erfc)
+    return out
+
+
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _gelu(x: Array) -> Array:
+    return (x * norm_cdf(x)).astype(x.dtype, copy=False)
+
+
+def _gelu_derivative(x: Array, _act: Array) -> Array:
+    x64 = x.astype(np.float64, copy=False)
+    with np.errstate(under="ignore"):
+        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x64 * x64)
+    return (norm_cdf(x64) + x64 * pdf).astype(x.dtype, copy=False)
+
+
+def _elu(x: Array, alpha: float = ELU_ALPHA) -> Array:
+    # expm1 only of the non-positive part, so large x never overflows
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype, copy=False)
+
+
+def _elu_derivative(x: Array, _act: Array, alpha: float = ELU_ALPHA) -> Array:
+    return np.where(x > 0, 1, alpha * np.exp(np.minimum(x, 0))).astype(x.dtype, copy=False)
+
+
+def _silu_derivative(x: Array, _act: Array) -> Array:
+    s = sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+def _leaky(slope: float) -> tuple[Callable, Callable]:
+    def fn(x):
+        return np.where(x > 0, x, x * x.dtype.type(slope))
+
+    def derivative(x, _act):
+        return np.where(x > 0, x.dtype.type(1), x.dtype.type(slope))
+
+    return fn, derivative
+
+
+def _relu_derivative(x: Array, _act: Array) -> Array:
+    # relu'(0) = 0, as torch takes it: a zero-initialised ReLU stack gets no gradient at all
+    return (x > 0).astype(x.dtype)
+
+
+def _tanh_saturated(act: Array) -> Array:
+    return np.abs(act) > TANH_SATURATION
+
+
+def _sigmoid_saturated(act: Array) -> Array:
+    low, high = SIGMOID_SATURATION
+    return (act < low) | (act > high)
+
+
+def _build(negative_slope: float) -> dict[str, Activation]:
+    leaky_fn, leaky_derivative = _leaky(negative_slope)
+    return {
+        a.name: a
+        for a in [
+            Activation("linear", lambda x: x, lambda x, a: np.ones_like(x), 1.0, False),
+            Activation("relu", lambda x: np.maximum(x, 0), _relu_derivative, math.sqrt(2), True),
+            Activation(
+                "leaky-relu",
+                leaky_fn,
+                leaky_derivative,
+                math.sqrt(2 / (1 + negative_slope**2)),
+                True,
+                negative_slope=negative_slope,
+            ),
+            Activation("tanh", np.tanh, lambda x, a: 1 - a * a, 5 / 3, False, _tanh_saturated),
+            Activation("sigmoid", sigmoid, lambda x, a: a * (1 - a), 1.0, False, _sigmoid_saturated),
+            Activation(
+                "selu",
+                lambda x: (SELU_SCALE * _elu(x, SELU_ALPHA)).astype(x.dtype, copy=False),
+                lambda x, a: (SELU_SCALE * _elu_derivative(x, a, SELU_ALPHA)).astype(x.dtype, copy=False),
+                3 / 4,
+                True,
+            ),
+            Activation("elu", _elu, _elu_derivative, None, True),
+            Activation("gelu", _gelu, _gelu_derivative, None, False),
+            Activation("silu", lambda x: x * sigmoid(x), _silu_derivative, None, False),
+            Activation("softplus", softplus, lambda x, a: sigmoid(x), None, False),
+        ]
+    }
+
+
+ACTIVATION_NAMES: tuple[str, ...] = tuple(_build(DEFAULT_NEGATIVE_SLOPE))
+_ALIASES = {"identity": "linear", "none": "linear", "leaky_relu": "leaky-relu", "leakyrelu": "leaky-relu",
+            "swish": "silu", "logistic": "sigmoid"}
+
+
+def get_activation(name: str, negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> Activation:
+    """The activation called `name` (or one of its aliases, such as swish for silu)."""
+    if not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope):
+        raise InitcliError("negative_slope", f"must be a finite number, got {negative_slope!r}")
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    table = _build(float(negative_slope))
+    if key not in table:
+        raise InitcliError(
+            "activation",
+            f"unknown activation '{name}'{suggest(key, list(table) + list(_ALIASES))}; "
+            f"choose from {', '.join(table)}",
+        )
+    return table[key]

@@ -1,0 +1,272 @@
+"""The `initcli` command: parse options, call the domain, render. Nothing else.
+
+numpy and rich are imported inside the commands, so `initcli --help` and `--version` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from . import __version__
+from .errors import InitcliError
+
+# Typer raises click's exceptions, from click itself or (typer >= 0.25) from its vendored copy.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_Abort = next((c for c in typer.Abort.__mro__ if c.__name__ == "Abort"), typer.Abort)
+
+
+class _OneLineErrors(TyperGroup):
+    """Every usage error, ours or click's, as one line on stderr with exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name or "initcli", complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except InitcliError as exc:
+            code = _fail(str(exc))
+        except _ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `initcli`: the help, not an error
+                print(exc.format_message())
+                code = 0
+            else:
+                code = _fail(exc.format_message())
+        except (_Abort, KeyboardInterrupt):
+            print("initcli: interrupted", file=sys.stderr)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> int:
+    first_line = " ".join(message.split())
+    print(f"initcli: error: {first_line}", file=sys.stderr)
+    return 2
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    name="initcli",
+    help="Will this weight initialisation train? Sample schemes, push signals through deep stacks, "
+         "and see vanishing, exploding and symmetric inits in numbers.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"initcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Will this weight initialisation train?"""
+
+
+# -- shared options -------------------------------------------------------------------------
+
+Scheme = Annotated[str, typer.Option("--scheme", "-s", help="Init scheme (see `initcli schemes`).")]
+Gain = Annotated[float, typer.Option(help="Multiplies the weights (the std) of every scheme.")]
+Mode = Annotated[Optional[str], typer.Option(
+    help="fan_in, fan_out or fan_avg; overrides the preset's (variance-scaling schemes).")]
+Distribution = Annotated[Optional[str], typer.Option(
+    help="normal, uniform or truncated-normal; overrides the preset's.")]
+ActivationOpt = Annotated[str, typer.Option("--activation", "-a", help=(
+    "linear, relu, leaky-relu, tanh, sigmoid, selu, elu, gelu, silu or softplus."))]
+NegativeSlope = Annotated[float, typer.Option(
+    help="Slope a of leaky-relu; He scales by 2/(1+a²) with it, as torch's kaiming does.")]
+Value = Annotated[float, typer.Option(help="The weight of the constant scheme.")]
+Std = Annotated[float, typer.Option(help="The std of the normal scheme.")]
+Limit = Annotated[float, typer.Option(help="The limit of the uniform scheme, U(-limit, limit).")]
+Seed = Annotated[int, typer.Option(help="Seeds weights, biases, inputs and cotangent (separate streams).")]
+Format = Annotated[str, typer.Option("--format", "-f", help=(
+    "auto, table, csv or json. auto: a table on a terminal, CSV when piped or redirected."))]
+Dtype = Annotated[str, typer.Option(help="float32 (what networks train in) or float64.")]
+BiasStd = Annotated[float, typer.Option(help="Biases are drawn from N(0, bias-std²); 0 gives zero bias.")]
+
+
+def parse_int_list(text: str, param: str, *, min_len: int = 1) -> list[int]:
+    """'784,256,10' -> [784, 256, 10]; anything but positive integers is refused."""
+    items = [item.strip() for item in text.split(",")]
+    values = []
+    for item in items:
+        if not item.isdigit() or int(item) <= 0:
+            shown = item if item else "(empty)"
+            raise InitcliError(param, f"must be a comma list of positive integers such as 784,256,10; "
+                                      f"'{shown}' is not one")
+        values.append(int(item))
+    if len(values) < min_len:
+        raise InitcliError(param, f"needs at least {min_len} comma-separated sizes, got '{text}'")
+    return values
+
+
+def _init_options(gain, mode, distribution, activation, negative_slope, value, std, limit) -> dict:
+    return {"gain": gain, "mode": mode, "distribution": distribution, "activation": activation,
+            "negative_slope": negative_slope, "value": value, "std": std, "limit": limit}
+
+
+def _output_format(fmt: str) -> str:
+    from .render import resolve_format
+
+    return resolve_format(fmt, sys.stdout.isatty())
+
+
+def _stdout_console(fmt_requested_table_on_pipe: bool):
+    from rich.console import Console
+
+    # a forced table into a pipe must not be cut to 80 columns
+    return Console(width=400) if fmt_requested_table_on_pipe else Console()
+
+
+def _write_machine(fmt: str, command: str, params: dict, rows: list[dict], columns, **extra) -> None:
+    from .render import write_csv, write_json
+
+    if fmt == "csv":
+        write_csv(rows, columns, sys.stdout)
+    else:
+        write_json(command, params, rows, sys.stdout, **extra)
+    sys.stdout.flush()
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@app.command()
+def schemes(fmt: Format = "auto") -> None:
+    """List every init scheme: formula, fan mode, the activation it was designed for, the paper."""
+    from .render import print_table
+    from .schemes import scheme_table
+
+    out = _output_format(fmt)
+    rows = scheme_table()
+    columns = list(rows[0])
+    if out == "table":
+        print_table(rows, columns, title="initcli schemes (std × gain; a = negative slope)",
+                    console=_stdout_console(not sys.stdout.isatty()))
+    else:
+        _write_machine(out, "schemes", {}, rows, columns)
+
+
+@app.command()
+def sample(
+    scheme: Scheme = "he-normal",
+    sizes: Annotated[Optional[str], typer.Option(
+        help="Layer sizes, one matrix per consecutive pair. Default 784,256,256,10.")] = None,
+    shape: Annotated[Optional[str], typer.Option(
+        help="One tensor in PyTorch layout (out,in,*kernel), e.g. 64,3,7,7.")] = None,
+    gain: Gain = 1.0,
+    mode: Mode = None,
+    distribution: Distribution = None,
+    activation: ActivationOpt = "relu",
+    negative_slope: NegativeSlope = 0.01,
+    value: Value = 0.5,
+    std: Std = 1.0,
+    limit: Limit = 1.0,
+    bias_std: BiasStd = 0.0,
+    dtype: Dtype = "float32",
+    seed: Seed = 0,
+    save: Annotated[Optional[str], typer.Option(help="Write weights and biases to this .npz file.")] = None,
+    force: Annotated[bool, typer.Option(help="Let --save overwrite an existing file.")] = False,
+    fmt: Format = "auto",
+) -> None:
+    """Draw the weights and compare them with the scheme's formula."""
+    from .render import histogram_line, print_table, stderr_console
+    from .sampling import WEIGHT_COLUMNS, save_npz
+    from .sampling import sample as sample_weights
+
+    out = _output_format(fmt)
+    result = sample_weights(
+        scheme,
+        sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
+        shape=None if shape is None else parse_int_list(shape, "shape", min_len=2),
+        bias_std=bias_std, seed=seed, dtype=dtype,
+        **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
+    )
+    if save is not None:
+        save_npz(result, save, force=force)
+        stderr_console().print(f"saved {len(result.weights)} weight tensors to {save}", soft_wrap=True)
+    rows = result.rows()
+    if out == "table":
+        p = result.params
+        print_table(rows, WEIGHT_COLUMNS, title=f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}",
+                    extra_columns={"histogram": [histogram_line(w) for w in result.weights]},
+                    console=_stdout_console(not sys.stdout.isatty()))
+    else:
+        _write_machine(out, "sample", result.params, rows, WEIGHT_COLUMNS)
+
+
+def _propagate_style(column: str, value) -> str | None:
+    if column == "dead_frac" and isinstance(value, float) and value >= 0.5:
+        return "red"
+    if column == "saturated_frac" and isinstance(value, float) and value >= 0.5:
+        return "yellow"
+    if column == "effective_rank" and isinstance(value, float) and value <= 1.5:
+        return "magenta"
+    return None
+
+
+@app.command()
+def propagate(
+    depth: Annotated[Optional[int], typer.Option(help="Number of Linear→activation layers (default 10).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Units per layer, input included (default 256).")] = None,
+    sizes: Annotated[Optional[str], typer.Option(
+        help="Layer sizes n0,n1,…,nL instead of --depth/--width, e.g. 784,256,256,10.")] = None,
+    scheme: Scheme = "he-normal",
+    activation: ActivationOpt = "relu",
+    batch: Annotated[int, typer.Option(help="Number of random inputs.")] = 512,
+    gain: Gain = 1.0,
+    mode: Mode = None,
+    distribution: Distribution = None,
+    negative_slope: NegativeSlope = 0.01,
+    value: Value = 0.5,
+    std: Std = 1.0,
+    limit: Limit = 1.0,
+    bias_std: BiasStd = 0.0,
+    input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
+    dtype: Dtype = "float32",
+    seed: Seed = 0,
+    fmt: Format = "auto",
+) -> None:
+    """Push random inputs through a deep stack, backpropagate, and report every layer."""
+    from .propagation import LAYER_COLUMNS
+    from .propagation import propagate as run_propagate
+    from .render import overflow_message, print_table, stderr_console
+
+    out = _output_format(fmt)
+    result = run_propagate(
+        scheme,
+        sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
+        depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype,
+        seed=seed, **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
+    )
+    rows = result.rows()
+    if out == "table":
+        p = result.params
+        shape = (f"{p['depth']} layers of {p['sizes'][1]}" if len(set(p["sizes"])) == 1
+                 else "sizes " + ",".join(map(str, p["sizes"])))
+        print_table(rows, LAYER_COLUMNS,
+                    title=f"{p['scheme']} · {p['activation']} · {shape} · batch {p['batch']} · "
+                          f"{p['dtype']} · seed {p['seed']}",
+                    cell_style=_propagate_style, console=_stdout_console(not sys.stdout.isatty()))
+    else:
+        _write_machine(out, "propagate", result.params, rows, LAYER_COLUMNS,
+                       overflow={"forward_layer": result.forward_overflow_layer,
+                                 "backward_layer": result.backward_overflow_layer})
+    if result.overflowed:
+        stderr_console().print(overflow_message(result), style="yellow", soft_wrap=True)
+
+
+def main() -> None:
+    app()
