@@ -59,25 +59,30 @@ def softplus(x: Array) -> Array:
     return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype, copy=False)
 
 
+# erf is fitted on |z| <= _ERF_SPLIT; beyond it, erfc(|z|) is fitted relative to its asymptote,
+# so that Φ(x) = erfc(-x/√2)/2 keeps full relative accuracy in the far left tail (GELU there).
+_ERF_SPLIT = 1.0
+
+
 @lru_cache(maxsize=1)
 def _erf_fits():
-    """Chebyshev fits, built once, that evaluate erf to about 1e-14 (absolute; relative in the tails).
+    """Chebyshev fits, built once, that evaluate erf and erfc to about 1e-15.
 
-    numpy has no erf and initcli's only dependency is numpy, so: on |z| <= 3 fit erf(z)/z,
-    an entire function of t = (z/3)²; on |z| > 3 fit k(u) = √π·z·e^{z²}·erfc(z) of
-    u = 3/z, which is smooth and tends to 1 (the leading term of erfc's asymptotic series).
-    The nodes' values come from math.erf/math.erfc (correctly rounded libm).
+    numpy has no erf and initcli's only dependency is numpy, so: on |z| <= 1 fit erf(z)/z,
+    an entire function of t = z²; on |z| > 1 fit k(u) = √π·z·e^{z²}·erfc(z) of u = 1/z,
+    which is smooth on [0, 1] and tends to 1 (the leading term of erfc's asymptotic series).
+    The values at the nodes come from math.erf and math.erfc.
     """
     from numpy.polynomial import Chebyshev
 
     def erf_over_z(t):
-        z = 3 * np.sqrt(t)
+        z = _ERF_SPLIT * np.sqrt(t)
         return np.array([math.erf(v) / v if v > 0 else 2 / math.sqrt(math.pi) for v in z])
 
     def k_of_u(u):
         out = []
         for ui in u:
-            z = 3 / ui
+            z = _ERF_SPLIT / ui
             if z < 25:
                 out.append(math.sqrt(math.pi) * z * math.exp(z * z) * math.erfc(z))
             else:  # asymptotic series 1 + Σ (-1)^n (2n-1)!!/(2z²)^n: 12 terms, error < 1e-25
@@ -88,57 +93,70 @@ def _erf_fits():
                 out.append(total)
         return np.array(out)
 
-    inner = Chebyshev.interpolate(erf_over_z, 21, domain=[0, 1])
-    outer = Chebyshev.interpolate(k_of_u, 22, domain=[0, 1])
+    inner = Chebyshev.interpolate(erf_over_z, 14, domain=[0, 1])
+    outer = Chebyshev.interpolate(k_of_u, 40, domain=[0, 1])
     return inner, outer
+
+
+def _erf_pieces(z: np.ndarray):
+    """(mask of |z| <= split, erf(z) there, erfc(|z|) elsewhere)."""
+    inner, outer = _erf_fits()
+    a = np.abs(z)
+    small = a <= _ERF_SPLIT
+    zs = z[small]
+    erf_small = zs * inner((zs / _ERF_SPLIT) ** 2)
+    ab = a[~small]
+    with np.errstate(under="ignore"):
+        erfc_big = np.exp(-ab * ab) * outer(_ERF_SPLIT / ab) / (ab * math.sqrt(math.pi))
+    return small, erf_small, erfc_big
 
 
 def erf(x: Array) -> Array:
     """The error function, vectorised, in float64."""
     z = np.asarray(x, dtype=np.float64)
-    inner, outer = _erf_fits()
-    a = np.abs(z)
+    small, erf_small, erfc_big = _erf_pieces(z)
     out = np.empty_like(z)
-    small = a <= 3
-    zs = z[small]
-    out[small] = zs * inner((zs / 3) ** 2)
-    big = ~small
-    ab = a[big]
-    with np.errstate(under="ignore"):
-        tail = np.exp(-ab * ab) * outer(3 / ab) / (ab * math.sqrt(math.pi))  # erfc(|z|)
-    out[big] = np.sign(z[big]) * (1 - tail)
+    out[small] = erf_small
+    out[~small] = np.sign(z[~small]) * (1 - erfc_big)
     return out
 
 
 def norm_cdf(x: Array) -> Array:
-    """Φ(x), the standard normal CDF, accurate in the far left tail too (float64)."""
+    """Φ(x), the standard normal CDF, relatively accurate in the far left tail (float64)."""
     z = np.asarray(x, dtype=np.float64) / math.sqrt(2)
-    inner, outer = _erf_fits()
-    a = np.abs(z)
+    small, erf_small, erfc_big = _erf_pieces(z)
     out = np.empty_like(z)
-    small = a <= 3
-    zs = z[small]
-    out[small] = 0.5 + 0.5 * zs * inner((zs / 3) ** 2)
-    big = ~small
-    ab = a[big]
-    with np.errstate(under="ignore"):
-        half_erfc = 0.5 * np.exp(-ab * ab) * outer(3 / ab) / (ab * math.sqrt(math.pi))
-    out[big] = np.where(z[big] > 0, 1 - half_erfc, half_erfc)
+    out[small] = 0.5 + 0.5 * erf_small
+    out[~small] = np.where(z[~small] > 0, 1 - 0.5 * erfc_big, 0.5 * erfc_big)
     return out
 
 
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
+_BLOCK = 1 << 15  # GELU works in float64 a block at a time, so its temporaries stay small
+
+
+def _blockwise(kernel: Callable[[np.ndarray], np.ndarray], x: Array) -> Array:
+    out = np.empty_like(x)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_in.size, _BLOCK):
+        flat_out[start:start + _BLOCK] = kernel(flat_in[start:start + _BLOCK].astype(np.float64))
+    return out
+
+
 def _gelu(x: Array) -> Array:
-    return (x * norm_cdf(x)).astype(x.dtype, copy=False)
+    return _blockwise(lambda v: v * norm_cdf(v), x)
+
+
+def _gelu_derivative_kernel(v: np.ndarray) -> np.ndarray:
+    with np.errstate(under="ignore"):
+        pdf = _INV_SQRT_2PI * np.exp(-0.5 * v * v)
+    return norm_cdf(v) + v * pdf
 
 
 def _gelu_derivative(x: Array, _act: Array) -> Array:
-    x64 = x.astype(np.float64, copy=False)
-    with np.errstate(under="ignore"):
-        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x64 * x64)
-    return (norm_cdf(x64) + x64 * pdf).astype(x.dtype, copy=False)
+    return _blockwise(_gelu_derivative_kernel, x)
 
 
 def _elu(x: Array, alpha: float = ELU_ALPHA) -> Array:

@@ -117,22 +117,30 @@ def check_std(param: str, value) -> float:
 # -- memory guard ---------------------------------------------------------------------------
 
 
-def estimate_bytes(sizes: Sequence[int], batch: int, dtype: np.dtype) -> int:
-    """Peak memory of a propagate run, before anything is allocated.
+_STAT_BLOCK = 1 << 16  # elements cast to float64 at a time by _mean_var
+_WORKSPACE = 4 << 20  # blockwise float64 work (GELU, statistics) and small arrays
 
-    Kept for the backward pass: every layer's weights, activations and φ'(h); transient:
-    the float64 draw of the largest weight matrix, a few batch×width work arrays and the
-    float64 statistics of one layer (its centered copy and a min(batch, width)² Gram).
+
+def estimate_bytes(sizes: Sequence[int], batch: int, dtype: np.dtype) -> int:
+    """Peak memory of a propagate run, computed before anything is allocated.
+
+    Kept through the run: every layer's weights, the inputs, each layer's activations and
+    φ'(h), and the cotangent. On top of that, the larger of one layer's transients: forward,
+    its pre-activations, a float64 copy of its activations for the statistics, their Gram
+    matrix and a boolean mask; backward, two δ arrays and ∂L/∂W. Before the run, sampling
+    holds the weights drawn so far and the float64 draw of one matrix.
     """
     itemsize = np.dtype(dtype).itemsize
-    widths = sizes[1:]
-    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-    largest_matrix = max(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-    widest = max(sizes)
-    kept = (weights + batch * sizes[0] + 2 * batch * sum(widths)) * itemsize
-    transient = largest_matrix * 8 + 4 * batch * widest * itemsize + 3 * batch * widest * 8
-    transient += min(batch, widest) ** 2 * 8
-    return kept + transient
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    weights = sum(n_in * n_out for n_in, n_out in pairs) * itemsize
+    build_peak = weights + max(n_in * n_out for n_in, n_out in pairs) * 8
+    kept = weights + batch * (sizes[0] + 2 * sum(sizes[1:]) + sizes[-1]) * itemsize
+    transient = max(
+        max(batch * n_out * (itemsize + 8 + 2) + min(batch, n_out) ** 2 * 8,
+            2 * batch * max(n_in, n_out) * itemsize + n_in * n_out * itemsize + _STAT_BLOCK * 8)
+        for n_in, n_out in pairs
+    )
+    return max(build_peak, kept + transient) + _WORKSPACE
 
 
 def available_bytes() -> int | None:
@@ -235,30 +243,45 @@ def forward(stack: Stack, activation: Activation, x: np.ndarray,
     return trace
 
 
-def backward(stack: Stack, trace: Trace, cotangent: np.ndarray,
-             observe: BackwardObserver | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Backpropagate ∂L/∂a_L = cotangent. Returns [(∂L/∂W_l, ∂L/∂b_l)] for l = 1…L.
+def backward(stack: Stack, trace: Trace, cotangent: np.ndarray, observe: BackwardObserver | None = None,
+             *, keep_grads: bool = True) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Backpropagate ∂L/∂a_L = cotangent. Returns [(∂L/∂W_l, ∂L/∂b_l)] for l = 1…L, or None
+    when `keep_grads` is false (then each ∂L/∂W_l lives only while `observe` looks at it).
 
     `observe(layer, delta, weight_grad)` sees each layer from the top down.
     """
-    grads: list[tuple[np.ndarray, np.ndarray]] = [None] * len(stack.weights)  # type: ignore[list-item]
+    grads: list[tuple[np.ndarray, np.ndarray]] = []
     delta = cotangent * trace.derivs[-1]
     for index in range(len(stack.weights), 0, -1):
         weight_grad = delta.T @ trace.acts[index - 1]
         if observe is not None:
             observe(index, delta, weight_grad)
-        grads[index - 1] = (weight_grad, delta.sum(axis=0))
+        if keep_grads:
+            grads.append((weight_grad, delta.sum(axis=0)))
+        del weight_grad
         if index > 1:
             delta = (delta @ stack.weights[index - 1]) * trace.derivs[index - 2]
-    return grads
+    return grads[::-1] if keep_grads else None
 
 
 # -- statistics -----------------------------------------------------------------------------
 
 
+
+
 def _mean_var(x: np.ndarray) -> tuple[float, float]:
-    mean = x.mean(dtype=np.float64)
-    return float(mean), float(np.var(x, dtype=np.float64))
+    """Mean and variance in float64, two-pass (no cancellation when the mean dominates),
+    casting a block at a time so a large float32 array never gets a full float64 copy."""
+    flat = x.reshape(-1)
+    if flat.size == 0:
+        return math.nan, math.nan
+    mean = flat.mean(dtype=np.float64)
+    total = 0.0
+    for start in range(0, flat.size, _STAT_BLOCK):
+        block = flat[start:start + _STAT_BLOCK].astype(np.float64)
+        block -= mean
+        total += float(np.dot(block, block))
+    return float(mean), total / flat.size
 
 
 def effective_rank(acts: np.ndarray) -> float:
@@ -268,8 +291,9 @@ def effective_rank(acts: np.ndarray) -> float:
     ratio is scale-free: A is divided by its largest entry first, so huge values cannot
     overflow. 0 when C = 0 (every input gives the same activations).
     """
-    centered = acts.astype(np.float64) - acts.mean(axis=0, dtype=np.float64)
-    largest = np.max(np.abs(centered)) if centered.size else 0.0
+    centered = acts.astype(np.float64)
+    centered -= centered.mean(axis=0)
+    largest = max(centered.max(), -centered.min()) if centered.size else 0.0
     if not np.isfinite(largest):
         return math.nan
     if largest == 0:
@@ -277,7 +301,7 @@ def effective_rank(acts: np.ndarray) -> float:
     centered /= largest
     gram = centered @ centered.T if centered.shape[0] <= centered.shape[1] else centered.T @ centered
     trace = np.trace(gram)
-    return float(trace * trace / np.sum(gram * gram))
+    return float(trace * trace / np.vdot(gram, gram))
 
 
 def mean_input_cosine(acts: np.ndarray) -> float:
@@ -288,18 +312,16 @@ def mean_input_cosine(acts: np.ndarray) -> float:
     than two remain.
     """
     a = acts.astype(np.float64)
-    largest = np.max(np.abs(a)) if a.size else 0.0
-    if not np.isfinite(largest):
-        return math.nan
-    if largest == 0:
+    largest = max(a.max(), -a.min()) if a.size else 0.0
+    if not np.isfinite(largest) or largest == 0:
         return math.nan
     a /= largest
     norms = np.sqrt(np.einsum("ij,ij->i", a, a))
-    keep = norms > 0
-    m = int(keep.sum())
+    m = int(np.count_nonzero(norms))
     if m < 2:
         return math.nan
-    total = (a[keep] / norms[keep, None]).sum(axis=0)
+    a /= np.where(norms > 0, norms, 1.0)[:, None]  # zero rows stay zero and add nothing
+    total = a.sum(axis=0)
     return float((total @ total - m) / (m * (m - 1)))
 
 
@@ -379,14 +401,13 @@ def _run(init: Init, act: Activation, sizes, batch, bias_std, input_std, dtype, 
     def on_backward(layer: int, delta: np.ndarray, weight_grad: np.ndarray) -> None:
         if overflow["backward"] is None and not np.isfinite(delta).all():
             overflow["backward"] = layer
-        backward_stats[layer - 1] = {"grad_var": float(np.var(delta, dtype=np.float64)),
-                                     "weight_grad_var": float(np.var(weight_grad, dtype=np.float64))}
+        backward_stats[layer - 1] = {"grad_var": _mean_var(delta)[1], "weight_grad_var": _mean_var(weight_grad)[1]}
 
     trace = forward(stack, act, x, on_forward)
-    backward(stack, trace, cotangent, on_backward)
+    backward(stack, trace, cotangent, on_backward, keep_grads=False)
     layers = tuple(
         LayerStats(layer=i + 1, fan_in=w.shape[1], fan_out=w.shape[0],
-                   weight_std=float(np.std(w, dtype=np.float64)), **{
+                   weight_std=math.sqrt(_mean_var(w)[1]), **{
                        k: (forward_stats[i] | backward_stats[i])[k]
                        for k in LAYER_COLUMNS[4:]
                    })

@@ -1,0 +1,118 @@
+import math
+
+import numpy as np
+import pytest
+
+from initcli.activations import ACTIVATION_NAMES, erf, get_activation, norm_cdf, sigmoid, softplus
+from initcli.errors import InitcliError
+
+# Independent scalar references, written from the textbook definitions with math's functions.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+REFERENCE = {
+    "linear": lambda x: x,
+    "relu": lambda x: max(x, 0.0),
+    "leaky-relu": lambda x: x if x > 0 else 0.01 * x,
+    "tanh": math.tanh,
+    "sigmoid": lambda x: 1 / (1 + math.exp(-x)),
+    "selu": lambda x: SELU_SCALE * (x if x > 0 else SELU_ALPHA * math.expm1(x)),
+    "elu": lambda x: x if x > 0 else math.expm1(x),
+    "gelu": lambda x: 0.5 * x * math.erfc(-x / math.sqrt(2)),  # erfc form: no cancellation for x < 0
+    "silu": lambda x: x / (1 + math.exp(-x)),
+    "softplus": lambda x: math.log1p(math.exp(x)),
+}
+
+
+def test_every_activation_has_a_reference():
+    assert set(REFERENCE) == set(ACTIVATION_NAMES)
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_function_matches_reference(name):
+    x = np.linspace(-8, 8, 2001)
+    got = get_activation(name).fn(x)
+    want = np.array([REFERENCE[name](v) for v in x])
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_derivative_matches_central_difference(name, dtype):
+    act = get_activation(name)
+    # keep clear of the kink at 0, where the one-sided slopes differ
+    x = np.concatenate([np.linspace(-6, -0.05, 300), np.linspace(0.05, 6, 300)])
+    step = 1e-6
+    numeric = (act.fn(x + step) - act.fn(x - step)) / (2 * step)
+    x_typed = x.astype(dtype)
+    analytic = act.derivative(x_typed, act.fn(x_typed))
+    assert analytic.dtype == dtype
+    tol = 1e-7 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(analytic, numeric, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_inputs_are_finite_and_silent(name, dtype):
+    # pytest turns RuntimeWarning into an error (pyproject), so an overflow warning fails here
+    act = get_activation(name)
+    x = np.array([-1e4, -1000, -100, 0, 100, 1000, 1e4], dtype=dtype)
+    y = act.fn(x)
+    d = act.derivative(x, y)
+    assert y.dtype == dtype and d.dtype == dtype
+    assert np.isfinite(y).all() and np.isfinite(d).all()
+
+
+def test_stable_limits():
+    assert sigmoid(np.array([-1000.0]))[0] == 0.0
+    assert sigmoid(np.array([1000.0]))[0] == 1.0
+    assert softplus(np.array([1000.0]))[0] == 1000.0
+    assert softplus(np.array([-1000.0]))[0] == 0.0
+
+
+def test_erf_against_math():
+    x = np.linspace(-10, 10, 40001)
+    want = np.array([math.erf(v) for v in x])
+    np.testing.assert_allclose(erf(x), want, rtol=0, atol=2e-14)
+
+
+def test_norm_cdf_tail_is_relatively_accurate():
+    # the left tail is what GELU needs for large negative inputs
+    x = -np.linspace(0, 35, 7001)
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
+    np.testing.assert_allclose(norm_cdf(x), want, rtol=1e-12)
+
+
+def test_torch_gain_table_matches_torch():
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[reference]')")
+    for name, torch_name in [("linear", "linear"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("relu", "relu"),
+                             ("selu", "selu")]:
+        assert get_activation(name).torch_gain == torch.nn.init.calculate_gain(torch_name)
+    for slope in (0.01, 0.2, 1.0):
+        assert get_activation("leaky-relu", slope).torch_gain == pytest.approx(
+            torch.nn.init.calculate_gain("leaky_relu", slope), rel=1e-15)
+    for name in ("elu", "gelu", "silu", "softplus"):
+        assert get_activation(name).torch_gain is None
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_matches_torch_functional(name):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[reference]')")
+    F = torch.nn.functional
+    fn = {"linear": lambda t: t, "relu": F.relu, "leaky-relu": lambda t: F.leaky_relu(t, 0.01), "tanh": torch.tanh,
+          "sigmoid": torch.sigmoid, "selu": F.selu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu,
+          "softplus": lambda t: F.softplus(t, threshold=1e9)}[name]
+    x = np.linspace(-30, 30, 6001)
+    # absolute slack: torch forms gelu as x·(1 + erf(x/√2))/2, which cancels for x << 0
+    np.testing.assert_allclose(get_activation(name).fn(x), fn(torch.from_numpy(x)).numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_unknown_activation_suggests():
+    with pytest.raises(InitcliError) as info:
+        get_activation("tanhh")
+    assert info.value.option == "--activation"
+    assert "tanh" in str(info.value)
+
+
+def test_aliases():
+    assert get_activation("swish").name == "silu"
+    assert get_activation("leaky_relu").name == "leaky-relu"

@@ -1,0 +1,279 @@
+import math
+
+import numpy as np
+import pytest
+
+from initcli.activations import ACTIVATION_NAMES, get_activation
+from initcli.errors import InitcliError
+from initcli.propagation import (
+    LAYER_COLUMNS,
+    backward,
+    build_stack,
+    check_memory,
+    effective_rank,
+    estimate_bytes,
+    forward,
+    mean_input_cosine,
+    propagate,
+)
+from initcli.schemes import make_init
+
+
+def gauss_expect(fn, q, points=201):
+    """E[fn(√q z)], z ~ N(0,1), by Gauss–Hermite quadrature (for smooth fn)."""
+    z, w = np.polynomial.hermite_e.hermegauss(points)
+    return float(np.sum(w / w.sum() * fn(math.sqrt(q) * z)))
+
+
+def test_columns_in_the_documented_order():
+    assert LAYER_COLUMNS == ("layer", "fan_in", "fan_out", "weight_std", "preact_mean", "preact_var", "act_mean",
+                             "act_var", "grad_var", "weight_grad_var", "saturated_frac", "dead_frac",
+                             "effective_rank", "input_cosine")
+
+
+# -- the backward pass against finite differences -------------------------------------------
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_backward_matches_finite_differences(name):
+    act = get_activation(name)
+    sizes = (3, 5, 4, 2)
+    stack = build_stack(make_init("xavier-normal"), sizes, bias_std=0.3, seed=3, dtype="float64")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, sizes[0]))
+    g = rng.standard_normal((6, sizes[-1]))
+
+    def loss(weights, biases):
+        a = x
+        for w, b in zip(weights, biases):
+            a = act.fn(a @ w.T + b)
+        return float(np.sum(g * a))
+
+    grads = backward(stack, forward(stack, act, x), g)
+    step = 1e-6
+    for layer, (w, b) in enumerate(zip(stack.weights, stack.biases)):
+        for target, analytic in ((w, grads[layer][0]), (b, grads[layer][1])):
+            numeric = np.zeros_like(target)
+            for index in np.ndindex(target.shape):
+                saved = target[index]
+                target[index] = saved + step
+                up = loss(stack.weights, stack.biases)
+                target[index] = saved - step
+                down = loss(stack.weights, stack.biases)
+                target[index] = saved
+                numeric[index] = (up - down) / (2 * step)
+            np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+# -- statistics against brute-force definitions ---------------------------------------------
+
+
+def test_effective_rank_is_the_participation_ratio():
+    rng = np.random.default_rng(0)
+    for shape in [(40, 10), (10, 40), (64, 64)]:
+        a = rng.standard_normal(shape) @ np.diag(np.linspace(0.1, 3, shape[1]))
+        c = np.cov(a, rowvar=False)
+        want = np.trace(c) ** 2 / np.trace(c @ c)
+        assert effective_rank(a) == pytest.approx(want, rel=1e-10)
+
+
+def test_effective_rank_of_identical_units_and_of_no_variation():
+    rng = np.random.default_rng(0)
+    column = rng.standard_normal((50, 1))
+    assert effective_rank(np.repeat(column, 30, axis=1)) == pytest.approx(1.0, rel=1e-12)
+    assert effective_rank(np.full((50, 30), 0.5)) == 0.0
+    assert effective_rank(np.repeat(column, 30, axis=1) * 1e300) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_input_cosine_is_the_mean_pairwise_cosine():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((20, 7)) + 0.5
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    pairs = [unit[i] @ unit[j] for i in range(20) for j in range(20) if i != j]
+    assert mean_input_cosine(a) == pytest.approx(np.mean(pairs), rel=1e-12)
+    assert mean_input_cosine(np.zeros((5, 3))) != mean_input_cosine(np.zeros((5, 3)))  # nan: no directions
+    assert mean_input_cosine(np.ones((5, 3))) == pytest.approx(1.0)
+
+
+# -- propagate against theory (THEORY.md) ---------------------------------------------------
+
+
+def test_he_relu_first_layer_variance_is_exact():
+    # q_1 = σ_w²·E[x²] = 2·input_std²; sd of the estimate ≈ √(2(1/n + 1/b)/n) (weights and inputs)
+    n, b, input_std = 1024, 512, 1.5
+    for seed in range(3):
+        layer = propagate("he-normal", "relu", depth=1, width=n, batch=b, input_std=input_std, seed=seed,
+                          dtype="float64").layers[0]
+        tolerance = 6 * math.sqrt(2 * (1 / n + 1 / b) / n)
+        assert layer.preact_var / (2 * input_std**2) == pytest.approx(1, abs=tolerance)
+        # relu of a symmetric Gaussian keeps half the second moment: E[relu(h)²] = q/2
+        assert (layer.act_var + layer.act_mean**2) / layer.preact_var == pytest.approx(0.5, abs=tolerance)
+        assert layer.act_mean == pytest.approx(math.sqrt(layer.preact_var / (2 * math.pi)), rel=5 * tolerance)
+
+
+def test_he_relu_keeps_variance_flat():
+    n, depth, seeds = 1024, 20, 4
+    ratios, grad_ratios = [], []
+    for seed in range(seeds):
+        layers = propagate("he-normal", "relu", depth=depth, width=n, batch=256, seed=seed, dtype="float64").layers
+        # every step applies the map q_l = σ_w²·E[a²_{l-1}] with σ_w² = 2; given the previous
+        # layer the estimate's relative sd is at most √(2/n) (a rank-one second moment)
+        for below, above in zip(layers, layers[1:]):
+            second_moment = below.act_var + below.act_mean**2
+            assert above.preact_var / (2 * second_moment) == pytest.approx(1, abs=5 * math.sqrt(2 / n))
+        ratios.append(layers[-1].preact_var / layers[0].preact_var)
+        grad_ratios.append(layers[0].grad_var / layers[-1].grad_var)
+    # E[q_L/q_1] = 1; its sd at finite width ≈ √(exp(5L/n) − 1) (Hanin & Rolnick 2018), per seed
+    spread = math.sqrt(math.expm1(5 * depth / n)) / math.sqrt(seeds)
+    assert np.mean(ratios) == pytest.approx(1, abs=4 * spread)
+    assert np.mean(grad_ratios) == pytest.approx(1, abs=4 * spread)
+
+
+def test_relu_last_layer_gradient():
+    # δ_L = g ⊙ relu'(h_L): Var = E[g²]·P(h > 0) ≈ 1/2
+    layer = propagate("he-normal", "relu", depth=3, width=512, batch=512, dtype="float64").layers[-1]
+    assert layer.grad_var == pytest.approx(0.5, abs=0.05)
+
+
+def test_xavier_tanh_follows_the_mean_field_map():
+    n = 1024
+    for seed in range(2):
+        layers = propagate("xavier-normal", "tanh", depth=30, width=n, batch=512, seed=seed,
+                           dtype="float64").layers
+        q = 1.0  # σ_w² = 1 on square layers, E[x²] = 1
+        for layer in layers:
+            assert layer.preact_var == pytest.approx(q, rel=3 * math.sqrt(2 / n))
+            q = gauss_expect(lambda h: np.tanh(h) ** 2, q)
+        assert layers[-1].preact_var < 0.2 * layers[0].preact_var  # tanh compresses slowly with depth
+
+
+def test_linear_stack_scales_geometrically():
+    # q_l = σ_w² q_{l-1}: gain 1.1 on LeCun gives a factor 1.21 a layer
+    layers = propagate("lecun-normal", "linear", gain=1.1, depth=10, width=1024, batch=256, dtype="float64").layers
+    for below, above in zip(layers, layers[1:]):
+        assert above.preact_var / below.preact_var == pytest.approx(1.21, rel=5 * math.sqrt(2 / 1024))
+
+
+def test_zeros_relu_has_no_gradient_anywhere():
+    result = propagate("zeros", "relu", depth=8, width=64, batch=32)
+    for layer in result.layers:
+        assert layer.act_var == 0 and layer.act_mean == 0
+        assert layer.grad_var == 0 and layer.weight_grad_var == 0
+        assert layer.dead_frac == 1.0
+        assert layer.effective_rank == 0.0
+
+
+def test_zeros_tanh_has_no_weight_gradient_anywhere():
+    # tanh'(0) = 1, so the top layer's δ is the cotangent itself, but every a_{l-1} is 0:
+    # ∂L/∂W_l = δ_lᵀ a_{l-1} = 0, and δ W = 0 below the top
+    layers = propagate("zeros", "tanh", depth=6, width=64, batch=32).layers
+    for layer in layers:
+        assert layer.act_var == 0 and layer.weight_grad_var == 0
+    for layer in layers[:-1]:
+        assert layer.grad_var == 0
+
+
+def test_zeros_sigmoid_only_the_last_layer_gets_a_gradient():
+    layers = propagate("zeros", "sigmoid", depth=6, width=256, batch=512, dtype="float64").layers
+    for layer in layers:
+        assert layer.act_mean == 0.5 and layer.act_var == 0
+        assert layer.effective_rank == 0.0 and layer.input_cosine == pytest.approx(1.0)
+    for layer in layers[:-1]:
+        assert layer.grad_var == 0 and layer.weight_grad_var == 0
+    # δ_L = g·σ'(0) = g/4: Var = 1/16, sd of the estimate √(2/N) relative, N = 512·256
+    assert layers[-1].grad_var == pytest.approx(1 / 16, rel=6 * math.sqrt(2 / (512 * 256)))
+    assert layers[-1].weight_grad_var > 0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "linear"])
+def test_constant_init_gives_effective_rank_one(activation):
+    for layer in propagate("constant", activation, value=0.01, depth=5, width=128, batch=64).layers:
+        assert layer.effective_rank == pytest.approx(1.0, abs=1e-6)
+
+
+def test_standard_normal_tanh_saturates():
+    n = 1024
+    for layer in propagate("normal", "tanh", depth=5, width=n, batch=256, dtype="float64").layers:
+        # P(|tanh h| > 0.97) for h ~ N(0, q), with q the measured pre-activation variance
+        threshold = math.atanh(0.97)
+        predicted = math.erfc(threshold / math.sqrt(2 * layer.preact_var))
+        assert layer.saturated_frac == pytest.approx(predicted, abs=0.02)
+        assert layer.saturated_frac > 0.9
+
+
+def test_standard_normal_relu_explodes_by_fan_in_over_two():
+    n = 512
+    layers = propagate("normal", "relu", depth=4, width=n, batch=256, dtype="float64").layers
+    for below, above in zip(layers, layers[1:]):
+        assert above.preact_var / below.preact_var == pytest.approx(n / 2, rel=0.3)
+
+
+def test_overflow_is_reported_not_raised():
+    result = propagate("normal", "relu", depth=50, width=256, batch=64)
+    assert result.forward_overflow_layer is not None
+    first = result.forward_overflow_layer
+    assert math.isfinite(result.layers[first - 2].preact_var)
+    assert not math.isfinite(result.layers[first - 1].preact_var)
+    # gradients past an overflow are not a clean zero
+    assert not math.isfinite(result.layers[-1].grad_var)
+
+
+def test_dead_units_are_counted():
+    # two nearly orthogonal inputs give each unit two nearly independent symmetric
+    # pre-activations: P(both ≤ 0) = 1/4; binomial sd over 2000 units ≈ 0.01
+    result = propagate("he-normal", "relu", depth=1, width=2000, batch=2, dtype="float64")
+    assert result.layers[0].dead_frac == pytest.approx(0.25, abs=0.06)
+
+
+def test_float32_is_the_default_and_float64_agrees():
+    a = propagate("xavier-normal", "tanh", depth=4, width=64, batch=64)
+    b = propagate("xavier-normal", "tanh", depth=4, width=64, batch=64, dtype="float64")
+    assert a.params["dtype"] == "float32"
+    for la, lb in zip(a.layers, b.layers):
+        assert la.preact_var == pytest.approx(lb.preact_var, rel=1e-5)
+        assert la.grad_var == pytest.approx(lb.grad_var, rel=1e-4)
+
+
+def test_same_seed_same_numbers_different_seed_different():
+    a = propagate(depth=3, width=32, batch=16, seed=1)
+    b = propagate(depth=3, width=32, batch=16, seed=1)
+    c = propagate(depth=3, width=32, batch=16, seed=2)
+    assert a.layers == b.layers
+    assert a.layers != c.layers
+
+
+def test_heterogeneous_sizes():
+    result = propagate("he-normal", "relu", sizes=[784, 256, 128, 10], batch=64)
+    assert [(l.fan_in, l.fan_out) for l in result.layers] == [(784, 256), (256, 128), (128, 10)]
+
+
+@pytest.mark.parametrize("kwargs,option", [
+    ({"depth": 0}, "--depth"), ({"width": -3}, "--width"), ({"batch": 0}, "--batch"),
+    ({"sizes": [10]}, "--sizes"), ({"sizes": [10, 0]}, "--sizes"), ({"bias_std": -1.0}, "--bias-std"),
+    ({"input_std": math.inf}, "--input-std"), ({"dtype": "float16"}, "--dtype"), ({"seed": -1}, "--seed"),
+    ({"sizes": [4, 4], "depth": 3}, "--sizes"),
+])
+def test_bad_input_names_its_option(kwargs, option):
+    with pytest.raises(InitcliError) as info:
+        propagate(**kwargs)
+    assert info.value.option == option
+
+
+def test_memory_guard_refuses_before_allocating():
+    needed = estimate_bytes((100_000,) * 101, 512, np.dtype("float32"))
+    assert needed > 2**40
+    with pytest.raises(InitcliError, match="GiB"):
+        check_memory(needed, available=24 * 2**30)
+    with pytest.raises(InitcliError, match="GiB"):
+        propagate(depth=100, width=100_000)
+
+
+def test_memory_estimate_covers_the_real_peak():
+    import tracemalloc
+
+    sizes, batch = (512,) * 9, 256
+    tracemalloc.start()
+    propagate(sizes=list(sizes), batch=batch)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak <= estimate_bytes(sizes, batch, np.dtype("float32"))
