@@ -140,6 +140,21 @@ def _write_machine(fmt: str, command: str, params: dict, rows: list[dict], colum
     sys.stdout.flush()
 
 
+# Which columns a narrow terminal keeps first.
+PROPAGATE_PRIORITY = ("layer", "preact_var", "act_var", "grad_var", "weight_grad_var", "dead_frac", "saturated_frac",
+                      "effective_rank", "input_cosine", "act_mean", "preact_mean", "weight_std", "fan_in", "fan_out")
+SAMPLE_PRIORITY = ("layer", "shape", "expected_std", "std", "std_ratio", "mean", "min", "max", "expected_limit",
+                   "fan_in", "fan_out", "distribution", "expected_mean")
+
+
+def _say_hidden(hidden: list[str]) -> None:
+    if hidden:
+        from .render import stderr_console
+
+        stderr_console().print(f"({len(hidden)} columns left out to fit the terminal: {', '.join(hidden)}; "
+                               "widen it or use --format csv)", style="dim", soft_wrap=True)
+
+
 # -- commands -------------------------------------------------------------------------------
 
 
@@ -153,8 +168,8 @@ def schemes(fmt: Format = "auto") -> None:
     rows = scheme_table()
     columns = list(rows[0])
     if out == "table":
-        print_table(rows, columns, title="initcli schemes (std × gain; a = negative slope)",
-                    console=_stdout_console(not sys.stdout.isatty()))
+        _say_hidden(print_table(rows, columns, title="initcli schemes (std × gain; a = negative slope)",
+                                console=_stdout_console(not sys.stdout.isatty())))
     else:
         _write_machine(out, "schemes", {}, rows, columns)
 
@@ -200,9 +215,10 @@ def sample(
     rows = result.rows()
     if out == "table":
         p = result.params
-        print_table(rows, WEIGHT_COLUMNS, title=f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}",
-                    extra_columns={"histogram": [histogram_line(w) for w in result.weights]},
-                    console=_stdout_console(not sys.stdout.isatty()))
+        hidden = print_table(rows, WEIGHT_COLUMNS, title=f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}",
+                             extra_columns={"histogram": [histogram_line(w) for w in result.weights]},
+                             priority=SAMPLE_PRIORITY, console=_stdout_console(not sys.stdout.isatty()))
+        _say_hidden(hidden)
     else:
         _write_machine(out, "sample", result.params, rows, WEIGHT_COLUMNS)
 
@@ -256,10 +272,12 @@ def propagate(
         p = result.params
         shape = (f"{p['depth']} layers of {p['sizes'][1]}" if len(set(p["sizes"])) == 1
                  else "sizes " + ",".join(map(str, p["sizes"])))
-        print_table(rows, LAYER_COLUMNS,
-                    title=f"{p['scheme']} · {p['activation']} · {shape} · batch {p['batch']} · "
-                          f"{p['dtype']} · seed {p['seed']}",
-                    cell_style=_propagate_style, console=_stdout_console(not sys.stdout.isatty()))
+        hidden = print_table(rows, LAYER_COLUMNS,
+                             title=f"{p['scheme']} · {p['activation']} · {shape} · batch {p['batch']} · "
+                                   f"{p['dtype']} · seed {p['seed']}",
+                             cell_style=_propagate_style, priority=PROPAGATE_PRIORITY,
+                             console=_stdout_console(not sys.stdout.isatty()))
+        _say_hidden(hidden)
     else:
         _write_machine(out, "propagate", result.params, rows, LAYER_COLUMNS,
                        overflow={"forward_layer": result.forward_overflow_layer,

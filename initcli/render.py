@@ -123,33 +123,69 @@ def _nonfinite_style(column: str, value: Any) -> str | None:
     return None
 
 
+# Text columns may wrap inside their cell; number columns never do.
+TEXT_COLUMNS = frozenset({"shape", "distribution", "name", "scheme", "activation", "verdict", "aliases", "formula",
+                          "mode", "designed_for", "reference", "reason"})
+_TEXT_MIN_WIDTH = 14
+_PADDING = 2  # rich puts one space either side of every cell
+
+
+def _header(column: str) -> str:
+    return column.replace("_", "\n")
+
+
+def fit_columns(rows: list[dict], columns: Sequence[str], width: int, *, priority: Sequence[str] | None = None,
+                reserved: int = 0) -> list[str]:
+    """The columns that fit in `width` characters without folding a number: the least
+    important ones (last in `priority`) are dropped first; order stays as in `columns`."""
+    def column_width(column: str) -> int:
+        cells = [format_number(row.get(column)) for row in rows]
+        natural = max([len(part) for part in _header(column).split("\n")] + [len(c) for c in cells])
+        return min(natural, _TEXT_MIN_WIDTH) if column in TEXT_COLUMNS else natural
+
+    widths = {c: column_width(c) + _PADDING for c in columns}
+    order = list(priority or columns) + [c for c in columns if c not in (priority or columns)]
+    kept = list(order)
+    while len(kept) > 1 and sum(widths[c] for c in kept) + reserved > width:
+        kept.pop()
+    return [c for c in columns if c in kept]
+
+
 def print_table(rows: list[dict], columns: Sequence[str], *, title: str | None = None,
                 cell_style: CellStyle | None = None, extra_columns: dict[str, list[str]] | None = None,
-                console=None) -> None:
-    """A rich table on stdout. Numbers get 4 significant digits; inf/nan are red."""
+                priority: Sequence[str] | None = None, console=None) -> list[str]:
+    """A rich table on stdout. Numbers get 4 significant digits; inf/nan are red.
+
+    Numbers are never folded: on a narrow terminal the least important columns (the end of
+    `priority`) are left out, and their names returned so the caller can say so.
+    """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     if console is None:
         console = Console()
+    extra_columns = extra_columns or {}
+    reserved = sum(max(len(name), *(len(v) for v in values)) + _PADDING for name, values in extra_columns.items())
+    shown = fit_columns(rows, columns, console.width, priority=priority, reserved=reserved)
     table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False, box=None,
                   show_edge=False)
-    extra_columns = extra_columns or {}
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="left" if column in ("shape", "distribution",
-                         "name", "scheme", "activation", "verdict") else "right", overflow="fold")
+    for column in shown:
+        left = column in TEXT_COLUMNS
+        table.add_column(_header(column), justify="left" if left else "right", no_wrap=not left,
+                         overflow="fold")
     for name in extra_columns:
         table.add_column(name, justify="left", no_wrap=True)
     for index, row in enumerate(rows):
         cells = []
-        for column in columns:
+        for column in shown:
             value = row.get(column)
             style = _nonfinite_style(column, value) or (cell_style(column, value) if cell_style else None)
             cells.append(Text(format_number(value), style=style or ""))
         cells.extend(Text(values[index], style="cyan") for values in extra_columns.values())
         table.add_row(*cells)
     console.print(table)
+    return [c for c in columns if c not in shown]
 
 
 def overflow_message(result) -> str:

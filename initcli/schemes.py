@@ -291,7 +291,7 @@ def scheme_table() -> list[dict]:
     return [
         {
             "name": s.name,
-            "aliases": ",".join(s.aliases),
+            "aliases": ", ".join(s.aliases),
             "distribution": s.distribution if s.kind in ("scaling", "fixed") else s.kind,
             "formula": s.formula,
             "mode": s.mode if s.kind == "scaling" else "",

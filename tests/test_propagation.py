@@ -244,7 +244,7 @@ def test_same_seed_same_numbers_different_seed_different():
 
 def test_heterogeneous_sizes():
     result = propagate("he-normal", "relu", sizes=[784, 256, 128, 10], batch=64)
-    assert [(l.fan_in, l.fan_out) for l in result.layers] == [(784, 256), (256, 128), (128, 10)]
+    assert [(layer.fan_in, layer.fan_out) for layer in result.layers] == [(784, 256), (256, 128), (128, 10)]
 
 
 @pytest.mark.parametrize("kwargs,option", [
