@@ -112,6 +112,14 @@ def parse_int_list(text: str, param: str, *, min_len: int = 1) -> list[int]:
     return values
 
 
+def parse_name_list(text: str, param: str) -> list[str]:
+    """'relu, tanh' -> ['relu', 'tanh']; empty items are refused."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise InitcliError(param, f"must be a comma list of names such as relu,tanh; got '{text}'")
+    return items
+
+
 def _init_options(gain, mode, distribution, activation, negative_slope, value, std, limit) -> dict:
     return {"gain": gain, "mode": mode, "distribution": distribution, "activation": activation,
             "negative_slope": negative_slope, "value": value, "std": std, "limit": limit}
@@ -141,8 +149,12 @@ def _write_machine(fmt: str, command: str, params: dict, rows: list[dict], colum
 
 
 # Which columns a narrow terminal keeps first.
-PROPAGATE_PRIORITY = ("layer", "preact_var", "act_var", "grad_var", "weight_grad_var", "dead_frac", "saturated_frac",
-                      "effective_rank", "input_cosine", "act_mean", "preact_mean", "weight_std", "fan_in", "fan_out")
+PROPAGATE_PRIORITY = ("layer", "preact_var", "theory_preact_var", "act_var", "grad_var", "theory_grad_var",
+                      "off_theory", "chi", "dead_frac", "saturated_frac", "effective_rank", "input_cosine",
+                      "weight_grad_var", "act_mean", "preact_mean", "weight_std", "fan_in", "fan_out")
+COMPARE_PRIORITY = ("scheme", "activation", "verdict", "grad_ratio", "first_grad_var", "last_grad_var",
+                    "last_act_var", "max_dead_frac", "max_saturated_frac", "min_effective_rank", "last_input_cosine",
+                    "first_act_var", "depth", "width")
 SAMPLE_PRIORITY = ("layer", "shape", "expected_std", "std", "std_ratio", "mean", "min", "max", "expected_limit",
                    "fan_in", "fan_out", "distribution", "expected_mean")
 
@@ -253,10 +265,11 @@ def propagate(
     input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
     dtype: Dtype = "float32",
     seed: Seed = 0,
+    theory: Annotated[bool, typer.Option(help="Add the mean-field columns theory_preact_var, theory_grad_var, "
+                                              "chi and off_theory.")] = True,
     fmt: Format = "auto",
 ) -> None:
     """Push random inputs through a deep stack, backpropagate, and report every layer."""
-    from .propagation import LAYER_COLUMNS
     from .propagation import propagate as run_propagate
     from .render import overflow_message, print_table, stderr_console
 
@@ -265,21 +278,22 @@ def propagate(
         scheme,
         sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
         depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype,
-        seed=seed, **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
+        seed=seed, theory=theory,
+        **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
     )
     rows = result.rows()
     if out == "table":
         p = result.params
         shape = (f"{p['depth']} layers of {p['sizes'][1]}" if len(set(p["sizes"])) == 1
                  else "sizes " + ",".join(map(str, p["sizes"])))
-        hidden = print_table(rows, LAYER_COLUMNS,
+        hidden = print_table(rows, result.columns,
                              title=f"{p['scheme']} · {p['activation']} · {shape} · batch {p['batch']} · "
                                    f"{p['dtype']} · seed {p['seed']}",
                              cell_style=_propagate_style, priority=PROPAGATE_PRIORITY,
                              console=_stdout_console(not sys.stdout.isatty()))
         _say_hidden(hidden)
     else:
-        _write_machine(out, "propagate", result.params, rows, LAYER_COLUMNS,
+        _write_machine(out, "propagate", result.params, rows, result.columns,
                        overflow={"forward_layer": result.forward_overflow_layer,
                                  "backward_layer": result.backward_overflow_layer})
     if result.overflowed:
@@ -288,3 +302,153 @@ def propagate(
 
 def main() -> None:
     app()
+
+
+def _compare_style(column: str, value) -> str | None:
+    if column == "verdict":
+        return "green" if value == "stable" else "bold red"
+    return None
+
+
+@app.command()
+def compare(
+    schemes: Annotated[str, typer.Option(help="Comma list of schemes to run.")] = (
+        "zeros,constant,normal,xavier-normal,he-normal"),
+    activation: Annotated[str, typer.Option("--activation", "-a", help="Comma list of activations.")] = "relu",
+    depth: Annotated[Optional[int], typer.Option(help="Number of layers (default 10).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Units per layer (default 256).")] = None,
+    sizes: Annotated[Optional[str], typer.Option(help="Layer sizes n0,n1,…,nL instead of --depth/--width.")] = None,
+    batch: Annotated[int, typer.Option(help="Number of random inputs.")] = 512,
+    gain: Gain = 1.0,
+    mode: Mode = None,
+    distribution: Distribution = None,
+    negative_slope: NegativeSlope = 0.01,
+    value: Value = 0.5,
+    std: Std = 1.0,
+    limit: Limit = 1.0,
+    bias_std: BiasStd = 0.0,
+    input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
+    dtype: Dtype = "float32",
+    seed: Seed = 0,
+    fmt: Format = "auto",
+) -> None:
+    """Run the same stack under each scheme (and activation) and give each a verdict.
+
+    Verdicts, first match wins: symmetric (layer 1's effective rank <= 1.001: units move
+    together), overflow (inf/nan), no-signal (last layer's activations constant, or no
+    gradient at layer 1), dead (over half a layer's units never fire), saturated (over half a
+    layer's activations in a flat region), exploding / vanishing (the per-layer factor of the
+    gradient, measured over the deeper half of the stack and compounded over the depth, beyond
+    max(10, exp(3·sqrt(5·sum 1/n))): the finite-width spread), stable.
+    """
+    from .compare import COMPARE_COLUMNS
+    from .compare import compare as run_compare
+    from .render import print_table
+
+    out = _output_format(fmt)
+    result = run_compare(
+        parse_name_list(schemes, "schemes"), parse_name_list(activation, "activation"),
+        sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
+        depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype, seed=seed,
+        gain=gain, mode=mode, distribution=distribution, negative_slope=negative_slope, value=value, std=std,
+        limit=limit,
+    )
+    rows = result.rows()
+    if out == "table":
+        p = result.params
+        columns = [c for c in COMPARE_COLUMNS if c != "reason"]
+        hidden = print_table(rows, columns, title=f"{p['depth']} layers · {_sizes_text(p['sizes'])} · "
+                                                  f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
+                             cell_style=_compare_style, priority=COMPARE_PRIORITY,
+                             console=_stdout_console(not sys.stdout.isatty()))
+        _say_hidden(hidden)
+        _print_reasons(rows)
+    else:
+        _write_machine(out, "compare", result.params, rows, COMPARE_COLUMNS)
+
+
+def _sizes_text(sizes: list[int]) -> str:
+    return f"width {sizes[0]}" if len(set(sizes)) == 1 else "sizes " + ",".join(map(str, sizes))
+
+
+def _print_reasons(rows: list[dict]) -> None:
+    from rich.console import Console
+
+    console = _stdout_console(not sys.stdout.isatty()) if sys.stdout.isatty() else Console(width=400)
+    for row in rows:
+        style = "green" if row["verdict"] == "stable" else "red"
+        console.print(f"[bold]{row['scheme']} + {row['activation']}[/bold]: [{style}]{row['verdict']}[/{style}]"
+                      f" — {row['reason']}", highlight=False)
+
+
+@app.command("gain")
+def gain_command(
+    activation: Annotated[Optional[str], typer.Option("--activation", "-a", help=(
+        "Comma list of activations (default: every one initcli knows)."))] = None,
+    negative_slope: NegativeSlope = 0.01,
+    fmt: Format = "auto",
+) -> None:
+    """Weight gains per activation: torch's table, and the ones that keep q = 1 forward and backward.
+
+    forward_gain = 1/sqrt(E[φ(z)²]), backward_gain = 1/sqrt(E[φ'(z)²]), z ~ N(0, 1), by quadrature.
+    """
+    from dataclasses import asdict
+
+    from .activations import ACTIVATION_NAMES
+    from .render import print_table
+    from .theory import gain as compute_gain
+
+    out = _output_format(fmt)
+    names = ACTIVATION_NAMES if activation is None else parse_name_list(activation, "activation")
+    rows = [asdict(compute_gain(name, negative_slope)) for name in names]
+    columns = ["activation", "torch_gain", "forward_gain", "backward_gain"]
+    if out == "table":
+        print_table(rows, columns, title="gains (z ~ N(0,1))", console=_stdout_console(not sys.stdout.isatty()))
+    else:
+        _write_machine(out, "gain", {"activations": list(names), "negative_slope": negative_slope}, rows, columns)
+
+
+@app.command()
+def critical(
+    activation: Annotated[str, typer.Option("--activation", "-a", help="The activation.")] = "tanh",
+    bias_std: Annotated[float, typer.Option(help="σ_b, the bias std.")] = 0.0,
+    negative_slope: NegativeSlope = 0.01,
+    fmt: Format = "auto",
+) -> None:
+    """The edge of chaos: the σ_w where χ = 1 for this bias std, and the depth scales around it.
+
+    Rows are σ_w at multiples of the critical value. q_star is the fixed point of the
+    pre-activation variance, chi the per-layer gradient factor there, c_star the correlation
+    two inputs converge to, xi_q / xi_c / xi_grad the depth scales of variance, correlation
+    and gradient, max_depth ≈ 6·xi_c (Schoenholz et al. 2017). Weight std = σ_w/sqrt(fan_in).
+    """
+    from dataclasses import asdict
+
+    from .propagation import check_std
+    from .render import print_table, stderr_console
+    from .theory import critical as find_critical
+
+    out = _output_format(fmt)
+    sigma_b = check_std("bias_std", bias_std)
+    sigma_star, phases = find_critical(activation, sigma_b, negative_slope=negative_slope)
+    if not phases:
+        raise InitcliError("activation", f"no σ_w in [0.001, 1000] puts '{activation}' at χ = 1 "
+                                         f"with --bias-std {sigma_b:g}")
+    rows = [asdict(p) for p in phases]
+    columns = list(rows[0])
+    edge = next(p for p in phases if p.phase == "critical")
+    summary = (f"critical σ_w = {sigma_star:.6g} for {activation} with σ_b = {sigma_b:g}: "
+               f"q* = {edge.q_star:.4g} (reached from q = 1); "
+               f"weight std = {sigma_star:.4g}/√fan_in")
+    if abs(edge.chi - 1) > 1e-3:
+        summary += f" (χ jumps across the edge: {edge.chi:.3g} here)"
+    if out == "table":
+        console = _stdout_console(not sys.stdout.isatty())
+        console.print(summary, highlight=False, soft_wrap=True)
+        _say_hidden(print_table(rows, columns, console=console,
+                                cell_style=lambda c, v: "bold" if c == "phase" and v == "critical" else None))
+    else:
+        _write_machine(out, "critical", {"activation": activation, "bias_std": sigma_b,
+                                         "negative_slope": negative_slope, "sigma_w_critical": sigma_star},
+                       rows, columns)
+        stderr_console().print(summary, soft_wrap=True, highlight=False)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
 from .activations import Activation, get_activation
 from .errors import InitcliError
 from .schemes import Init, make_init
+from .theory import THEORY_COLUMNS, TheoryColumns, beside
 
 DTYPES = ("float32", "float64")
 
@@ -58,9 +59,16 @@ class PropagateResult:
     layers: tuple[LayerStats, ...]
     forward_overflow_layer: int | None = None
     backward_overflow_layer: int | None = None
+    theory: tuple[TheoryColumns, ...] | None = None  # None when asked for no theory
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return LAYER_COLUMNS + (THEORY_COLUMNS if self.theory is not None else ())
 
     def rows(self) -> list[dict]:
-        return [asdict(layer) for layer in self.layers]
+        if self.theory is None:
+            return [asdict(layer) for layer in self.layers]
+        return [asdict(layer) | asdict(extra) for layer, extra in zip(self.layers, self.theory)]
 
     @property
     def overflowed(self) -> bool:
@@ -347,12 +355,15 @@ def propagate(
     value: float = 0.5,
     std: float = 1.0,
     limit: float = 1.0,
+    theory: bool = True,
 ) -> PropagateResult:
     """Sample a stack with the scheme, run `batch` N(0, input_std²) inputs through it,
     backpropagate a unit-Gaussian cotangent, and measure every layer.
 
     Defaults: depth 10 × width 256 unless `sizes` is given. Overflow never raises: the
     affected cells hold inf/nan and the result names the first layer where it happened.
+    With `theory`, each layer also carries the mean-field prediction for the run's scheme,
+    activation, sizes, bias and input std (see `initcli.theory`).
     """
     if isinstance(scheme, Init):
         init = scheme
@@ -372,7 +383,15 @@ def propagate(
     params = {**init.params(), "sizes": list(sizes), "depth": len(sizes) - 1, "batch": batch,
               "bias_std": bias_std, "input_std": input_std, "dtype": np_dtype.name, "seed": seed}
     with np.errstate(all="ignore"):
-        return _run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, params)
+        result = _run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, params)
+    if not theory:
+        return result
+    weight_vars = None if init.scheme.kind == "constant" else [
+        init.expected_std((n_out, n_in)) ** 2 for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    columns = beside(act, weight_vars, sizes, bias_var=bias_std**2, input_second_moment=input_std**2,
+                     measured_preact=[layer.preact_var for layer in result.layers],
+                     measured_grad=[layer.grad_var for layer in result.layers])
+    return replace(result, theory=columns)
 
 
 def _run(init: Init, act: Activation, sizes, batch, bias_std, input_std, dtype, seed, params) -> PropagateResult:

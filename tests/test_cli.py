@@ -14,6 +14,7 @@ from initcli import __version__
 from initcli.cli import app
 from initcli.propagation import LAYER_COLUMNS
 from initcli.sampling import WEIGHT_COLUMNS
+from initcli.theory import THEORY_COLUMNS
 
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
 
@@ -49,11 +50,16 @@ def test_propagate_formats_parse(fmt):
         assert document["params"]["scheme"] == "he-normal" and document["params"]["seed"] == 0
         assert document["params"]["sizes"] == [32] * 6
         assert document["initcli_version"] == __version__
-        assert [list(r) for r in document["rows"]] == [list(LAYER_COLUMNS)] * 5
+        assert [list(r) for r in document["rows"]] == [list(LAYER_COLUMNS + THEORY_COLUMNS)] * 5
     else:  # auto is CSV when stdout is not a terminal, as under the runner
         rows = rows_of(result.stdout)
-        assert len(rows) == 5 and list(rows[0]) == list(LAYER_COLUMNS)
+        assert len(rows) == 5 and list(rows[0]) == list(LAYER_COLUMNS + THEORY_COLUMNS)
         assert [int(r["layer"]) for r in rows] == [1, 2, 3, 4, 5]
+
+
+def test_no_theory_drops_the_theory_columns():
+    rows = rows_of(run("propagate", "--depth", "2", "--width", "8", "--batch", "4", "--no-theory", "-f", "csv").stdout)
+    assert list(rows[0]) == list(LAYER_COLUMNS)
 
 
 def test_csv_carries_full_precision():

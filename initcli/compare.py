@@ -1,0 +1,179 @@
+"""Run one stack under several schemes and activations and give each pair a verdict.
+
+Every pair sees the same sizes, inputs, cotangent and seed; the weights of every scheme are
+drawn from the same stream, so the rows differ only by the init.
+
+Verdicts, checked in this order (the first that holds wins):
+- symmetric: layer 1's units move together (effective rank ≤ 1.001 while the activations
+  vary): the weights did not break symmetry, so no unit can learn anything another does not.
+- overflow: activations or gradients became inf/nan in the working dtype.
+- no-signal: the last layer's activations do not vary over the batch, or layer 1 gets no
+  gradient at all: nothing reaches the output or nothing comes back.
+- dead: in some layer more than half the units have zero derivative for every input.
+- saturated: in some layer more than half the activations sit in a flat region.
+- exploding / vanishing: the per-layer factor of the gradient variance (going down) or of the
+  activation variance (going up, exploding only), measured over the deeper half of the stack
+  where the signal has settled near its fixed point, compounded over the whole depth, moves by
+  more than the larger of 10× and what finite width alone would explain at 3 standard
+  deviations, exp(3·√(5·Σ 1/n_l)) (Hanin & Rolnick 2018). This is mean-field's ordered and
+  chaotic phases: χ ≠ 1 at the fixed point gives an exponential trend with depth. A transient
+  that settles to χ ≈ 1 (tanh under Xavier, whose q relaxes from 1 towards 0) decays only
+  polynomially and is not called vanishing; `grad_ratio` still shows its total size.
+- stable: none of the above.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+from .errors import InitcliError
+from .propagation import PropagateResult, propagate
+
+VERDICTS = ("symmetric", "overflow", "no-signal", "dead", "saturated", "exploding", "vanishing", "stable")
+SYMMETRY_RANK = 1.001
+DEAD_FRAC = 0.5
+SATURATED_FRAC = 0.5
+MIN_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    scheme: str
+    activation: str
+    depth: int
+    width: int | None  # None for a stack of unequal widths
+    first_act_var: float
+    last_act_var: float
+    first_grad_var: float
+    last_grad_var: float
+    grad_ratio: float  # first_grad_var / last_grad_var: < 1 the gradient shrinks going down
+    max_saturated_frac: float
+    max_dead_frac: float
+    min_effective_rank: float
+    last_input_cosine: float
+    verdict: str
+    reason: str
+
+
+COMPARE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CompareRow))
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    params: dict
+    comparisons: tuple[CompareRow, ...]
+    runs: tuple[PropagateResult, ...]
+
+    def rows(self) -> list[dict]:
+        return [asdict(row) for row in self.comparisons]
+
+
+def drift_bound(sizes: Sequence[int]) -> float:
+    """The factor beyond which a variance change over the stack is not finite-width noise."""
+    return max(MIN_FACTOR, math.exp(3 * math.sqrt(5 * sum(1 / n for n in sizes[1:]))))
+
+
+def _ratio(top: float, bottom: float) -> float:
+    if bottom == 0:
+        return math.nan if top == 0 else math.inf
+    return top / bottom
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2g}"
+
+
+def judge(result: PropagateResult) -> tuple[str, str]:
+    """(verdict, reason) for one propagate run."""
+    layers = result.layers
+    first, last = layers[0], layers[-1]
+    depth = len(layers)
+    bound = drift_bound(result.params["sizes"])
+    values = [getattr(layer, name) for layer in layers for name in ("preact_var", "act_var", "grad_var")]
+
+    if 0 < first.effective_rank <= SYMMETRY_RANK:
+        return "symmetric", (f"layer 1's units move together (effective rank {first.effective_rank:.3g}): "
+                             "identical units get identical updates and never separate")
+    if result.overflowed or not all(math.isfinite(v) for v in values):
+        where = result.forward_overflow_layer or result.backward_overflow_layer
+        return "overflow", f"{result.params['dtype']} overflowed at layer {where}: values grew past its range"
+    if last.act_var == 0 or first.grad_var == 0:
+        if last.act_var == 0:
+            return "no-signal", (f"layer {depth}'s activations are the same for every input "
+                                 f"(variance 0): the output cannot depend on the input")
+        return "no-signal", "layer 1 gets no gradient at all: nothing learns"
+    dead = max(layers, key=lambda layer: layer.dead_frac)
+    if dead.dead_frac > DEAD_FRAC:
+        return "dead", f"{dead.dead_frac:.0%} of layer {dead.layer}'s units never fire for any input"
+    saturated = max(layers, key=lambda layer: layer.saturated_frac)
+    if saturated.saturated_frac > SATURATED_FRAC:
+        return "saturated", (f"{saturated.saturated_frac:.0%} of layer {saturated.layer}'s activations sit in "
+                             "the flat part of the activation, where the derivative is near 0")
+    grad_ratio = _ratio(first.grad_var, last.grad_var)
+    grad_step = 1 / _settled_rate([layer.grad_var for layer in layers])  # per layer going down
+    act_step = _settled_rate([layer.act_var for layer in layers])  # per layer going up
+    if grad_step ** (depth - 1) > bound:
+        return "exploding", (f"gradient grows ×{grad_step:.3g} per layer going down: "
+                             f"{_fmt(grad_ratio)}× larger at layer 1 than at layer {depth}")
+    if act_step ** (depth - 1) > bound:
+        return "exploding", (f"activations grow ×{act_step:.3g} per layer: "
+                             f"{_fmt(_ratio(last.act_var, first.act_var))}× larger at layer {depth} than at layer 1")
+    if grad_step ** (depth - 1) < 1 / bound:
+        return "vanishing", (f"gradient shrinks ×{grad_step:.3g} per layer going down: "
+                             f"{_fmt(first.grad_var)} at layer 1 against {_fmt(last.grad_var)} at layer {depth}")
+    if 1 / bound <= grad_ratio <= bound:
+        return "stable", (f"gradient variance changes ×{_fmt(grad_ratio)} over {depth} layers, "
+                          f"within the finite-width bound ×{_fmt(bound)}")
+    return "stable", (f"gradient settles at ×{grad_step:.3g} per layer (×{_fmt(grad_step ** (depth - 1))} over "
+                      f"{depth} layers, within ×{_fmt(bound)}); the total ×{_fmt(grad_ratio)} comes from "
+                      "a transient near the input")
+
+
+def _settled_rate(values: Sequence[float]) -> float:
+    """Per-layer growth, layer l to l+1, over the deeper half of a profile (all of a short one): where
+    the signal has settled near its fixed point, so a transient near the input (tanh's q
+    relaxing from 1 towards 0 under Xavier) does not pass for an exponential trend."""
+    start = len(values) // 2 if len(values) >= 4 else 0
+    steps = len(values) - 1 - start
+    if steps <= 0:
+        return 1.0
+    ratio = _ratio(values[-1], values[start])
+    if math.isnan(ratio):
+        return 1.0
+    return ratio ** (1 / steps)
+
+
+def _row(result: PropagateResult) -> CompareRow:
+    layers = result.layers
+    sizes = result.params["sizes"]
+    verdict, reason = judge(result)
+    return CompareRow(
+        scheme=result.params["scheme"], activation=result.params["activation"], depth=len(layers),
+        width=sizes[1] if len(set(sizes)) == 1 else None,
+        first_act_var=layers[0].act_var, last_act_var=layers[-1].act_var,
+        first_grad_var=layers[0].grad_var, last_grad_var=layers[-1].grad_var,
+        grad_ratio=_ratio(layers[0].grad_var, layers[-1].grad_var),
+        max_saturated_frac=max(layer.saturated_frac for layer in layers),
+        max_dead_frac=max(layer.dead_frac for layer in layers),
+        min_effective_rank=min(layer.effective_rank for layer in layers),
+        last_input_cosine=layers[-1].input_cosine,
+        verdict=verdict, reason=reason,
+    )
+
+
+def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), **options) -> CompareResult:
+    """Run `propagate` for every (scheme, activation) pair with the same options and seed."""
+    if not schemes:
+        raise InitcliError("schemes", "needs at least one scheme")
+    if not activations:
+        raise InitcliError("activation", "needs at least one activation")
+    options.setdefault("theory", False)
+    runs = tuple(propagate(scheme, activation, **options) for activation in activations for scheme in schemes)
+    comparisons = tuple(_row(run) for run in runs)
+    first = runs[0].params
+    params = {"schemes": [run.params["scheme"] for run in runs[: len(schemes)]],
+              "activations": list(dict.fromkeys(run.params["activation"] for run in runs)),
+              **{k: v for k, v in first.items() if k not in ("scheme", "activation", "mode", "distribution")}}
+    return CompareResult(params, comparisons, runs)
