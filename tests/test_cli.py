@@ -220,3 +220,65 @@ def test_help_and_version_do_not_import_numpy_or_rich_tables():
             "print('numpy' in sys.modules, 'rich.table' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+# -- theory commands ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_compare_formats(fmt):
+    from initcli.compare import COMPARE_COLUMNS
+
+    result = run("compare", "--schemes", "zeros,he-normal", "--activation", "relu,tanh", "--depth", "4",
+                 "--width", "32", "--batch", "16", "-f", fmt)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"] if fmt == "json" else rows_of(result.stdout)
+    assert [(r["scheme"], r["activation"]) for r in rows] == [
+        ("zeros", "relu"), ("he-normal", "relu"), ("zeros", "tanh"), ("he-normal", "tanh")]
+    assert list(rows[0]) == list(COMPARE_COLUMNS)
+    assert rows[0]["verdict"] == "no-signal"
+
+
+def test_compare_table_prints_reasons():
+    result = run("compare", "--schemes", "zeros,he-normal", "--depth", "4", "--width", "32", "--batch", "16",
+                 "-f", "table")
+    assert result.exit_code == 0
+    assert "zeros + relu: no-signal" in result.stdout
+
+
+def test_compare_help_documents_thresholds():
+    assert "1.001" in run("compare", "--help").stdout
+
+
+def test_gain_rows():
+    rows = rows_of(run("gain", "--activation", "relu,tanh,gelu", "-f", "csv").stdout)
+    assert [r["activation"] for r in rows] == ["relu", "tanh", "gelu"]
+    assert float(rows[0]["forward_gain"]) == pytest.approx(math.sqrt(2), rel=1e-12)
+    assert float(rows[1]["torch_gain"]) == pytest.approx(5 / 3)
+    assert rows[2]["torch_gain"] == ""  # torch has no gain for gelu
+    from initcli.activations import ACTIVATION_NAMES
+
+    assert len(rows_of(run("gain", "-f", "csv").stdout)) == len(ACTIVATION_NAMES)
+
+
+def test_critical_json():
+    result = run("critical", "--activation", "tanh", "--bias-std", "0.05", "-f", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["params"]["sigma_w_critical"] == pytest.approx(1.1225, rel=1e-3)
+    assert [r["phase"] for r in document["rows"]].count("critical") == 1
+    assert "critical σ_w" in result.stderr
+
+
+@pytest.mark.parametrize("args,mention", [
+    (["compare", "--schemes", "he,,zeros"], "--schemes"),
+    (["compare", "--schemes", "hee"], "--scheme"),
+    (["compare", "--activation", "relu,"], "--activation"),
+    (["gain", "--activation", "nope"], "--activation"),
+    (["critical", "--bias-std", "-1"], "--bias-std"),
+    (["critical", "--activation", "sigmoidd"], "--activation"),
+])
+def test_theory_commands_bad_input(args, mention):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert mention in result.stderr and "Traceback" not in result.output
