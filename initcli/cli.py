@@ -94,6 +94,8 @@ Seed = Annotated[int, typer.Option(help="Seeds weights, biases, inputs and cotan
 Format = Annotated[str, typer.Option("--format", "-f", help=(
     "auto, table, csv or json. auto: a table on a terminal, CSV when piped or redirected."))]
 Dtype = Annotated[str, typer.Option(help="float32 (what networks train in) or float64.")]
+Jobs = Annotated[Optional[int], typer.Option(
+    help="Processes to run the pairs in (default: one per core); results do not depend on it.")]
 BiasStd = Annotated[float, typer.Option(help="Biases are drawn from N(0, bias-std²); 0 gives zero bias.")]
 
 
@@ -235,6 +237,24 @@ def sample(
         _write_machine(out, "sample", result.params, rows, WEIGHT_COLUMNS)
 
 
+_MEMORY_REPORT = 256 * 2**20  # runs needing more memory than this say so before they start
+
+
+def _report_memory(run) -> None:
+    from .propagation import estimate_bytes
+    from .render import stderr_console
+
+    needed = estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=run.checkpoint)
+    if needed < _MEMORY_REPORT:
+        return
+    message = f"initcli: this run needs about {needed / 2**30:.2f} GiB of memory"
+    if not run.checkpoint:
+        lighter = estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=True)
+        if lighter < 0.7 * needed:
+            message += f" (--checkpoint: {lighter / 2**30:.2f} GiB)"
+    stderr_console().print(message, soft_wrap=True, highlight=False)
+
+
 def _propagate_style(column: str, value) -> str | None:
     if column == "dead_frac" and isinstance(value, float) and value >= 0.5:
         return "red"
@@ -267,20 +287,24 @@ def propagate(
     seed: Seed = 0,
     theory: Annotated[bool, typer.Option(help="Add the mean-field columns theory_preact_var, theory_grad_var, "
                                               "chi and off_theory.")] = True,
+    checkpoint: Annotated[bool, typer.Option(help="Keep activations every ~sqrt(depth) layers and recompute the "
+                                                  "rest going back: O(sqrt(depth)) memory, same numbers.")] = False,
     fmt: Format = "auto",
 ) -> None:
     """Push random inputs through a deep stack, backpropagate, and report every layer."""
+    from .propagation import prepare
     from .propagation import propagate as run_propagate
     from .render import overflow_message, print_table, stderr_console
 
     out = _output_format(fmt)
-    result = run_propagate(
-        scheme,
+    options = dict(
         sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
         depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype,
-        seed=seed, theory=theory,
+        seed=seed, theory=theory, checkpoint=checkpoint,
         **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
     )
+    _report_memory(prepare(scheme, **options))
+    result = run_propagate(scheme, **options)
     rows = result.rows()
     if out == "table":
         p = result.params
@@ -330,6 +354,7 @@ def compare(
     input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
     dtype: Dtype = "float32",
     seed: Seed = 0,
+    jobs: Jobs = None,
     fmt: Format = "auto",
 ) -> None:
     """Run the same stack under each scheme (and activation) and give each a verdict.
@@ -351,7 +376,7 @@ def compare(
         sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
         depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype, seed=seed,
         gain=gain, mode=mode, distribution=distribution, negative_slope=negative_slope, value=value, std=std,
-        limit=limit,
+        limit=limit, jobs=jobs,
     )
     rows = result.rows()
     if out == "table":

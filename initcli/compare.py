@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 from .errors import InitcliError
-from .propagation import PropagateResult, propagate
+from .parallel import check_jobs, run_all
+from .propagation import PropagateResult, prepare, propagate
 
 VERDICTS = ("symmetric", "overflow", "no-signal", "dead", "saturated", "exploding", "vanishing", "stable")
 SYMMETRY_RANK = 1.001
@@ -163,14 +164,21 @@ def _row(result: PropagateResult) -> CompareRow:
     )
 
 
-def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), **options) -> CompareResult:
-    """Run `propagate` for every (scheme, activation) pair with the same options and seed."""
+def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs: int | None = 1,
+            **options) -> CompareResult:
+    """Run `propagate` for every (scheme, activation) pair with the same options and seed,
+    in `jobs` processes (None: one per core); the results do not depend on `jobs`."""
     if not schemes:
         raise InitcliError("schemes", "needs at least one scheme")
     if not activations:
         raise InitcliError("activation", "needs at least one activation")
     options.setdefault("theory", False)
-    runs = tuple(propagate(scheme, activation, **options) for activation in activations for scheme in schemes)
+    jobs = check_jobs(jobs)
+    calls = [{"scheme": scheme, "activation": activation, **options} for activation in activations
+             for scheme in schemes]
+    for call in calls:  # every option checked here, before any process starts
+        prepare(**call)
+    runs = tuple(run_all(propagate, calls, jobs))
     comparisons = tuple(_row(run) for run in runs)
     first = runs[0].params
     params = {"schemes": [run.params["scheme"] for run in runs[: len(schemes)]],

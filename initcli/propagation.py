@@ -17,7 +17,9 @@ import numpy as np
 
 from .activations import Activation, get_activation
 from .errors import InitcliError
-from .schemes import Init, make_init
+from .schemes import Init, gaussian, make_init
+from .stats import _BLOCK as _STAT_BLOCK
+from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import THEORY_COLUMNS, TheoryColumns, beside
 
 DTYPES = ("float32", "float64")
@@ -125,26 +127,33 @@ def check_std(param: str, value) -> float:
 # -- memory guard ---------------------------------------------------------------------------
 
 
-_STAT_BLOCK = 1 << 16  # elements cast to float64 at a time by _mean_var
 _WORKSPACE = 4 << 20  # blockwise float64 work (GELU, statistics) and small arrays
 
 
-def estimate_bytes(sizes: Sequence[int], batch: int, dtype: np.dtype) -> int:
+def estimate_bytes(sizes: Sequence[int], batch: int, dtype: np.dtype, *, checkpoint: bool = False) -> int:
     """Peak memory of a propagate run, computed before anything is allocated.
 
     Kept through the run: every layer's weights, the inputs, each layer's activations and
-    φ'(h), and the cotangent. On top of that, the larger of one layer's transients: forward,
-    its pre-activations, a float64 copy of its activations for the statistics, their Gram
-    matrix and a boolean mask; backward, two δ arrays and ∂L/∂W. Before the run, sampling
-    holds the weights drawn so far and the float64 draw of one matrix.
+    φ'(h), and the cotangent; with `checkpoint`, activations only every ⌈√L⌉ layers plus one
+    segment's activations and φ'(h). On top of that, the larger of one layer's transients:
+    forward, its pre-activations, a float64 copy of its activations (the exact fallback of
+    the statistics), their Gram matrix and a boolean mask; backward, two δ arrays and ∂L/∂W.
+    Before the run, sampling holds the weights drawn so far and the draws of one matrix.
     """
     itemsize = np.dtype(dtype).itemsize
     pairs = list(zip(sizes[:-1], sizes[1:]))
     weights = sum(n_in * n_out for n_in, n_out in pairs) * itemsize
     build_peak = weights + max(n_in * n_out for n_in, n_out in pairs) * 8
-    kept = weights + batch * (sizes[0] + 2 * sum(sizes[1:]) + sizes[-1]) * itemsize
+    if checkpoint:
+        depth = len(pairs)
+        segment = math.isqrt(depth - 1) + 1 if depth > 1 else 1
+        widest = max(sizes[1:])
+        kept_acts = (len(range(0, depth, segment)) + 2 * segment) * widest
+    else:
+        kept_acts = 2 * sum(sizes[1:])
+    kept = weights + batch * (sizes[0] + kept_acts + sizes[-1]) * itemsize
     transient = max(
-        max(batch * n_out * (itemsize + 8 + 2) + min(batch, n_out) ** 2 * 8,
+        max(batch * n_out * (itemsize + 8 + 2) + min(batch, n_out, RANK_INPUTS) ** 2 * 8,
             2 * batch * max(n_in, n_out) * itemsize + n_in * n_out * itemsize + _STAT_BLOCK * 8)
         for n_in, n_out in pairs
     )
@@ -204,8 +213,7 @@ def build_stack(init: Init, sizes: Sequence[int], *, bias_std: float = 0.0, seed
     streams = seed_streams(seed)
     weights = tuple(init.sample((n_out, n_in), streams["weights"], dtype)
                     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=False))
-    biases = tuple((bias_std * streams["biases"].standard_normal(n_out)).astype(dtype)
-                   for n_out in sizes[1:])
+    biases = tuple((bias_std * gaussian(streams["biases"], (n_out,))).astype(dtype) for n_out in sizes[1:])
     return Stack(weights, biases)
 
 
@@ -228,21 +236,45 @@ class Trace:
     derivs: list[np.ndarray]
 
 
+class _Scratch:
+    """Reusable work arrays, one per (shape, dtype, role): a deep stack then allocates its
+    transient pre-activations, δ and ∂L/∂W once instead of once per layer."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        key = (role, shape, np.dtype(dtype))
+        if key not in self._arrays:
+            self._arrays[key] = np.empty(shape, dtype=dtype)
+        return self._arrays[key]
+
+
+def layer_forward(activation: Activation, a: np.ndarray, w: np.ndarray, b: np.ndarray,
+                  scratch: _Scratch | None = None):
+    """One Linear→activation layer: (h, φ(h), φ'(h)). With `scratch`, h lives in a reused
+    work array: valid until the next call."""
+    out = None if scratch is None else scratch.get("preact", (a.shape[0], w.shape[0]), np.result_type(a, w))
+    h = np.matmul(a, w.T, out=out)
+    if b.any():
+        h += b
+    act = activation.fn(h)
+    deriv = activation.derivative(h, act)
+    if not all_finite(h):
+        # past an overflow the gradient means nothing: keep nan in it rather than let
+        # relu'(nan) = 0 report a clean zero
+        deriv = np.where(np.isnan(h), np.nan, deriv).astype(deriv.dtype)
+    return h, act, deriv
+
+
 def forward(stack: Stack, activation: Activation, x: np.ndarray,
             observe: ForwardObserver | None = None) -> Trace:
     """Run x through the stack. `observe(layer, preact, act, deriv)` sees each layer (1-based)."""
     trace = Trace([x], [])
     a = x
-    for index, (w, b) in enumerate(zip(stack.weights, stack.biases, strict=False), start=1):
-        h = a @ w.T
-        if b.any():
-            h += b
-        a = activation.fn(h)
-        deriv = activation.derivative(h, a)
-        if not np.isfinite(h).all():
-            # past an overflow the gradient means nothing: keep nan in it rather than
-            # let relu'(nan) = 0 report a clean zero
-            deriv = np.where(np.isnan(h), np.nan, deriv).astype(deriv.dtype)
+    scratch = _Scratch()
+    for index, (w, b) in enumerate(zip(stack.weights, stack.biases), start=1):
+        h, a, deriv = layer_forward(activation, a, w, b, scratch)
         if observe is not None:
             observe(index, h, a, deriv)
         del h
@@ -259,84 +291,105 @@ def backward(stack: Stack, trace: Trace, cotangent: np.ndarray, observe: Backwar
     `observe(layer, delta, weight_grad)` sees each layer from the top down.
     """
     grads: list[tuple[np.ndarray, np.ndarray]] = []
+    scratch = None if keep_grads else _Scratch()
     delta = cotangent * trace.derivs[-1]
     for index in range(len(stack.weights), 0, -1):
-        weight_grad = delta.T @ trace.acts[index - 1]
-        if observe is not None:
-            observe(index, delta, weight_grad)
-        if keep_grads:
-            grads.append((weight_grad, delta.sum(axis=0)))
-        del weight_grad
-        if index > 1:
-            delta = (delta @ stack.weights[index - 1]) * trace.derivs[index - 2]
+        delta = _backward_layer(stack, trace.acts[index - 1], trace.derivs[index - 2] if index > 1 else None,
+                                delta, index, observe, grads if keep_grads else None, scratch)
     return grads[::-1] if keep_grads else None
 
 
-# -- statistics -----------------------------------------------------------------------------
+def _backward_layer(stack: Stack, a_below: np.ndarray, deriv_below: np.ndarray | None, delta: np.ndarray,
+                    index: int, observe: BackwardObserver | None, grads: list | None,
+                    scratch: _Scratch | None = None) -> np.ndarray | None:
+    """Layer `index`'s gradients from its δ; returns δ of the layer below (None at layer 1):
+    δ·W times φ' of the layer below, or ∂L/∂a_{index−1} = δ·W alone where `deriv_below` is None.
+    With `scratch` (gradients not kept), ∂L/∂W and δ live in reused work arrays."""
+    w = stack.weights[index - 1]
+    out = None if scratch is None else scratch.get("weight_grad", w.shape, np.result_type(delta, a_below))
+    weight_grad = np.matmul(delta.T, a_below, out=out)
+    if observe is not None:
+        observe(index, delta, weight_grad)
+    if grads is not None:
+        grads.append((weight_grad, delta.sum(axis=0)))
+    del weight_grad
+    if index == 1:
+        return None
+    # δ ping-pongs between two work arrays: the one not holding the current δ
+    role = "delta_a" if scratch is None or delta is not scratch.get("delta_a", delta.shape, delta.dtype) else "delta_b"
+    out = None if scratch is None else scratch.get(role, (delta.shape[0], w.shape[1]), np.result_type(delta, w))
+    below = np.matmul(delta, w, out=out)
+    if deriv_below is not None:
+        below *= deriv_below
+    return below
 
 
-
-
-def _mean_var(x: np.ndarray) -> tuple[float, float]:
-    """Mean and variance in float64, two-pass (no cancellation when the mean dominates),
-    casting a block at a time so a large float32 array never gets a full float64 copy."""
-    flat = x.reshape(-1)
-    if flat.size == 0:
-        return math.nan, math.nan
-    mean = flat.mean(dtype=np.float64)
-    total = 0.0
-    for start in range(0, flat.size, _STAT_BLOCK):
-        block = flat[start:start + _STAT_BLOCK].astype(np.float64)
-        block -= mean
-        total += float(np.dot(block, block))
-    return float(mean), total / flat.size
-
-
-def effective_rank(acts: np.ndarray) -> float:
-    """Participation ratio (tr C)²/tr(C²) of the centered covariance of acts (batch × units).
-
-    tr(C²) = ‖AᵀA‖²_F = ‖AAᵀ‖²_F for centered A, so the smaller Gram matrix serves. The
-    ratio is scale-free: A is divided by its largest entry first, so huge values cannot
-    overflow. 0 when C = 0 (every input gives the same activations).
-    """
-    centered = acts.astype(np.float64)
-    centered -= centered.mean(axis=0)
-    largest = max(centered.max(), -centered.min()) if centered.size else 0.0
-    if not np.isfinite(largest):
-        return math.nan
-    if largest == 0:
-        return 0.0
-    centered /= largest
-    gram = centered @ centered.T if centered.shape[0] <= centered.shape[1] else centered.T @ centered
-    trace = np.trace(gram)
-    return float(trace * trace / np.vdot(gram, gram))
-
-
-def mean_input_cosine(acts: np.ndarray) -> float:
-    """Mean cosine similarity between the activation vectors of distinct inputs.
-
-    With unit rows u_i: Σ_{i≠j} u_i·u_j = ‖Σ u_i‖² − m, so no batch×batch matrix is formed.
-    Inputs whose activations are all zero have no direction and are left out; nan when fewer
-    than two remain.
-    """
-    a = acts.astype(np.float64)
-    largest = max(a.max(), -a.min()) if a.size else 0.0
-    if not np.isfinite(largest) or largest == 0:
-        return math.nan
-    a /= largest
-    norms = np.sqrt(np.einsum("ij,ij->i", a, a))
-    m = int(np.count_nonzero(norms))
-    if m < 2:
-        return math.nan
-    a /= np.where(norms > 0, norms, 1.0)[:, None]  # zero rows stay zero and add nothing
-    total = a.sum(axis=0)
-    return float((total @ total - m) / (m * (m - 1)))
+def checkpointed(stack: Stack, activation: Activation, x: np.ndarray, cotangent: np.ndarray,
+                 forward_observe: ForwardObserver | None = None,
+                 backward_observe: BackwardObserver | None = None) -> None:
+    """Forward and backward keeping activations only every ⌈√L⌉ layers (Chen et al. 2016,
+    Training Deep Nets with Sublinear Memory Cost): each segment's layers are recomputed from
+    its first activation when the backward pass reaches it. Memory O(√L) activations instead
+    of O(L), one extra forward pass of time, and the same numbers: the recomputation runs the
+    same products on the same inputs."""
+    depth = len(stack.weights)
+    segment = max(1, math.isqrt(depth - 1) + 1 if depth > 1 else 1)
+    starts = list(range(0, depth, segment))
+    checkpoints = {0: x}
+    a = x
+    scratch = _Scratch()
+    for index, (w, b) in enumerate(zip(stack.weights, stack.biases), start=1):
+        h, a, deriv = layer_forward(activation, a, w, b, scratch)
+        if forward_observe is not None:
+            forward_observe(index, h, a, deriv)
+        del h, deriv
+        if index in starts:
+            checkpoints[index] = a
+    delta: np.ndarray | None = None
+    for start in reversed(starts):
+        end = min(start + segment, depth)
+        acts, derivs = [checkpoints[start]], []
+        for layer in range(start, end):
+            _, a, deriv = layer_forward(activation, acts[-1], stack.weights[layer], stack.biases[layer], scratch)
+            acts.append(a)
+            derivs.append(deriv)
+        if start + len(derivs) == depth:
+            delta = cotangent * derivs[-1]
+        else:
+            delta *= derivs[-1]  # δ from above arrives as ∂L/∂a_end, times φ'(h_end)
+        for index in range(end, start, -1):
+            local = index - start
+            delta = _backward_layer(stack, acts[local - 1], derivs[local - 2] if local > 1 else None, delta,
+                                    index, backward_observe, None, scratch)
+        del acts, derivs
+        checkpoints.pop(start)
 
 
 # -- propagate ------------------------------------------------------------------------------
 
 
-def propagate(
+@dataclass(frozen=True)
+class _Run:
+    """A propagate call with every argument checked and resolved."""
+
+    init: Init
+    act: Activation
+    sizes: tuple[int, ...]
+    batch: int
+    bias_std: float
+    input_std: float
+    dtype: np.dtype
+    seed: int
+    theory: bool
+    checkpoint: bool
+
+    @property
+    def params(self) -> dict:
+        return {**self.init.params(), "sizes": list(self.sizes), "depth": len(self.sizes) - 1, "batch": self.batch,
+                "bias_std": self.bias_std, "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed}
+
+
+def prepare(
     scheme: str | Init = "he-normal",
     activation: str = "relu",
     *,
@@ -356,15 +409,9 @@ def propagate(
     std: float = 1.0,
     limit: float = 1.0,
     theory: bool = True,
-) -> PropagateResult:
-    """Sample a stack with the scheme, run `batch` N(0, input_std²) inputs through it,
-    backpropagate a unit-Gaussian cotangent, and measure every layer.
-
-    Defaults: depth 10 × width 256 unless `sizes` is given. Overflow never raises: the
-    affected cells hold inf/nan and the result names the first layer where it happened.
-    With `theory`, each layer also carries the mean-field prediction for the run's scheme,
-    activation, sizes, bias and input std (see `initcli.theory`).
-    """
+    checkpoint: bool = False,
+) -> _Run:
+    """Check and resolve `propagate`'s arguments, memory guard included, allocating nothing."""
     if isinstance(scheme, Init):
         init = scheme
         act = get_activation(init.activation, init.negative_slope)
@@ -374,62 +421,84 @@ def propagate(
         act = get_activation(activation, negative_slope)
     sizes = stack_sizes(sizes, depth, width)
     batch = _positive_int("batch", batch)
-    bias_std = check_std("bias_std", bias_std)
-    input_std = check_std("input_std", input_std)
     np_dtype = check_dtype(dtype)
-    seed = check_seed(seed)
-    check_memory(estimate_bytes(sizes, batch, np_dtype), dtype=np_dtype)
+    check_memory(estimate_bytes(sizes, batch, np_dtype, checkpoint=checkpoint), dtype=np_dtype)
+    return _Run(init, act, sizes, batch, check_std("bias_std", bias_std), check_std("input_std", input_std),
+                np_dtype, check_seed(seed), bool(theory), bool(checkpoint))
 
-    params = {**init.params(), "sizes": list(sizes), "depth": len(sizes) - 1, "batch": batch,
-              "bias_std": bias_std, "input_std": input_std, "dtype": np_dtype.name, "seed": seed}
-    with np.errstate(all="ignore"):
-        result = _run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, params)
-    if not theory:
+
+def propagate(scheme: str | Init = "he-normal", activation: str = "relu", **options) -> PropagateResult:
+    """Sample a stack with the scheme, run `batch` N(0, input_std²) inputs through it,
+    backpropagate a unit-Gaussian cotangent, and measure every layer.
+
+    Options (see `prepare`): sizes or depth/width (default 10 × 256), batch (512), bias_std,
+    input_std, dtype (float32), seed, the init options (gain, mode, distribution,
+    negative_slope, value, std, limit), theory, checkpoint.
+
+    Overflow never raises: the affected cells hold inf/nan and the result names the first
+    layer where it happened. With `theory`, each layer also carries the mean-field prediction
+    for the run's scheme, activation, sizes, bias and input std (see `initcli.theory`).
+    `checkpoint` keeps activations only every ⌈√depth⌉ layers and recomputes the rest in the
+    backward pass: O(√depth) activation memory, the same numbers.
+    """
+    run = prepare(scheme, activation, **options)
+    result = _run(run)
+    if not run.theory:
         return result
-    weight_vars = None if init.scheme.kind == "constant" else [
-        init.expected_std((n_out, n_in)) ** 2 for n_in, n_out in zip(sizes[:-1], sizes[1:])]
-    columns = beside(act, weight_vars, sizes, bias_var=bias_std**2, input_second_moment=input_std**2,
+    weight_vars = None if run.init.scheme.kind == "constant" else [
+        run.init.expected_std((n_out, n_in)) ** 2 for n_in, n_out in zip(run.sizes[:-1], run.sizes[1:])]
+    columns = beside(run.act, weight_vars, run.sizes, bias_var=run.bias_std**2,
+                     input_second_moment=run.input_std**2,
                      measured_preact=[layer.preact_var for layer in result.layers],
                      measured_grad=[layer.grad_var for layer in result.layers])
     return replace(result, theory=columns)
 
 
-def _run(init: Init, act: Activation, sizes, batch, bias_std, input_std, dtype, seed, params) -> PropagateResult:
-    stack = build_stack(init, sizes, bias_std=bias_std, seed=seed, dtype=dtype)
-    streams = seed_streams(seed)
-    x = (input_std * streams["inputs"].standard_normal((batch, sizes[0]))).astype(dtype)
-    cotangent = streams["cotangent"].standard_normal((batch, sizes[-1])).astype(dtype)
+def _run(run: _Run) -> PropagateResult:
+    stack = build_stack(run.init, run.sizes, bias_std=run.bias_std, seed=run.seed, dtype=run.dtype)
+    streams = seed_streams(run.seed)
+    x = gaussian(streams["inputs"], (run.batch, run.sizes[0]), run.dtype) * run.dtype.type(run.input_std)
+    cotangent = gaussian(streams["cotangent"], (run.batch, run.sizes[-1]), run.dtype)
+    layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, checkpoint=run.checkpoint)
+    return PropagateResult(run.params, layers, forward_overflow, backward_overflow)
 
+
+def measure(stack: Stack, act: Activation, x: np.ndarray, cotangent: np.ndarray, *,
+            checkpoint: bool = False) -> tuple[tuple[LayerStats, ...], int | None, int | None]:
+    """Forward x, backpropagate the cotangent, and measure every layer: the engine of
+    `propagate` for a given stack and inputs. Returns (layers, first layer whose
+    pre-activations overflowed, first layer from the top whose gradient did)."""
     depth = len(stack.weights)
     forward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
     backward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
     overflow = {"forward": None, "backward": None}
 
     def on_forward(layer: int, h: np.ndarray, a: np.ndarray, deriv: np.ndarray) -> None:
-        if overflow["forward"] is None and not np.isfinite(h).all():
+        preact_mean, preact_var = moments(h)
+        if overflow["forward"] is None and not math.isfinite(preact_var) and not all_finite(h):
             overflow["forward"] = layer
-        preact_mean, preact_var = _mean_var(h)
-        act_mean, act_var = _mean_var(a)
-        saturated = float(act.saturated(a).mean()) if act.saturated is not None else 0.0
+        act_mean, act_var = moments(a)
+        saturated = float(np.count_nonzero(act.saturated(a)) / a.size) if act.saturated is not None else 0.0
         forward_stats[layer - 1] = {
             "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
-            "saturated_frac": saturated, "dead_frac": float((deriv == 0).all(axis=0).mean()),
+            "saturated_frac": saturated, "dead_frac": dead_fraction(deriv),
             "effective_rank": effective_rank(a), "input_cosine": mean_input_cosine(a),
         }
 
     def on_backward(layer: int, delta: np.ndarray, weight_grad: np.ndarray) -> None:
-        if overflow["backward"] is None and not np.isfinite(delta).all():
+        grad_var = moments(delta)[1]
+        if overflow["backward"] is None and not math.isfinite(grad_var) and not all_finite(delta):
             overflow["backward"] = layer
-        backward_stats[layer - 1] = {"grad_var": _mean_var(delta)[1], "weight_grad_var": _mean_var(weight_grad)[1]}
+        backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
 
-    trace = forward(stack, act, x, on_forward)
-    backward(stack, trace, cotangent, on_backward, keep_grads=False)
-    layers = tuple(
-        LayerStats(layer=i + 1, fan_in=w.shape[1], fan_out=w.shape[0],
-                   weight_std=math.sqrt(_mean_var(w)[1]), **{
-                       k: (forward_stats[i] | backward_stats[i])[k]
-                       for k in LAYER_COLUMNS[4:]
-                   })
-        for i, w in enumerate(stack.weights)
-    )
-    return PropagateResult(params, layers, overflow["forward"], overflow["backward"])
+    with np.errstate(all="ignore"):
+        if checkpoint:
+            checkpointed(stack, act, x, cotangent, on_forward, on_backward)
+        else:
+            backward(stack, forward(stack, act, x, on_forward), cotangent, on_backward, keep_grads=False)
+        layers = tuple(
+            LayerStats(layer=i + 1, fan_in=w.shape[1], fan_out=w.shape[0], weight_std=math.sqrt(moments(w)[1]),
+                       **forward_stats[i], **backward_stats[i])
+            for i, w in enumerate(stack.weights)
+        )
+    return layers, overflow["forward"], overflow["backward"]

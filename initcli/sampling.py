@@ -13,7 +13,7 @@ from . import __version__
 from .errors import InitcliError
 from .files import atomic_output
 from .propagation import build_stack, check_dtype, check_memory, check_seed, check_std, seed_streams, stack_sizes
-from .schemes import Init, compute_fans, make_init
+from .schemes import Init, compute_fans, gaussian, make_init
 
 DEFAULT_SIZES = (784, 256, 256, 10)
 
@@ -89,7 +89,7 @@ def sample(
         compute_fans(shape)  # refuses rank < 2 and non-positive dimensions
         check_memory(math.prod(shape) * (8 + np_dtype.itemsize) * 2)
         weights = (init.sample(shape, seed_streams(seed)["weights"], np_dtype),)
-        biases = ((bias_std * seed_streams(seed)["biases"].standard_normal(shape[0])).astype(np_dtype),)
+        biases = ((bias_std * gaussian(seed_streams(seed)["biases"], (shape[0],))).astype(np_dtype),)
         params_shape = {"shape": list(shape)}
     else:
         stack_sizes_ = stack_sizes(DEFAULT_SIZES if sizes is None else sizes)

@@ -196,8 +196,8 @@ class Init:
         return None
 
     def sample(self, shape: Sequence[int], rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
-        """Draw a tensor of `shape` (torch layout). Drawn in float64, then cast, so float32
-        and float64 runs with one seed hold the same weights up to rounding."""
+        """Draw a tensor of `shape` (torch layout). Random draws are made at float32 precision
+        whatever `dtype` is, so float32 and float64 runs with one seed hold the same weights."""
         shape = tuple(int(d) for d in shape)
         kind = self.scheme.kind
         if kind == "zeros":
@@ -208,12 +208,16 @@ class Init:
             return (self.gain * _orthogonal(shape, rng)).astype(dtype)
         std = self.expected_std(shape)
         if self.distribution == "normal":
-            weights = rng.standard_normal(shape)
+            weights = gaussian(rng, shape)
+            weights *= np.float32(std)
         elif self.distribution == "uniform":
-            weights = rng.uniform(-math.sqrt(3), math.sqrt(3), size=shape)
+            limit = math.sqrt(3) * std
+            weights = rng.random(shape, dtype=np.float32)
+            weights *= np.float32(2 * limit)
+            weights -= np.float32(limit)
         else:
-            weights = _truncated_standard_normal(shape, rng) / TRUNCATED_NORMAL_STD
-        weights *= std
+            weights = _truncated_standard_normal(shape, rng)
+            weights *= np.float32(std / TRUNCATED_NORMAL_STD)
         return weights.astype(dtype, copy=False)
 
     def params(self) -> dict:
@@ -228,13 +232,32 @@ class Init:
         return out
 
 
+def gaussian(rng: np.random.Generator, shape: Sequence[int], dtype=np.float32) -> np.ndarray:
+    """Standard normal draws by the Box–Muller transform (Box & Muller 1958).
+
+    Here about twice as fast as numpy's ziggurat, which costs more than a matrix product of
+    the same size. The radius √(−2 ln u) comes from float64 uniforms, so the tails reach
+    about 8.5σ as a normal's should; the angle, which needs no such range, from float32 ones.
+    """
+    shape = tuple(int(d) for d in shape)
+    n = math.prod(shape)
+    half = (n + 1) // 2
+    radius = np.sqrt(-2.0 * np.log1p(-rng.random(half))).astype(np.float32)  # 1 − u ∈ (0, 1]
+    angle = rng.random(half, dtype=np.float32)
+    angle *= np.float32(2 * math.pi)
+    out = np.empty(2 * half, dtype=np.float32)
+    np.multiply(radius, np.cos(angle), out=out[:half])
+    np.multiply(radius, np.sin(angle), out=out[half:])
+    return out[:n].reshape(shape).astype(dtype, copy=False)
+
+
 def _truncated_standard_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """N(0,1) conditioned on (-2, 2), by redrawing the ~4.6% that fall outside."""
-    out = rng.standard_normal(shape)
+    out = gaussian(rng, shape)
     flat = out.reshape(-1)
     outside = np.flatnonzero(np.abs(flat) >= TRUNCATION_BOUND)
     while outside.size:
-        flat[outside] = rng.standard_normal(outside.size)
+        flat[outside] = gaussian(rng, (outside.size,))
         outside = outside[np.abs(flat[outside]) >= TRUNCATION_BOUND]
     return out
 
@@ -245,10 +268,10 @@ def _orthogonal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     multiply Q's columns by sign(diag R) so the result is Haar-distributed (Mezzadri 2007)."""
     rows = shape[0]
     cols = math.prod(shape) // rows
-    gaussian = rng.standard_normal((rows, cols))
+    draw = gaussian(rng, (rows, cols), np.float64)
     if rows < cols:
-        gaussian = gaussian.T
-    q, r = np.linalg.qr(gaussian)
+        draw = draw.T
+    q, r = np.linalg.qr(draw)
     q *= np.where(np.diag(r) < 0, -1.0, 1.0)
     if rows < cols:
         q = q.T

@@ -10,13 +10,12 @@ from initcli.propagation import (
     backward,
     build_stack,
     check_memory,
-    effective_rank,
     estimate_bytes,
     forward,
-    mean_input_cosine,
     propagate,
 )
 from initcli.schemes import make_init
+from initcli.stats import effective_rank, mean_input_cosine
 
 
 def gauss_expect(fn, q, points=201):
