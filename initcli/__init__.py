@@ -18,8 +18,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "activations": ("ACTIVATION_NAMES", "Activation", "get_activation"),
     "errors": ("InitcliError",),
-    "propagation": ("LAYER_COLUMNS", "LayerStats", "PropagateResult", "Stack", "backward", "build_stack",
-                    "forward", "propagate"),
+    "engine": ("Architecture", "Stack", "backward", "build_stack", "forward"),
+    "propagation": ("LAYER_COLUMNS", "LayerStats", "PropagateResult", "measure", "propagate"),
+    "lsuv": ("lsuv",),
     "stats": ("effective_rank", "mean_input_cosine", "moments"),
     "sampling": ("SampleResult", "WeightStats", "sample", "save_npz"),
     "schemes": ("SCHEME_NAMES", "SCHEMES", "Init", "Scheme", "compute_fans", "get_scheme", "make_init",

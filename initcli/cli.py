@@ -94,6 +94,12 @@ Seed = Annotated[int, typer.Option(help="Seeds weights, biases, inputs and cotan
 Format = Annotated[str, typer.Option("--format", "-f", help=(
     "auto, table, csv or json. auto: a table on a terminal, CSV when piped or redirected."))]
 Dtype = Annotated[str, typer.Option(help="float32 (what networks train in) or float64.")]
+Residual = Annotated[bool, typer.Option(help="Skip connections: each block is x + residual-scale·f(x).")]
+ResidualScale = Annotated[float, typer.Option(help="α of x + α·f(x) (0: zero-init branches, SkipInit/ReZero).")]
+Block = Annotated[int, typer.Option(help="Linear→activation layers per residual branch.")]
+Norm = Annotated[str, typer.Option(help="none, or layer: LayerNorm between each Linear and its activation.")]
+LsuvTol = Annotated[float, typer.Option(help="lsuv: stop when |Var(h) − 1| is within this.")]
+LsuvMaxIter = Annotated[int, typer.Option(help="lsuv: rescalings per layer at most.")]
 Jobs = Annotated[Optional[int], typer.Option(
     help="Processes to run the pairs in (default: one per core); results do not depend on it.")]
 BiasStd = Annotated[float, typer.Option(help="Biases are drawn from N(0, bias-std²); 0 gives zero bias.")]
@@ -125,6 +131,11 @@ def parse_name_list(text: str, param: str) -> list[str]:
 def _init_options(gain, mode, distribution, activation, negative_slope, value, std, limit) -> dict:
     return {"gain": gain, "mode": mode, "distribution": distribution, "activation": activation,
             "negative_slope": negative_slope, "value": value, "std": std, "limit": limit}
+
+
+def _arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter) -> dict:
+    return {"residual": residual, "residual_scale": residual_scale, "block": block, "norm": norm,
+            "lsuv_tol": lsuv_tol, "lsuv_max_iter": lsuv_max_iter}
 
 
 def _output_format(fmt: str) -> str:
@@ -289,9 +300,20 @@ def propagate(
                                               "chi and off_theory.")] = True,
     checkpoint: Annotated[bool, typer.Option(help="Keep activations every ~sqrt(depth) layers and recompute the "
                                                   "rest going back: O(sqrt(depth)) memory, same numbers.")] = False,
+    residual: Residual = False,
+    residual_scale: ResidualScale = 1.0,
+    block: Block = 1,
+    norm: Norm = "none",
+    lsuv_tol: LsuvTol = 0.05,
+    lsuv_max_iter: LsuvMaxIter = 10,
     fmt: Format = "auto",
 ) -> None:
-    """Push random inputs through a deep stack, backpropagate, and report every layer."""
+    """Push random inputs through a deep stack, backpropagate, and report every layer.
+
+    With --residual, act is the residual stream x + α·f(x) that the next layer reads, and
+    saturated_frac is measured on f's activation. With --norm layer, preact is h before the
+    LayerNorm and grad_var the variance of dL/dh.
+    """
     from .propagation import prepare
     from .propagation import propagate as run_propagate
     from .render import overflow_message, print_table, stderr_console
@@ -302,6 +324,7 @@ def propagate(
         depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype,
         seed=seed, theory=theory, checkpoint=checkpoint,
         **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
+        **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter),
     )
     _report_memory(prepare(scheme, **options))
     result = run_propagate(scheme, **options)
@@ -354,6 +377,12 @@ def compare(
     input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
     dtype: Dtype = "float32",
     seed: Seed = 0,
+    residual: Residual = False,
+    residual_scale: ResidualScale = 1.0,
+    block: Block = 1,
+    norm: Norm = "none",
+    lsuv_tol: LsuvTol = 0.05,
+    lsuv_max_iter: LsuvMaxIter = 10,
     jobs: Jobs = None,
     fmt: Format = "auto",
 ) -> None:
@@ -376,7 +405,7 @@ def compare(
         sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
         depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype, seed=seed,
         gain=gain, mode=mode, distribution=distribution, negative_slope=negative_slope, value=value, std=std,
-        limit=limit, jobs=jobs,
+        limit=limit, jobs=jobs, **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter),
     )
     rows = result.rows()
     if out == "table":
@@ -477,3 +506,58 @@ def critical(
                                          "negative_slope": negative_slope, "sigma_w_critical": sigma_star},
                        rows, columns)
         stderr_console().print(summary, soft_wrap=True, highlight=False)
+
+
+@app.command("jacobian")
+def jacobian_command(
+    depth: Annotated[Optional[int], typer.Option(help="Number of layers (default 10).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Units per layer (default 256).")] = None,
+    sizes: Annotated[Optional[str], typer.Option(help="Layer sizes n0,n1,…,nL instead of --depth/--width.")] = None,
+    scheme: Scheme = "he-normal",
+    activation: ActivationOpt = "relu",
+    inputs: Annotated[int, typer.Option(help="Inputs the spectrum is averaged over.")] = 8,
+    batch: Annotated[int, typer.Option(help="Random inputs drawn (lsuv calibrates on all of them).")] = 512,
+    gain: Gain = 1.0,
+    mode: Mode = None,
+    distribution: Distribution = None,
+    negative_slope: NegativeSlope = 0.01,
+    value: Value = 0.5,
+    std: Std = 1.0,
+    limit: Limit = 1.0,
+    bias_std: BiasStd = 0.0,
+    input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
+    dtype: Dtype = "float32",
+    seed: Seed = 0,
+    residual: Residual = False,
+    residual_scale: ResidualScale = 1.0,
+    block: Block = 1,
+    norm: Norm = "none",
+    lsuv_tol: LsuvTol = 0.05,
+    lsuv_max_iter: LsuvMaxIter = 10,
+    fmt: Format = "auto",
+) -> None:
+    """Singular values of the input-output Jacobian after each layer (Pennington et al. 2017).
+
+    sv_mean_sq is the mean of the squared singular values (what the variance map controls);
+    sv_max, sv_min and sv_condition = sv_max/sv_min show the spread: all 1 is dynamical
+    isometry. Each is averaged over --inputs inputs; the Jacobian is computed in float64.
+    """
+    from .jacobian import JACOBIAN_COLUMNS, jacobian
+    from .render import print_table
+
+    out = _output_format(fmt)
+    result = jacobian(
+        scheme, inputs=inputs,
+        sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
+        depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype, seed=seed,
+        **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
+        **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter),
+    )
+    rows = result.rows()
+    if out == "table":
+        p = result.params
+        print_table(rows, JACOBIAN_COLUMNS, title=f"{p['scheme']} · {p['activation']} · {p['depth']} layers · "
+                                                  f"{_sizes_text(p['sizes'])} · {p['inputs']} inputs",
+                    console=_stdout_console(not sys.stdout.isatty()))
+    else:
+        _write_machine(out, "jacobian", result.params, rows, JACOBIAN_COLUMNS)

@@ -79,6 +79,9 @@ def sample(
     """Draw one matrix per consecutive pair of `sizes` (default 784,256,256,10), or one tensor
     of `shape` (torch layout, e.g. 64,3,7,7), with the same seed streams as `propagate`."""
     init = scheme if isinstance(scheme, Init) else make_init(scheme, activation=activation, **init_options)
+    if init.scheme.kind == "lsuv":
+        raise InitcliError("scheme", "lsuv is data-driven: it rescales each layer on a batch of inputs, so use it "
+                                     "with propagate, compare or train")
     np_dtype = check_dtype(dtype)
     seed = check_seed(seed)
     bias_std = check_std("bias_std", bias_std)

@@ -75,6 +75,15 @@ SCHEMES: tuple[Scheme, ...] = (
     Scheme("orthogonal", "orthogonal", formula="Q of QR(N(0,1)), sign-fixed; std = 1/√max(rows, cols)",
            designed_for="linear, tanh (dynamical isometry)",
            reference="Saxe et al. 2013, Exact solutions to the nonlinear dynamics of learning"),
+    Scheme("delta-orthogonal", "delta-orthogonal", aliases=("delta",),
+           formula="centre tap orthogonal (out×in), every other tap 0; std = 1/√(max(out, in)·∏kernel)",
+           designed_for="conv stacks (dynamical isometry)",
+           reference="Xiao et al. 2018, Dynamical Isometry and a Mean Field Theory of CNNs"),
+    Scheme("identity", "identity", aliases=("eye",), formula="W = I (ones on the diagonal, as torch's eye_)",
+           designed_for="linear and residual stacks", reference="Le et al. 2015; torch.nn.init.eye_"),
+    Scheme("lsuv", "lsuv", formula="orthogonal, then each layer scaled to unit pre-activation variance on the batch",
+           designed_for="any activation (data-driven)",
+           reference="Mishkin & Matas 2015, All you need is a good init"),
     Scheme("torch-default", "scaling", "uniform", 1 / 3, "fan_in", aliases=("pytorch", "torch"),
            formula="limit = 1/√fan_in", designed_for="PyTorch nn.Linear's default",
            reference="PyTorch nn.Linear.reset_parameters: kaiming_uniform_(a=√5)"),
@@ -168,11 +177,16 @@ class Init:
         kind = self.scheme.kind
         if kind in ("zeros", "constant"):
             return 0.0
-        if kind == "orthogonal":
+        if kind in ("orthogonal", "lsuv"):  # lsuv starts orthogonal; its scale comes from the data
             rows = int(shape[0])
             cols = math.prod(int(d) for d in shape) // rows
             # the min(rows, cols) orthonormal vectors have unit norm: mean square 1/max(rows, cols)
             return self.gain / math.sqrt(max(rows, cols))
+        if kind == "delta-orthogonal":
+            taps = math.prod(int(d) for d in shape[2:])
+            return self.gain / math.sqrt(max(int(shape[0]), int(shape[1])) * taps)
+        if kind == "identity":
+            return self.gain * math.sqrt(min(shape[0], shape[1]) / (shape[0] * shape[1]))
         if kind == "fixed":
             base = self.std if self.scheme.distribution == "normal" else self.limit / math.sqrt(3)
             return self.gain * base
@@ -186,7 +200,7 @@ class Init:
         """The largest |W| the distribution allows: the uniform limit or the truncation point."""
         if self.scheme.kind in ("zeros", "constant"):
             return abs(self.expected_mean())
-        if self.scheme.kind == "orthogonal":
+        if self.scheme.kind in ("orthogonal", "lsuv", "delta-orthogonal", "identity"):
             return self.gain
         std = self.expected_std(shape)
         if self.distribution == "uniform":
@@ -204,8 +218,18 @@ class Init:
             return np.zeros(shape, dtype=dtype)
         if kind == "constant":
             return np.full(shape, self.gain * self.value, dtype=dtype)
-        if kind == "orthogonal":
+        if kind in ("orthogonal", "lsuv"):
             return (self.gain * _orthogonal(shape, rng)).astype(dtype)
+        if kind == "delta-orthogonal":
+            weights = np.zeros(shape, dtype=dtype)
+            centre = (slice(None), slice(None)) + tuple(d // 2 for d in shape[2:])
+            weights[centre] = self.gain * _orthogonal(shape[:2], rng)
+            return weights
+        if kind == "identity":
+            if len(shape) != 2:
+                raise InitcliError("shape", f"identity needs a 2-D shape, got {shape}; "
+                                            "for conv kernels use delta-orthogonal")
+            return (self.gain * np.eye(shape[0], shape[1])).astype(dtype)
         std = self.expected_std(shape)
         if self.distribution == "normal":
             weights = gaussian(rng, shape)

@@ -22,6 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from .activations import Activation, get_activation
+from .engine import LAYER_NORM_EPS, PLAIN, Architecture
 
 _NODES_PER_PANEL = 24
 _TAIL_SDS = 12.0  # P(|z| > 12) ≈ 4e-33: nothing beyond matters
@@ -115,21 +116,56 @@ class LayerTheory:
 
 
 def mean_field(act: Activation, weight_vars: Sequence[float], sizes: Sequence[int], *, bias_var: float = 0.0,
-               input_second_moment: float = 1.0, cotangent_var: float = 1.0) -> tuple[LayerTheory, ...]:
-    """The mean-field recursion for a stack with per-layer weight variances and sizes."""
+               input_second_moment: float = 1.0, cotangent_var: float = 1.0,
+               arch: Architecture = PLAIN) -> tuple[LayerTheory, ...]:
+    """The mean-field recursion for a stack with per-layer weight variances and sizes.
+
+    LayerNorm: each input's ñ has unit second moment, so the branch sees q̃ = q/(q + ε) and
+    the backward pass divides by q + ε (LN's 1/σ; its two projections remove O(1/n)).
+    Residual blocks a_out = a_in + α·φ(ñ): at infinite width each unit's branch is independent
+    of its skip, so E[a_out²] = Q_in + 2α·M_in·E[φ] + α²·E[φ²], with M the units' mean (not
+    zero once ReLU branches have added to the stream). Gradients add on the way back,
+    G_in = G_out + (what comes back through the branch): their cross term has a zero-mean
+    weight in it, so it vanishes.
+    """
     depth = len(weight_vars)
-    q = []
-    prev_second = input_second_moment
+    layer_norm = arch.norm == "layer"
+    alpha = arch.residual_scale or 0.0
+    q, branch_q = [], []
+    stream = block_in = input_second_moment
+    stream_mean = block_in_mean = 0.0  # the inputs are zero-mean
     for layer in range(depth):
-        q_l = sizes[layer] * weight_vars[layer] * prev_second + bias_var
+        index = layer + 1
+        if arch.opens_block(index):
+            block_in, block_in_mean = stream, stream_mean
+        q_l = sizes[layer] * weight_vars[layer] * stream + bias_var
         q.append(q_l)
-        prev_second = phi_sq(act, q_l)
-    derivative_sq = [dphi_sq(act, q_l) for q_l in q]
+        seen = q_l / (q_l + LAYER_NORM_EPS) if layer_norm else q_l
+        branch_q.append(seen)
+        out = phi_sq(act, seen)
+        out_mean = gauss_expect(act.fn, seen) if arch.residual else 0.0
+        if arch.closes_block(index):
+            stream = block_in + 2 * alpha * block_in_mean * out_mean + alpha**2 * out
+            stream_mean = block_in_mean + alpha * out_mean
+        else:
+            stream, stream_mean = out, out_mean
+    derivative_sq = [dphi_sq(act, seen) for seen in branch_q]
     chi = [sizes[layer + 1] * weight_vars[layer] * derivative_sq[layer] for layer in range(depth)]
     grad = [0.0] * depth
-    grad[-1] = cotangent_var * derivative_sq[-1]
-    for layer in range(depth - 2, -1, -1):
-        grad[layer] = grad[layer + 1] * sizes[layer + 2] * weight_vars[layer + 1] * derivative_sq[layer]
+    incoming = cotangent_var  # Var(∂L/∂a_l)
+    skip = 0.0
+    for layer in range(depth - 1, -1, -1):
+        index = layer + 1
+        through = incoming * derivative_sq[layer]
+        if arch.closes_block(index):
+            skip = incoming
+            through *= alpha**2
+        if layer_norm:
+            through /= q[layer] + LAYER_NORM_EPS
+        grad[layer] = through
+        incoming = sizes[layer + 1] * weight_vars[layer] * through
+        if arch.opens_block(index):
+            incoming += skip
     return tuple(LayerTheory(i + 1, q[i], grad[i], chi[i]) for i in range(depth))
 
 
@@ -364,12 +400,13 @@ THEORY_COLUMNS: tuple[str, ...] = ("theory_preact_var", "theory_grad_var", "chi"
 
 def beside(act: Activation, weight_vars: Sequence[float] | None, sizes: Sequence[int], *, bias_var: float,
            input_second_moment: float, measured_preact: Sequence[float],
-           measured_grad: Sequence[float]) -> tuple[TheoryColumns, ...]:
+           measured_grad: Sequence[float], arch: Architecture = PLAIN) -> tuple[TheoryColumns, ...]:
     """Theory columns for a measured run. `weight_vars` None means mean-field does not apply
     (weights that are not zero-mean and i.i.d., e.g. constant init): the columns stay blank."""
     if weight_vars is None:
         return tuple(TheoryColumns(None, None, None, "") for _ in measured_preact)
-    predicted = mean_field(act, weight_vars, sizes, bias_var=bias_var, input_second_moment=input_second_moment)
+    predicted = mean_field(act, weight_vars, sizes, bias_var=bias_var, input_second_moment=input_second_moment,
+                           arch=arch)
     forward_spread, backward_spread = finite_width_spread(sizes)
     columns = []
     for i, layer in enumerate(predicted):

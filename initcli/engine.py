@@ -1,0 +1,318 @@
+"""The one forward/backward engine: Linear → [LayerNorm] → activation layers, optionally in
+residual blocks, with the statistics observed on the way.
+
+Notation of THEORY.md: h_l = a_{l−1} W_lᵀ + b_l (W_l in PyTorch's (out, in) layout),
+ñ_l = LN(h_l) with `norm="layer"` (ñ_l = h_l otherwise), and the branch φ(ñ_l). A plain
+layer outputs a_l = φ(ñ_l); with residual scale α, the last layer of each block of `block`
+layers outputs a_l = a_in + α·φ(ñ_l), a_in being the block's input. The loss is
+L = Σ g ⊙ a_L for a cotangent g, so gradients are per-example gradients summed over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .activations import Activation
+from .errors import InitcliError
+from .schemes import Init, gaussian
+from .stats import all_finite
+
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
+NORMS = ("none", "layer")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How layers connect: residual blocks of `block` layers scaled by `residual_scale`
+    (None: no skip connections), and an optional LayerNorm before each activation."""
+
+    residual_scale: float | None = None
+    block: int = 1
+    norm: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.residual_scale is not None and not math.isfinite(self.residual_scale):
+            raise InitcliError("residual_scale", f"must be a finite number, got {self.residual_scale!r}")
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
+            raise InitcliError("block", f"must be a positive integer, got {self.block!r}")
+        if self.norm not in (None, "layer"):
+            raise InitcliError("norm", f"unknown norm '{self.norm}'; choose from {', '.join(NORMS)}")
+
+    @property
+    def residual(self) -> bool:
+        return self.residual_scale is not None
+
+    def opens_block(self, index: int) -> bool:
+        return self.residual and (index - 1) % self.block == 0
+
+    def closes_block(self, index: int) -> bool:
+        return self.residual and index % self.block == 0
+
+    def check_sizes(self, sizes: Sequence[int]) -> None:
+        if not self.residual:
+            return
+        if len(set(sizes)) != 1:
+            raise InitcliError("residual", f"needs layers of one width for its skip connections, got sizes "
+                                           f"{','.join(map(str, sizes))}")
+        depth = len(sizes) - 1
+        if depth % self.block:
+            raise InitcliError("block", f"{depth} layers do not split into blocks of {self.block}")
+
+    def params(self) -> dict:
+        return {"residual_scale": self.residual_scale, "block": self.block, "norm": self.norm or "none"}
+
+
+PLAIN = Architecture()
+
+
+def make_architecture(residual: bool = False, residual_scale: float = 1.0, block: int = 1,
+                      norm: str | None = None) -> Architecture:
+    norm = None if norm in (None, "none") else str(norm).strip().lower()
+    if not residual and block != 1:
+        raise InitcliError("block", "only applies with --residual")
+    return Architecture(float(residual_scale) if residual else None, block, norm)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Weights in torch layout (out, in), biases, and how the layers connect."""
+
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    arch: Architecture = PLAIN
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (self.weights[0].shape[1],) + tuple(w.shape[0] for w in self.weights)
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+
+def seed_streams(seed: int) -> dict[str, np.random.Generator]:
+    """Independent generators for weights, biases, inputs and the cotangent, from one seed."""
+    children = np.random.SeedSequence(seed).spawn(4)
+    return {name: np.random.default_rng(child)
+            for name, child in zip(("weights", "biases", "inputs", "cotangent"), children)}
+
+
+def build_stack(init: Init, sizes: Sequence[int], *, bias_std: float = 0.0, seed: int = 0, dtype="float32",
+                arch: Architecture = PLAIN) -> Stack:
+    """Sample every layer's weights with `init` and biases from N(0, bias_std²).
+
+    Weights and biases come from their own streams of the seed (see `seed_streams`), so a
+    deeper stack with the same seed starts with the same layers.
+    """
+    arch.check_sizes(sizes)
+    dtype = np.dtype(dtype)
+    streams = seed_streams(seed)
+    weights = tuple(init.sample((n_out, n_in), streams["weights"], dtype) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    biases = tuple((bias_std * gaussian(streams["biases"], (n_out,))).astype(dtype) for n_out in sizes[1:])
+    return Stack(weights, biases, arch)
+
+
+# -- one layer ------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerState:
+    """What the backward pass needs of one layer."""
+
+    act: np.ndarray  # the layer's output a_l: the next layer's input
+    deriv: np.ndarray  # φ'(ñ_l)
+    normed: np.ndarray | None = None  # ñ_l, with layer norm
+    inv_std: np.ndarray | None = None  # 1/√(Var_units(h_l) + ε) per input, with layer norm
+
+
+class Scratch:
+    """Reusable work arrays, one per (role, shape, dtype): a deep stack then allocates its
+    transient pre-activations, δ and ∂L/∂W once instead of once per layer."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        key = (role, shape, np.dtype(dtype))
+        if key not in self._arrays:
+            self._arrays[key] = np.empty(shape, dtype=dtype)
+        return self._arrays[key]
+
+
+def _layer_norm(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(h − mean)/√(var + ε) over each input's units, and 1/√(var + ε) per input."""
+    mean = h.mean(axis=1, keepdims=True, dtype=np.float64)
+    centered = h - mean.astype(h.dtype)
+    var = np.einsum("ij,ij->i", centered, centered, dtype=np.float64)[:, None] / h.shape[1]
+    inv_std = (1 / np.sqrt(var + LAYER_NORM_EPS)).astype(h.dtype)
+    centered *= inv_std
+    return centered, inv_std
+
+
+def _layer_norm_backward(grad: np.ndarray, normed: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+    """∂L/∂h from ∂L/∂ñ: s·(g − mean(g) − ñ·mean(g⊙ñ)), means over each input's units."""
+    width = grad.shape[1]
+    mean_grad = grad.mean(axis=1, keepdims=True, dtype=np.float64).astype(grad.dtype)
+    mean_proj = (np.einsum("ij,ij->i", grad, normed, dtype=np.float64)[:, None] / width).astype(grad.dtype)
+    out = grad - mean_grad
+    out -= normed * mean_proj
+    out *= inv_std
+    return out
+
+
+def layer_forward(stack: Stack, activation: Activation, index: int, a_prev: np.ndarray,
+                  block_input: np.ndarray | None, scratch: Scratch | None = None):
+    """Layer `index` (1-based): (h, φ(ñ), LayerState). With `scratch`, h lives in a reused
+    work array, valid until the next call."""
+    w, b, arch = stack.weights[index - 1], stack.biases[index - 1], stack.arch
+    out = None if scratch is None else scratch.get("preact", (a_prev.shape[0], w.shape[0]), np.result_type(a_prev, w))
+    h = np.matmul(a_prev, w.T, out=out)
+    if b.any():
+        h += b
+    normed, inv_std = _layer_norm(h) if arch.norm == "layer" else (h, None)
+    branch = activation.fn(normed)
+    deriv = activation.derivative(normed, branch)
+    if not all_finite(h):
+        # past an overflow the gradient means nothing: keep nan in it rather than let
+        # relu'(nan) = 0 report a clean zero
+        deriv = np.where(np.isnan(normed), np.nan, deriv).astype(deriv.dtype)
+    if arch.closes_block(index):
+        output = block_input + branch * branch.dtype.type(arch.residual_scale)
+    else:
+        output = branch
+    state = LayerState(output, deriv, normed if arch.norm == "layer" else None, inv_std)
+    return h, branch, state
+
+
+# -- forward and backward -------------------------------------------------------------------
+
+ForwardObserver = Callable[[int, np.ndarray, np.ndarray, LayerState], None]
+BackwardObserver = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+@dataclass
+class Trace:
+    """The forward pass's input and every layer's state."""
+
+    x: np.ndarray
+    states: list[LayerState] = field(default_factory=list)
+
+
+def forward(stack: Stack, activation: Activation, x: np.ndarray, observe: ForwardObserver | None = None,
+            *, first: int = 1, last: int | None = None, scratch: Scratch | None = None) -> Trace:
+    """Run x through layers first…last (all by default). `observe(layer, h, φ(ñ), state)`
+    sees each layer; h is only valid during the call."""
+    last = stack.depth if last is None else last
+    scratch = scratch or Scratch()
+    trace = Trace(x)
+    a = block_input = x
+    for index in range(first, last + 1):
+        if stack.arch.opens_block(index):
+            block_input = a
+        h, branch, state = layer_forward(stack, activation, index, a, block_input, scratch)
+        if observe is not None:
+            observe(index, h, branch, state)
+        del h, branch
+        trace.states.append(state)
+        a = state.act
+    return trace
+
+
+def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, observe: BackwardObserver | None,
+                    grads: list | None, scratch: Scratch | None) -> np.ndarray | None:
+    """Backpropagate ∂L/∂a_last = grad through the trace's layers (first…first+len−1), top
+    down. Returns ∂L/∂a_{first−1} (None when first is 1)."""
+    arch = stack.arch
+    last = first + len(trace.states) - 1
+    skip_grad = None
+    for index in range(last, first - 1, -1):
+        state = trace.states[index - first]
+        w = stack.weights[index - 1]
+        if arch.closes_block(index):
+            skip_grad = grad if scratch is None else grad.copy()
+            delta = grad * state.deriv
+            delta *= delta.dtype.type(arch.residual_scale)
+        elif scratch is None:
+            delta = grad * state.deriv
+        else:
+            delta = np.multiply(grad, state.deriv, out=scratch.get("delta", grad.shape, grad.dtype))
+        if arch.norm == "layer":
+            delta = _layer_norm_backward(delta, state.normed, state.inv_std)
+        a_below = trace.x if index == first else trace.states[index - first - 1].act
+        out = None if scratch is None else scratch.get("weight_grad", w.shape, np.result_type(delta, a_below))
+        weight_grad = np.matmul(delta.T, a_below, out=out)
+        if observe is not None:
+            observe(index, delta, weight_grad)
+        if grads is not None:
+            grads.append((weight_grad, delta.sum(axis=0)))
+        del weight_grad
+        if index == 1:
+            return None
+        # ∂L/∂a_{index−1} ping-pongs between two work arrays
+        role = "grad_a" if scratch is None or grad is not scratch.get("grad_a", grad.shape, grad.dtype) else "grad_b"
+        out = None if scratch is None else scratch.get(role, (delta.shape[0], w.shape[1]), np.result_type(delta, w))
+        grad = np.matmul(delta, w, out=out)
+        if arch.opens_block(index):
+            grad += skip_grad
+            skip_grad = None
+    return grad
+
+
+def backward(stack: Stack, trace: Trace, cotangent: np.ndarray, observe: BackwardObserver | None = None,
+             *, keep_grads: bool = True) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Backpropagate ∂L/∂a_L = cotangent through a whole-stack trace. Returns
+    [(∂L/∂W_l, ∂L/∂b_l)] for l = 1…L, or None when `keep_grads` is false (then each ∂L/∂W_l
+    lives only while `observe(layer, δ_l = ∂L/∂h_l, ∂L/∂W_l)` looks at it, top down)."""
+    grads: list | None = [] if keep_grads else None
+    _backward_range(stack, trace, 1, cotangent, observe, grads, None if keep_grads else Scratch())
+    return grads[::-1] if grads is not None else None
+
+
+def checkpointed(stack: Stack, activation: Activation, x: np.ndarray, cotangent: np.ndarray,
+                 forward_observe: ForwardObserver | None = None,
+                 backward_observe: BackwardObserver | None = None) -> None:
+    """Forward and backward keeping activations only at segment starts, about every √L
+    layers (Chen et al. 2016, Training Deep Nets with Sublinear Memory Cost): each segment is
+    recomputed from its first activation when the backward pass reaches it. O(√L)
+    activations in memory instead of O(L), one more forward pass of time, and the same
+    numbers: the recomputation runs the same products on the same inputs. Segments are whole
+    residual blocks, so a block's skip input is always at hand."""
+    depth, block = stack.depth, stack.arch.block if stack.arch.residual else 1
+    blocks = depth // block
+    segment = block * (math.isqrt(max(blocks - 1, 0)) + 1)
+    starts = list(range(0, depth, segment))
+    scratch = Scratch()
+    checkpoints = {0: x}
+
+    def keep_checkpoints(index, h, branch, state):
+        if forward_observe is not None:
+            forward_observe(index, h, branch, state)
+        if index in starts:
+            checkpoints[index] = state.act
+
+    forward_lean(stack, activation, x, keep_checkpoints, scratch)
+    grad = cotangent
+    for start in reversed(starts):
+        end = min(start + segment, depth)
+        trace = forward(stack, activation, checkpoints.pop(start), first=start + 1, last=end, scratch=scratch)
+        grad = _backward_range(stack, trace, start + 1, grad, backward_observe, None, scratch)
+        del trace
+
+
+def forward_lean(stack: Stack, activation: Activation, x: np.ndarray, observe: ForwardObserver | None,
+                 scratch: Scratch | None = None) -> np.ndarray:
+    """Forward keeping nothing but what a residual block's skip needs; returns a_L."""
+    scratch = scratch or Scratch()
+    a = block_input = x
+    for index in range(1, stack.depth + 1):
+        if stack.arch.opens_block(index):
+            block_input = a
+        h, branch, state = layer_forward(stack, activation, index, a, block_input, scratch)
+        if observe is not None:
+            observe(index, h, branch, state)
+        a = state.act
+    return a
