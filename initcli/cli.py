@@ -561,3 +561,117 @@ def jacobian_command(
                     console=_stdout_console(not sys.stdout.isatty()))
     else:
         _write_machine(out, "jacobian", result.params, rows, JACOBIAN_COLUMNS)
+
+
+@app.command("train")
+def train_command(
+    task: Annotated[str, typer.Option(help="xor, moons, circles, spiral or regression (generated, no download).")] = (
+        "spiral"),
+    schemes: Annotated[str, typer.Option(help="Comma list of schemes to train from.")] = (
+        "zeros,constant,normal,xavier-normal,he-normal"),
+    activation: ActivationOpt = "relu",
+    depth: Annotated[Optional[int], typer.Option(help="Hidden layers (default 4).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Units per hidden layer (default 64).")] = None,
+    sizes: Annotated[Optional[str], typer.Option(
+        help="Hidden widths, e.g. 64,64,32; the task fixes the input and output sizes.")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 300,
+    batch: Annotated[Optional[int], typer.Option(help="Mini-batch size (default 128); 0 for full batch.")] = 128,
+    target: Annotated[float, typer.Option(help="Accuracy (R² for regression) that counts as learned.")] = 0.9,
+    samples: Annotated[int, typer.Option(help="Size of the generated data set.")] = 512,
+    classes: Annotated[Optional[int], typer.Option(help="Spiral arms (default 3).")] = None,
+    noise: Annotated[Optional[float], typer.Option(help="Noise std of the task (each has a default).")] = None,
+    curves: Annotated[bool, typer.Option(help="Print per-epoch rows scheme, epoch, loss, accuracy instead.")] = False,
+    gain: Gain = 1.0,
+    mode: Mode = None,
+    distribution: Distribution = None,
+    negative_slope: NegativeSlope = 0.01,
+    value: Value = 0.5,
+    std: Std = 1.0,
+    limit: Limit = 1.0,
+    dtype: Dtype = "float32",
+    seed: Seed = 0,
+    residual: Residual = False,
+    residual_scale: ResidualScale = 1.0,
+    block: Block = 1,
+    norm: Norm = "none",
+    lsuv_tol: LsuvTol = 0.05,
+    lsuv_max_iter: LsuvMaxIter = 10,
+    jobs: Jobs = None,
+    fmt: Format = "auto",
+) -> None:
+    """Train the same MLP from each scheme on the same generated data and seed: does it learn, and how fast?
+
+    Columns: final_loss, final_accuracy (R² for regression), best_accuracy, epochs_to_target
+    (first epoch at --target, empty if never), diverged (the loss became inf/nan) and
+    final_effective_rank of the last hidden layer (1: its units are still identical).
+    """
+    from .render import print_table
+    from .training import CURVE_COLUMNS, TRAIN_COLUMNS, train
+
+    out = _output_format(fmt)
+    options = _init_options(gain, mode, distribution, activation, negative_slope, value, std, limit)
+    activation_name = options.pop("activation")
+    names = parse_name_list(schemes, "schemes")
+    with _progress(len(names) * max(epochs, 0), "training") as advance:
+        result = train(
+            names, activation_name, task=task, samples=samples, classes=classes, noise=noise,
+            sizes=None if sizes is None else parse_int_list(sizes, "sizes"), depth=depth, width=width,
+            optimizer=optimizer, lr=lr, epochs=epochs, batch=None if batch == 0 else batch, target=target,
+            seed=seed, dtype=dtype, jobs=jobs, progress=advance,
+            **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter), **options,
+        )
+    rows, columns = (result.curve_rows(), CURVE_COLUMNS) if curves else (result.rows(), TRAIN_COLUMNS)
+    if out == "table":
+        p = result.params
+        title = (f"{p['task']} · {p['activation']} · hidden {','.join(map(str, p['hidden_sizes']))} · "
+                 f"{p['optimizer']} lr {p['lr']:g} · {p['epochs']} epochs · seed {p['seed']}")
+        _say_hidden(print_table(rows, columns, title=title, console=_stdout_console(not sys.stdout.isatty()),
+                                cell_style=_train_style))
+    else:
+        _write_machine(out, "train", result.params, rows, columns)
+
+
+def _train_style(column: str, value) -> str | None:
+    if column == "diverged" and value is True:
+        return "bold red"
+    if column == "epochs_to_target" and value is None:
+        return "red"
+    return None
+
+
+class _progress:
+    """A transient rich progress bar on stderr, only when stderr is a terminal and the work
+    lasts more than a second; otherwise nothing. Used as `with _progress(n, label) as advance`."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.bar = total, label, None
+
+    def __enter__(self):
+        import time
+
+        if not sys.stderr.isatty() or self.total <= 0:
+            return None
+        from rich.progress import Progress
+
+        self.started = time.perf_counter()
+        from rich.console import Console
+
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.task = None
+        done = 0
+
+        def advance(steps: int) -> None:
+            nonlocal done
+            done += steps
+            if self.task is None and time.perf_counter() - self.started > 1.0:
+                self.bar.start()
+                self.task = self.bar.add_task(self.label, total=self.total, completed=done - steps)
+            if self.task is not None:
+                self.bar.advance(self.task, steps)
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.stop()

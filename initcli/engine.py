@@ -94,11 +94,14 @@ class Stack:
         return len(self.weights)
 
 
+STREAMS = ("weights", "biases", "inputs", "cotangent", "order")
+
+
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
-    """Independent generators for weights, biases, inputs and the cotangent, from one seed."""
-    children = np.random.SeedSequence(seed).spawn(4)
-    return {name: np.random.default_rng(child)
-            for name, child in zip(("weights", "biases", "inputs", "cotangent"), children)}
+    """Independent generators from one seed: weights, biases, inputs (or a task's data), the
+    cotangent, and the order of mini-batches. Each is the same whatever the others draw."""
+    children = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
 
 
 def build_stack(init: Init, sizes: Sequence[int], *, bias_std: float = 0.0, seed: int = 0, dtype="float32",
@@ -223,9 +226,9 @@ def forward(stack: Stack, activation: Activation, x: np.ndarray, observe: Forwar
 
 
 def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, observe: BackwardObserver | None,
-                    grads: list | None, scratch: Scratch | None) -> np.ndarray | None:
+                    grads: list | None, scratch: Scratch | None, *, input_grad: bool = False) -> np.ndarray | None:
     """Backpropagate ∂L/∂a_last = grad through the trace's layers (first…first+len−1), top
-    down. Returns ∂L/∂a_{first−1} (None when first is 1)."""
+    down. Returns ∂L/∂a_{first−1}; at first = 1 that is ∂L/∂x, computed only with `input_grad`."""
     arch = stack.arch
     last = first + len(trace.states) - 1
     skip_grad = None
@@ -250,7 +253,7 @@ def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, ob
         if grads is not None:
             grads.append((weight_grad, delta.sum(axis=0)))
         del weight_grad
-        if index == 1:
+        if index == 1 and not input_grad:
             return None
         # ∂L/∂a_{index−1} ping-pongs between two work arrays
         role = "grad_a" if scratch is None or grad is not scratch.get("grad_a", grad.shape, grad.dtype) else "grad_b"
@@ -270,6 +273,13 @@ def backward(stack: Stack, trace: Trace, cotangent: np.ndarray, observe: Backwar
     grads: list | None = [] if keep_grads else None
     _backward_range(stack, trace, 1, cotangent, observe, grads, None if keep_grads else Scratch())
     return grads[::-1] if grads is not None else None
+
+
+def vjp(stack: Stack, trace: Trace, cotangent: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """`backward` that also returns ∂L/∂x, for a stack that feeds on another's output."""
+    grads: list = []
+    input_grad = _backward_range(stack, trace, 1, cotangent, None, grads, None, input_grad=True)
+    return grads[::-1], input_grad
 
 
 def checkpointed(stack: Stack, activation: Activation, x: np.ndarray, cotangent: np.ndarray,

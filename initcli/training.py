@@ -1,0 +1,367 @@
+"""`train`: does this init learn, and how fast? The same MLP, data and seed under each scheme.
+
+The network is the propagate engine's hidden stack (Linear → activation, `depth` layers)
+followed by a linear read-out layer, which is a one-layer engine stack with the identity
+activation: forward and backward are the engine's, in both. Every weight, read-out included,
+is drawn with the scheme, so zeros means all zeros. Classification minimises softmax
+cross-entropy, regression the mean squared error; both are means over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from .activations import get_activation
+from .engine import PLAIN, Architecture, Stack, build_stack, forward, make_architecture, seed_streams, vjp
+from .errors import InitcliError, suggest
+from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
+from .parallel import check_jobs, run_all
+from .propagation import _positive_int, check_seed, check_std, stack_sizes
+from .schemes import make_init
+from .stats import effective_rank
+
+TASKS = ("xor", "moons", "circles", "spiral", "regression")
+OPTIMIZERS = ("sgd", "adam")
+ADAM_BETAS = (0.9, 0.999)  # Kingma & Ba 2015, the paper's defaults
+ADAM_EPS = 1e-8
+
+# -- tasks ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    x: np.ndarray  # (samples, features), float64, standardised
+    y: np.ndarray  # class labels (int) or targets (samples, 1)
+    classes: int  # 0 for regression
+
+    @property
+    def regression(self) -> bool:
+        return self.classes == 0
+
+
+def make_task(name: str, samples: int = 512, *, classes: int | None = None, noise: float | None = None,
+              rng: np.random.Generator) -> Task:
+    """A generated data set: no download. Inputs are standardised per feature. `classes` is
+    the number of spiral arms (default 3); the other classification tasks have 2."""
+    key = name.strip().lower()
+    if key not in TASKS:
+        raise InitcliError("task", f"unknown task '{name}'{suggest(key, list(TASKS))}; choose from {', '.join(TASKS)}")
+    samples = _positive_int("samples", samples)
+    if classes is None:
+        classes = 3 if key == "spiral" else 2
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        raise InitcliError("classes", f"must be an integer ≥ 2, got {classes!r}")
+    if key != "spiral" and classes != 2:
+        raise InitcliError("classes", f"only spiral takes --classes; {key} has 2")
+    if noise is not None:
+        noise = check_std("noise", noise)
+    if key == "xor":
+        x = rng.uniform(-1, 1, (samples, 2))
+        y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
+        x += (0.0 if noise is None else noise) * rng.standard_normal(x.shape)
+        classes = 2
+    elif key == "moons":
+        y = rng.integers(0, 2, samples)
+        t = rng.uniform(0, math.pi, samples)
+        # two interleaved half circles: the upper one, and the lower one shifted right and down
+        x = np.where(y[:, None] == 0, np.stack([np.cos(t), np.sin(t)], 1),
+                     np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1))
+        x += (0.1 if noise is None else noise) * rng.standard_normal(x.shape)
+        classes = 2
+    elif key == "circles":
+        y = rng.integers(0, 2, samples)
+        t = rng.uniform(0, 2 * math.pi, samples)
+        radius = np.where(y == 0, 1.0, 0.5)
+        x = radius[:, None] * np.stack([np.cos(t), np.sin(t)], 1)
+        x += (0.05 if noise is None else noise) * rng.standard_normal(x.shape)
+        classes = 2
+    elif key == "spiral":
+        y = rng.integers(0, classes, samples)
+        r = rng.uniform(0.05, 1, samples)
+        theta = 2 * math.pi * y / classes + 4 * r + (0.2 if noise is None else noise) * rng.standard_normal(samples)
+        x = r[:, None] * np.stack([np.sin(theta), np.cos(theta)], 1)
+    else:  # regression: a smooth 2-D surface
+        x = rng.uniform(-1, 1, (samples, 2))
+        y = (np.sin(math.pi * x[:, 0]) * np.cos(math.pi * x[:, 1]))[:, None]
+        y = y + (0.0 if noise is None else noise) * rng.standard_normal(y.shape)
+        classes = 0
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    return Task(key, x, y, classes)
+
+
+# -- the network ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Network:
+    """Engine stacks run one after the other, each with its activation: the hidden layers
+    (with --residual, a first plain layer that changes the width, then the residual body),
+    then the read-out with the identity activation."""
+
+    stages: tuple[tuple[Stack, object], ...]
+
+    @property
+    def parameters(self) -> list[np.ndarray]:
+        return [p for stack, _ in self.stages for p in (*stack.weights, *stack.biases)]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.stages[0][0].weights[0].dtype
+
+
+_IDENTITY = get_activation("linear")
+
+
+def _loss_and_grad(task: Task, logits: np.ndarray, rows: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(loss, accuracy or R², ∂loss/∂logits) for the samples `rows`."""
+    n = len(rows)
+    if task.regression:
+        target = task.y[rows]
+        error = logits - target
+        loss = float(np.mean(error**2))
+        total = float(np.sum((target - target.mean()) ** 2))
+        score = 1 - float(np.sum(error**2)) / total if total > 0 else math.nan
+        return loss, score, (2 / n) * error
+    labels = task.y[rows]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = float(-np.mean(log_probs[np.arange(n), labels]))
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == labels))
+    grad = np.exp(log_probs)
+    grad[np.arange(n), labels] -= 1
+    return loss, accuracy, grad / n
+
+
+def _forward(network: Network, x: np.ndarray):
+    traces, a = [], x.astype(network.dtype)
+    for stack, act in network.stages:
+        trace = forward(stack, act, a)
+        traces.append(trace)
+        a = trace.states[-1].act
+    return traces, a
+
+
+def gradients(network: Network, task: Task, rows: np.ndarray):
+    """(loss, score, gradients in the order of `network.parameters`) on the samples `rows`."""
+    traces, logits = _forward(network, task.x[rows])
+    loss, score, grad = _loss_and_grad(task, logits.astype(np.float64), rows)
+    grad = grad.astype(logits.dtype)
+    per_stage = []
+    for (stack, _), trace in zip(reversed(network.stages), reversed(traces)):
+        grads, grad = vjp(stack, trace, grad)
+        per_stage.append([g for g, _ in grads] + [b for _, b in grads])
+    return loss, score, [g for stage in reversed(per_stage) for g in stage]
+
+
+def _evaluate(network: Network, task: Task) -> tuple[float, float, np.ndarray]:
+    traces, logits = _forward(network, task.x)
+    loss, score, _ = _loss_and_grad(task, logits.astype(np.float64), np.arange(len(task.x)))
+    return loss, score, traces[-2].states[-1].act
+
+
+class _Optimizer:
+    def __init__(self, name: str, lr: float, params: list[np.ndarray]) -> None:
+        self.name, self.lr, self.step_count = name, lr, 0
+        if name == "adam":
+            self.m = [np.zeros_like(p) for p in params]
+            self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        self.step_count += 1
+        if self.name == "sgd":
+            for p, g in zip(params, grads):
+                p -= p.dtype.type(self.lr) * g
+            return
+        beta1, beta2 = ADAM_BETAS
+        correction1 = 1 - beta1**self.step_count
+        correction2 = 1 - beta2**self.step_count
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * g * g
+            p -= (self.lr * (m / correction1) / (np.sqrt(v / correction2) + ADAM_EPS)).astype(p.dtype)
+
+
+def build_network(init, act, data: Task, hidden_widths: Sequence[int], *, seed: int, dtype: str,
+                  arch: Architecture = PLAIN, lsuv_tol: float = DEFAULT_TOL,
+                  lsuv_max_iter: int = DEFAULT_MAX_ITER) -> Network:
+    """Every layer drawn with the scheme from one weight stream, read-out last; LSUV
+    calibrates the hidden stages on the task's inputs."""
+    outputs = 1 if data.regression else data.classes
+    sizes = [data.x.shape[1], *hidden_widths]
+    full = build_stack(init, [*sizes, outputs], seed=seed, dtype=dtype)
+    depth = len(hidden_widths)
+    cuts = [0, 1, depth] if arch.residual else [0, depth]
+    stages = []
+    for first, last in zip(cuts[:-1], cuts[1:]):
+        stage_arch = arch if arch.residual and first == 1 else replace(PLAIN, norm=arch.norm)
+        stages.append((Stack(full.weights[first:last], full.biases[first:last], stage_arch), act))
+    if init.scheme.kind == "lsuv":
+        a = data.x.astype(np.dtype(dtype))
+        for i, (stack, _) in enumerate(stages):
+            with np.errstate(all="ignore"):
+                stack, _ = lsuv(stack, act, a, tol=lsuv_tol, max_iter=lsuv_max_iter)
+            stages[i] = (stack, act)
+            a = forward(stack, act, a).states[-1].act
+    stages.append((Stack(full.weights[-1:], full.biases[-1:]), _IDENTITY))
+    return Network(tuple(stages))
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    scheme: str
+    activation: str
+    final_loss: float
+    final_accuracy: float  # accuracy; R² for regression
+    best_accuracy: float
+    epochs_to_target: int | None  # first epoch whose accuracy reached the target; None if none did
+    diverged: bool  # the loss became inf or nan
+    final_effective_rank: float  # of the last hidden layer on the data: 1 = units still identical
+    seconds: float
+
+
+TRAIN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TrainRow) if f.name != "seconds")
+CURVE_COLUMNS = ("scheme", "epoch", "loss", "accuracy")
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    row: TrainRow
+    curve: tuple[tuple[float, float], ...]  # (loss, accuracy) after each epoch
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    params: dict
+    runs: tuple[TrainRun, ...]
+
+    def rows(self) -> list[dict]:
+        return [{k: v for k, v in asdict(run.row).items() if k in TRAIN_COLUMNS} for run in self.runs]
+
+    def curve_rows(self) -> list[dict]:
+        return [{"scheme": run.row.scheme, "epoch": epoch, "loss": loss, "accuracy": accuracy}
+                for run in self.runs for epoch, (loss, accuracy) in enumerate(run.curve, start=1)]
+
+
+def train_one(*, scheme: str, activation: str, task: str, samples: int, classes: int | None, noise: float | None,
+              hidden_widths: Sequence[int], optimizer: str, lr: float, epochs: int, batch: int | None, target: float,
+              seed: int, dtype: str, init_options: dict, arch: Architecture = PLAIN, lsuv_tol: float = DEFAULT_TOL,
+              lsuv_max_iter: int = DEFAULT_MAX_ITER, progress: Callable[[int], None] | None = None) -> TrainRun:
+    """Train one scheme; deterministic for a seed (data, weights and batch order)."""
+    import time
+
+    started = time.perf_counter()
+    streams = seed_streams(seed)
+    data = make_task(task, samples, classes=classes, noise=noise, rng=streams["inputs"])
+    act = get_activation(activation, init_options.get("negative_slope", 0.01))
+    init = make_init(scheme, activation=activation, **init_options)
+    network = build_network(init, act, data, hidden_widths, seed=seed, dtype=dtype, arch=arch, lsuv_tol=lsuv_tol,
+                            lsuv_max_iter=lsuv_max_iter)
+    params = network.parameters
+    opt = _Optimizer(optimizer, lr, params)
+    batch = len(data.x) if batch is None else min(batch, len(data.x))
+    curve: list[tuple[float, float]] = []
+    diverged = False
+    with np.errstate(all="ignore"):
+        for epoch in range(epochs):
+            shuffled = streams["order"].permutation(len(data.x)) if batch < len(data.x) else np.arange(len(data.x))
+            for start in range(0, len(shuffled), batch):
+                loss, _, grads = gradients(network, data, shuffled[start:start + batch])
+                if not math.isfinite(loss):
+                    diverged = True
+                    break
+                opt.step(params, grads)
+            loss, score, features = _evaluate(network, data)
+            diverged = diverged or not math.isfinite(loss)
+            curve.append((loss, score))
+            if progress is not None:
+                progress(1)
+            if diverged:  # nothing more to learn: the rest of the curve is nan
+                curve.extend([(math.nan, math.nan)] * (epochs - epoch - 1))
+                if progress is not None:
+                    progress(epochs - epoch - 1)
+                break
+        rank = effective_rank(features, max_inputs=None)
+    scores = [score for _, score in curve if math.isfinite(score)]
+    reached = next((i + 1 for i, (_, score) in enumerate(curve) if math.isfinite(score) and score >= target), None)
+    row = TrainRow(init.name, act.name, curve[-1][0], curve[-1][1], max(scores) if scores else math.nan, reached,
+                   diverged, rank, time.perf_counter() - started)
+    return TrainRun(row, tuple(curve))
+
+
+def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-normal", "he-normal"),
+          activation: str = "relu", *, task: str = "spiral", samples: int = 512, classes: int | None = None,
+          noise: float | None = None, sizes: Sequence[int] | None = None, depth: int | None = None,
+          width: int | None = None, optimizer: str = "sgd", lr: float = 0.1, epochs: int = 300,
+          batch: int | None = 128, target: float = 0.9, seed: int = 0, dtype: str = "float32", jobs: int | None = 1,
+          residual: bool = False, residual_scale: float = 1.0, block: int = 1, norm: str | None = None,
+          lsuv_tol: float = DEFAULT_TOL, lsuv_max_iter: int = DEFAULT_MAX_ITER,
+          progress: Callable[[int], None] | None = None, **init_options) -> TrainResult:
+    """Train the same MLP from each scheme on the same generated task and seed.
+
+    The hidden layers are `sizes` (hidden widths; the input size comes from the task) or
+    depth × width (default 4 × 64); the read-out maps to the classes (1 for regression).
+    `batch` None is full-batch gradient descent.
+    """
+    if not schemes:
+        raise InitcliError("schemes", "needs at least one scheme")
+    key = optimizer.strip().lower()
+    if key not in OPTIMIZERS:
+        raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise InitcliError("lr", f"must be a finite number > 0, got {lr!r}")
+    epochs = _positive_int("epochs", epochs)
+    if batch is not None:
+        batch = _positive_int("batch", batch)
+    if not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise InitcliError("target", f"must be in (0, 1], got {target!r}")
+    seed = check_seed(seed)
+    if dtype not in ("float32", "float64"):
+        raise InitcliError("dtype", f"unknown dtype '{dtype}'; choose from float32, float64")
+    if sizes is not None:  # --sizes lists the hidden widths: the task fixes input and output
+        if depth is not None or width is not None:
+            raise InitcliError("sizes", "give either --sizes or --depth/--width, not both")
+        hidden = tuple(_positive_int("sizes", s) for s in sizes)
+        if not hidden:
+            raise InitcliError("sizes", "needs at least one hidden width")
+    else:
+        hidden = stack_sizes(None, depth, width, default_depth=4, default_width=64)[1:]
+    arch = make_architecture(residual, residual_scale, block, norm)
+    if arch.residual:
+        if len(hidden) < 2:
+            raise InitcliError("residual", "needs at least two hidden layers: the first changes the width")
+        arch.check_sizes(hidden)  # the residual body: every hidden layer after the first
+        if (len(hidden) - 1) % arch.block:
+            raise InitcliError("block", f"{len(hidden) - 1} residual layers do not split into blocks of {arch.block}")
+    lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
+    probe = make_task(task, min(samples, 8), classes=classes, noise=noise, rng=np.random.default_rng(0))  # checks
+    for scheme in schemes:
+        make_init(scheme, activation=activation, **init_options)
+    get_activation(activation, init_options.get("negative_slope", 0.01))
+    common = dict(activation=activation, task=task, samples=samples, classes=classes, noise=noise,
+                  hidden_widths=hidden, optimizer=key, lr=float(lr), epochs=epochs, batch=batch, target=float(target),
+                  seed=seed, dtype=dtype, init_options=init_options, arch=arch, lsuv_tol=lsuv_tol,
+                  lsuv_max_iter=lsuv_max_iter)
+    calls = [dict(common, scheme=scheme) for scheme in schemes]
+    jobs = check_jobs(jobs)
+    if jobs > 1 and len(calls) > 1:
+        runs = run_all(train_one, calls, jobs)
+        if progress is not None:
+            progress(epochs * len(calls))
+    else:
+        runs = [train_one(**call, progress=progress) for call in calls]
+    params = {"schemes": [run.row.scheme for run in runs], "activation": runs[0].row.activation, "task": task,
+              "samples": samples, "classes": probe.classes,
+              "noise": noise, "hidden_sizes": list(hidden), "optimizer": key, "lr": float(lr), "epochs": epochs,
+              "batch": batch, "target": float(target), "seed": seed, "dtype": dtype, **arch.params(),
+              **{k: v for k, v in init_options.items() if v is not None}}
+    return TrainResult(params, tuple(runs))
