@@ -94,6 +94,11 @@ Seed = Annotated[int, typer.Option(help="Seeds weights, biases, inputs and cotan
 Format = Annotated[str, typer.Option("--format", "-f", help=(
     "auto, table, csv or json. auto: a table on a terminal, CSV when piped or redirected."))]
 Dtype = Annotated[str, typer.Option(help="float32 (what networks train in) or float64.")]
+PlotOpt = Annotated[bool, typer.Option("--plot", help=(
+    "Draw a chart in the terminal (on stderr when stdout is piped, so CSV stays clean)."))]
+SavePlot = Annotated[Optional[str], typer.Option(help=(
+    "Write the chart to a .png or .svg file (needs matplotlib: pip install 'initcli[plot]')."))]
+Force = Annotated[bool, typer.Option(help="Let --save/--save-plot overwrite an existing file.")]
 Residual = Annotated[bool, typer.Option(help="Skip connections: each block is x + residual-scale·f(x).")]
 ResidualScale = Annotated[float, typer.Option(help="α of x + α·f(x) (0: zero-init branches, SkipInit/ReZero).")]
 Block = Annotated[int, typer.Option(help="Linear→activation layers per residual branch.")]
@@ -218,7 +223,9 @@ def sample(
     dtype: Dtype = "float32",
     seed: Seed = 0,
     save: Annotated[Optional[str], typer.Option(help="Write weights and biases to this .npz file.")] = None,
-    force: Annotated[bool, typer.Option(help="Let --save overwrite an existing file.")] = False,
+    force: Force = False,
+    plot: PlotOpt = False,
+    save_plot: SavePlot = None,
     fmt: Format = "auto",
 ) -> None:
     """Draw the weights and compare them with the scheme's formula."""
@@ -246,6 +253,56 @@ def sample(
         _say_hidden(hidden)
     else:
         _write_machine(out, "sample", result.params, rows, WEIGHT_COLUMNS)
+    if plot or save_plot:
+        _sample_charts(result, plot, save_plot, force)
+
+
+def _sample_charts(result, plot: bool, save_plot: str | None, force: bool) -> None:
+    import numpy as np
+
+    from .charts import histogram_chart, save_figure
+    from .schemes import make_init
+
+    p = result.params
+    init = make_init(p["scheme"], **{k: p[k] for k in ("gain", "mode", "distribution", "activation",
+                                                      "negative_slope") if k in p},
+                     **{k: p[k] for k in ("value", "std", "limit") if k in p})
+    densities = [init.density(w.shape) for w in result.weights]
+    title = f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}"
+    if plot:
+        console = _chart_console()
+        for layer, w, density in zip(result.layers, result.weights, densities):
+            _show(histogram_chart(w, density=density, width=_chart_width(console),
+                                  title=f"layer {layer.layer} · {layer.shape} · std {layer.std:.4g} "
+                                        f"(formula {layer.expected_std:.4g})"))
+    if save_plot:
+        panels = []
+        for layer, w, density in zip(result.layers, result.weights, densities):
+            flat = np.asarray(w, dtype=np.float64).ravel()
+            curve = None
+            if density is not None:
+                xs = np.linspace(flat.min(), flat.max(), 300)
+                curve = (xs, [density(x) for x in xs])
+            panels.append({"histogram": flat, "density": curve, "xlabel": "weight", "ylabel": "density",
+                           "title": f"layer {layer.layer} ({layer.shape})"})
+        save_figure(save_plot, panels, title=title, force=force)
+
+
+def _chart_console():
+    """Charts go to stdout on a terminal, else to stderr: never into piped machine output."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(stderr=True)
+
+
+def _show(lines) -> None:
+    console = _chart_console()
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def _chart_width(console) -> int:
+    return max(40, min(console.width, 110))
 
 
 _MEMORY_REPORT = 256 * 2**20  # runs needing more memory than this say so before they start
@@ -306,6 +363,9 @@ def propagate(
     norm: Norm = "none",
     lsuv_tol: LsuvTol = 0.05,
     lsuv_max_iter: LsuvMaxIter = 10,
+    plot: PlotOpt = False,
+    save_plot: SavePlot = None,
+    force: Force = False,
     fmt: Format = "auto",
 ) -> None:
     """Push random inputs through a deep stack, backpropagate, and report every layer.
@@ -327,16 +387,24 @@ def propagate(
         **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter),
     )
     _report_memory(prepare(scheme, **options))
+    if save_plot is not None:
+        from .charts import check_save_plot
+
+        check_save_plot(save_plot, force)
     result = run_propagate(scheme, **options)
     rows = result.rows()
     if out == "table":
         p = result.params
         shape = (f"{p['depth']} layers of {p['sizes'][1]}" if len(set(p["sizes"])) == 1
                  else "sizes " + ",".join(map(str, p["sizes"])))
+        from .render import log_bars
+
+        bars = {"act_var ▕": log_bars([r["act_var"] for r in rows]),
+                "grad_var ▕": log_bars([r["grad_var"] for r in rows])}
         hidden = print_table(rows, result.columns,
                              title=f"{p['scheme']} · {p['activation']} · {shape} · batch {p['batch']} · "
                                    f"{p['dtype']} · seed {p['seed']}",
-                             cell_style=_propagate_style, priority=PROPAGATE_PRIORITY,
+                             cell_style=_propagate_style, priority=PROPAGATE_PRIORITY, extra_columns=bars,
                              console=_stdout_console(not sys.stdout.isatty()))
         _say_hidden(hidden)
     else:
@@ -345,6 +413,18 @@ def propagate(
                                  "backward_layer": result.backward_overflow_layer})
     if result.overflowed:
         stderr_console().print(overflow_message(result), style="yellow", soft_wrap=True)
+    if plot or save_plot:
+        from .charts import log_chart, propagate_series, save_figure
+
+        p = result.params
+        title = (f"{p['scheme']} · {p['activation']} · {p['depth']} layers · {_sizes_text(p['sizes'])} · "
+                 f"batch {p['batch']} · seed {p['seed']}")
+        series = propagate_series(rows)
+        if plot:
+            _show(log_chart(series, width=_chart_width(_chart_console()), title=title))
+        if save_plot:
+            save_figure(save_plot, [{"series": series, "xlabel": "layer", "ylabel": "variance", "log": True}],
+                        title=title, force=force)
 
 
 def main() -> None:
@@ -384,6 +464,9 @@ def compare(
     lsuv_tol: LsuvTol = 0.05,
     lsuv_max_iter: LsuvMaxIter = 10,
     jobs: Jobs = None,
+    plot: PlotOpt = False,
+    save_plot: SavePlot = None,
+    force: Force = False,
     fmt: Format = "auto",
 ) -> None:
     """Run the same stack under each scheme (and activation) and give each a verdict.
@@ -400,6 +483,10 @@ def compare(
     from .render import print_table
 
     out = _output_format(fmt)
+    if save_plot is not None:
+        from .charts import check_save_plot
+
+        check_save_plot(save_plot, force)
     result = run_compare(
         parse_name_list(schemes, "schemes"), parse_name_list(activation, "activation"),
         sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
@@ -410,15 +497,32 @@ def compare(
     rows = result.rows()
     if out == "table":
         p = result.params
+        from .render import log_sparkline
+
         columns = [c for c in COMPARE_COLUMNS if c != "reason"]
+        profiles = {"act_var by layer": [log_sparkline([layer.act_var for layer in run.layers]) for run in result.runs],
+                    "grad_var by layer": [log_sparkline([layer.grad_var for layer in run.layers])
+                                          for run in result.runs]}
         hidden = print_table(rows, columns, title=f"{p['depth']} layers · {_sizes_text(p['sizes'])} · "
                                                   f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
-                             cell_style=_compare_style, priority=COMPARE_PRIORITY,
+                             cell_style=_compare_style, priority=COMPARE_PRIORITY, extra_columns=profiles,
                              console=_stdout_console(not sys.stdout.isatty()))
         _say_hidden(hidden)
         _print_reasons(rows)
     else:
         _write_machine(out, "compare", result.params, rows, COMPARE_COLUMNS)
+    if plot or save_plot:
+        from .charts import log_chart, per_run_series, save_figure
+
+        p = result.params
+        title = f"{p['depth']} layers · {_sizes_text(p['sizes'])} · batch {p['batch']} · seed {p['seed']}"
+        panels = [(column, per_run_series(result.runs, column)) for column in ("act_var", "grad_var")]
+        if plot:
+            for column, series in panels:
+                _show(log_chart(series, width=_chart_width(_chart_console()), title=f"{column} · {title}"))
+        if save_plot:
+            save_figure(save_plot, [{"series": series, "xlabel": "layer", "ylabel": column, "log": True,
+                                     "title": column} for column, series in panels], title=title, force=force)
 
 
 def _sizes_text(sizes: list[int]) -> str:
@@ -599,6 +703,9 @@ def train_command(
     lsuv_tol: LsuvTol = 0.05,
     lsuv_max_iter: LsuvMaxIter = 10,
     jobs: Jobs = None,
+    plot: PlotOpt = False,
+    save_plot: SavePlot = None,
+    force: Force = False,
     fmt: Format = "auto",
 ) -> None:
     """Train the same MLP from each scheme on the same generated data and seed: does it learn, and how fast?
@@ -614,6 +721,10 @@ def train_command(
     options = _init_options(gain, mode, distribution, activation, negative_slope, value, std, limit)
     activation_name = options.pop("activation")
     names = parse_name_list(schemes, "schemes")
+    if save_plot is not None:
+        from .charts import check_save_plot
+
+        check_save_plot(save_plot, force)
     with _progress(len(names) * max(epochs, 0), "training") as advance:
         result = train(
             names, activation_name, task=task, samples=samples, classes=classes, noise=noise,
@@ -631,6 +742,22 @@ def train_command(
                                 cell_style=_train_style))
     else:
         _write_machine(out, "train", result.params, rows, columns)
+    if plot or save_plot:
+        from .charts import curve_series, log_chart, save_figure
+
+        p = result.params
+        title = f"{p['task']} · {p['activation']} · {p['optimizer']} lr {p['lr']:g} · seed {p['seed']}"
+        curve = result.curve_rows()
+        if plot:
+            _show(log_chart(curve_series(curve, "loss"), width=_chart_width(_chart_console()),
+                            title=f"training loss · {title}", x_label="epoch"))
+        if save_plot:
+            score = "R²" if p["task"] == "regression" else "accuracy"
+            save_figure(save_plot, [
+                {"series": curve_series(curve, "loss"), "xlabel": "epoch", "ylabel": "loss", "log": True,
+                 "title": "loss"},
+                {"series": curve_series(curve, "accuracy"), "xlabel": "epoch", "ylabel": score, "log": False,
+                 "title": score}], title=title, force=force)
 
 
 def _train_style(column: str, value) -> str | None:

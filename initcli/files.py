@@ -38,6 +38,9 @@ def atomic_output(path: str | os.PathLike, param: str, *, force: bool = False,
             yield tmp
             tmp.flush()
             os.fsync(tmp.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp_name, target)
     except BaseException:
         with suppress(OSError):

@@ -113,6 +113,42 @@ def histogram_line(values, bins: int = 16) -> str:
     return sparkline(counts)
 
 
+def log_bars(values: Sequence, width: int = 8) -> list[str]:
+    """One horizontal bar per value, its length log10(value) within the column's range: read
+    down the rows, the bars draw the profile across layers. Blank for 0, inf and nan."""
+    logs = [math.log10(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None for v in values]
+    known = [v for v in logs if v is not None]
+    if not known:
+        return [""] * len(values)
+    low, high = min(known), max(known)
+    span = high - low or 1.0
+    eighths = "▏▎▍▌▋▊▉█"
+    bars = []
+    for v in logs:
+        if v is None:
+            bars.append("")
+            continue
+        units = 1 + round((v - low) / span * (width * 8 - 1))
+        bars.append("█" * (units // 8) + (eighths[units % 8 - 1] if units % 8 else ""))
+    return bars
+
+
+def log_sparkline(values: Sequence, width: int = 16) -> str:
+    """A sparkline of log10(values), resampled to at most `width` characters; · for values
+    with no logarithm (0, inf, nan)."""
+    if not values:
+        return ""
+    step = max(1, math.ceil(len(values) / width))
+    picked = list(values)[::step]
+    logs = [math.log10(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None for v in picked]
+    known = [v for v in logs if v is not None]
+    if not known:
+        return "·" * len(picked)
+    low, high = min(known), max(known)
+    span = high - low or 1.0
+    return "".join("·" if v is None else SPARK[round((v - low) / span * (len(SPARK) - 1))] for v in logs)
+
+
 CellStyle = Callable[[str, Any], "str | None"]
 
 

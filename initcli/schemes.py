@@ -209,6 +209,26 @@ class Init:
             return TRUNCATION_BOUND * std / TRUNCATED_NORMAL_STD
         return None
 
+    def density(self, shape: Sequence[int]):
+        """The probability density the weights are drawn from, as a function of w, or None
+        where there is none to draw (zeros, constant, identity, delta-orthogonal). Orthogonal
+        entries are near-Gaussian at this std for large matrices."""
+        kind = self.scheme.kind
+        if kind in ("zeros", "constant", "identity", "delta-orthogonal"):
+            return None
+        std = self.expected_std(shape)
+        if std == 0:
+            return None
+        if kind in ("orthogonal", "lsuv") or self.distribution == "normal":
+            return lambda w: math.exp(-0.5 * (w / std) ** 2) / (std * math.sqrt(2 * math.pi))
+        if self.distribution == "uniform":
+            limit = math.sqrt(3) * std
+            return lambda w: 1 / (2 * limit) if abs(w) <= limit else 0.0
+        sigma = std / TRUNCATED_NORMAL_STD  # the normal before truncation to ±2σ
+        mass = math.erf(TRUNCATION_BOUND / math.sqrt(2))
+        return lambda w: (math.exp(-0.5 * (w / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi) * mass)
+                          if abs(w) <= TRUNCATION_BOUND * sigma else 0.0)
+
     def sample(self, shape: Sequence[int], rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
         """Draw a tensor of `shape` (torch layout). Random draws are made at float32 precision
         whatever `dtype` is, so float32 and float64 runs with one seed hold the same weights."""
