@@ -35,8 +35,9 @@ class _OneLineErrors(TyperGroup):
             else:
                 code = _fail(exc.format_message())
         except (_Abort, KeyboardInterrupt):
-            print("initcli: interrupted", file=sys.stderr)
             code = 130
+        if code == 130:  # typer turns Ctrl-C into exit code 130, silently
+            print("initcli: interrupted", file=sys.stderr)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
@@ -363,6 +364,9 @@ def propagate(
     norm: Norm = "none",
     lsuv_tol: LsuvTol = 0.05,
     lsuv_max_iter: LsuvMaxIter = 10,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Propagate through the weights of an .npz file written by `initcli sample --save` instead of "
+             "sampling a scheme; the file fixes the sizes.")] = None,
     plot: PlotOpt = False,
     save_plot: SavePlot = None,
     force: Force = False,
@@ -382,7 +386,7 @@ def propagate(
     options = dict(
         sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
         depth=depth, width=width, batch=batch, bias_std=bias_std, input_std=input_std, dtype=dtype,
-        seed=seed, theory=theory, checkpoint=checkpoint,
+        seed=seed, theory=theory, checkpoint=checkpoint, weights=weights,
         **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
         **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter),
     )
@@ -402,8 +406,8 @@ def propagate(
         bars = {"act_var ▕": log_bars([r["act_var"] for r in rows]),
                 "grad_var ▕": log_bars([r["grad_var"] for r in rows])}
         hidden = print_table(rows, result.columns,
-                             title=f"{p['scheme']} · {p['activation']} · {shape} · batch {p['batch']} · "
-                                   f"{p['dtype']} · seed {p['seed']}",
+                             title=f"{p.get('scheme') or p['weights']} · {p['activation']} · {shape} · "
+                                   f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
                              cell_style=_propagate_style, priority=PROPAGATE_PRIORITY, extra_columns=bars,
                              console=_stdout_console(not sys.stdout.isatty()))
         _say_hidden(hidden)
@@ -417,8 +421,8 @@ def propagate(
         from .charts import log_chart, propagate_series, save_figure
 
         p = result.params
-        title = (f"{p['scheme']} · {p['activation']} · {p['depth']} layers · {_sizes_text(p['sizes'])} · "
-                 f"batch {p['batch']} · seed {p['seed']}")
+        title = (f"{p.get('scheme') or p['weights']} · {p['activation']} · {p['depth']} layers · "
+                 f"{_sizes_text(p['sizes'])} · batch {p['batch']} · seed {p['seed']}")
         series = propagate_series(rows)
         if plot:
             _show(log_chart(series, width=_chart_width(_chart_console()), title=title))

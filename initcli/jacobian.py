@@ -90,11 +90,12 @@ def _spectrum_stats(index: int, jac: np.ndarray) -> JacobianStats:
 def jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int = 8, **options) -> JacobianResult:
     """The Jacobian spectrum of the stack `propagate` would build with these options, at its
     first `inputs` inputs (an LSUV calibration still uses the whole batch)."""
-    from .propagation import _inputs, _positive_int, prepare
+    from .propagation import _inputs, _positive_int, check_memory, prepare
 
     inputs = _positive_int("inputs", inputs)
     run = prepare(scheme, activation, theory=False, **options)
     if inputs > run.batch:
         raise InitcliError("inputs", f"must be at most --batch ({run.batch}), got {inputs}")
+    check_memory(4 * inputs * max(run.sizes) * run.sizes[0] * 8)  # the Jacobians of two layers and their SVD
     stack, x, _, _ = _inputs(run)
     return JacobianResult({**run.params, "inputs": inputs}, jacobian_spectrum(stack, run.act, x[:inputs]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
@@ -54,7 +53,26 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
     jobs = min(check_jobs(jobs), len(calls))
     if jobs <= 1:
         return [fn(**kwargs) for kwargs in calls]
-    with _threads_per_worker(max(1, default_jobs() // jobs)), ProcessPoolExecutor(
-            max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(fn, **kwargs) for kwargs in calls]
-        return [future.result() for future in futures]
+    with _threads_per_worker(max(1, default_jobs() // jobs)):
+        pool = get_context("spawn").Pool(jobs, initializer=_ignore_interrupts)
+    try:
+        results = pool.starmap_async(_call, [(fn, kwargs) for kwargs in calls]).get()
+    except BaseException:
+        pool.terminate()  # Ctrl-C (or an error) stops every worker at once
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return results
+
+
+def _call(fn: Callable[..., Any], kwargs: dict) -> Any:
+    return fn(**kwargs)
+
+
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group: the parent answers it, the workers must not
+    each print a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -99,9 +99,17 @@ class PropagateResult:
 # -- input checks shared by every command that builds a stack ------------------------------
 
 
-def _positive_int(param: str, value) -> int:
+# Far beyond any run that fits in memory, but small enough that sizes and loops over them
+# can be formed before the memory guard gives its answer in GiB.
+MAX_DEPTH = 100_000
+MAX_SIZE = 10**9
+
+
+def _positive_int(param: str, value, maximum: int = MAX_SIZE) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InitcliError(param, f"must be a positive integer, got {value!r}")
+    if value > maximum:
+        raise InitcliError(param, f"must be at most {maximum:,}, got {value:,}")
     return int(value)
 
 
@@ -111,11 +119,13 @@ def stack_sizes(sizes: Sequence[int] | None = None, depth: int | None = None, wi
     if sizes is not None:
         if depth is not None or width is not None:
             raise InitcliError("sizes", "give either --sizes or --depth/--width, not both")
+        if len(sizes) > MAX_DEPTH + 1:
+            raise InitcliError("sizes", f"must list at most {MAX_DEPTH + 1:,} sizes, got {len(sizes):,}")
         sizes = tuple(_positive_int("sizes", s) for s in sizes)
         if len(sizes) < 2:
             raise InitcliError("sizes", f"needs at least two sizes (input and one layer), got {list(sizes)}")
         return sizes
-    depth = _positive_int("depth", default_depth if depth is None else depth)
+    depth = _positive_int("depth", default_depth if depth is None else depth, MAX_DEPTH)
     width = _positive_int("width", default_width if width is None else width)
     return (width,) * (depth + 1)
 
@@ -235,13 +245,20 @@ class _Run:
     arch: Architecture = PLAIN
     lsuv_tol: float = DEFAULT_TOL
     lsuv_max_iter: int = DEFAULT_MAX_ITER
+    loaded: tuple | None = None  # (weights, biases, metadata, path) from --weights
 
     @property
     def params(self) -> dict:
-        params = {**self.init.params(), "sizes": list(self.sizes), "depth": len(self.sizes) - 1, "batch": self.batch,
+        if self.loaded is not None:
+            metadata, path = self.loaded[2], self.loaded[3]
+            source = {"weights": path, "saved_scheme": metadata.get("scheme"), "saved_seed": metadata.get("seed"),
+                      "activation": self.act.name}
+        else:
+            source = self.init.params()
+        params = {**source, "sizes": list(self.sizes), "depth": len(self.sizes) - 1, "batch": self.batch,
                   "bias_std": self.bias_std, "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed,
                   **self.arch.params()}
-        if self.init.scheme.kind == "lsuv":
+        if self.init.scheme.kind == "lsuv" and self.loaded is None:
             params |= {"lsuv_tol": self.lsuv_tol, "lsuv_max_iter": self.lsuv_max_iter}
         return params
 
@@ -273,8 +290,11 @@ def prepare(
     norm: str | None = None,
     lsuv_tol: float = DEFAULT_TOL,
     lsuv_max_iter: int = DEFAULT_MAX_ITER,
+    weights: str | None = None,
 ) -> _Run:
-    """Check and resolve `propagate`'s arguments, memory guard included, allocating nothing."""
+    """Check and resolve `propagate`'s arguments, memory guard included, allocating nothing
+    but the arrays of a `weights` file (saved by `initcli sample --save`), which, when given,
+    replaces the scheme and fixes the sizes."""
     if isinstance(scheme, Init):
         init = scheme
         act = get_activation(init.activation, init.negative_slope)
@@ -282,6 +302,14 @@ def prepare(
         init = make_init(scheme, gain=gain, mode=mode, distribution=distribution, activation=activation,
                          negative_slope=negative_slope, value=value, std=std, limit=limit)
         act = get_activation(activation, negative_slope)
+    loaded = None
+    if weights is not None:
+        if sizes is not None or depth is not None or width is not None:
+            raise InitcliError("weights", "the file fixes the sizes: give no --sizes, --depth or --width with it")
+        from .sampling import load_npz
+
+        loaded = (*load_npz(weights), weights)
+        sizes = [loaded[0][0].shape[1], *(w.shape[0] for w in loaded[0])]
     sizes = stack_sizes(sizes, depth, width)
     batch = _positive_int("batch", batch)
     np_dtype = check_dtype(dtype)
@@ -290,7 +318,7 @@ def prepare(
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
     check_memory(estimate_bytes(sizes, batch, np_dtype, checkpoint=checkpoint, arch=arch), dtype=np_dtype)
     return _Run(init, act, sizes, batch, check_std("bias_std", bias_std), check_std("input_std", input_std),
-                np_dtype, check_seed(seed), bool(theory), bool(checkpoint), arch, lsuv_tol, lsuv_max_iter)
+                np_dtype, check_seed(seed), bool(theory), bool(checkpoint), arch, lsuv_tol, lsuv_max_iter, loaded)
 
 
 def propagate(scheme: str | Init = "he-normal", activation: str = "relu", **options) -> PropagateResult:
@@ -313,10 +341,10 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", **opti
     result = PropagateResult(run.params, layers, forward_overflow, backward_overflow, lsuv_iterations=iterations)
     if not run.theory:
         return result
-    kind = run.init.scheme.kind
+    kind = "loaded" if run.loaded is not None else run.init.scheme.kind
     if kind in ("constant", "identity"):  # deterministic weights: mean-field theory does not apply
         weight_vars = None
-    elif kind == "lsuv":  # scaled by the data: the variance the weights ended up with
+    elif kind in ("lsuv", "loaded"):  # scaled by data, or read from a file: the variance the weights have
         weight_vars = [float(np.mean(np.square(w, dtype=np.float64))) for w in stack.weights]
     else:
         weight_vars = [run.init.expected_std((n_out, n_in)) ** 2 for n_in, n_out in zip(run.sizes[:-1], run.sizes[1:])]
@@ -329,12 +357,16 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", **opti
 
 def _inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] | None]:
     """The stack (LSUV-calibrated where asked), the inputs and the cotangent of a run."""
-    stack = build_stack(run.init, run.sizes, bias_std=run.bias_std, seed=run.seed, dtype=run.dtype, arch=run.arch)
+    if run.loaded is not None:
+        stack = Stack(tuple(w.astype(run.dtype) for w in run.loaded[0]), tuple(b.astype(run.dtype) for b in run.loaded[1]),
+                      run.arch)
+    else:
+        stack = build_stack(run.init, run.sizes, bias_std=run.bias_std, seed=run.seed, dtype=run.dtype, arch=run.arch)
     streams = seed_streams(run.seed)
     x = gaussian(streams["inputs"], (run.batch, run.sizes[0]), run.dtype) * run.dtype.type(run.input_std)
     cotangent = gaussian(streams["cotangent"], (run.batch, run.sizes[-1]), run.dtype)
     iterations = None
-    if run.init.scheme.kind == "lsuv":
+    if run.init.scheme.kind == "lsuv" and run.loaded is None:
         with np.errstate(all="ignore"):
             stack, iterations = lsuv(stack, run.act, x, tol=run.lsuv_tol, max_iter=run.lsuv_max_iter)
     return stack, x, cotangent, iterations

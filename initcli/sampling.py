@@ -116,3 +116,61 @@ def save_npz(result: SampleResult, path: str, *, force: bool = False) -> None:
     arrays["metadata"] = np.array(json.dumps(metadata))
     with atomic_output(path, "save", force=force, suffix=".npz") as handle:
         np.savez(handle, **arrays)
+
+
+def load_npz(path: str) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Weights, biases and metadata from a file written by `save_npz` (initcli sample --save).
+
+    Read with allow_pickle=False, so a file cannot run code. Refused with a one-line error
+    naming --weights: a missing, unreadable or corrupt file, missing or non-contiguous
+    weight_i/bias_i arrays, non-float or non-finite values, shapes that do not chain into a
+    stack, and metadata that disagrees with the arrays.
+    """
+    import zipfile
+
+    def refuse(why: str):
+        raise InitcliError("weights", f"'{path}': {why}")
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":  # an .npz file is a zip archive
+                refuse("is not an .npz file (it is not a zip archive)")
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except InitcliError:
+        raise
+    except FileNotFoundError:
+        refuse("no such file")
+    except IsADirectoryError:
+        refuse("is a folder, not an .npz file")
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        refuse(f"not a readable .npz file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})")
+    if "metadata" not in arrays:
+        refuse("has no metadata: write it with `initcli sample --save`")
+    try:
+        metadata = json.loads(str(arrays.pop("metadata")))
+    except (ValueError, TypeError):
+        refuse("its metadata is not valid JSON")
+    if not isinstance(metadata, dict) or "layout" not in metadata:
+        refuse("its metadata does not describe an initcli weight file")
+    count = sum(1 for name in arrays if name.startswith("weight_"))
+    expected = {f"weight_{i}" for i in range(1, count + 1)} | {f"bias_{i}" for i in range(1, count + 1)}
+    if count == 0 or set(arrays) != expected:
+        refuse(f"expected arrays weight_1…weight_n and bias_1…bias_n, found {', '.join(sorted(arrays)) or 'none'}")
+    weights = [arrays[f"weight_{i}"] for i in range(1, count + 1)]
+    biases = [arrays[f"bias_{i}"] for i in range(1, count + 1)]
+    for i, (w, b) in enumerate(zip(weights, biases), start=1):
+        if w.dtype.kind != "f" or b.dtype.kind != "f":
+            refuse(f"weight_{i} or bias_{i} is not floating point ({w.dtype}, {b.dtype})")
+        if w.ndim != 2:
+            refuse(f"weight_{i} has shape {w.shape}; propagate needs a stack of 2-D (out, in) matrices")
+        if b.shape != (w.shape[0],):
+            refuse(f"bias_{i} has shape {b.shape}, expected ({w.shape[0]},)")
+        if i > 1 and w.shape[1] != weights[i - 2].shape[0]:
+            refuse(f"weight_{i} takes {w.shape[1]} inputs but layer {i - 1} gives {weights[i - 2].shape[0]}")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            refuse(f"weight_{i} or bias_{i} holds inf or nan")
+    sizes = [weights[0].shape[1], *(w.shape[0] for w in weights)]
+    if "sizes" in metadata and list(metadata["sizes"]) != sizes:
+        refuse(f"its metadata says sizes {metadata['sizes']} but the arrays chain as {sizes}")
+    return weights, biases, metadata

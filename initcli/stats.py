@@ -152,7 +152,8 @@ def mean_input_cosine(acts: np.ndarray) -> float:
     inverse = np.zeros_like(norms_sq)
     inverse[keep] = 1 / np.sqrt(norms_sq[keep])
     total = (acts.T @ inverse.astype(acts.dtype)).astype(np.float64)
-    return float((np.einsum("i,i->", total, total) - m) / (m * (m - 1)))
+    cosine = float((np.einsum("i,i->", total, total) - m) / (m * (m - 1)))
+    return min(1.0, max(-1.0, cosine))  # float32 rounding can step past ±1 by ~1e-7
 
 
 def _mean_input_cosine_scaled(acts: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from .engine import PLAIN, Architecture, Stack, build_stack, forward, make_archi
 from .errors import InitcliError, suggest
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parallel import check_jobs, run_all
-from .propagation import _positive_int, check_seed, check_std, stack_sizes
+from .propagation import _positive_int, check_memory, check_seed, check_std, stack_sizes
 from .schemes import make_init
 from .stats import effective_rank
 
@@ -51,7 +51,7 @@ def make_task(name: str, samples: int = 512, *, classes: int | None = None, nois
     key = name.strip().lower()
     if key not in TASKS:
         raise InitcliError("task", f"unknown task '{name}'{suggest(key, list(TASKS))}; choose from {', '.join(TASKS)}")
-    samples = _positive_int("samples", samples)
+    samples = _positive_int("samples", samples, 10**8)
     if classes is None:
         classes = 3 if key == "spiral" else 2
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
@@ -319,7 +319,7 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise InitcliError("lr", f"must be a finite number > 0, got {lr!r}")
-    epochs = _positive_int("epochs", epochs)
+    epochs = _positive_int("epochs", epochs, 10**7)
     if batch is not None:
         batch = _positive_int("batch", batch)
     if not isinstance(target, (int, float)) or not 0 < target <= 1:
@@ -343,6 +343,11 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
         if (len(hidden) - 1) % arch.block:
             raise InitcliError("block", f"{len(hidden) - 1} residual layers do not split into blocks of {arch.block}")
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
+    # parameters with their gradients and Adam's two moments; activations, φ' and a gradient per sample
+    itemsize = np.dtype(dtype).itemsize
+    widths = [2, *hidden, max(2, classes or 3)]
+    check_memory(sum(a * b for a, b in zip(widths[:-1], widths[1:])) * itemsize * 4
+                 + samples * sum(widths) * (itemsize * 3 + 8) * max(1, jobs if isinstance(jobs, int) else 1))
     probe = make_task(task, min(samples, 8), classes=classes, noise=noise, rng=np.random.default_rng(0))  # checks
     for scheme in schemes:
         make_init(scheme, activation=activation, **init_options)
