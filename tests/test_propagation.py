@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from finite_differences import numeric_gradient
 
 from initcli.activations import ACTIVATION_NAMES, get_activation
 from initcli.errors import InitcliError
@@ -49,18 +50,9 @@ def test_backward_matches_finite_differences(name):
         return float(np.sum(g * a))
 
     grads = backward(stack, forward(stack, act, x), g)
-    step = 1e-6
     for layer, (w, b) in enumerate(zip(stack.weights, stack.biases)):
         for target, analytic in ((w, grads[layer][0]), (b, grads[layer][1])):
-            numeric = np.zeros_like(target)
-            for index in np.ndindex(target.shape):
-                saved = target[index]
-                target[index] = saved + step
-                up = loss(stack.weights, stack.biases)
-                target[index] = saved - step
-                down = loss(stack.weights, stack.biases)
-                target[index] = saved
-                numeric[index] = (up - down) / (2 * step)
+            numeric = numeric_gradient(lambda: loss(stack.weights, stack.biases), target)
             np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 

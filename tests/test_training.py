@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from finite_differences import numeric_gradient
 from typer.testing import CliRunner
 
 from initcli.activations import get_activation
@@ -70,20 +71,8 @@ def test_every_task_trains_with_adam(task):
     assert row["best_accuracy"] > 0.8, row
 
 
-def _numeric_gradients(network, data, rows, step=1e-6):
-    out = []
-    for p in network.parameters:
-        numeric = np.zeros_like(p)
-        for index in np.ndindex(p.shape):
-            saved = p[index]
-            p[index] = saved + step
-            up = _loss(network, data, rows)
-            p[index] = saved - step
-            down = _loss(network, data, rows)
-            p[index] = saved
-            numeric[index] = (up - down) / (2 * step)
-        out.append(numeric)
-    return out
+def _numeric_gradients(network, data, rows):
+    return [numeric_gradient(lambda: _loss(network, data, rows), p) for p in network.parameters]
 
 
 def _loss(network, data, rows):
