@@ -91,7 +91,7 @@ NegativeSlope = Annotated[float, typer.Option(
 Value = Annotated[float, typer.Option(help="The weight of the constant scheme.")]
 Std = Annotated[float, typer.Option(help="The std of the normal scheme.")]
 Limit = Annotated[float, typer.Option(help="The limit of the uniform scheme, U(-limit, limit).")]
-Seed = Annotated[int, typer.Option(help="Seeds weights, biases, inputs and cotangent (separate streams).")]
+Seed = Annotated[int, typer.Option(help="Seeds weights, biases, inputs or data, cotangent and batch order (separate streams).")]
 Format = Annotated[str, typer.Option("--format", "-f", help=(
     "auto, table, csv or json. auto: a table on a terminal, CSV when piped or redirected."))]
 Dtype = Annotated[str, typer.Option(help="float32 (what networks train in) or float64.")]
@@ -116,7 +116,7 @@ def parse_int_list(text: str, param: str, *, min_len: int = 1) -> list[int]:
     items = [item.strip() for item in text.split(",")]
     values = []
     for item in items:
-        if not item.isdigit() or int(item) <= 0:
+        if not item.isdecimal() or int(item) <= 0:  # isdecimal: int() takes every such string
             shown = item if item else "(empty)"
             raise InitcliError(param, f"must be a comma list of positive integers such as 784,256,10; "
                                       f"'{shown}' is not one")

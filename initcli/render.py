@@ -204,8 +204,8 @@ def print_table(rows: list[dict], columns: Sequence[str], *, title: str | None =
     extra_columns = extra_columns or {}
     reserved = sum(max(len(name), *(len(v) for v in values)) + _PADDING for name, values in extra_columns.items())
     shown = fit_columns(rows, columns, console.width, priority=priority, reserved=reserved)
-    table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False, box=None,
-                  show_edge=False)
+    # the title goes on its own line: as a rich title it would wrap to a narrow table's width
+    table = Table(header_style="bold", pad_edge=False, box=None, show_edge=False)
     for column in shown:
         left = column in TEXT_COLUMNS
         table.add_column(_header(column), justify="left" if left else "right", no_wrap=not left,
@@ -220,6 +220,8 @@ def print_table(rows: list[dict], columns: Sequence[str], *, title: str | None =
             cells.append(Text(format_number(value), style=style or ""))
         cells.extend(Text(values[index], style="cyan") for values in extra_columns.values())
         table.add_row(*cells)
+    if title:
+        console.print(Text(title, style="bold"), soft_wrap=True)
     console.print(table)
     return [c for c in columns if c not in shown]
 
