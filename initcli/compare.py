@@ -113,7 +113,8 @@ def judge(result: PropagateResult) -> tuple[str, str]:
         return "saturated", (f"{saturated.saturated_frac:.0%} of layer {saturated.layer}'s activations sit in "
                              "the flat part of the activation, where the derivative is near 0")
     grad_ratio = _ratio(first.grad_var, last.grad_var)
-    grad_step = 1 / _settled_rate([layer.grad_var for layer in layers])  # per layer going down
+    settled = _settled_rate([layer.grad_var for layer in layers])
+    grad_step = math.inf if settled == 0 else 1 / settled  # per layer going down
     act_step = _settled_rate([layer.act_var for layer in layers])  # per layer going up
     if grad_step ** (depth - 1) > bound:
         return "exploding", (f"gradient grows ×{grad_step:.3g} per layer going down: "

@@ -92,3 +92,22 @@ def test_gradients_match_finite_differences(activation, widths, norm, seed):
         w[index] = saved
         numeric = (up - down) / 2e-6
         assert grads[0][0][index] == pytest.approx(numeric, rel=1e-4, abs=1e-6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scheme=st.sampled_from(SCHEME_NAMES), activation=st.sampled_from(ACTIVATION_NAMES),
+       depth=st.integers(1, 12), width=st.integers(1, 24), batch=st.integers(1, 24), gain=st.floats(0, 30),
+       bias_std=st.floats(0, 3), residual=st.booleans(), norm=st.sampled_from([None, "layer"]),
+       seed=st.integers(0, 1000))
+def test_compare_always_gives_a_documented_verdict(scheme, activation, depth, width, batch, gain, bias_std,
+                                                   residual, norm, seed):
+    from initcli.compare import VERDICTS, compare
+
+    try:
+        result = compare([scheme], [activation], depth=depth, width=width, batch=batch, gain=gain,
+                         bias_std=bias_std, residual=residual, residual_scale=0.5, norm=norm, seed=seed)
+    except InitcliError as error:
+        assert scheme == "lsuv" and "lsuv" in str(error), error
+        return
+    row = result.comparisons[0]
+    assert row.verdict in VERDICTS and row.reason
