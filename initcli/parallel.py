@@ -41,10 +41,11 @@ def _threads_per_worker(count: int):
                 os.environ[name] = value
 
 
-def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = None) -> list[Any]:
+def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = None,
+            on_result: Callable[[Any], None] | None = None) -> list[Any]:
     """[fn(**kwargs) for kwargs in calls], in `jobs` processes when that is more than one.
 
-    Results come back in the order of `calls`. Every call is deterministic (its own seed)
+    Results come back in the order of `calls`; `on_result` sees each as it arrives. Every call is deterministic (its own seed)
     and its arithmetic does not depend on the BLAS thread count (matrix products split
     their outputs, not their sums, across threads; see initcli.stats), so the results equal
     a serial run's to the last bit. The workers share the cores instead of each starting a
@@ -56,7 +57,11 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
     with _threads_per_worker(max(1, default_jobs() // jobs)):
         pool = get_context("spawn").Pool(jobs, initializer=_ignore_interrupts)
     try:
-        results = pool.starmap_async(_call, [(fn, kwargs) for kwargs in calls]).get()
+        results = []
+        for result in pool.imap(_call_packed, [(fn, kwargs) for kwargs in calls]):  # in order, as they finish
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     except BaseException:
         pool.terminate()  # Ctrl-C (or an error) stops every worker at once
         pool.join()
@@ -66,7 +71,8 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
     return results
 
 
-def _call(fn: Callable[..., Any], kwargs: dict) -> Any:
+def _call_packed(packed: tuple[Callable[..., Any], dict]) -> Any:
+    fn, kwargs = packed
     return fn(**kwargs)
 
 

@@ -359,9 +359,7 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
     calls = [dict(common, scheme=scheme) for scheme in schemes]
     jobs = check_jobs(jobs)
     if jobs > 1 and len(calls) > 1:
-        runs = run_all(train_one, calls, jobs)
-        if progress is not None:
-            progress(epochs * len(calls))
+        runs = run_all(train_one, calls, jobs, on_result=None if progress is None else lambda _: progress(epochs))
     else:
         runs = [train_one(**call, progress=progress) for call in calls]
     params = {"schemes": [run.row.scheme for run in runs], "activation": runs[0].row.activation, "task": task,
