@@ -208,9 +208,10 @@ class Trace:
 
 
 def forward(stack: Stack, activation: Activation, x: np.ndarray, observe: ForwardObserver | None = None,
-            *, first: int = 1, last: int | None = None, scratch: Scratch | None = None) -> Trace:
+            *, first: int = 1, last: int | None = None, scratch: Scratch | None = None, keep: bool = True) -> Trace:
     """Run x through layers first…last (all by default). `observe(layer, h, φ(ñ), state)`
-    sees each layer; h is only valid during the call."""
+    sees each layer; h is only valid during the call. With `keep` false the trace holds only
+    the last layer's state: what a forward pass costs in memory when nothing goes back."""
     last = stack.depth if last is None else last
     scratch = scratch or Scratch()
     trace = Trace(x)
@@ -222,7 +223,8 @@ def forward(stack: Stack, activation: Activation, x: np.ndarray, observe: Forwar
         if observe is not None:
             observe(index, h, branch, state)
         del h, branch
-        trace.states.append(state)
+        if keep or index == last:
+            trace.states.append(state)
         a = state.act
     return trace
 
@@ -306,25 +308,10 @@ def checkpointed(stack: Stack, activation: Activation, x: np.ndarray, cotangent:
         if index in starts:
             checkpoints[index] = state.act
 
-    forward_lean(stack, activation, x, keep_checkpoints, scratch)
+    forward(stack, activation, x, keep_checkpoints, scratch=scratch, keep=False)
     grad = cotangent
     for start in reversed(starts):
         end = min(start + segment, depth)
         trace = forward(stack, activation, checkpoints.pop(start), first=start + 1, last=end, scratch=scratch)
         grad = _backward_range(stack, trace, start + 1, grad, backward_observe, None, scratch)
         del trace
-
-
-def forward_lean(stack: Stack, activation: Activation, x: np.ndarray, observe: ForwardObserver | None,
-                 scratch: Scratch | None = None) -> np.ndarray:
-    """Forward keeping nothing but what a residual block's skip needs; returns a_L."""
-    scratch = scratch or Scratch()
-    a = block_input = x
-    for index in range(1, stack.depth + 1):
-        if stack.arch.opens_block(index):
-            block_input = a
-        h, branch, state = layer_forward(stack, activation, index, a, block_input, scratch)
-        if observe is not None:
-            observe(index, h, branch, state)
-        a = state.act
-    return a

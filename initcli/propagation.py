@@ -30,7 +30,7 @@ from .engine import (
 )
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
-from .schemes import Init, gaussian, make_init
+from .schemes import Init, check_number, gaussian, make_init
 from .stats import _BLOCK as _STAT_BLOCK
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import THEORY_COLUMNS, TheoryColumns, beside
@@ -144,13 +144,8 @@ def check_seed(seed) -> int:
 
 
 def check_std(param: str, value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InitcliError(param, f"must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise InitcliError(param, f"must be a finite number ≥ 0, got {value!r}")
-    return number
+    """A standard deviation: a finite number ≥ 0."""
+    return check_number(param, value)
 
 
 # -- memory guard ---------------------------------------------------------------------------

@@ -130,7 +130,8 @@ def _canonical(value: str, choices: Sequence[str], param: str) -> str:
     raise InitcliError(param, f"unknown value '{value}'{suggest(key, list(choices))}; choose from {', '.join(choices)}")
 
 
-def _check_number(param: str, value: float, *, nonnegative: bool = True) -> float:
+def check_number(param: str, value: float, *, nonnegative: bool = True) -> float:
+    """A finite number (≥ 0 unless `nonnegative` is false), or a one-line InitcliError."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -342,14 +343,14 @@ def make_init(
                         else _canonical(distribution, DISTRIBUTIONS, "distribution"))
     return Init(
         scheme=preset,
-        gain=_check_number("gain", gain),
+        gain=check_number("gain", gain),
         mode=eff_mode,
         distribution=eff_distribution,
         activation=act.name,
-        negative_slope=_check_number("negative_slope", negative_slope, nonnegative=False),
-        value=_check_number("value", value, nonnegative=False),
-        std=_check_number("std", std),
-        limit=_check_number("limit", limit),
+        negative_slope=check_number("negative_slope", negative_slope, nonnegative=False),
+        value=check_number("value", value, nonnegative=False),
+        std=check_number("std", std),
+        limit=check_number("limit", limit),
     )
 
 
