@@ -190,8 +190,10 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
 # -- Ctrl-C ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["propagate", "--depth", "2000", "--width", "512"],
-                                     ["compare", "--depth", "300", "--width", "512", "--jobs", "2"]])
+# long enough (tens of seconds) that the interrupt lands mid-run, light enough for CI's memory
+@pytest.mark.parametrize("command", [["propagate", "--depth", "20000", "--width", "128", "--batch", "256",
+                                      "--checkpoint"],
+                                     ["compare", "--depth", "3000", "--width", "256", "--batch", "256", "--jobs", "2"]])
 def test_ctrl_c_exits_130_with_one_line_and_no_file(tmp_path, command):
     target = tmp_path / "chart.svg"
     process = subprocess.Popen([sys.executable, "-m", "initcli", *command, "--save-plot", str(target), "-f", "csv"],
