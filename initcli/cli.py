@@ -134,6 +134,19 @@ def parse_name_list(text: str, param: str) -> list[str]:
     return items
 
 
+def _warn_ignored(schemes: list[str], mode: str | None, distribution: str | None) -> None:
+    """One stderr line for options a scheme does not use, so nobody believes they took effect."""
+    from .render import stderr_console
+    from .schemes import get_scheme, ignored_options
+
+    for name in schemes:
+        ignored = ignored_options(name, mode=mode, distribution=distribution)
+        if ignored:
+            verb = "does not apply" if len(ignored) == 1 else "do not apply"
+            stderr_console().print(f"initcli: warning: {' and '.join(ignored)} {verb} to the "
+                                   f"'{get_scheme(name).name}' scheme: ignored", soft_wrap=True)
+
+
 def _init_options(gain, mode, distribution, activation, negative_slope, value, std, limit) -> dict:
     return {"gain": gain, "mode": mode, "distribution": distribution, "activation": activation,
             "negative_slope": negative_slope, "value": value, "std": std, "limit": limit}
@@ -242,6 +255,7 @@ def sample(
         bias_std=bias_std, seed=seed, dtype=dtype,
         **_init_options(gain, mode, distribution, activation, negative_slope, value, std, limit),
     )
+    _warn_ignored([scheme], mode, distribution)
     if save is not None:
         save_npz(result, save, force=force)
         stderr_console().print(f"saved {len(result.weights)} weight tensors to {save}", soft_wrap=True)
@@ -391,6 +405,8 @@ def propagate(
         **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter),
     )
     _report_memory(prepare(scheme, **options))
+    if weights is None:
+        _warn_ignored([scheme], mode, distribution)
     if save_plot is not None:
         from .charts import check_save_plot
 
@@ -498,6 +514,7 @@ def compare(
         gain=gain, mode=mode, distribution=distribution, negative_slope=negative_slope, value=value, std=std,
         limit=limit, jobs=jobs, **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter),
     )
+    _warn_ignored(parse_name_list(schemes, "schemes"), mode, distribution)
     rows = result.rows()
     if out == "table":
         p = result.params
@@ -737,6 +754,7 @@ def train_command(
             seed=seed, dtype=dtype, jobs=jobs, progress=advance,
             **_arch_options(residual, residual_scale, block, norm, lsuv_tol, lsuv_max_iter), **options,
         )
+    _warn_ignored(names, mode, distribution)
     rows, columns = (result.curve_rows(), CURVE_COLUMNS) if curves else (result.rows(), TRAIN_COLUMNS)
     if out == "table":
         p = result.params

@@ -354,6 +354,18 @@ def make_init(
     )
 
 
+def ignored_options(scheme: str, *, mode: str | None = None, distribution: str | None = None) -> list[str]:
+    """The options given that `scheme` does not use: --mode only means something to the
+    variance-scaling presets, --distribution also to normal and uniform."""
+    kind = get_scheme(scheme).kind
+    ignored = []
+    if mode is not None and kind != "scaling":
+        ignored.append("--mode")
+    if distribution is not None and kind not in ("scaling", "fixed"):
+        ignored.append("--distribution")
+    return ignored
+
+
 def scheme_table() -> list[dict]:
     """One record per scheme, for `initcli schemes`."""
     return [

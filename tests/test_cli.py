@@ -282,3 +282,13 @@ def test_theory_commands_bad_input(args, mention):
     result = run(*args)
     assert result.exit_code == 2, result.output
     assert mention in result.stderr and "Traceback" not in result.output
+
+
+def test_options_a_scheme_does_not_use_are_reported():
+    result = run("propagate", "--scheme", "zeros", "--mode", "fan_out", "--depth", "2", "--width", "8",
+                 "--batch", "4", "-f", "csv")
+    assert result.exit_code == 0
+    assert "--mode does not apply to the 'zeros' scheme" in result.stderr
+    assert rows_of(result.stdout)  # stdout stays clean CSV
+    quiet = run("propagate", "--scheme", "he", "--mode", "fan_out", "--depth", "2", "--width", "8", "--batch", "4")
+    assert "warning" not in quiet.stderr
