@@ -343,21 +343,23 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
         if (len(hidden) - 1) % arch.block:
             raise InitcliError("block", f"{len(hidden) - 1} residual layers do not split into blocks of {arch.block}")
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
-    # parameters with their gradients and Adam's two moments; activations, φ' and a gradient per sample
-    itemsize = np.dtype(dtype).itemsize
-    widths = [2, *hidden, max(2, classes or 3)]
-    check_memory(sum(a * b for a, b in zip(widths[:-1], widths[1:])) * itemsize * 4
-                 + samples * sum(widths) * (itemsize * 3 + 8) * max(1, jobs if isinstance(jobs, int) else 1))
+    samples = _positive_int("samples", samples, 10**8)
     probe = make_task(task, min(samples, 8), classes=classes, noise=noise, rng=np.random.default_rng(0))  # checks
     for scheme in schemes:
         make_init(scheme, activation=activation, **init_options)
     get_activation(activation, init_options.get("negative_slope", 0.01))
+    jobs = check_jobs(jobs)
+    # parameters with their gradients and Adam's two moments; activations, φ' and a gradient per
+    # sample; in every worker at once
+    itemsize = np.dtype(dtype).itemsize
+    widths = [probe.x.shape[1], *hidden, max(1, probe.classes)]
+    check_memory((sum(a * b for a, b in zip(widths[:-1], widths[1:])) * itemsize * 4
+                  + samples * sum(widths) * (itemsize * 3 + 8)) * min(jobs, len(schemes)))
     common = dict(activation=activation, task=task, samples=samples, classes=classes, noise=noise,
                   hidden_widths=hidden, optimizer=key, lr=float(lr), epochs=epochs, batch=batch, target=float(target),
                   seed=seed, dtype=dtype, init_options=init_options, arch=arch, lsuv_tol=lsuv_tol,
                   lsuv_max_iter=lsuv_max_iter)
     calls = [dict(common, scheme=scheme) for scheme in schemes]
-    jobs = check_jobs(jobs)
     if jobs > 1 and len(calls) > 1:
         runs = run_all(train_one, calls, jobs, on_result=None if progress is None else lambda _: progress(epochs))
     else:
