@@ -163,11 +163,12 @@ def _output_format(fmt: str) -> str:
     return resolve_format(fmt, sys.stdout.isatty())
 
 
-def _stdout_console(fmt_requested_table_on_pipe: bool):
+def _stdout_console():
+    """The console tables go to: the terminal's, or a wide one when a table is forced into a
+    pipe, which must not be cut to 80 columns."""
     from rich.console import Console
 
-    # a forced table into a pipe must not be cut to 80 columns
-    return Console(width=400) if fmt_requested_table_on_pipe else Console()
+    return Console() if sys.stdout.isatty() else Console(width=400)
 
 
 def _write_machine(fmt: str, command: str, params: dict, rows: list[dict], columns, **extra) -> None:
@@ -213,7 +214,7 @@ def schemes(fmt: Format = "auto") -> None:
     columns = list(rows[0])
     if out == "table":
         _say_hidden(print_table(rows, columns, title="initcli schemes (std × gain; a = negative slope)",
-                                console=_stdout_console(not sys.stdout.isatty())))
+                                console=_stdout_console()))
     else:
         _write_machine(out, "schemes", {}, rows, columns)
 
@@ -264,7 +265,7 @@ def sample(
         p = result.params
         hidden = print_table(rows, WEIGHT_COLUMNS, title=f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}",
                              extra_columns={"histogram": [histogram_line(w) for w in result.weights]},
-                             priority=SAMPLE_PRIORITY, console=_stdout_console(not sys.stdout.isatty()))
+                             priority=SAMPLE_PRIORITY, console=_stdout_console())
         _say_hidden(hidden)
     else:
         _write_machine(out, "sample", result.params, rows, WEIGHT_COLUMNS)
@@ -425,7 +426,7 @@ def propagate(
                              title=f"{p.get('scheme') or p['weights']} · {p['activation']} · {shape} · "
                                    f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
                              cell_style=_propagate_style, priority=PROPAGATE_PRIORITY, extra_columns=bars,
-                             console=_stdout_console(not sys.stdout.isatty()))
+                             console=_stdout_console())
         _say_hidden(hidden)
     else:
         _write_machine(out, "propagate", result.params, rows, result.columns,
@@ -527,7 +528,7 @@ def compare(
         hidden = print_table(rows, columns, title=f"{p['depth']} layers · {_sizes_text(p['sizes'])} · "
                                                   f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
                              cell_style=_compare_style, priority=COMPARE_PRIORITY, extra_columns=profiles,
-                             console=_stdout_console(not sys.stdout.isatty()))
+                             console=_stdout_console())
         _say_hidden(hidden)
         _print_reasons(rows)
     else:
@@ -551,9 +552,7 @@ def _sizes_text(sizes: list[int]) -> str:
 
 
 def _print_reasons(rows: list[dict]) -> None:
-    from rich.console import Console
-
-    console = _stdout_console(not sys.stdout.isatty()) if sys.stdout.isatty() else Console(width=400)
+    console = _stdout_console()
     for row in rows:
         style = "green" if row["verdict"] == "stable" else "red"
         console.print(f"[bold]{row['scheme']} + {row['activation']}[/bold]: [{style}]{row['verdict']}[/{style}]"
@@ -582,7 +581,7 @@ def gain_command(
     rows = [asdict(compute_gain(name, negative_slope)) for name in names]
     columns = ["activation", "torch_gain", "forward_gain", "backward_gain"]
     if out == "table":
-        print_table(rows, columns, title="gains (z ~ N(0,1))", console=_stdout_console(not sys.stdout.isatty()))
+        print_table(rows, columns, title="gains (z ~ N(0,1))", console=_stdout_console())
     else:
         _write_machine(out, "gain", {"activations": list(names), "negative_slope": negative_slope}, rows, columns)
 
@@ -622,7 +621,7 @@ def critical(
     if abs(edge.chi - 1) > 1e-3:
         summary += f" (χ jumps across the edge: {edge.chi:.3g} here)"
     if out == "table":
-        console = _stdout_console(not sys.stdout.isatty())
+        console = _stdout_console()
         console.print(summary, highlight=False, soft_wrap=True)
         _say_hidden(print_table(rows, columns, console=console,
                                 cell_style=lambda c, v: "bold" if c == "phase" and v == "critical" else None))
@@ -683,7 +682,7 @@ def jacobian_command(
         p = result.params
         print_table(rows, JACOBIAN_COLUMNS, title=f"{p['scheme']} · {p['activation']} · {p['depth']} layers · "
                                                   f"{_sizes_text(p['sizes'])} · {p['inputs']} inputs",
-                    console=_stdout_console(not sys.stdout.isatty()))
+                    console=_stdout_console())
     else:
         _write_machine(out, "jacobian", result.params, rows, JACOBIAN_COLUMNS)
 
@@ -760,7 +759,7 @@ def train_command(
         p = result.params
         title = (f"{p['task']} · {p['activation']} · hidden {','.join(map(str, p['hidden_sizes']))} · "
                  f"{p['optimizer']} lr {p['lr']:g} · {p['epochs']} epochs · seed {p['seed']}")
-        _say_hidden(print_table(rows, columns, title=title, console=_stdout_console(not sys.stdout.isatty()),
+        _say_hidden(print_table(rows, columns, title=title, console=_stdout_console(),
                                 cell_style=_train_style))
     else:
         _write_machine(out, "train", result.params, rows, columns)

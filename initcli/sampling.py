@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import __version__
+from .engine import build_stack, seed_streams
 from .errors import InitcliError
 from .files import atomic_output
-from .propagation import build_stack, check_dtype, check_memory, check_seed, check_std, seed_streams, stack_sizes
+from .propagation import check_dtype, check_memory, check_seed, check_std, stack_sizes
 from .schemes import Init, compute_fans, gaussian, make_init
 
 DEFAULT_SIZES = (784, 256, 256, 10)
@@ -91,8 +92,9 @@ def sample(
         shape = tuple(int(d) for d in shape)
         compute_fans(shape)  # refuses rank < 2 and non-positive dimensions
         check_memory(math.prod(shape) * (8 + np_dtype.itemsize) * 2)
-        weights = (init.sample(shape, seed_streams(seed)["weights"], np_dtype),)
-        biases = ((bias_std * gaussian(seed_streams(seed)["biases"], (shape[0],))).astype(np_dtype),)
+        streams = seed_streams(seed)
+        weights = (init.sample(shape, streams["weights"], np_dtype),)
+        biases = ((bias_std * gaussian(streams["biases"], (shape[0],))).astype(np_dtype),)
         params_shape = {"shape": list(shape)}
     else:
         stack_sizes_ = stack_sizes(DEFAULT_SIZES if sizes is None else sizes)
