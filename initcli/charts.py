@@ -139,13 +139,10 @@ def histogram_chart(values, *, density: Callable[[float], float] | None, width: 
         threshold = top * (level - 0.5) / height
         line = Text("│" if level != height else "┐", style="dim")
         for i in range(bins):
-            if expected is not None and abs(expected[i] - top * level / height) <= top / (2 * height) and \
-                    observed[i] < threshold:
-                line.append("•", style="bold yellow")
-            elif observed[i] >= threshold:
+            if observed[i] >= threshold:
                 line.append("█", style="cyan")
             elif expected is not None and abs(expected[i] - top * level / height) <= top / (2 * height):
-                line.append("•", style="bold yellow")
+                line.append("•", style="bold yellow")  # the density, where no bar hides it
             else:
                 line.append(" ")
         lines.append(line)
