@@ -15,6 +15,11 @@ class InitcliError(ValueError):
         self.param = param
         self.message = message
 
+    def __reduce__(self):
+        # pickled across process boundaries (compare/train workers): the default reduce would
+        # call __init__ with the message alone and fail in the parent's result thread
+        return (type(self), (self.param, self.message))
+
     @property
     def option(self) -> str | None:
         return None if self.param is None else "--" + self.param.replace("_", "-")

@@ -205,14 +205,20 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_memory(needed: int, available: int | None = None, *, dtype: np.dtype | None = None) -> None:
-    """Refuse, before allocating, a run that would not fit in 90% of available memory."""
+STACK_OPTIONS = ("--batch", "--width", "--depth", "--sizes")
+
+
+def check_memory(needed: int, available: int | None = None, *, dtype: np.dtype | None = None,
+                 options: Sequence[str] = STACK_OPTIONS) -> None:
+    """Refuse, before allocating, a run that would not fit in 90% of available memory.
+    `options` are the command's options that make the run smaller, named in the refusal."""
     available = available_bytes() if available is None else available
     if available is not None and needed > 0.9 * available:
+        lower = ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
         raise InitcliError(
             None,
             f"this run needs about {needed / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB "
-            "are available; lower --batch, --width, --depth or --sizes"
+            f"are available; lower {lower}"
             + (" (or use --dtype float32)" if dtype is not None and np.dtype(dtype).itemsize > 4 else ""),
         )
 
