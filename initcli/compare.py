@@ -25,12 +25,12 @@ Verdicts, checked in this order (the first that holds wins):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 from .errors import InitcliError
 from .parallel import check_jobs, run_all
-from .propagation import PropagateResult, prepare, propagate
+from .propagation import PropagateResult, check_memory, estimate_bytes, prepare, propagate
 
 VERDICTS = ("symmetric", "overflow", "no-signal", "dead", "saturated", "exploding", "vanishing", "stable")
 SYMMETRY_RANK = 1.001
@@ -165,10 +165,10 @@ def _row(result: PropagateResult) -> CompareRow:
     )
 
 
-def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs: int | None = 1,
-            **options) -> CompareResult:
-    """Run `propagate` for every (scheme, activation) pair with the same options and seed,
-    in `jobs` processes (None: one per core); the results do not depend on `jobs`."""
+def plan(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs: int | None = 1,
+         **options) -> tuple[list[dict], int]:
+    """The propagate calls of a comparison, every option checked and the memory of the runs
+    that go at once guarded, before any process starts; and the number of processes."""
     if not schemes:
         raise InitcliError("schemes", "needs at least one scheme")
     if not activations:
@@ -177,9 +177,26 @@ def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, j
     jobs = check_jobs(jobs)
     calls = [{"scheme": scheme, "activation": activation, **options} for activation in activations
              for scheme in schemes]
-    for call in calls:  # every option checked here, before any process starts
-        prepare(**call)
-    runs = tuple(run_all(propagate, calls, jobs))
+    runs = [prepare(**call) for call in calls]
+    at_once = min(jobs, len(calls))
+    largest = max(estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=run.checkpoint, arch=run.arch)
+                  for run in runs)
+    check_memory(at_once * largest, dtype=runs[0].dtype,
+                 options=("--batch", "--width", "--depth", "--sizes") + (("--jobs",) if at_once > 1 else ()))
+    return calls, jobs
+
+
+def runs_at_once(calls: Sequence[dict], jobs: int) -> int:
+    return min(jobs, len(calls))
+
+
+def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs: int | None = 1,
+            progress: Callable[[int], None] | None = None, **options) -> CompareResult:
+    """Run `propagate` for every (scheme, activation) pair with the same options and seed,
+    in `jobs` processes (None: one per core). Every run uses one BLAS thread, so the results
+    do not depend on `jobs`, to the last bit. `progress` hears of every layer done."""
+    calls, jobs = plan(schemes, activations, jobs=jobs, **options)
+    runs = tuple(run_all(propagate, calls, jobs, on_progress=progress))
     comparisons = tuple(_row(run) for run in runs)
     first = runs[0].params
     params = {"schemes": [run.params["scheme"] for run in runs[: len(schemes)]],

@@ -71,7 +71,7 @@ PLAIN = Architecture()
 
 def make_architecture(residual: bool = False, residual_scale: float = 1.0, block: int = 1,
                       norm: str | None = None) -> Architecture:
-    norm = None if norm in (None, "none") else str(norm).strip().lower()
+    norm = None if norm is None or str(norm).strip().lower() == "none" else str(norm).strip().lower()
     if not residual and block != 1:
         raise InitcliError("block", "only applies with --residual")
     return Architecture(float(residual_scale) if residual else None, block, norm)

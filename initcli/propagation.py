@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -191,7 +191,35 @@ def estimate_bytes(sizes: Sequence[int], batch: int, dtype: np.dtype, *, checkpo
 
 
 def available_bytes() -> int | None:
-    """Memory the run may use: MemAvailable from /proc/meminfo, where there is one."""
+    """Memory the run may use: MemAvailable from /proc/meminfo, where there is one, and no
+    more than the address space `ulimit -v` leaves this process."""
+    physical = _physical_available()
+    room = _address_space_left()
+    if physical is None or room is None:
+        return physical if room is None else room
+    return min(physical, room)
+
+
+def _address_space_left() -> int | None:
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return max(0, limit - int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return limit
+
+
+def _physical_available() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -246,6 +274,14 @@ class _Run:
     loaded: tuple | None = None  # (weights, biases, metadata, path) from --weights
 
     @property
+    def bias_var(self) -> float:
+        """σ_b²: --bias-std's, or with a weights file the mean square of the biases it holds."""
+        if self.loaded is None:
+            return self.bias_std * self.bias_std  # inf past float64's range; ** would raise
+        biases = self.loaded[1]
+        return sum(float(np.sum(np.square(b, dtype=np.float64))) for b in biases) / sum(b.size for b in biases)
+
+    @property
     def params(self) -> dict:
         if self.loaded is not None:
             metadata, path = self.loaded[2], self.loaded[3]
@@ -254,7 +290,8 @@ class _Run:
         else:
             source = self.init.params()
         params = {**source, "sizes": list(self.sizes), "depth": len(self.sizes) - 1, "batch": self.batch,
-                  "bias_std": self.bias_std, "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed,
+                  "bias_std": self.bias_std if self.loaded is None else math.sqrt(self.bias_var), "input_std": self.input_std,
+                  "dtype": self.dtype.name, "seed": self.seed,
                   **self.arch.params()}
         if self.init.scheme.kind == "lsuv" and self.loaded is None:
             params |= {"lsuv_tol": self.lsuv_tol, "lsuv_max_iter": self.lsuv_max_iter}
@@ -319,7 +356,8 @@ def prepare(
                 np_dtype, check_seed(seed), bool(theory), bool(checkpoint), arch, lsuv_tol, lsuv_max_iter, loaded)
 
 
-def propagate(scheme: str | Init = "he-normal", activation: str = "relu", **options) -> PropagateResult:
+def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
+              progress: Callable[[int], None] | None = None, **options) -> PropagateResult:
     """Sample a stack with the scheme, run `batch` N(0, input_std²) inputs through it,
     backpropagate a unit-Gaussian cotangent, and measure every layer.
 
@@ -331,11 +369,13 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", **opti
     layer where it happened. With `theory`, each layer also carries the mean-field prediction
     for the run's scheme, activation, sizes, bias and input std (see `initcli.theory`).
     `checkpoint` keeps activations only every ⌈√depth⌉ layers and recomputes the rest in the
-    backward pass: O(√depth) activation memory, the same numbers.
+    backward pass: O(√depth) activation memory, the same numbers. `progress(1)` is called
+    after each layer of the forward pass and of the backward pass (2·depth calls).
     """
     run = prepare(scheme, activation, **options)
     stack, x, cotangent, iterations = _inputs(run)
-    layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, checkpoint=run.checkpoint)
+    layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, checkpoint=run.checkpoint,
+                                                          progress=progress)
     result = PropagateResult(run.params, layers, forward_overflow, backward_overflow, lsuv_iterations=iterations)
     if not run.theory:
         return result
@@ -345,12 +385,16 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", **opti
     elif kind in ("lsuv", "loaded"):  # scaled by data, or read from a file: the variance the weights have
         weight_vars = [float(np.mean(np.square(w, dtype=np.float64))) for w in stack.weights]
     else:
-        weight_vars = [run.init.expected_std((n_out, n_in)) ** 2 for n_in, n_out in zip(run.sizes[:-1], run.sizes[1:])]
-    columns = beside(run.act, weight_vars, run.sizes, bias_var=run.bias_std**2,
-                     input_second_moment=run.input_std**2, arch=run.arch,
+        weight_vars = [_square(run.init.expected_std((n_out, n_in))) for n_in, n_out in zip(run.sizes[:-1], run.sizes[1:])]
+    columns = beside(run.act, weight_vars, run.sizes, bias_var=run.bias_var,
+                     input_second_moment=_square(run.input_std), arch=run.arch,
                      measured_preact=[layer.preact_var for layer in result.layers],
                      measured_grad=[layer.grad_var for layer in result.layers])
     return replace(result, theory=columns)
+
+
+def _square(value: float) -> float:
+    return value * value  # inf past float64's range, where ** 2 raises OverflowError
 
 
 def _inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] | None]:
@@ -371,7 +415,7 @@ def _inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] |
 
 
 def measure(stack: Stack, act: Activation, x: np.ndarray, cotangent: np.ndarray, *,
-            checkpoint: bool = False) -> tuple[tuple[LayerStats, ...], int | None, int | None]:
+            checkpoint: bool = False, progress: Callable[[int], None] | None = None) -> tuple[tuple[LayerStats, ...], int | None, int | None]:
     """Forward x, backpropagate the cotangent, and measure every layer: the engine of
     `propagate` for a given stack and inputs. Returns (layers, first layer whose
     pre-activations overflowed, first layer from the top whose gradient did)."""
@@ -392,12 +436,16 @@ def measure(stack: Stack, act: Activation, x: np.ndarray, cotangent: np.ndarray,
             "saturated_frac": saturated, "dead_frac": dead_fraction(state.deriv),
             "effective_rank": effective_rank(a), "input_cosine": mean_input_cosine(a),
         }
+        if progress is not None:
+            progress(1)
 
     def on_backward(layer: int, delta: np.ndarray, weight_grad: np.ndarray) -> None:
         grad_var = moments(delta)[1]
         if overflow["backward"] is None and not math.isfinite(grad_var) and not all_finite(delta):
             overflow["backward"] = layer
         backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
+        if progress is not None:
+            progress(1)
 
     with np.errstate(all="ignore"):
         if checkpoint:

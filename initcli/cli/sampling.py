@@ -1,0 +1,125 @@
+"""`initcli schemes` and `initcli sample`: the schemes, and the weights they draw."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import (
+    Activation,
+    FormatOnly,
+    InitOptions,
+    OutputOptions,
+    Scheme,
+    check_applies,
+    check_outputs,
+    chart_console,
+    chart_width,
+    command,
+    note,
+    output_format,
+    parse_int_list,
+    say_hidden,
+    show,
+    stdout_console,
+    warn_ignored,
+    write_machine,
+)
+
+SAMPLE_PRIORITY = ("layer", "shape", "expected_std", "std", "std_ratio", "mean", "min", "max", "expected_limit",
+                   "fan_in", "fan_out", "distribution", "expected_mean")
+
+
+@command(app)
+def schemes(out: FormatOnly) -> None:
+    """List every init scheme: formula, fan mode, the activation it was designed for, the paper."""
+    from ..render import print_table
+    from ..schemes import scheme_table
+
+    fmt = output_format(out.fmt)
+    rows = scheme_table()
+    columns = list(rows[0])
+    if fmt == "table":
+        say_hidden(print_table(rows, columns, title="initcli schemes (std × gain; a = negative slope)",
+                               console=stdout_console()))
+    else:
+        write_machine(fmt, "schemes", {}, rows, columns)
+
+
+@command(app)
+def sample(
+    init: InitOptions,
+    out: OutputOptions,
+    scheme: Scheme = "he-normal",
+    sizes: Annotated[Optional[str], typer.Option(
+        help="Layer sizes, one matrix per consecutive pair. Default 784,256,256,10.")] = None,
+    shape: Annotated[Optional[str], typer.Option(
+        help="One tensor in PyTorch layout (out,in,*kernel), e.g. 64,3,7,7.")] = None,
+    activation: Activation = "relu",
+    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Seeds weights and biases (separate streams).")] = 0,
+    save: Annotated[Optional[str], typer.Option(help="Write weights and biases to this .npz file.")] = None,
+) -> None:
+    """Draw the weights and compare them with the scheme's formula."""
+    from ..render import histogram_line, print_table
+    from ..sampling import WEIGHT_COLUMNS, save_npz
+    from ..sampling import sample as sample_weights
+
+    fmt = output_format(out.fmt)
+    check_applies(schemes=[scheme])
+    check_outputs(out, (save, "save", (".npz",)))
+    result = sample_weights(
+        scheme,
+        sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
+        shape=None if shape is None else parse_int_list(shape, "shape", min_len=1),
+        bias_std=init.bias_std, seed=seed, dtype=dtype, activation=activation, **init.scheme_options(),
+    )
+    warn_ignored([scheme], init.mode, init.distribution)
+    if save is not None:
+        save_npz(result, save, force=out.force)
+        note(f"saved {len(result.weights)} weight tensors to {save}")
+    rows = result.rows()
+    if fmt == "table":
+        p = result.params
+        hidden = print_table(rows, WEIGHT_COLUMNS, title=f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}",
+                             extra_columns={"histogram": [histogram_line(w) for w in result.weights]},
+                             priority=SAMPLE_PRIORITY, console=stdout_console())
+        say_hidden(hidden)
+    else:
+        write_machine(fmt, "sample", result.params, rows, WEIGHT_COLUMNS)
+    if out.plot or out.save_plot:
+        _sample_charts(result, out)
+
+
+def _sample_charts(result, out: OutputOptions) -> None:
+    import numpy as np
+
+    from ..charts import histogram_chart, save_figure
+    from ..schemes import make_init
+
+    p = result.params
+    init = make_init(p["scheme"], **{k: p[k] for k in ("gain", "mode", "distribution", "activation",
+                                                      "negative_slope") if k in p},
+                     **{k: p[k] for k in ("value", "std", "limit") if k in p})
+    densities = [init.density(w.shape) for w in result.weights]
+    title = f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}"
+    if out.plot:
+        console = chart_console()
+        for layer, w, density in zip(result.layers, result.weights, densities):
+            show(histogram_chart(w, density=density, width=chart_width(console),
+                                 title=f"layer {layer.layer} · {layer.shape} · std {layer.std:.4g} "
+                                       f"(formula {layer.expected_std:.4g})"))
+    if out.save_plot:
+        panels = []
+        for layer, w, density in zip(result.layers, result.weights, densities):
+            flat = np.asarray(w, dtype=np.float64).ravel()
+            finite = flat[np.isfinite(flat)]
+            curve = None
+            if density is not None and finite.size:
+                xs = np.linspace(finite.min(), finite.max(), 300)
+                curve = (xs, [density(x) for x in xs])
+            panels.append({"histogram": flat, "density": curve, "xlabel": "weight", "ylabel": "density",
+                           "title": f"layer {layer.layer} ({layer.shape})"})
+        save_figure(out.save_plot, panels, title=title, force=out.force, dpi=out.dpi)

@@ -1,0 +1,281 @@
+"""`initcli propagate`, `compare` and `jacobian`: signals through a deep stack."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import (
+    Activation,
+    ArchOptions,
+    FormatOnly,
+    InitOptions,
+    Jobs,
+    OutputOptions,
+    Scheme,
+    StackOptions,
+    chart_console,
+    chart_width,
+    check_applies,
+    check_outputs,
+    command,
+    note,
+    output_format,
+    parse_name_list,
+    progress,
+    say_hidden,
+    show,
+    sizes_text,
+    stdout_console,
+    warn,
+    warn_ignored,
+    write_machine,
+)
+
+# Which columns a narrow terminal keeps first.
+PROPAGATE_PRIORITY = ("layer", "preact_var", "theory_preact_var", "act_var", "grad_var", "theory_grad_var",
+                      "off_theory", "chi", "dead_frac", "saturated_frac", "effective_rank", "input_cosine",
+                      "weight_grad_var", "act_mean", "preact_mean", "weight_std", "fan_in", "fan_out")
+COMPARE_PRIORITY = ("scheme", "activation", "verdict", "grad_ratio", "first_grad_var", "last_grad_var",
+                    "last_act_var", "max_dead_frac", "max_saturated_frac", "min_effective_rank", "last_input_cosine",
+                    "first_act_var", "depth", "width")
+
+_MEMORY_REPORT = 256 * 2**20  # runs needing more memory than this say so before they start
+
+
+def _report_memory(run, runs_at_once: int = 1) -> None:
+    from ..propagation import estimate_bytes
+
+    needed = runs_at_once * estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=run.checkpoint, arch=run.arch)
+    if needed < _MEMORY_REPORT:
+        return
+    message = f"initcli: this run needs about {needed / 2**30:.2f} GiB of memory"
+    if runs_at_once > 1:
+        message += f" ({runs_at_once} runs at once)"
+    if not run.checkpoint and runs_at_once == 1:
+        lighter = estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=True, arch=run.arch)
+        if lighter < 0.7 * needed:
+            message += f" (--checkpoint: {lighter / 2**30:.2f} GiB)"
+    note(message)
+
+
+def _warn_small_batch(batch: int) -> None:
+    if batch < 2:
+        warn("with --batch 1 there is one input: dead_frac, effective_rank and input_cosine compare inputs "
+             "and say nothing here (use --batch 2 or more)")
+
+
+def _propagate_style(column: str, value) -> str | None:
+    if column == "dead_frac" and isinstance(value, float) and value >= 0.5:
+        return "red"
+    if column == "saturated_frac" and isinstance(value, float) and value >= 0.5:
+        return "yellow"
+    if column == "effective_rank" and isinstance(value, float) and value <= 1.5:
+        return "magenta"
+    return None
+
+
+@command(app)
+def propagate(
+    init: InitOptions,
+    stack: StackOptions,
+    arch: ArchOptions,
+    out: OutputOptions,
+    scheme: Scheme = "he-normal",
+    activation: Activation = "relu",
+    theory: Annotated[bool, typer.Option(help="Add the mean-field columns theory_preact_var, theory_grad_var, "
+                                              "chi and off_theory.")] = True,
+    checkpoint: Annotated[bool, typer.Option(help="Keep activations every ~sqrt(depth) layers and recompute the "
+                                                  "rest going back: O(sqrt(depth)) memory, same numbers.")] = False,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Propagate through the weights of an .npz file written by `initcli sample --save` instead of "
+             "sampling a scheme; the file fixes the sizes.")] = None,
+) -> None:
+    """Push random inputs through a deep stack, backpropagate, and report every layer.
+
+    With --residual, act is the residual stream x + α·f(x) that the next layer reads, and
+    saturated_frac is measured on f's activation. With --norm layer, preact is h before the
+    LayerNorm and grad_var the variance of dL/dh.
+    """
+    from ..propagation import prepare
+    from ..propagation import propagate as run_propagate
+    from ..render import log_bars, log_scale_header, overflow_message, print_table
+
+    fmt = output_format(out.fmt)
+    check_applies(schemes=[scheme], arch=arch, weights_file=weights is not None)
+    check_outputs(out)
+    options = dict(**stack.domain(), **init.scheme_options(), bias_std=init.bias_std, activation=activation,
+                   theory=theory, checkpoint=checkpoint, weights=weights, **arch.domain())
+    run = prepare(scheme, **options)
+    _report_memory(run)
+    _warn_small_batch(run.batch)
+    if weights is None:
+        warn_ignored([scheme], init.mode, init.distribution)
+    with progress(2 * len(run.sizes) - 2, "propagating") as advance:
+        result = run_propagate(scheme, progress=advance, **options)
+    rows = result.rows()
+    if fmt == "table":
+        p = result.params
+        shape = (f"{p['depth']} layers of {p['sizes'][1]}" if len(set(p["sizes"])) == 1
+                 else "sizes " + ",".join(map(str, p["sizes"])))
+        bars = {log_scale_header(column, values): log_bars(values)
+                for column, values in (("act_var", [r["act_var"] for r in rows]),
+                                       ("grad_var", [r["grad_var"] for r in rows]))}
+        hidden = print_table(rows, result.columns,
+                             title=f"{p.get('scheme') or p['weights']} · {p['activation']} · {shape} · "
+                                   f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
+                             cell_style=_propagate_style, priority=PROPAGATE_PRIORITY, extra_columns=bars,
+                             console=stdout_console())
+        say_hidden(hidden)
+    else:
+        write_machine(fmt, "propagate", result.params, rows, result.columns,
+                      overflow={"forward_layer": result.forward_overflow_layer,
+                                "backward_layer": result.backward_overflow_layer})
+    if result.overflowed:
+        warn(overflow_message(result).removeprefix("initcli: warning: "))
+    if out.plot or out.save_plot:
+        from ..charts import log_chart, propagate_series, save_figure
+
+        p = result.params
+        title = (f"{p.get('scheme') or p['weights']} · {p['activation']} · {p['depth']} layers · "
+                 f"{sizes_text(p['sizes'])} · batch {p['batch']} · seed {p['seed']}")
+        series = propagate_series(rows)
+        if out.plot:
+            show(log_chart(series, width=chart_width(chart_console()), title=title))
+        if out.save_plot:
+            save_figure(out.save_plot, [{"series": series, "xlabel": "layer", "ylabel": "variance", "log": True}],
+                        title=title, force=out.force, dpi=out.dpi)
+
+
+def _compare_style(column: str, value) -> str | None:
+    if column == "verdict":
+        return "green" if value == "stable" else "bold red"
+    return None
+
+
+@command(app)
+def compare(
+    init: InitOptions,
+    stack: StackOptions,
+    arch: ArchOptions,
+    out: OutputOptions,
+    schemes: Annotated[str, typer.Option(help="Comma list of schemes to run.")] = (
+        "zeros,constant,normal,xavier-normal,he-normal"),
+    activation: Annotated[str, typer.Option("--activation", "-a", help="Comma list of activations.")] = "relu",
+    jobs: Jobs = None,
+) -> None:
+    """Run the same stack under each scheme (and activation) and give each a verdict.
+
+    Verdicts, first match wins: symmetric (layer 1's effective rank <= 1.001: units move
+    together), overflow (inf/nan), no-signal (last layer's activations constant, or no
+    gradient at layer 1), dead (over half a layer's units never fire), saturated (over half a
+    layer's activations in a flat region), exploding / vanishing (the per-layer factor of the
+    gradient, measured over the deeper half of the stack and compounded over the depth, beyond
+    max(10, exp(3·sqrt(5·sum 1/n))): the finite-width spread), stable. Every run uses one BLAS
+    thread, so the numbers do not depend on --jobs.
+    """
+    from ..compare import COMPARE_COLUMNS, runs_at_once
+    from ..compare import compare as run_compare
+    from ..compare import plan as plan_compare
+    from ..render import log_scale_header, log_sparkline, print_table
+
+    fmt = output_format(out.fmt)
+    scheme_names = parse_name_list(schemes, "schemes")
+    activation_names = parse_name_list(activation, "activation")
+    check_applies(schemes=scheme_names, arch=arch)
+    check_outputs(out)
+    options = dict(**stack.domain(), **init.scheme_options(), bias_std=init.bias_std, **arch.domain())
+    calls, jobs_used = plan_compare(scheme_names, activation_names, jobs=jobs, **options)
+    _warn_small_batch(stack.batch)
+    from ..propagation import prepare
+
+    _report_memory(prepare(**calls[0]), runs_at_once(calls, jobs_used))
+    warn_ignored(scheme_names, init.mode, init.distribution)
+    depth = len(prepare(**calls[0]).sizes) - 1
+    with progress(len(calls) * depth * 2, "comparing") as advance:
+        result = run_compare(scheme_names, activation_names, jobs=jobs, progress=advance, **options)
+    rows = result.rows()
+    if fmt == "table":
+        p = result.params
+        columns = [c for c in COMPARE_COLUMNS if c != "reason"]
+        act_profiles = [[layer.act_var for layer in run.layers] for run in result.runs]
+        grad_profiles = [[layer.grad_var for layer in run.layers] for run in result.runs]
+        profiles = {log_scale_header("act_var by layer", sum(act_profiles, [])):
+                    [log_sparkline(values) for values in act_profiles],
+                    log_scale_header("grad_var by layer", sum(grad_profiles, [])):
+                    [log_sparkline(values) for values in grad_profiles]}
+        hidden = print_table(rows, columns, title=f"{p['depth']} layers · {sizes_text(p['sizes'])} · "
+                                                  f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
+                             cell_style=_compare_style, priority=COMPARE_PRIORITY, extra_columns=profiles,
+                             console=stdout_console())
+        say_hidden(hidden)
+        _print_reasons(rows)
+    else:
+        write_machine(fmt, "compare", result.params, rows, COMPARE_COLUMNS)
+    if out.plot or out.save_plot:
+        from ..charts import log_chart, per_run_series, save_figure
+
+        p = result.params
+        title = f"{p['depth']} layers · {sizes_text(p['sizes'])} · batch {p['batch']} · seed {p['seed']}"
+        panels = [(column, per_run_series(result.runs, column)) for column in ("act_var", "grad_var")]
+        if out.plot:
+            for column, series in panels:
+                show(log_chart(series, width=chart_width(chart_console()), title=f"{column} · {title}"))
+        if out.save_plot:
+            save_figure(out.save_plot, [{"series": series, "xlabel": "layer", "ylabel": column, "log": True,
+                                         "title": column} for column, series in panels],
+                        title=title, force=out.force, dpi=out.dpi)
+
+
+def _print_reasons(rows: list[dict]) -> None:
+    from rich.text import Text
+
+    console = stdout_console()
+    for row in rows:
+        style = "green" if row["verdict"] == "stable" else "red"
+        line = Text(f"{row['scheme']} + {row['activation']}", style="bold")
+        line.append(": ")
+        line.append(row["verdict"], style=style)
+        line.append(f" — {row['reason']}")
+        console.print(line, highlight=False)
+
+
+@command(app, "jacobian")
+def jacobian_command(
+    init: InitOptions,
+    stack: StackOptions,
+    arch: ArchOptions,
+    out: FormatOnly,
+    scheme: Scheme = "he-normal",
+    activation: Activation = "relu",
+    inputs: Annotated[Optional[int], typer.Option(
+        help="Inputs the spectrum is averaged over (default: 8, or --batch if smaller).")] = None,
+    spectrum: Annotated[bool, typer.Option(
+        help="Every singular value instead: rows layer, input, index, singular_value.")] = False,
+) -> None:
+    """Singular values of the input-output Jacobian after each layer (Pennington et al. 2017).
+
+    sv_mean_sq is the mean of the squared singular values (what the variance map controls);
+    sv_max, sv_min and sv_condition = sv_max/sv_min show the spread: all 1 is dynamical
+    isometry. Each is averaged over --inputs inputs; the Jacobian is computed in float64, on
+    one BLAS thread (many small products and SVDs run fastest that way).
+    """
+    from ..jacobian import jacobian, plan_jacobian
+    from ..render import print_table
+
+    fmt = output_format(out.fmt)
+    check_applies(schemes=[scheme], arch=arch)
+    options = dict(**stack.domain(), **init.scheme_options(), bias_std=init.bias_std, **arch.domain())
+    total = plan_jacobian(scheme, activation, inputs=inputs, **options)
+    with progress(total, "jacobian") as advance:
+        result = jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, progress=advance, **options)
+    rows, columns = result.rows(), result.columns
+    if fmt == "table":
+        p = result.params
+        say_hidden(print_table(rows, columns, title=f"{p['scheme']} · {p['activation']} · {p['depth']} layers · "
+                                                    f"{sizes_text(p['sizes'])} · {p['inputs']} inputs",
+                               console=stdout_console()))
+    else:
+        write_machine(fmt, "jacobian", result.params, rows, columns)
