@@ -24,6 +24,10 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 ELU_ALPHA = 1.0  # torch.nn.ELU's default
 DEFAULT_NEGATIVE_SLOPE = 0.01  # torch.nn.LeakyReLU's default
+# |a| up to 1000: leaky-relu's critical σ_w = √(2/(1+a²)) then stays inside theory's search
+# range [1e-3, 1e3], and a² ≤ 1e6 cannot overflow anything (torch accepts any float; a slope
+# of 1e160 only overflowed). Beyond it, use the mirrored ReLU with a gain.
+NEGATIVE_SLOPE_MAX = 1e3
 
 # Saturation thresholds of THEORY.md: the flat regions of tanh and sigmoid.
 TANH_SATURATION = 0.97
@@ -236,8 +240,10 @@ _ALIASES = {"identity": "linear", "none": "linear", "leaky_relu": "leaky-relu", 
 
 def get_activation(name: str, negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> Activation:
     """The activation called `name` (or one of its aliases, such as swish for silu)."""
-    if not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope):
-        raise InitcliError("negative_slope", f"must be a finite number, got {negative_slope!r}")
+    if (isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float))
+            or not abs(negative_slope) <= NEGATIVE_SLOPE_MAX):
+        raise InitcliError("negative_slope", f"must be a number in [-{NEGATIVE_SLOPE_MAX:g}, {NEGATIVE_SLOPE_MAX:g}], "
+                                             f"got {negative_slope!r}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     table = _build(float(negative_slope))

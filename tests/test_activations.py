@@ -32,6 +32,8 @@ def test_function_matches_reference(name):
     x = np.linspace(-8, 8, 2001)
     got = get_activation(name).fn(x)
     want = np.array([REFERENCE[name](v) for v in x])
+    # both sides are a few float64 operations (≲ 10 roundings of eps64/2 each, ~1e-15):
+    # rtol is ~450·eps64; atol covers values that round to ~0 differently (gelu far left)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
 
 
@@ -46,6 +48,9 @@ def test_derivative_matches_central_difference(name, dtype):
     x_typed = x.astype(dtype)
     analytic = act.derivative(x_typed, act.fn(x_typed))
     assert analytic.dtype == dtype
+    # the central difference (in float64) errs by h²·|φ‴|/6 ≈ 1e-12 plus eps64·|φ|/h ≈ 1.3e-9
+    # (|φ| ≤ 6); float32 derivatives round ~10 times (eps32 = 1.2e-7 each) and 1 − tanh² or
+    # s(1 − s) cancel to an absolute eps32: 1e-7 is ~75× the first, 1e-5 ~80·eps32
     tol = 1e-7 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(analytic, numeric, rtol=tol, atol=tol)
 
@@ -72,6 +77,8 @@ def test_stable_limits():
 def test_erf_against_math():
     x = np.linspace(-10, 10, 40001)
     want = np.array([math.erf(v) for v in x])
+    # the Chebyshev fits interpolate math.erf/erfc to ~1e-15 (their design target); |erf| ≤ 1,
+    # so an absolute bound of ~100·eps64 holds everywhere
     np.testing.assert_allclose(erf(x), want, rtol=0, atol=2e-14)
 
 
@@ -79,6 +86,8 @@ def test_norm_cdf_tail_is_relatively_accurate():
     # the left tail is what GELU needs for large negative inputs
     x = -np.linspace(0, 35, 7001)
     want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
+    # erfc's fit is relative to its asymptote, so the relative error stays ~1e-15 down the
+    # tail; e^{−z²} carries z²·eps64 ≈ 600·eps64 ≈ 1.4e-13 at z = 35/√2
     np.testing.assert_allclose(norm_cdf(x), want, rtol=1e-12)
 
 
@@ -88,8 +97,9 @@ def test_torch_gain_table_matches_torch():
                              ("selu", "selu")]:
         assert get_activation(name).torch_gain == torch.nn.init.calculate_gain(torch_name)
     for slope in (0.01, 0.2, 1.0):
+        # the same √(2/(1+a²)) in float64, possibly in another order: a few eps64 (2.2e-16)
         assert get_activation("leaky-relu", slope).torch_gain == pytest.approx(
-            torch.nn.init.calculate_gain("leaky_relu", slope), rel=1e-15)
+            torch.nn.init.calculate_gain("leaky_relu", slope), rel=8 * np.finfo(np.float64).eps)
     for name in ("elu", "gelu", "silu", "softplus"):
         assert get_activation(name).torch_gain is None
 
@@ -102,7 +112,9 @@ def test_matches_torch_functional(name):
           "sigmoid": torch.sigmoid, "selu": F.selu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu,
           "softplus": lambda t: F.softplus(t, threshold=1e9)}[name]
     x = np.linspace(-30, 30, 6001)
-    # absolute slack: torch forms gelu as x·(1 + erf(x/√2))/2, which cancels for x << 0
+    # float64 on both sides, a few roundings each (rtol ~450·eps64). Absolute slack: torch
+    # forms gelu as x·(1 + erf(x/√2))/2, which cancels for x << 0 (1 + erf rounds to 0 or a
+    # few eps64 there, while ours keeps Φ(x) ≈ 1e-16 relative): |gelu| < 1e-15 on that side
     np.testing.assert_allclose(get_activation(name).fn(x), fn(torch.from_numpy(x)).numpy(), rtol=1e-12, atol=1e-15)
 
 
@@ -111,6 +123,20 @@ def test_unknown_activation_suggests():
         get_activation("tanhh")
     assert info.value.option == "--activation"
     assert "tanh" in str(info.value)
+
+
+@pytest.mark.parametrize("slope", [1e160, -1000.5, math.inf, math.nan, True, "0.2"])
+def test_negative_slope_out_of_range_is_refused(slope):
+    # `--negative-slope 1e160` raised OverflowError (34, 'Numerical result out of range')
+    with pytest.raises(InitcliError) as info:
+        get_activation("leaky-relu", slope)
+    assert info.value.param == "negative_slope" and "1000" in info.value.message
+
+
+@pytest.mark.parametrize("slope", [-1000.0, 0.0, 1000.0])
+def test_negative_slope_range_is_usable(slope):
+    act = get_activation("leaky-relu", slope)
+    assert act.torch_gain == pytest.approx(math.sqrt(2 / (1 + slope**2)), rel=8 * np.finfo(np.float64).eps)
 
 
 def test_aliases():
