@@ -3,16 +3,22 @@
 Var(W) = gain² · scale / n, with n = fan_in, fan_out or (fan_in + fan_out)/2 by mode, drawn
 from a normal, a uniform U(-√(3·Var), √(3·Var)) or a normal truncated to ±2σ (as JAX's
 `variance_scaling`). Xavier, He, LeCun and PyTorch's nn.Linear default are presets over it;
-zeros, constant, a fixed-std normal, a fixed-limit uniform and orthogonal stand beside it.
+zeros, ones, constant, normal (with a mean), uniform (symmetric or on [low, high]), torch's
+trunc_normal_, sparse_ and dirac_, orthogonal and identity stand beside it.
 
 Shapes are in PyTorch's layout, (out, in, *kernel), and fans are computed as torch.nn.init
-computes them, so that for the same arguments the std (or limit) equals torch's.
+computes them, so that for the same arguments the std (or limit) equals torch's; JAX's
+in_axis/out_axis/batch_axis choose other axes (defaults 1, 0 and none: torch's layout).
+
+Weights are drawn in float32 whatever the run's dtype (so float32 and float64 runs with one
+seed hold the same weights): an init whose weights could exceed float32's range is refused
+when it is made, naming the option at fault, rather than overflowing while drawing.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +31,20 @@ from .errors import InitcliError, suggest
 TRUNCATED_NORMAL_STD = 0.87962566103423978
 TRUNCATION_BOUND = 2.0
 
+# The largest float32: every weight is drawn (and rounded) in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The largest |z| `gaussian` can return: its radius √(−2 ln(1−u)) with 1 − u ≥ 2⁻⁵³ (float64
+# uniforms are multiples of 2⁻⁵³), i.e. √(106 ln 2).
+GAUSSIAN_TAIL = math.sqrt(-2 * math.log(2.0**-53))
+
 FAN_MODES = ("fan_in", "fan_out", "fan_avg")
 DISTRIBUTIONS = ("normal", "uniform", "truncated-normal")
+# torch.nn.init.trunc_normal_'s absolute cut-offs a, b
+TRUNC_NORMAL_LOW, TRUNC_NORMAL_HIGH = -2.0, 2.0
+DEFAULT_SPARSITY = 0.1  # torch's sparse_ has no default; its documented example uses 0.1
+SPARSE_STD = 0.01  # torch.nn.init.sparse_'s default std (Martens 2010)
+# schemes whose formula needs no fans: the only ones a 1-D shape (a bias vector) can take
+NO_FAN_KINDS = ("zeros", "constant", "fixed", "trunc-normal")
 
 
 @dataclass(frozen=True)
@@ -34,7 +52,10 @@ class Scheme:
     """A named preset. `kind` says which sampler applies; the rest is its data."""
 
     name: str
-    kind: str  # "scaling", "fixed" (std given by --std/--limit), "zeros", "constant", "orthogonal"
+    # "scaling", "fixed" (normal/uniform with --std/--mean or --limit/--low/--high), "zeros",
+    # "constant", "trunc-normal", "sparse", "dirac", "orthogonal", "delta-orthogonal",
+    # "identity", "lsuv"
+    kind: str
     distribution: str = "normal"
     scale: float = 1.0
     mode: str = "fan_in"
@@ -43,6 +64,8 @@ class Scheme:
     formula: str = ""
     designed_for: str = ""
     reference: str = ""
+    value: float | None = None  # a constant preset's fixed value (ones: 1); None: --value
+    default_std: float = 1.0  # --std when not given
 
 
 GLOROT = "Glorot & Bengio 2010, Understanding the difficulty of training deep feedforward neural networks"
@@ -51,13 +74,25 @@ LECUN = "LeCun et al. 1998, Efficient BackProp"
 
 SCHEMES: tuple[Scheme, ...] = (
     Scheme("zeros", "zeros", formula="W = 0", aliases=("zero",),
-           designed_for="none (never breaks symmetry)"),
-    Scheme("constant", "constant", formula="W = value (--value, default 0.5)", aliases=("ones",),
-           designed_for="none (never breaks symmetry)"),
-    Scheme("normal", "fixed", "normal", formula="std = --std (default 1)",
-           aliases=("standard-normal", "randn"), designed_for="none (ignores the fans)"),
-    Scheme("uniform", "fixed", "uniform", formula="limit = --limit (default 1)",
-           aliases=("rand",), designed_for="none (ignores the fans)"),
+           designed_for="none (never breaks symmetry)", reference="torch.nn.init.zeros_"),
+    Scheme("ones", "constant", formula="W = 1", value=1.0,
+           designed_for="none (never breaks symmetry)", reference="torch.nn.init.ones_; Keras Ones"),
+    Scheme("constant", "constant", formula="W = value (--value, default 0.5)",
+           designed_for="none (never breaks symmetry)", reference="torch.nn.init.constant_"),
+    Scheme("normal", "fixed", "normal", formula="N(mean, std²): --mean (default 0), --std (default 1)",
+           aliases=("standard-normal", "randn"), designed_for="none (ignores the fans)",
+           reference="torch.nn.init.normal_"),
+    Scheme("uniform", "fixed", "uniform",
+           formula="U(-limit, limit) (--limit, default 1), or U(low, high) with --low/--high",
+           aliases=("rand",), designed_for="none (ignores the fans)", reference="torch.nn.init.uniform_"),
+    Scheme("trunc-normal", "trunc-normal", formula="N(mean, std²) restricted to [low, high] "
+           "(--mean 0, --std 1, --low -2, --high 2: absolute bounds, as torch)",
+           designed_for="none (ignores the fans); transformers (ViT: std 0.02)",
+           reference="torch.nn.init.trunc_normal_"),
+    Scheme("sparse", "sparse", formula="N(0, std²) (--std, default 0.01), ⌈sparsity·rows⌉ zeros per column "
+           "(--sparsity, default 0.1)", default_std=SPARSE_STD, designed_for="deep nets trained by "
+           "Hessian-free optimisation", reference="Martens 2010, Deep learning via Hessian-free optimization; "
+           "torch.nn.init.sparse_"),
     Scheme("xavier-normal", "scaling", "normal", 1.0, "fan_avg",
            aliases=("xavier", "glorot", "glorot-normal"),
            formula="std = √(2/(fan_in+fan_out))", designed_for="tanh, sigmoid, linear", reference=GLOROT),
@@ -79,6 +114,9 @@ SCHEMES: tuple[Scheme, ...] = (
            formula="centre tap orthogonal (out×in), every other tap 0; std = 1/√(max(out, in)·∏kernel)",
            designed_for="conv stacks (dynamical isometry)",
            reference="Xiao et al. 2018, Dynamical Isometry and a Mean Field Theory of CNNs"),
+    Scheme("dirac", "dirac", formula="centre tap of W[g·out/groups + i, i] = 1 for i < min(out/groups, in) "
+           "(--groups, default 1), every other entry 0; on a 2-D matrix, eye per group",
+           designed_for="conv stacks (preserves the input channels)", reference="torch.nn.init.dirac_"),
     Scheme("identity", "identity", aliases=("eye",), formula="W = I (ones on the diagonal, as torch's eye_)",
            designed_for="linear and residual stacks", reference="Le et al. 2015; torch.nn.init.eye_"),
     Scheme("lsuv", "lsuv", formula="orthogonal, then each layer scaled to unit pre-activation variance on the batch",
@@ -107,19 +145,62 @@ def get_scheme(name: str) -> Scheme:
     return _BY_NAME[key]
 
 
-def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
+def _axes(param: str, axes: int | Sequence[int]) -> tuple[int, ...]:
+    """An axis or a sequence of axes as a tuple of ints (bools and non-integers refused)."""
+    items = (axes,) if isinstance(axes, (int, np.integer)) else axes
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise InitcliError(param, f"must be an axis or a comma list of axes such as 1 or 2,3; got {axes!r}") from None
+    if any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in items):
+        raise InitcliError(param, f"must be integer axes, got {axes!r}")
+    return tuple(int(a) for a in items)
+
+
+def compute_fans(shape: Sequence[int], *, in_axis: int | Sequence[int] = 1, out_axis: int | Sequence[int] = 0,
+                 batch_axis: int | Sequence[int] = ()) -> tuple[int, int]:
     """(fan_in, fan_out) of a tensor in PyTorch's layout (out, in, *kernel).
 
     The receptive field (product of the kernel dimensions) multiplies both, as in
-    torch.nn.init._calculate_fan_in_and_fan_out. Rank < 2 has no fans and is refused.
+    torch.nn.init._calculate_fan_in_and_fan_out. Other axes as in JAX's variance_scaling:
+    fan_in = ∏ shape[in_axis] · r, fan_out = ∏ shape[out_axis] · r, where r is the product
+    of the dimensions in none of in_axis, out_axis and batch_axis (axes may be negative).
+    Rank < 2 has no fans and is refused.
     """
     shape = tuple(int(d) for d in shape)
     if len(shape) < 2:
-        raise InitcliError("shape", f"needs at least 2 dimensions (out, in, *kernel), got {shape}")
+        raise InitcliError("shape", f"needs at least 2 dimensions (out, in, *kernel) to have fans, got {shape}")
     if any(d <= 0 for d in shape):
         raise InitcliError("shape", f"dimensions must be positive integers, got {shape}")
-    receptive_field = math.prod(shape[2:])
-    return shape[1] * receptive_field, shape[0] * receptive_field
+    rank = len(shape)
+    groups = {}
+    owner: dict[int, str] = {}
+    given = (("in_axis", in_axis), ("out_axis", out_axis), ("batch_axis", batch_axis))
+    defaults = {"in_axis": (1,), "out_axis": (0,), "batch_axis": ()}
+    for param, axes in given:
+        resolved = []
+        for axis in _axes(param, axes):
+            if not -rank <= axis < rank:
+                raise InitcliError(param, f"axis {axis} is out of range for a {rank}-D shape {shape} "
+                                          f"(axes run from {-rank} to {rank - 1})")
+            axis %= rank
+            if axis in owner:
+                other = owner[axis]
+                # blame the option that was moved from its default (in_axis=0 meets out_axis's 0)
+                moved = param if _axes(param, axes) != defaults[param] or \
+                    _axes(other, dict(given)[other]) == defaults[other] else other
+                raise InitcliError(moved, f"axis {axis} is both an {other.replace('_', ' ')} and a "
+                                          f"{param.replace('_', ' ')}; in, out and batch axes must differ")
+            owner[axis] = param
+            resolved.append(axis)
+        groups[param] = resolved
+    seen = set(owner)
+    if not groups["in_axis"] or not groups["out_axis"]:
+        raise InitcliError("in_axis" if not groups["in_axis"] else "out_axis", "needs at least one axis")
+    receptive_field = math.prod(d for axis, d in enumerate(shape) if axis not in seen)
+    fan_in = math.prod(shape[axis] for axis in groups["in_axis"]) * receptive_field
+    fan_out = math.prod(shape[axis] for axis in groups["out_axis"]) * receptive_field
+    return fan_in, fan_out
 
 
 def _canonical(value: str, choices: Sequence[str], param: str) -> str:
@@ -134,20 +215,182 @@ def check_number(param: str, value: float, *, nonnegative: bool = True) -> float
     """A finite number (≥ 0 unless `nonnegative` is false), or a one-line InitcliError."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise InitcliError(param, f"must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float's range
+        raise InitcliError(param, f"must be a finite number, got {str(value)[:40]}") from None
     if not math.isfinite(number) or (nonnegative and number < 0):
         kind = "a finite number ≥ 0" if nonnegative else "a finite number"
         raise InitcliError(param, f"must be {kind}, got {value!r}")
     return number
 
 
+def check_weight_scale(param: str, value: float, *, tail: float = GAUSSIAN_TAIL) -> float:
+    """A std (or scale) whose draws, up to `tail` times it, fit in float32: for --bias-std and
+    the like. Refused above FLOAT32_MAX / tail, with the bound in the message."""
+    value = check_number(param, value)
+    if value * tail > FLOAT32_MAX:
+        raise InitcliError(param, f"must be at most {FLOAT32_MAX / tail:.3g}: its draws reach {tail:.3g}× it, "
+                                  f"beyond float32's largest value {FLOAT32_MAX:.3g}, in which initcli draws; "
+                                  f"got {value:g}")
+    return value
+
+
+def _normal_pdf(w: float, mean: float, std: float, weight: float = 1.0) -> float:
+    """weight · N(mean, std²) density at w, without overflow or warnings for tiny stds (a
+    density beyond float64's range is inf)."""
+    with np.errstate(all="ignore"):
+        z = (np.float64(w) - mean) / np.float64(std)
+        return float(weight * np.exp(-0.5 * z * z) / (np.float64(std) * math.sqrt(2 * math.pi)))
+
+
+# Gauss–Legendre nodes for the truncated-normal moments: 8 panels of 24 nodes on [0, 1] are
+# exact to float64 rounding for a Gaussian piece spanning at most 2·√80 ≈ 18 std units.
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
+_PANELS = 8
+_T = ((np.arange(_PANELS)[:, None] + (_GL_NODES[None, :] + 1) / 2) / _PANELS).ravel()
+_TW = np.tile(_GL_WEIGHTS / (2 * _PANELS), _PANELS)
+_LOG_CUTOFF = 40.0  # e⁻⁴⁰ ≈ 4e-18: density beyond this (relative to the peak) is below float64's eps
+
+
+@dataclass(frozen=True)
+class TruncatedNormal:
+    """N(mean, std²) restricted to [low, high] (torch's trunc_normal_), with its moments and
+    density computed without cancellation or overflow, even far in a tail.
+
+    m = clip(mean, low, high) is the support's most likely point; κ = (m − mean)/std; in
+    units u = (x − m)/std the log-density relative to m is −u(u + 2κ)/2. The support that
+    matters ([lo, hi], where that is ≥ −40) is integrated by Gauss–Legendre quadrature."""
+
+    mean: float
+    std: float
+    low: float
+    high: float
+
+    def _span(self) -> tuple[float, float, float, float, float, float]:
+        """(m, κ, u0, du, lo, width): the support that matters is u ∈ [u0, u0 + du] in std
+        units about m, i.e. x ∈ [lo, lo + width]. The width is taken in x units where both
+        cut-offs bound it (a std far above high − low) and in std units otherwise (a tail far
+        from the mean, where lo + width would round to lo)."""
+        mean, std, low, high = self.mean, self.std, self.low, self.high
+        m = min(max(mean, low), high)
+        with np.errstate(all="ignore"):
+            kappa = float(np.float64(m - mean) / std)
+            span = float(np.float64(high - low) / std)  # may be inf: that is fine below
+        if not math.isfinite(kappa):
+            kappa = math.copysign(1e300, kappa)  # beyond any draw: a point mass at m
+        # the largest |u| on the far side of m with −|u|(|u| + 2|κ|)/2 ≥ −40 (stable root)
+        reach = 2 * _LOG_CUTOFF / (abs(kappa) + math.sqrt(kappa * kappa + 2 * _LOG_CUTOFF))
+        if low <= mean <= high:
+            with np.errstate(all="ignore"):
+                below, above = float(np.float64(mean - low) / std), float(np.float64(high - mean) / std)
+            u0, u1 = -min(below, reach), min(above, reach)
+            lo = low if below <= reach else mean + u0 * std
+            width = (high - lo) if above <= reach else (mean + u1 * std) - lo
+            if below <= reach and above <= reach:
+                width = high - low
+            elif below > reach and above > reach:
+                width = (u1 - u0) * std
+        elif mean < low:
+            u0, u1 = 0.0, min(span, reach)
+            lo, width = low, (high - low) if span <= reach else u1 * std
+        else:
+            u0, u1 = -min(span, reach), 0.0
+            width = (high - low) if span <= reach else -u0 * std
+            lo = low if span <= reach else high - width
+        return m, kappa, u0, u1 - u0, lo, width
+
+    def _weights(self) -> tuple[float, float, np.ndarray]:
+        """(lo, width, normalised quadrature weights at the nodes _T of [lo, lo + width])."""
+        m, kappa, u0, du, lo, width = self._span()
+        with np.errstate(all="ignore"):
+            u = u0 + _T * du
+            logp = -0.5 * u * (u + 2 * kappa)
+            p = _TW * np.exp(np.where(np.isfinite(logp), logp, -np.inf))
+        total = p.sum()
+        if not (total > 0 and math.isfinite(total)):
+            p = np.zeros_like(_TW)
+            p[0] = 1.0  # everything at lo = m
+            total = 1.0
+        return lo, width, p / total
+
+    def moments(self) -> tuple[float, float]:
+        """(mean, std) of the truncated distribution."""
+        if self.std == 0:
+            return min(max(self.mean, self.low), self.high), 0.0
+        lo, width, p = self._weights()
+        t_mean = float(p @ _T)
+        t_std = math.sqrt(max(float(p @ (_T - t_mean) ** 2), 0.0))
+        return lo + width * t_mean, width * t_std
+
+    def density(self) -> Callable[[float], float] | None:
+        if self.std == 0:
+            return None
+        m, kappa, u0, du, _, _ = self._span()
+        with np.errstate(all="ignore"):
+            u = u0 + _T * du
+            mass_u = float(np.sum(_TW * np.exp(-0.5 * u * (u + 2 * kappa)))) * du  # ∫ e^(log p) du
+        std, low, high = self.std, self.low, self.high
+
+        def pdf(w: float) -> float:
+            if not low <= w <= high:
+                return 0.0
+            with np.errstate(all="ignore"):
+                uu = (np.float64(w) - m) / std
+                return float(np.exp(-0.5 * uu * (uu + 2 * kappa)) / (np.float64(std) * mass_u))
+
+        return pdf
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n float64 draws, exactly distributed (up to rounding), in a bounded number of rounds:
+        inside the support, normal draws rejected outside it (mass ≥ 0.3) or uniform ones on a
+        narrow support; in a tail, uniform draws on a short support or Robert's (1995)
+        translated-exponential proposal, each accepting at least ~0.3 of its draws."""
+        mean, std, low, high = self.mean, self.std, self.low, self.high
+        if std == 0:
+            return np.full(n, min(max(mean, low), high))
+        if mean > high:  # mirror the right tail onto the left one
+            return -TruncatedNormal(-mean, std, -high, -low).sample(n, rng)
+        out = np.empty(n)
+        pending = np.arange(n)
+        with np.errstate(all="ignore"):
+            if mean >= low:  # mean inside [low, high]
+                alpha, beta = (low - mean) / std, (high - mean) / std
+                mass = 0.5 * (math.erf(beta / math.sqrt(2)) - math.erf(alpha / math.sqrt(2)))
+                while pending.size:
+                    if mass >= 0.3:
+                        x = mean + std * rng.standard_normal(pending.size)
+                        ok = (x >= low) & (x <= high)
+                    else:  # [low, high] is under 0.8 std wide: a uniform proposal accepts ≥ 0.72
+                        x = low + (high - low) * rng.random(pending.size)
+                        z = (x - mean) / std
+                        ok = rng.random(pending.size) < np.exp(-0.5 * z * z)
+                    out[pending[ok]] = x[ok]
+                    pending = pending[~ok]
+            else:  # mean < low: the left end of the support is the mode
+                kappa = min((low - mean) / std, 1e300)
+                width = (high - low) / std
+                uniform = width * (2 * kappa + width) / 2 <= 1  # acceptance ≥ e⁻¹
+                rate = (kappa + math.hypot(kappa, 2)) / 2  # Robert's optimal rate
+                shift = -2 / (kappa + math.hypot(kappa, 2))  # κ − rate, without cancellation
+                while pending.size:
+                    if uniform:
+                        u = width * rng.random(pending.size)
+                        ok = rng.random(pending.size) < np.exp(-0.5 * u * (u + 2 * kappa))
+                    else:
+                        u = rng.standard_exponential(pending.size) / rate
+                        ok = (u <= width) & (rng.random(pending.size) < np.exp(-0.5 * (u + shift) ** 2))
+                    out[pending[ok]] = low + std * u[ok]
+                    pending = pending[~ok]
+        return np.clip(out, low, high)
+
+
 @dataclass(frozen=True)
 class Init:
     """A scheme with every argument resolved: what `sample_weights` draws from.
 
-    `mode` and `distribution` are the effective ones (the preset's unless overridden).
-    `gain` multiplies the weights of every scheme, i.e. the std (scale = gain²).
+    `mode` and `distribution` are the effective ones (the preset's unless overridden, and the
+    preset's for schemes that do not use them). `gain` multiplies the weights of every
+    scheme, i.e. the std (scale = gain²). `low`/`high` are the uniform's bounds when given
+    (None: ±limit) and trunc-normal's cut-offs.
     """
 
     scheme: Scheme
@@ -159,50 +402,152 @@ class Init:
     value: float = 0.5
     std: float = 1.0
     limit: float = 1.0
+    mean: float = 0.0
+    low: float | None = None
+    high: float | None = None
+    sparsity: float = DEFAULT_SPARSITY
+    groups: int = 1
+    in_axis: tuple[int, ...] = (1,)
+    out_axis: tuple[int, ...] = (0,)
+    batch_axis: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
         return self.scheme.name
 
     @property
-    def scale(self) -> float:
-        """The variance-scaling `scale` of the preset, slope-corrected for He."""
-        scale = self.scheme.scale
+    def kind(self) -> str:
+        return self.scheme.kind
+
+    @property
+    def fill_value(self) -> float:
+        """A constant preset's value before the gain: ones' 1, constant's --value."""
+        return self.value if self.scheme.value is None else self.scheme.value
+
+    @property
+    def _slope_factor(self) -> float:
+        """√(1 + a²) for He with leaky-relu (He et al. 2015, eq. 15 with slope a), else 1;
+        by hypot, so a slope of 1e160 gives 1e160 rather than an overflow."""
         if self.scheme.slope_corrected and self.activation == "leaky-relu":
-            scale /= 1 + self.negative_slope**2  # He et al. 2015, eq. 15 with slope a
-        return scale
+            return math.hypot(1.0, self.negative_slope)
+        return 1.0
+
+    @property
+    def scale(self) -> float:
+        """The variance-scaling `scale` of the preset, slope-corrected for He (0 where the
+        correction takes it below float64's range)."""
+        factor = self._slope_factor
+        return self.scheme.scale / factor / factor
+
+    def fans(self, shape: Sequence[int]) -> tuple[int, int]:
+        """(fan_in, fan_out) with this init's axes (torch's layout unless overridden)."""
+        return compute_fans(shape, in_axis=self.in_axis, out_axis=self.out_axis, batch_axis=self.batch_axis)
+
+    # -- the fixed schemes: a location μ and a std σ, shaped by the distribution ------------
+
+    def _bounds(self) -> tuple[float, float]:
+        """The uniform scheme's [low, high] (±limit unless given), or trunc-normal's cut-offs."""
+        if self.kind == "trunc-normal":
+            return (TRUNC_NORMAL_LOW if self.low is None else self.low,
+                    TRUNC_NORMAL_HIGH if self.high is None else self.high)
+        return (-self.limit if self.low is None else self.low, self.limit if self.high is None else self.high)
+
+    def _location_half(self) -> tuple[float, float, float]:
+        """(μ, σ, half-width) before the gain of a fixed scheme: the normal scheme's mean and
+        std; the uniform scheme's centre, (high − low)/√12 and (high − low)/2. The half-width is
+        that of the uniform distribution with this σ (√3σ), exact for the uniform scheme."""
+        if self.scheme.distribution == "normal":
+            return self.mean, self.std, math.sqrt(3) * self.std
+        low, high = self._bounds()
+        half = high / 2 - low / 2  # halves first: high − low can exceed float64 only in theory
+        return low / 2 + high / 2, half / math.sqrt(3), half
+
+    def _truncated(self) -> TruncatedNormal:
+        low, high = self._bounds()
+        return TruncatedNormal(self.mean, self.std, low, high)
+
+    def _sparse_zeros(self, rows: int) -> int:
+        """Zeros per column, ⌈sparsity·rows⌉, computed as torch's sparse_ computes it."""
+        return min(rows, math.ceil(self.sparsity * rows))
+
+    def _need_fans(self, shape: Sequence[int]) -> tuple[int, ...]:
+        shape = tuple(int(d) for d in shape)
+        if len(shape) < 2 and self.kind not in NO_FAN_KINDS:
+            raise InitcliError("shape", f"{self.name} needs a tensor of at least 2 dimensions (out, in, *kernel); a "
+                                        f"1-D shape {shape} (a bias vector) takes zeros, ones, constant, normal, "
+                                        "uniform or trunc-normal, which need no fans")
+        if not shape or any(d <= 0 for d in shape):
+            raise InitcliError("shape", f"needs positive dimensions (out, in, *kernel), got {shape}")
+        return shape
+
+    # -- what the formula says ---------------------------------------------------------
 
     def expected_std(self, shape: Sequence[int]) -> float:
         """The std the scheme's formula gives for a tensor of this shape (torch layout)."""
-        fan_in, fan_out = compute_fans(shape)
-        kind = self.scheme.kind
+        shape = self._need_fans(shape)
+        kind = self.kind
         if kind in ("zeros", "constant"):
             return 0.0
+        if kind == "fixed":
+            return self.gain * self._location_half()[1]
+        if kind == "trunc-normal":
+            return self.gain * self._truncated().moments()[1]
+        if kind == "sparse":
+            rows = shape[0]
+            return self.gain * self.std * math.sqrt((rows - self._sparse_zeros(rows)) / rows)
         if kind in ("orthogonal", "lsuv"):  # lsuv starts orthogonal; its scale comes from the data
-            rows = int(shape[0])
-            cols = math.prod(int(d) for d in shape) // rows
+            rows = shape[0]
+            cols = math.prod(shape) // rows
             # the min(rows, cols) orthonormal vectors have unit norm: mean square 1/max(rows, cols)
             return self.gain / math.sqrt(max(rows, cols))
         if kind == "delta-orthogonal":
-            taps = math.prod(int(d) for d in shape[2:])
-            return self.gain / math.sqrt(max(int(shape[0]), int(shape[1])) * taps)
-        if kind == "identity":
-            return self.gain * math.sqrt(min(shape[0], shape[1]) / (shape[0] * shape[1]))
-        if kind == "fixed":
-            base = self.std if self.scheme.distribution == "normal" else self.limit / math.sqrt(3)
-            return self.gain * base
+            taps = math.prod(shape[2:])
+            return self.gain / math.sqrt(max(shape[0], shape[1]) * taps)
+        if kind in ("identity", "dirac"):
+            # a fraction p of the entries is 1, the rest 0: std √(p(1 − p)) about the mean p
+            p = self._ones_fraction(shape)
+            return self.gain * math.sqrt(p * (1 - p))
+        fan_in, fan_out = self.fans(shape)
         n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
-        return self.gain * math.sqrt(self.scale / n)
+        return self.gain * math.sqrt(self.scheme.scale / n) / self._slope_factor
 
-    def expected_mean(self) -> float:
-        return self.gain * self.value if self.scheme.kind == "constant" else 0.0
+    def _ones_fraction(self, shape: tuple[int, ...]) -> float:
+        if self.kind == "identity":
+            return min(shape[0], shape[1]) / (shape[0] * shape[1])
+        per_group = shape[0] // self.groups
+        return self.groups * min(per_group, shape[1]) / math.prod(shape)
+
+    def expected_mean(self, shape: Sequence[int] | None = None) -> float:
+        """The mean the formula gives; identity and dirac need the shape."""
+        kind = self.kind
+        if kind == "constant":
+            return self.gain * self.fill_value
+        if kind == "fixed":
+            return self.gain * self._location_half()[0]
+        if kind == "trunc-normal":
+            return self.gain * self._truncated().moments()[0]
+        if kind in ("identity", "dirac"):
+            if shape is None:
+                raise TypeError(f"the mean of {self.name} depends on the shape: pass it")
+            return self.gain * self._ones_fraction(self._need_fans(shape))
+        return 0.0
 
     def bound(self, shape: Sequence[int]) -> float | None:
         """The largest |W| the distribution allows: the uniform limit or the truncation point."""
-        if self.scheme.kind in ("zeros", "constant"):
+        kind = self.kind
+        if kind in ("zeros", "constant"):
             return abs(self.expected_mean())
-        if self.scheme.kind in ("orthogonal", "lsuv", "delta-orthogonal", "identity"):
+        if kind in ("orthogonal", "lsuv", "delta-orthogonal", "identity", "dirac"):
             return self.gain
+        if kind == "trunc-normal":
+            return self.gain * max(abs(v) for v in self._bounds())
+        if kind == "sparse":
+            return None
+        if kind == "fixed":
+            mu, sigma, half = self._location_half()
+            reach = {"normal": None, "uniform": half, "truncated-normal": TRUNCATION_BOUND * sigma / TRUNCATED_NORMAL_STD
+                     }[self.distribution]
+            return None if reach is None else self.gain * (abs(mu) + reach)
         std = self.expected_std(shape)
         if self.distribution == "uniform":
             return math.sqrt(3) * std
@@ -210,35 +555,70 @@ class Init:
             return TRUNCATION_BOUND * std / TRUNCATED_NORMAL_STD
         return None
 
+    def largest_weight(self) -> float:
+        """An upper bound on |W| over every shape and draw (n ≥ 1 for the scaling schemes);
+        inf where it is beyond float64. What `make_init` checks against float32's range."""
+        kind = self.kind
+        tail = {"normal": GAUSSIAN_TAIL, "uniform": math.sqrt(3),
+                "truncated-normal": TRUNCATION_BOUND / TRUNCATED_NORMAL_STD}[self.distribution]
+        if kind == "zeros":
+            return 0.0
+        if kind == "constant":
+            return self.gain * abs(self.fill_value)
+        if kind == "fixed":
+            mu, sigma, half = self._location_half()
+            return self.gain * (abs(mu) + (half if self.distribution == "uniform" else tail * sigma))
+        if kind == "trunc-normal":
+            return self.gain * max(abs(v) for v in self._bounds())
+        if kind == "sparse":
+            return self.gain * GAUSSIAN_TAIL * self.std
+        if kind == "scaling":
+            return self.gain * math.sqrt(self.scale) * tail
+        return self.gain  # orthogonal, delta-orthogonal, identity, dirac, lsuv: entries within ±1
+
     def density(self, shape: Sequence[int]):
         """The probability density the weights are drawn from, as a function of w, or None
-        where there is none to draw (zeros, constant, identity, delta-orthogonal). Orthogonal
-        entries are near-Gaussian at this std for large matrices."""
-        kind = self.scheme.kind
-        if kind in ("zeros", "constant", "identity", "delta-orthogonal"):
+        where there is none to draw (zeros, constant, identity, dirac, delta-orthogonal, lsuv,
+        whose scale comes from the data). Orthogonal entries are near-Gaussian at this std
+        for large matrices; for sparse, the density of its nonzero part (the rest is a spike
+        at 0). Tiny stds give large densities, never an overflow or a warning."""
+        kind = self.kind
+        if kind in ("zeros", "constant", "identity", "delta-orthogonal", "dirac", "lsuv"):
             return None
         std = self.expected_std(shape)
         if std == 0:
             return None
-        if kind in ("orthogonal", "lsuv") or self.distribution == "normal":
-            return lambda w: math.exp(-0.5 * (w / std) ** 2) / (std * math.sqrt(2 * math.pi))
+        gain = self.gain
+        if kind == "trunc-normal":
+            pdf = self._truncated().density()
+            return None if pdf is None else (lambda w: pdf(w / gain) / gain)
+        if kind == "sparse":
+            rows = int(shape[0])
+            kept = (rows - self._sparse_zeros(rows)) / rows
+            return lambda w: _normal_pdf(w, 0.0, gain * self.std, kept)
+        if kind == "orthogonal":
+            return lambda w: _normal_pdf(w, 0.0, std)
+        mean = self.expected_mean(shape) if kind == "fixed" else 0.0
+        if self.distribution == "normal":
+            return lambda w: _normal_pdf(w, mean, std)
         if self.distribution == "uniform":
-            limit = math.sqrt(3) * std
-            return lambda w: 1 / (2 * limit) if abs(w) <= limit else 0.0
+            half = math.sqrt(3) * std if kind == "scaling" else gain * self._location_half()[2]
+            return lambda w: 1 / (2 * half) if abs(w - mean) <= half else 0.0
         sigma = std / TRUNCATED_NORMAL_STD  # the normal before truncation to ±2σ
         mass = math.erf(TRUNCATION_BOUND / math.sqrt(2))
-        return lambda w: (math.exp(-0.5 * (w / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi) * mass)
-                          if abs(w) <= TRUNCATION_BOUND * sigma else 0.0)
+        return lambda w: (_normal_pdf(w, mean, sigma, 1 / mass) if abs(w - mean) <= TRUNCATION_BOUND * sigma else 0.0)
+
+    # -- drawing -------------------------------------------------------------------------
 
     def sample(self, shape: Sequence[int], rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
         """Draw a tensor of `shape` (torch layout). Random draws are made at float32 precision
         whatever `dtype` is, so float32 and float64 runs with one seed hold the same weights."""
-        shape = tuple(int(d) for d in shape)
-        kind = self.scheme.kind
+        shape = self._need_fans(shape)
+        kind = self.kind
         if kind == "zeros":
             return np.zeros(shape, dtype=dtype)
         if kind == "constant":
-            return np.full(shape, self.gain * self.value, dtype=dtype)
+            return np.full(shape, self.gain * self.fill_value, dtype=dtype)  # within float32: make_init checked
         if kind in ("orthogonal", "lsuv"):
             return (self.gain * _orthogonal(shape, rng)).astype(dtype)
         if kind == "delta-orthogonal":
@@ -249,31 +629,64 @@ class Init:
         if kind == "identity":
             if len(shape) != 2:
                 raise InitcliError("shape", f"identity needs a 2-D shape, got {shape}; "
-                                            "for conv kernels use delta-orthogonal")
+                                            "for conv kernels use delta-orthogonal or dirac")
             return (self.gain * np.eye(shape[0], shape[1])).astype(dtype)
-        std = self.expected_std(shape)
+        if kind == "dirac":
+            return _dirac(shape, self.groups, self.gain).astype(dtype, copy=False)
+        if kind == "trunc-normal":
+            draws = self._truncated().sample(math.prod(shape), rng)
+            draws *= self.gain
+            return draws.astype(np.float32).reshape(shape).astype(dtype, copy=False)
+        if kind == "sparse":
+            return _sparse(shape, self._sparse_zeros(shape[0]), self.gain * self.std, rng).astype(dtype, copy=False)
+        if kind == "fixed":
+            mu, sigma, half = self._location_half()
+            mu, sigma, half = self.gain * mu, self.gain * sigma, self.gain * half
+        else:
+            mu = 0.0
+            sigma = self.expected_std(shape)
+            half = math.sqrt(3) * sigma
         if self.distribution == "normal":
             weights = gaussian(rng, shape)
-            weights *= np.float32(std)
+            weights *= np.float32(sigma)
         elif self.distribution == "uniform":
-            limit = math.sqrt(3) * std
+            # (2u − 1) is exact in float32 for u on the 2⁻²⁴ grid; one rounding, no overflow
             weights = rng.random(shape, dtype=np.float32)
-            weights *= np.float32(2 * limit)
-            weights -= np.float32(limit)
+            weights *= np.float32(2)
+            weights -= np.float32(1)
+            weights *= np.float32(half)
         else:
             weights = _truncated_standard_normal(shape, rng)
-            weights *= np.float32(std / TRUNCATED_NORMAL_STD)
+            weights *= np.float32(sigma / TRUNCATED_NORMAL_STD)
+        if mu != 0:
+            weights += np.float32(mu)
+            if self.distribution == "uniform":  # keep rounding inside [low, high]
+                np.clip(weights, np.float32(mu - half), np.float32(mu + half), out=weights)
         return weights.astype(dtype, copy=False)
 
     def params(self) -> dict:
         """The arguments that reproduce this init (for JSON output and saved files)."""
+        kind = self.kind
         out = {"scheme": self.name, "gain": self.gain, "mode": self.mode, "distribution": self.distribution,
                "activation": self.activation, "negative_slope": self.negative_slope}
-        if self.scheme.kind == "constant":
+        if kind == "scaling" and (self.in_axis, self.out_axis, self.batch_axis) != ((1,), (0,), ()):
+            out.update(in_axis=list(self.in_axis), out_axis=list(self.out_axis), batch_axis=list(self.batch_axis))
+        if kind == "constant" and self.scheme.value is None:
             out["value"] = self.value
-        if self.scheme.kind == "fixed":
-            out["std" if self.scheme.distribution == "normal" else "limit"] = (
-                self.std if self.scheme.distribution == "normal" else self.limit)
+        if kind == "fixed" and self.scheme.distribution == "normal":
+            out.update(mean=self.mean, std=self.std)
+        if kind == "fixed" and self.scheme.distribution == "uniform":
+            if self.low is None and self.high is None:
+                out["limit"] = self.limit
+            else:
+                out["low"], out["high"] = self._bounds()
+        if kind == "trunc-normal":
+            out.update(mean=self.mean, std=self.std)
+            out["low"], out["high"] = self._bounds()
+        if kind == "sparse":
+            out.update(sparsity=self.sparsity, std=self.std)
+        if kind == "dirac":
+            out["groups"] = self.groups
         return out
 
 
@@ -323,6 +736,38 @@ def _orthogonal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return q.reshape(shape)
 
 
+def _dirac(shape: tuple[int, ...], groups: int, gain: float) -> np.ndarray:
+    """torch.nn.init.dirac_: for each of `groups` groups of out/groups output channels, input
+    channel i feeds output channel g·out/groups + i at the kernel's centre (index k // 2 of
+    each kernel dimension), for i < min(out/groups, in); a 2-D shape has no kernel (eye_ per
+    group, where torch only takes 3- to 5-D conv kernels)."""
+    if shape[0] % groups:
+        raise InitcliError("groups", f"must divide the {shape[0]} output channels of shape {shape}, got {groups}")
+    per_group = shape[0] // groups
+    taps = min(per_group, shape[1])
+    weights = np.zeros(shape, dtype=np.float32)
+    rows = (np.arange(groups)[:, None] * per_group + np.arange(taps)[None, :]).ravel()
+    cols = np.tile(np.arange(taps), groups)
+    weights[(rows, cols) + tuple(d // 2 for d in shape[2:])] = np.float32(gain)
+    return weights
+
+
+def _sparse(shape: tuple[int, ...], zeros: int, std: float, rng: np.random.Generator) -> np.ndarray:
+    """torch.nn.init.sparse_: N(0, std²) entries, then in each column `zeros` rows, chosen
+    uniformly without replacement, set to 0. 2-D only, as torch."""
+    if len(shape) != 2:
+        raise InitcliError("shape", f"sparse needs a 2-D (out, in) shape, as torch's sparse_, got {shape}")
+    weights = gaussian(rng, shape)
+    weights *= np.float32(std)
+    if zeros:
+        rows, cols = shape
+        # the `zeros` smallest of i.i.d. uniform keys: a uniformly random subset of each column's rows
+        keys = rng.random(shape, dtype=np.float32)
+        chosen = keys.argsort(axis=0, kind="stable")[:zeros] if zeros < rows else np.arange(rows)[:, None]
+        weights[chosen, np.arange(cols)[None, :]] = 0
+    return weights
+
+
 def make_init(
     scheme: str | Scheme = "he-normal",
     *,
@@ -331,39 +776,134 @@ def make_init(
     distribution: str | None = None,
     activation: str = "relu",
     negative_slope: float = DEFAULT_NEGATIVE_SLOPE,
-    value: float = 0.5,
-    std: float = 1.0,
-    limit: float = 1.0,
+    value: float | None = None,
+    std: float | None = None,
+    limit: float | None = None,
+    mean: float | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    sparsity: float | None = None,
+    groups: int | None = None,
+    in_axis: int | Sequence[int] | None = None,
+    out_axis: int | Sequence[int] | None = None,
+    batch_axis: int | Sequence[int] | None = None,
 ) -> Init:
-    """Resolve a scheme name and its options into an `Init`, checking every argument."""
+    """Resolve a scheme name and its options into an `Init`, checking every argument.
+
+    None means "not given": value 0.5, std the scheme's (1; sparse 0.01), limit 1, mean 0,
+    sparsity 0.1, groups 1, in_axis 1, out_axis 0, batch_axis none. The uniform scheme takes
+    either `limit` (U(−limit, limit)) or `low`/`high` (U(low, high); the one not given is
+    ∓1, so low=0 alone is torch's uniform_ default U(0, 1)), never both. trunc-normal's
+    `low`/`high` are its absolute cut-offs (default −2, 2, as torch's a, b).
+
+    An init whose weights could exceed float32's range (weights are drawn in float32) is
+    refused, naming the option at fault and the largest value it may take.
+    """
     preset = scheme if isinstance(scheme, Scheme) else get_scheme(scheme)
+    negative_slope = check_number("negative_slope", negative_slope, nonnegative=False)
     act = get_activation(activation, negative_slope)
-    eff_mode = preset.mode if mode is None else _canonical(mode, FAN_MODES, "mode")
-    eff_distribution = (preset.distribution if distribution is None
-                        else _canonical(distribution, DISTRIBUTIONS, "distribution"))
-    return Init(
-        scheme=preset,
+    kind = preset.kind
+    eff_mode = preset.mode if mode is None or kind != "scaling" else _canonical(mode, FAN_MODES, "mode")
+    if distribution is not None:
+        distribution = _canonical(distribution, DISTRIBUTIONS, "distribution")
+    eff_distribution = distribution if distribution is not None and kind in ("scaling", "fixed") else preset.distribution
+    if kind == "fixed" and preset.distribution == "uniform":
+        if limit is not None and (low is not None or high is not None):
+            raise InitcliError("limit", "give either --limit (U(-limit, limit)) or --low/--high (U(low, high)), "
+                                        "not both")
+    resolved = dict(
         gain=check_number("gain", gain),
-        mode=eff_mode,
-        distribution=eff_distribution,
-        activation=act.name,
-        negative_slope=check_number("negative_slope", negative_slope, nonnegative=False),
-        value=check_number("value", value, nonnegative=False),
-        std=check_number("std", std),
-        limit=check_number("limit", limit),
+        value=0.5 if value is None else check_number("value", value, nonnegative=False),
+        std=preset.default_std if std is None else check_number("std", std),
+        limit=1.0 if limit is None else check_number("limit", limit),
+        mean=0.0 if mean is None else check_number("mean", mean, nonnegative=False),
+        low=None if low is None else check_number("low", low, nonnegative=False),
+        high=None if high is None else check_number("high", high, nonnegative=False),
+        sparsity=DEFAULT_SPARSITY if sparsity is None else check_number("sparsity", sparsity),
+        groups=1 if groups is None else groups,
+        in_axis=(1,) if in_axis is None else _axes("in_axis", in_axis),
+        out_axis=(0,) if out_axis is None else _axes("out_axis", out_axis),
+        batch_axis=() if batch_axis is None else _axes("batch_axis", batch_axis),
     )
+    if resolved["sparsity"] > 1:
+        raise InitcliError("sparsity", f"must be a fraction between 0 and 1, got {sparsity!r}")
+    if isinstance(resolved["groups"], bool) or not isinstance(resolved["groups"], (int, np.integer)) \
+            or resolved["groups"] < 1:
+        raise InitcliError("groups", f"must be a positive integer, got {groups!r}")
+    init = Init(scheme=preset, mode=eff_mode, distribution=eff_distribution, activation=act.name,
+                negative_slope=negative_slope, **resolved)
+    if kind in ("fixed", "trunc-normal") and (low is not None or high is not None):
+        lo, hi = init._bounds()
+        if not lo < hi:
+            raise InitcliError("high" if high is not None else "low",
+                               f"the interval needs low < high, got low {lo:g} and high {hi:g}")
+    _check_range(init, {"mean": mean, "low": low, "high": high, "limit": limit, "value": value, "std": std})
+    return init
 
 
-def ignored_options(scheme: str, *, mode: str | None = None, distribution: str | None = None) -> list[str]:
-    """The options given that `scheme` does not use: --mode only means something to the
-    variance-scaling presets, --distribution also to normal and uniform."""
-    kind = get_scheme(scheme).kind
-    ignored = []
-    if mode is not None and kind != "scaling":
-        ignored.append("--mode")
-    if distribution is not None and kind not in ("scaling", "fixed"):
-        ignored.append("--distribution")
-    return ignored
+def _check_range(init: Init, given: dict) -> None:
+    """Refuse an init whose weights could exceed float32's range, blaming --gain when the
+    scheme's own parameters alone fit, else the largest of those parameters that was given."""
+    largest = init.largest_weight()
+    if largest <= FLOAT32_MAX:
+        return
+    own = largest / init.gain if init.gain > 0 else 0.0
+    if init.gain > 1 and own <= FLOAT32_MAX:
+        param, given_value = "gain", init.gain
+    else:
+        used = {"constant": ("value",), "fixed": ("mean", "std", "low", "high", "limit"),
+                "trunc-normal": ("low", "high"), "sparse": ("std",)}.get(init.kind, ())
+        candidates = [p for p in used if given.get(p) is not None]
+        param = max(candidates, key=lambda p: abs(float(given[p]))) if candidates else "gain"
+        given_value = float(given[param]) if candidates else init.gain
+    # |W| grows in proportion to the parameter at fault (all of it, for --gain, --std, --value)
+    allowed = FLOAT32_MAX / (largest / abs(given_value)) if math.isfinite(largest) and given_value else None
+    reach = f"up to {largest:.3g}" if math.isfinite(largest) else "beyond float64's range"
+    hint = f"; at most about {allowed:.3g} here" if allowed and param in ("gain", "std", "value") else ""
+    raise InitcliError(param, f"{given_value:g} gives weights {reach}, but initcli draws weights in float32, "
+                              f"whose largest value is {FLOAT32_MAX:.3g}{hint}")
+
+
+INIT_KEYWORDS = ("gain", "mode", "distribution", "activation", "negative_slope", "value", "std", "limit", "mean",
+                 "low", "high", "sparsity", "groups", "in_axis", "out_axis", "batch_axis")
+
+
+def init_from_params(params: dict) -> Init:
+    """The Init that `Init.params()` (or a result's params) records: for charts and
+    reproductions, so no caller needs to know which keywords a scheme uses."""
+    options = {k: params[k] for k in INIT_KEYWORDS if params.get(k) is not None}
+    if "limit" in options and ("low" in options or "high" in options):
+        del options["limit"]
+    return make_init(params["scheme"], **options)
+
+
+# Which options each kind of scheme uses (gain applies to all but zeros).
+_USES = {
+    "zeros": (), "constant": ("value",), "fixed-normal": ("mean", "std", "distribution"),
+    "fixed-uniform": ("limit", "low", "high", "distribution"), "trunc-normal": ("mean", "std", "low", "high"),
+    "sparse": ("sparsity", "std"), "dirac": ("groups",),
+    "scaling": ("mode", "distribution", "in_axis", "out_axis", "batch_axis"),
+    "orthogonal": (), "delta-orthogonal": (), "identity": (), "lsuv": (),
+}
+
+
+def ignored_options(scheme: str, **given) -> list[str]:
+    """The options given (not None) that `scheme` does not use, as --options: --mode and the
+    fan axes only mean something to the variance-scaling presets, --distribution also to
+    normal and uniform, --value to constant, --mean/--std to normal, trunc-normal (and --std
+    to sparse), --limit to uniform, --low/--high to uniform and trunc-normal, --sparsity to
+    sparse, --groups to dirac. Unknown keywords are a TypeError (a caller's mistake)."""
+    preset = get_scheme(scheme)
+    known = {option for uses in _USES.values() for option in uses}
+    unknown = set(given) - known
+    if unknown:
+        raise TypeError(f"ignored_options: unknown option(s) {', '.join(sorted(unknown))}")
+    key = f"fixed-{preset.distribution}" if preset.kind == "fixed" else preset.kind
+    uses = _USES[key]
+    if preset.value is not None:  # ones: its value is fixed
+        uses = ()
+    return ["--" + option.replace("_", "-") for option, value in given.items()
+            if value is not None and option not in uses]
 
 
 def scheme_table() -> list[dict]:
@@ -381,5 +921,3 @@ def scheme_table() -> list[dict]:
         }
         for s in SCHEMES
     ]
-
-
