@@ -4,41 +4,26 @@ Outputs are checked before any work (`check_output`), so a refused command write
 and a long run is never thrown away at the end; then written to a temporary file in the
 target's folder and renamed over the target only when complete (`atomic_output`). A
 temporary file is removed on any exception, Ctrl-C and the CLI's SIGTERM/SIGHUP included; the
-signals are held back while one is created or renamed, so no interrupt can land between
-creating it and knowing its name.
+signals are held back (`interrupts.held`) while one is created or renamed, so no interrupt can
+land between creating it and knowing its name.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
 from .errors import InitcliError
+from .interrupts import held
 
-_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
 _TMP_NAME_ROOM = 24  # what the temporary name adds to the target's: a dot, a random part, ".tmp"
 _pending: set[str] = set()  # temporary files not yet renamed; removed by `remove_pending` at exit
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Delay SIGINT/SIGTERM/SIGHUP until the body is done (main thread, POSIX only)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def remove_pending() -> None:
@@ -125,7 +110,7 @@ def atomic_output(path: str | os.PathLike, param: str, *, force: bool = False,
     suffixes = [suffix] if isinstance(suffix, str) else suffix
     target = check_output(path, param, force=force, suffixes=suffixes)
     folder = target.parent if str(target.parent) else Path(".")
-    with _signals_held():
+    with held():
         try:
             handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         except OSError as exc:
@@ -145,7 +130,7 @@ def atomic_output(path: str | os.PathLike, param: str, *, force: bool = False,
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-        with _signals_held():
+        with held():
             if not force and os.path.lexists(target):  # appeared while we worked
                 raise InitcliError(param, f"'{target}' already exists; pass --force to overwrite it")
             os.replace(tmp_name, target)

@@ -18,6 +18,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from .errors import InitcliError
+from .interrupts import held
 from .threads import blas_threads_limited, set_blas_threads
 
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -84,9 +85,10 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
         return results
     context = get_context("spawn")  # fresh processes: forking would copy BLAS thread state
     progress_queue = context.SimpleQueue() if with_progress else None
-    with _one_thread_per_worker():
-        pool = context.Pool(jobs, initializer=_start_worker, initargs=(progress_queue,))
+    pool = None
     try:
+        with _one_thread_per_worker(), held():  # a signal now would leave workers half started
+            pool = context.Pool(jobs, initializer=_start_worker, initargs=(progress_queue, os.getpid()))
         results = []
         pending = pool.imap(_call_packed, [(fn, kwargs) for kwargs in calls])  # in order, as they finish
         while len(results) < len(calls):
@@ -103,9 +105,15 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
             results.append(result)
             if on_result is not None:
                 on_result(result)
-    except BaseException:
-        pool.terminate()  # Ctrl-C, SIGTERM (raised as an exception by the CLI) or an error
-        pool.join()
+    except BaseException:  # Ctrl-C, SIGTERM (raised as an exception by the CLI) or an error
+        # SIGKILL, not SIGTERM: a worker still starting up would print a traceback on finding
+        # the pool's queues gone. terminate() stops the pool from replacing workers before it
+        # ends them, so the kill goes through it.
+        if pool is not None:
+            for worker in getattr(pool, "_pool", ()):
+                worker.terminate = worker.kill
+            pool.terminate()
+            pool.join()
         raise
     pool.close()
     pool.join()
@@ -138,7 +146,7 @@ def _call_packed(packed: tuple[Callable[..., Any], dict]) -> Any:
     return fn(**kwargs, **extra)
 
 
-def _start_worker(progress_queue) -> None:
+def _start_worker(progress_queue, parent: int) -> None:
     """Ctrl-C reaches the whole process group: the parent answers it, the workers must not
     each print a traceback. A worker must not outlive its parent: on Linux the kernel kills
     it when the parent dies (PR_SET_PDEATHSIG), however the parent died."""
@@ -149,21 +157,21 @@ def _start_worker(progress_queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     set_blas_threads(1)
-    _die_with_parent()
+    _die_with_parent(parent)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     import ctypes
     import signal
     import sys
 
     if not sys.platform.startswith("linux"):
         return
-    try:
+    try:  # before this, a parent killed outright leaves the worker waiting on a queue it also holds
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect: we were adopted
         os._exit(1)

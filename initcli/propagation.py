@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from .activations import Activation, get_activation
+from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .engine import (
     PLAIN,
     Architecture,
@@ -30,7 +30,7 @@ from .engine import (
 )
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
-from .schemes import Init, check_number, gaussian, make_init
+from .schemes import Init, check_number, check_weight_scale, gaussian, make_init
 from .stats import _BLOCK as _STAT_BLOCK
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import THEORY_COLUMNS, TheoryColumns, beside
@@ -310,13 +310,6 @@ def prepare(
     input_std: float = 1.0,
     dtype: str = "float32",
     seed: int = 0,
-    gain: float = 1.0,
-    mode: str | None = None,
-    distribution: str | None = None,
-    negative_slope: float = 0.01,
-    value: float = 0.5,
-    std: float = 1.0,
-    limit: float = 1.0,
     theory: bool = True,
     checkpoint: bool = False,
     residual: bool = False,
@@ -326,34 +319,44 @@ def prepare(
     lsuv_tol: float = DEFAULT_TOL,
     lsuv_max_iter: int = DEFAULT_MAX_ITER,
     weights: str | None = None,
+    **init_options,
 ) -> _Run:
     """Check and resolve `propagate`'s arguments, memory guard included, allocating nothing
     but the arrays of a `weights` file (saved by `initcli sample --save`), which, when given,
-    replaces the scheme and fixes the sizes."""
+    replaces the scheme and fixes the sizes. `init_options` are `schemes.make_init`'s (gain,
+    mode, distribution, negative_slope, value, std, mean, limit, low, high, …)."""
     if isinstance(scheme, Init):
         init = scheme
         act = get_activation(init.activation, init.negative_slope)
     else:
-        init = make_init(scheme, gain=gain, mode=mode, distribution=distribution, activation=activation,
-                         negative_slope=negative_slope, value=value, std=std, limit=limit)
-        act = get_activation(activation, negative_slope)
-    loaded = None
+        init = make_init(scheme, activation=activation, **init_options)
+        act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
+    declared = None
     if weights is not None:
         if sizes is not None or depth is not None or width is not None:
             raise InitcliError("weights", "the file fixes the sizes: give no --sizes, --depth or --width with it")
-        from .sampling import load_npz
+        from .sampling import inspect_npz
 
-        loaded = (*load_npz(weights), weights)
-        sizes = [loaded[0][0].shape[1], *(w.shape[0] for w in loaded[0])]
+        declared = inspect_npz(weights)  # headers only: nothing is decompressed yet
+        sizes = declared.sizes
     sizes = stack_sizes(sizes, depth, width)
     batch = _positive_int("batch", batch)
     np_dtype = check_dtype(dtype)
     arch = make_architecture(residual, residual_scale, block, norm)
     arch.check_sizes(sizes)
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
-    check_memory(estimate_bytes(sizes, batch, np_dtype, checkpoint=checkpoint, arch=arch), dtype=np_dtype)
-    return _Run(init, act, sizes, batch, check_std("bias_std", bias_std), check_std("input_std", input_std),
-                np_dtype, check_seed(seed), bool(theory), bool(checkpoint), arch, lsuv_tol, lsuv_max_iter, loaded)
+    bias_std = check_weight_scale("bias_std", bias_std)
+    input_std = check_weight_scale("input_std", input_std)
+    seed = check_seed(seed)
+    needed = estimate_bytes(sizes, batch, np_dtype, checkpoint=checkpoint, arch=arch)
+    check_memory(needed, dtype=np_dtype)
+    loaded = None
+    if declared is not None:
+        from .sampling import load_npz
+
+        loaded = (*load_npz(weights, reserve=needed), weights)
+    return _Run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, bool(theory), bool(checkpoint), arch,
+                lsuv_tol, lsuv_max_iter, loaded)
 
 
 def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,

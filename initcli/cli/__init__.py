@@ -22,23 +22,11 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import InitcliError
+from ..interrupts import Terminated
 
 # Typer raises click's exceptions, from click itself or (typer >= 0.25) from its vendored copy.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 _Abort = next((c for c in typer.Abort.__mro__ if c.__name__ == "Abort"), typer.Abort)
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP, raised in the main thread so that `finally` blocks run: workers are
-    stopped and temporary files removed, as for Ctrl-C."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum, _frame) -> None:
-    raise Terminated(signum)
 
 
 class _OneLineErrors(TyperGroup):
@@ -129,9 +117,9 @@ def _silence_stdout() -> None:
 def _prepare_streams() -> None:
     """Signals become exceptions; output that cannot encode a character gets a '?' instead of
     a crash (PYTHONIOENCODING=ascii); a closed stdout is refused before any work."""
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _raise_terminated)
+    from ..interrupts import install
+
+    install()
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
             try:

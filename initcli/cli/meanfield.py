@@ -45,7 +45,7 @@ def gain_command(
 def critical(
     out: FormatOnly,
     activation: Annotated[str, typer.Option("--activation", "-a", help="The activation.")] = "tanh",
-    bias_std: Annotated[float, typer.Option(help="σ_b, the bias std.")] = 0.0,
+    bias_std: Annotated[float, typer.Option(help="σ_b, the bias std, in [0, 10000].")] = 0.0,
     negative_slope: NegativeSlope = 0.01,
 ) -> None:
     """The edge of chaos: the σ_w where χ = 1 for this bias std, and the depth scales around it.
@@ -54,17 +54,18 @@ def critical(
     pre-activation variance, chi the per-layer gradient factor there, c_star the correlation
     two inputs converge to, xi_q / xi_c / xi_grad the depth scales of variance, correlation
     and gradient, max_depth ≈ 6·xi_c (Schoenholz et al. 2017). Weight std = σ_w/sqrt(fan_in).
-    Where q* is 0 or infinite (relu, leaky-relu, linear without bias) the correlation map does
-    not depend on σ_w and converges polynomially: xi_c is inf and the phase says so.
+    phase is ordered/critical/chaotic at a finite q*, vanishing (q* = 0) or exploding
+    (q* = ∞) otherwise (relu, leaky-relu, linear without bias): there the correlation map
+    does not depend on σ_w, xi_c and max_depth are inf and xi_grad is the depth scale.
     """
     from dataclasses import asdict
 
     from ..render import print_table
-    from ..theory import CRITICAL_GRID, critical_summary
+    from ..theory import critical_steps, critical_summary
     from ..theory import critical as find_critical
 
     fmt = output_format(out.fmt)
-    with progress(len(CRITICAL_GRID) + 1, "critical") as advance:
+    with progress(critical_steps(), "critical") as advance:
         sigma_star, phases = find_critical(activation, bias_std, negative_slope=negative_slope, progress=advance)
     rows = [asdict(p) for p in phases]
     columns = list(rows[0])

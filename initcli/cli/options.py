@@ -39,15 +39,37 @@ class InitOptions:
         help="normal, uniform or truncated-normal; overrides the preset's.")] = None
     negative_slope: Annotated[float, typer.Option(
         help="Slope a of leaky-relu; He scales by 2/(1+a²) with it, as torch's kaiming does.")] = 0.01
-    value: Annotated[float, typer.Option(help="The weight of the constant scheme.")] = 0.5
-    std: Annotated[float, typer.Option(help="The std of the normal scheme.")] = 1.0
-    limit: Annotated[float, typer.Option(help="The limit of the uniform scheme, U(-limit, limit).")] = 1.0
+    value: Annotated[Optional[float], typer.Option(help="The weight of the constant scheme (default 0.5).")] = None
+    std: Annotated[Optional[float], typer.Option(
+        help="The std of the normal and trunc-normal schemes (default 1), and of sparse (default 0.01).")] = None
+    mean: Annotated[Optional[float], typer.Option(help="The mean of the normal and trunc-normal schemes (default 0).")] = (
+        None)
+    limit: Annotated[Optional[float], typer.Option(
+        help="The limit of the uniform scheme, U(-limit, limit) (default 1).")] = None
+    low: Annotated[Optional[float], typer.Option(
+        help="uniform: lower bound of U(low, high), instead of --limit (default -1); trunc-normal: lower cut-off "
+             "(default -2).")] = None
+    high: Annotated[Optional[float], typer.Option(
+        help="uniform: upper bound (default 1); trunc-normal: upper cut-off (default 2).")] = None
+    sparsity: Annotated[Optional[float], typer.Option(
+        help="sparse: the fraction of each column set to zero (default 0.1), as torch's sparse_.")] = None
+    groups: Annotated[Optional[int], typer.Option(help="dirac: the number of groups (default 1).")] = None
+    in_axis: Annotated[Optional[str], typer.Option(
+        help="Axes of the input dimension for the fans, comma list (default 1: torch's layout), as JAX's.")] = None
+    out_axis: Annotated[Optional[str], typer.Option(
+        help="Axes of the output dimension for the fans, comma list (default 0), as JAX's.")] = None
+    batch_axis: Annotated[Optional[str], typer.Option(
+        help="Axes left out of the fans, comma list (default none), as JAX's.")] = None
     bias_std: Annotated[float, typer.Option(
         help="Biases are drawn from N(0, bias-std²); 0 gives zero bias.")] = 0.0
 
     def scheme_options(self) -> dict:
-        """The keywords of `schemes.make_init` (activation aside)."""
-        return {k: v for k, v in asdict(self).items() if k != "bias_std"}
+        """The keywords of `schemes.make_init` (activation aside); the fan axes parsed."""
+        options = {k: v for k, v in asdict(self).items() if k != "bias_std"}
+        for axis in ("in_axis", "out_axis", "batch_axis"):
+            if options[axis] is not None:
+                options[axis] = parse_axis_list(options[axis], axis)
+        return options
 
 
 @_group
@@ -97,7 +119,7 @@ class OutputOptions:
         "Draw a chart in the terminal (on stderr when stdout is piped, so CSV stays clean)."))] = False
     save_plot: Annotated[Optional[str], typer.Option(help=(
         "Write the chart to a .png, .svg or .pdf file (needs matplotlib: pip install 'initcli[plot]')."))] = None
-    dpi: Annotated[int, typer.Option(help="Resolution of a --save-plot PNG, in dots per inch.")] = 150
+    dpi: Annotated[int, typer.Option(help="Resolution of a --save-plot PNG, in dots per inch (10–1200).")] = 150
     force: Annotated[bool, typer.Option(help="Let --save/--save-plot overwrite an existing file.")] = False
 
 
@@ -169,6 +191,18 @@ def parse_int_list(text: str, param: str, *, min_len: int = 1) -> list[int]:
     return values
 
 
+def parse_axis_list(text: str, param: str) -> list[int]:
+    """'1' or '-1,2' -> axes; any integer, negative counting from the end (checked against the
+    tensor's rank where it is drawn)."""
+    axes = []
+    for item in (item.strip() for item in text.split(",")):
+        body = item[1:] if item.startswith("-") else item
+        if not body.isdecimal() or len(body) > 3:
+            raise InitcliError(param, f"must be a comma list of axes such as 1 or 0,-1; '{item}' is not one")
+        axes.append(int(item))
+    return axes
+
+
 def parse_name_list(text: str, param: str) -> list[str]:
     """'relu, tanh' -> ['relu', 'tanh']; empty items are refused."""
     items = [item.strip() for item in text.split(",")]
@@ -179,12 +213,15 @@ def parse_name_list(text: str, param: str) -> list[str]:
 
 def given() -> set[str]:
     """The options the user typed (or set through the environment), by parameter name."""
-    import click
+    import importlib
 
-    ctx = click.get_current_context(silent=True)
+    # typer ≥ 0.25 runs on its vendored copy of click (typer._click), older ones on click itself
+    package = typer.Context.__mro__[1].__module__.rsplit(".", 1)[0]
+    core = importlib.import_module(f"{package}.core")
+    ctx = importlib.import_module(f"{package}.globals").get_current_context(silent=True)
     if ctx is None:
         return set()
-    sources = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT}
+    sources = {core.ParameterSource.COMMANDLINE, core.ParameterSource.ENVIRONMENT}
     return {name for name in ctx.params if ctx.get_parameter_source(name) in sources}
 
 
@@ -216,12 +253,13 @@ def check_applies(*, schemes: list[str] | None = None, arch: ArchOptions | None 
                                          "(theory uses their measured variances)")
 
 
-def warn_ignored(schemes: list[str], mode: str | None, distribution: str | None) -> None:
+def warn_ignored(schemes: list[str], init: InitOptions) -> None:
     """One stderr line for options a scheme does not use, so nobody believes they took effect."""
     from ..schemes import get_scheme, ignored_options
 
+    options = {k: v for k, v in init.scheme_options().items() if k not in ("gain", "negative_slope")}
     for name in schemes:
-        ignored = ignored_options(name, mode=mode, distribution=distribution)
+        ignored = ignored_options(name, **options)
         if ignored:
             verb = "does not apply" if len(ignored) == 1 else "do not apply"
             warn(f"{' and '.join(ignored)} {verb} to the '{get_scheme(name).name}' scheme: ignored")
@@ -243,8 +281,9 @@ def check_outputs(out: OutputOptions, *extra: tuple[str | None, str, tuple[str, 
     """Every output path checked before any work: --save-plot (and extra (path, param, suffixes))."""
     from ..files import check_output
 
-    if out.dpi < 10 or out.dpi > 2400:
-        raise InitcliError("dpi", f"must be from 10 to 2400, got {out.dpi}")
+    from ..charts import check_dpi
+
+    check_dpi(out.dpi)
     if out.save_plot is not None:
         from ..charts import PLOT_FORMATS, require_matplotlib
 
@@ -310,10 +349,9 @@ def widths_text(widths: list[int]) -> str:
 
 
 def chart_console():
-    """Charts go to stdout on a terminal, else to stderr: never into piped machine output."""
-    from ..render import stderr_console
+    from ..render import chart_console as console
 
-    return stdout_console() if sys.stdout.isatty() else stderr_console()
+    return console()
 
 
 def show(lines) -> None:

@@ -18,6 +18,7 @@ from .options import (
     chart_console,
     chart_width,
     command,
+    given,
     note,
     output_format,
     parse_int_list,
@@ -61,6 +62,10 @@ def sample(
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     seed: Annotated[int, typer.Option(help="Seeds weights and biases (separate streams).")] = 0,
     save: Annotated[Optional[str], typer.Option(help="Write weights and biases to this .npz file.")] = None,
+    batch: Annotated[int, typer.Option(help="lsuv: the inputs it calibrates on, drawn as propagate draws them.")] = 512,
+    input_std: Annotated[float, typer.Option(help="lsuv: inputs are drawn from N(0, input-std²).")] = 1.0,
+    lsuv_tol: Annotated[float, typer.Option(help="lsuv: stop when |Var(h) − 1| is within this.")] = 0.05,
+    lsuv_max_iter: Annotated[int, typer.Option(help="lsuv: rescalings per layer at most.")] = 10,
 ) -> None:
     """Draw the weights and compare them with the scheme's formula."""
     from ..render import histogram_line, print_table
@@ -69,14 +74,21 @@ def sample(
 
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme])
+    if not _is_lsuv(scheme):
+        from ..errors import InitcliError
+
+        for name in sorted(given() & {"batch", "input_std"}):
+            raise InitcliError(name, "only applies to the lsuv scheme (the inputs it calibrates on)")
     check_outputs(out, (save, "save", (".npz",)))
     result = sample_weights(
         scheme,
         sizes=None if sizes is None else parse_int_list(sizes, "sizes", min_len=2),
         shape=None if shape is None else parse_int_list(shape, "shape", min_len=1),
         bias_std=init.bias_std, seed=seed, dtype=dtype, activation=activation, **init.scheme_options(),
+        **({"batch": batch, "input_std": input_std, "lsuv_tol": lsuv_tol, "lsuv_max_iter": lsuv_max_iter}
+           if _is_lsuv(scheme) else {}),
     )
-    warn_ignored([scheme], init.mode, init.distribution)
+    warn_ignored([scheme], init)
     if save is not None:
         save_npz(result, save, force=out.force)
         note(f"saved {len(result.weights)} weight tensors to {save}")
@@ -93,16 +105,21 @@ def sample(
         _sample_charts(result, out)
 
 
+def _is_lsuv(scheme: str) -> bool:
+    from ..schemes import get_scheme
+
+    return get_scheme(scheme).kind == "lsuv"
+
+
 def _sample_charts(result, out: OutputOptions) -> None:
     import numpy as np
 
     from ..charts import histogram_chart, save_figure
-    from ..schemes import make_init
+    from ..render import format_number
+    from ..schemes import init_from_params
 
     p = result.params
-    init = make_init(p["scheme"], **{k: p[k] for k in ("gain", "mode", "distribution", "activation",
-                                                      "negative_slope") if k in p},
-                     **{k: p[k] for k in ("value", "std", "limit") if k in p})
+    init = init_from_params(p)
     densities = [init.density(w.shape) for w in result.weights]
     title = f"{p['scheme']} · gain {p['gain']:g} · seed {p['seed']}"
     if out.plot:
@@ -110,7 +127,7 @@ def _sample_charts(result, out: OutputOptions) -> None:
         for layer, w, density in zip(result.layers, result.weights, densities):
             show(histogram_chart(w, density=density, width=chart_width(console),
                                  title=f"layer {layer.layer} · {layer.shape} · std {layer.std:.4g} "
-                                       f"(formula {layer.expected_std:.4g})"))
+                                       f"(formula {format_number(layer.expected_std) or '-'})"))
     if out.save_plot:
         panels = []
         for layer, w, density in zip(result.layers, result.weights, densities):

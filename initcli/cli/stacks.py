@@ -112,7 +112,7 @@ def propagate(
     _report_memory(run)
     _warn_small_batch(run.batch)
     if weights is None:
-        warn_ignored([scheme], init.mode, init.distribution)
+        warn_ignored([scheme], init)
     with progress(2 * len(run.sizes) - 2, "propagating") as advance:
         result = run_propagate(scheme, progress=advance, **options)
     rows = result.rows()
@@ -179,7 +179,7 @@ def compare(
     from ..compare import COMPARE_COLUMNS, runs_at_once
     from ..compare import compare as run_compare
     from ..compare import plan as plan_compare
-    from ..render import log_scale_header, log_sparkline, print_table
+    from ..render import log_scale, log_scale_header, log_sparkline, print_table
 
     fmt = output_format(out.fmt)
     scheme_names = parse_name_list(schemes, "schemes")
@@ -192,7 +192,7 @@ def compare(
     from ..propagation import prepare
 
     _report_memory(prepare(**calls[0]), runs_at_once(calls, jobs_used))
-    warn_ignored(scheme_names, init.mode, init.distribution)
+    warn_ignored(scheme_names, init)
     depth = len(prepare(**calls[0]).sizes) - 1
     with progress(len(calls) * depth * 2, "comparing") as advance:
         result = run_compare(scheme_names, activation_names, jobs=jobs, progress=advance, **options)
@@ -200,12 +200,12 @@ def compare(
     if fmt == "table":
         p = result.params
         columns = [c for c in COMPARE_COLUMNS if c != "reason"]
-        act_profiles = [[layer.act_var for layer in run.layers] for run in result.runs]
-        grad_profiles = [[layer.grad_var for layer in run.layers] for run in result.runs]
-        profiles = {log_scale_header("act_var by layer", sum(act_profiles, [])):
-                    [log_sparkline(values) for values in act_profiles],
-                    log_scale_header("grad_var by layer", sum(grad_profiles, [])):
-                    [log_sparkline(values) for values in grad_profiles]}
+        profiles = {}
+        for column in ("act_var", "grad_var"):  # one scale for every row, named in the header
+            values = [[getattr(layer, column) for layer in run.layers] for run in result.runs]
+            scale = log_scale(sum(values, []))
+            profiles[log_scale_header(f"{column} by layer", sum(values, []))] = [
+                log_sparkline(profile, scale=scale) for profile in values]
         hidden = print_table(rows, columns, title=f"{p['depth']} layers · {sizes_text(p['sizes'])} · "
                                                   f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
                              cell_style=_compare_style, priority=COMPARE_PRIORITY, extra_columns=profiles,

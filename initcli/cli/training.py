@@ -85,7 +85,7 @@ def train_command(
             optimizer=optimizer, lr=lr, epochs=epochs, batch=None if batch == 0 else batch, target=target,
             seed=seed, dtype=dtype, jobs=jobs, progress=advance, **arch.domain(), **init.scheme_options(),
         )
-    warn_ignored(names, init.mode, init.distribution)
+    warn_ignored(names, init)
     rows, columns = (result.curve_rows(), result.curve_columns) if curves else (result.rows(), result.columns)
     if fmt == "table":
         p = result.params
