@@ -274,14 +274,10 @@ def histogram_chart(values, *, density: Callable[[float], float] | None, width: 
 
 def require_matplotlib():
     """matplotlib.pyplot on the Agg backend, or a one-line InitcliError naming the extra."""
-    try:
-        import matplotlib
+    from .optional import require
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InitcliError("save_plot", "needs matplotlib, which is not installed: pip install 'initcli[plot]'") from None
-    return plt
+    require("matplotlib", "save_plot", "writing a figure").use("Agg")
+    return require("matplotlib.pyplot", "save_plot", "writing a figure")
 
 
 _pyplot = require_matplotlib
