@@ -6,96 +6,263 @@ not only their mean square (which is what the variance map controls). For each o
 inputs the Jacobian is carried forward layer by layer, in float64:
 J_h = W·J, through LayerNorm J_ñ = s·(J_h − mean(J_h) − ñ·(ñᵀJ_h)/n), J_φ = φ'(ñ)⊙J_ñ, and at
 the end of a residual block J_out = J_in + α·J_φ.
+
+The work is many small matrix products and one SVD per layer and input, which a multithreaded
+BLAS runs far slower on a busy machine than one thread does (the threads wait on each other):
+the whole computation runs with numpy's BLAS on one thread, which also makes its numbers the
+same whatever the machine's thread count.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from .engine import Scratch, Stack, layer_forward
 from .errors import InitcliError
+from .threads import blas_threads_limited
 
 
 @dataclass(frozen=True)
 class JacobianStats:
+    """One layer's spectrum statistics. Every one is over the pooled singular values σ of the
+    `inputs` Jacobians ∂a_l/∂x (min(n_l, n_0) values per input), except the max/min/condition
+    columns, which are per-input values averaged over the inputs."""
+
     layer: int
-    sv_mean_sq: float  # mean of σ_i², averaged over inputs: the variance map's view
+    sv_mean_sq: float  # m1 = E[σ²]: the variance map's view (the gradient variance factor)
     sv_max: float
     sv_min: float
     sv_condition: float  # sv_max / sv_min: 1 is perfect isometry
+    # the spectral moments of JJᵀ (Pennington, Schoenholz & Ganguli 2018, The emergence of
+    # spectral universality in deep networks): shown with `spectrum`
+    sv_mean_4th: float = math.nan  # m2 = E[σ⁴]
+    sv_sq_var: float = math.nan  # Var(σ²) = m2 − m1², computed two-pass (never < 0): 0 is isometry up to scale
 
 
-JACOBIAN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JacobianStats))
+JACOBIAN_COLUMNS: tuple[str, ...] = ("layer", "sv_mean_sq", "sv_max", "sv_min", "sv_condition")
+SPECTRUM_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JacobianStats))
+# the rows of `JacobianResult.value_rows()`: every singular value, 1-based layer, input and
+# index, index 1 the largest
+VALUE_COLUMNS: tuple[str, ...] = ("layer", "input", "index", "singular_value")
 MAX_JACOBIAN_WIDTH = 4096
+DEFAULT_INPUTS = 8
+# the options that make a Jacobian run smaller, named when it does not fit in memory
+JACOBIAN_OPTIONS = ("--inputs", "--width", "--depth", "--sizes")
 
 
 @dataclass(frozen=True)
 class JacobianResult:
+    """`layers`: one JacobianStats per layer. `singular_values` (with `spectrum` only): every
+    singular value, one float64 array of shape (inputs, min(n_l, n_0)) per layer, each row
+    descending; `value_rows` gives the same numbers as flat rows."""
+
     params: dict
     layers: tuple[JacobianStats, ...]
+    singular_values: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """JACOBIAN_COLUMNS, plus the spectral moments when the run asked for `spectrum`."""
+        return SPECTRUM_COLUMNS if self.params.get("spectrum") else JACOBIAN_COLUMNS
 
     def rows(self) -> list[dict]:
-        return [asdict(layer) for layer in self.layers]
+        """One dict per layer, keyed by `columns`."""
+        return [{name: getattr(layer, name) for name in self.columns} for layer in self.layers]
+
+    def value_rows(self) -> list[dict]:
+        """Every singular value as (layer, input, index, singular_value) rows (VALUE_COLUMNS):
+        layer, input and index 1-based, index 1 the largest. Empty without `spectrum`; nan
+        values where the Jacobian overflowed."""
+        if self.singular_values is None:
+            return []
+        return [{"layer": layer, "input": i + 1, "index": k + 1, "singular_value": float(value)}
+                for layer, values in enumerate(self.singular_values, start=1)
+                for i, row in enumerate(values) for k, value in enumerate(row)]
 
 
-def jacobian_spectrum(stack: Stack, activation, x: np.ndarray) -> tuple[JacobianStats, ...]:
-    """Singular-value statistics of ∂a_l/∂x for l = 1…L, averaged over the rows of x."""
-    if max(stack.sizes) > MAX_JACOBIAN_WIDTH:
-        raise InitcliError("width", f"the Jacobian spectrum needs one SVD per layer and input; widths up to "
-                                    f"{MAX_JACOBIAN_WIDTH} are accepted, got {max(stack.sizes)}")
+def jacobian_spectrum(stack: Stack, activation, x: np.ndarray, *, spectrum: bool = False,
+                      progress: Callable[[int], None] | None = None
+                      ) -> tuple[tuple[JacobianStats, ...], tuple[np.ndarray, ...] | None]:
+    """Singular-value statistics of ∂a_l/∂x for l = 1…L at each row of x, and, with
+    `spectrum`, every singular value (one (inputs, min(n_l, n_0)) array per layer).
+    `progress(1)` is called after each SVD: len(x) × depth calls in all."""
+    _check_width(max(stack.sizes), "width")
+    with blas_threads_limited(1):
+        return _spectrum(stack, activation, x, spectrum, progress)
+
+
+def _spectrum(stack: Stack, activation, x: np.ndarray, spectrum: bool, progress):
     stack64 = Stack(tuple(w.astype(np.float64) for w in stack.weights),
                     tuple(b.astype(np.float64) for b in stack.biases), stack.arch)
     arch = stack64.arch
     x = x.astype(np.float64)
     inputs, width_in = x.shape
-    jac = np.broadcast_to(np.eye(width_in), (inputs, width_in, width_in)).copy()
+    # Layout (units, inputs, n_0): jac[:, i, :] is input i's Jacobian, and every input's
+    # W·J is one matrix product of W with a (units, inputs·n_0) matrix, not `inputs` small ones.
+    jac = np.zeros((width_in, inputs, width_in))
+    jac[np.arange(width_in), :, np.arange(width_in)] = 1.0
     block_jac = jac
     a = block_input = x
     scratch = Scratch()
-    stats = []
-    with np.errstate(all="ignore"):
+    stats, values = [], []
+    with np.errstate(all="ignore"):  # overflow is reported as nan statistics, never a warning
         for index in range(1, stack64.depth + 1):
             if arch.opens_block(index):
                 block_input, block_jac = a, jac
             _, _, state = layer_forward(stack64, activation, index, a, block_input, scratch)
-            through = np.matmul(stack64.weights[index - 1], jac)  # (inputs, out, in₀)
+            w = stack64.weights[index - 1]
+            through = (w @ jac.reshape(jac.shape[0], -1)).reshape(w.shape[0], inputs, width_in)
             if arch.norm == "layer":
-                normed, inv_std = state.normed, state.inv_std
-                through = through - through.mean(axis=1, keepdims=True)
-                through -= normed[:, :, None] * (np.einsum("bo,boi->bi", normed, through)[:, None, :]
-                                                 / normed.shape[1])
-                through *= inv_std[:, :, None]
-            through *= state.deriv[:, :, None]
+                normed = state.normed  # (inputs, units)
+                through -= through.mean(axis=0, keepdims=True)
+                projection = np.einsum("iu,uij->ij", normed, through) / normed.shape[1]
+                through -= normed.T[:, :, None] * projection[None, :, :]
+                through *= state.inv_std[:, 0][None, :, None]
+            through *= state.deriv.T[:, :, None]
             if arch.closes_block(index):
                 through = block_jac + arch.residual_scale * through
             jac, a = through, state.act
-            stats.append(_spectrum_stats(index, jac))
-    return tuple(stats)
+            layer_values = _singular_values(jac, progress)
+            stats.append(_spectrum_stats(index, layer_values))
+            if spectrum:
+                values.append(layer_values)
+    return tuple(stats), (tuple(values) if spectrum else None)
 
 
-def _spectrum_stats(index: int, jac: np.ndarray) -> JacobianStats:
-    if not np.isfinite(jac).all():
-        nan = float("nan")
-        return JacobianStats(index, nan, nan, nan, nan)
-    values = np.linalg.svd(jac, compute_uv=False)  # (inputs, min(out, in₀)), descending
+def _singular_values(jac: np.ndarray, progress) -> np.ndarray:
+    """(inputs, min(units, n_0)) singular values, descending; nan for an input whose Jacobian
+    is not finite (past an overflow) or whose SVD does not converge."""
+    units, inputs, width_in = jac.shape
+    values = np.full((inputs, min(units, width_in)), np.nan)
+    for i in range(inputs):
+        matrix = jac[:, i, :]
+        if np.isfinite(matrix).all():
+            try:
+                values[i] = np.linalg.svd(matrix, compute_uv=False)
+            except np.linalg.LinAlgError:
+                pass
+        if progress is not None:
+            progress(1)
+    return values
+
+
+def _spectrum_stats(index: int, values: np.ndarray) -> JacobianStats:
+    if not np.isfinite(values).all():
+        nan = math.nan
+        return JacobianStats(index, nan, nan, nan, nan, nan, nan)
     largest, smallest = values[:, 0], values[:, -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        condition = np.where(smallest > 0, largest / smallest, np.inf)
-    return JacobianStats(index, float(np.mean(values**2)), float(largest.mean()), float(smallest.mean()),
-                         float(condition.mean()))
+    condition = np.where(smallest > 0, largest / np.where(smallest > 0, smallest, 1.0), np.inf)
+    squares = values**2
+    m1 = float(np.mean(squares))
+    m2 = float(np.mean(squares**2))
+    spread = float(np.mean((squares - m1) ** 2))
+    return JacobianStats(index, m1, float(largest.mean()), float(smallest.mean()), float(condition.mean()), m2,
+                         spread)
 
 
-def jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int = 8, **options) -> JacobianResult:
-    """The Jacobian spectrum of the stack `propagate` would build with these options, at its
-    first `inputs` inputs (an LSUV calibration still uses the whole batch)."""
-    from .propagation import _inputs, _positive_int, check_memory, prepare
+# -- the command ----------------------------------------------------------------------------
 
-    inputs = _positive_int("inputs", inputs)
+
+@dataclass(frozen=True)
+class JacobianRun:
+    """A `jacobian` call with every argument checked; `steps` is the number of progress
+    steps `run_jacobian` reports (one per layer and input)."""
+
+    run: object  # propagation._Run
+    inputs: int
+    spectrum: bool
+
+    @property
+    def steps(self) -> int:
+        return self.inputs * (len(self.run.sizes) - 1)
+
+    @property
+    def params(self) -> dict:
+        return {**self.run.params, "inputs": self.inputs, "spectrum": self.spectrum}
+
+
+def estimate_jacobian_bytes(sizes: Sequence[int], inputs: int, batch: int, dtype, *, spectrum: bool = False) -> int:
+    """Peak memory of a Jacobian run, before anything is allocated: the stack in its dtype
+    and its float64 copy, the batch of inputs and cotangents, four (units, inputs, n_0) float64 Jacobians
+    (current, block input, the product and a LayerNorm temporary), one SVD's workspace, and
+    with `spectrum` every singular value."""
+    itemsize = np.dtype(dtype).itemsize
+    weights = sum(n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    widest = max(sizes)
+    jacobians = 4 * widest * inputs * sizes[0] * 8
+    svd = 4 * widest * sizes[0] * 8 + 8 * widest * 8
+    kept = (len(sizes) - 1) * inputs * min(widest, sizes[0]) * 8 if spectrum else 0
+    return weights * (itemsize + 8) + batch * (sizes[0] + sizes[-1]) * itemsize + jacobians + svd + kept
+
+
+def _check_width(widest: int, param: str) -> None:
+    if widest > MAX_JACOBIAN_WIDTH:
+        raise InitcliError(param, f"the Jacobian spectrum needs one SVD per layer and input; widths up to "
+                                  f"{MAX_JACOBIAN_WIDTH} are accepted, got {widest}")
+
+
+def prepare_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int | None = None,
+                     spectrum: bool = False, **options) -> JacobianRun:
+    """Check every argument of `jacobian`, and refuse a run that is too wide or does not fit
+    in memory, before allocating anything (a `weights` file is read, but no stack built)."""
+    from .propagation import _positive_int, check_dtype, check_memory, prepare, stack_sizes
+
+    batch = _positive_int("batch", options.get("batch", 512))
+    if inputs is None:
+        inputs = min(DEFAULT_INPUTS, batch)
+    else:
+        inputs = _positive_int("inputs", inputs)
+        if inputs > batch:
+            raise InitcliError("inputs", f"must be at most --batch ({batch}), got {inputs}: the Jacobian is "
+                                         f"taken at the first --inputs of the batch's inputs")
+    if options.get("weights") is None:
+        sizes = stack_sizes(options.get("sizes"), options.get("depth"), options.get("width"))
+        _check_width(max(sizes), "sizes" if options.get("sizes") is not None else "width")
+        check_memory(estimate_jacobian_bytes(sizes, inputs, batch, check_dtype(options.get("dtype", "float32")),
+                                             spectrum=spectrum), options=JACOBIAN_OPTIONS)
     run = prepare(scheme, activation, theory=False, **options)
-    if inputs > run.batch:
-        raise InitcliError("inputs", f"must be at most --batch ({run.batch}), got {inputs}")
-    check_memory(4 * inputs * max(run.sizes) * run.sizes[0] * 8)  # the Jacobians of two layers and their SVD
-    stack, x, _, _ = _inputs(run)
-    return JacobianResult({**run.params, "inputs": inputs}, jacobian_spectrum(stack, run.act, x[:inputs]))
+    _check_width(max(run.sizes), "weights")
+    check_memory(estimate_jacobian_bytes(run.sizes, inputs, run.batch, run.dtype, spectrum=spectrum),
+                 options=JACOBIAN_OPTIONS)
+    return JacobianRun(run, inputs, bool(spectrum))
+
+
+def plan_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int | None = None, **options) -> int:
+    """The number of progress steps `jacobian` will report with these options (inputs × depth),
+    after checking them all as `jacobian` does: a bar's total, known before the run starts."""
+    return prepare_jacobian(scheme, activation, inputs=inputs, **options).steps
+
+
+def run_jacobian(plan: JacobianRun, progress: Callable[[int], None] | None = None) -> JacobianResult:
+    """Build the stack of a checked run and take its spectrum; `progress(n)` reports n more
+    steps done, `plan.steps` in all."""
+    from .propagation import _inputs
+
+    with blas_threads_limited(1):  # the stack's LSUV calibration too: small products, one thread
+        stack, x, _, _ = _inputs(plan.run)
+        layers, values = jacobian_spectrum(stack, plan.run.act, x[:plan.inputs], spectrum=plan.spectrum,
+                                           progress=progress)
+    return JacobianResult(plan.params, layers, values)
+
+
+def jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int | None = None, spectrum: bool = False,
+             progress: Callable[[int], None] | None = None, **options) -> JacobianResult:
+    """The Jacobian spectrum of the stack `propagate` would build with these options, at its
+    first `inputs` inputs (default min(8, batch); an LSUV calibration still uses the whole batch).
+
+    Result rows (`rows()`, keyed by `columns`): layer, sv_mean_sq = m1 = E[σ²], sv_max, sv_min,
+    sv_condition = sv_max/sv_min (those three per input, averaged over the inputs). With
+    `spectrum`, also the moments of Pennington et al. 2018 over the pooled singular values
+    of all inputs: sv_mean_4th = m2 = E[σ⁴] and sv_sq_var = Var(σ²) = m2 − m1²; and every
+    singular value, as `singular_values` (one (inputs, min(n_l, n_0)) array per layer) and as
+    rows (layer, input, index, singular_value) from `value_rows()`.
+
+    `progress(n)`, if given, is called as work is done, with the number of steps just done:
+    inputs × depth steps in all (`plan_jacobian(...)` gives the number before starting).
+    Runs with numpy's BLAS on one thread.
+    """
+    return run_jacobian(prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options), progress)

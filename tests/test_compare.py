@@ -44,8 +44,10 @@ def test_verdicts(scheme, activation, options, expected):
 
 
 def test_the_seed_story():
+    # batch 128: every verdict is a trend over 50 layers, the same at 64, 128 or 256 inputs; each
+    # pair is also checked alone, at batch 256, in test_verdicts
     result = compare(["zeros", "constant", "normal", "xavier-normal", "he-normal"], ["relu", "tanh"], depth=50,
-                     batch=256)
+                     batch=128)
     by_pair = {(r.scheme, r.activation): r.verdict for r in result.comparisons}
     assert by_pair[("zeros", "relu")] != "stable" and by_pair[("zeros", "tanh")] != "stable"
     assert by_pair[("constant", "relu")] == by_pair[("constant", "tanh")] == "symmetric"

@@ -30,6 +30,9 @@ def _std_of(fill, shape):
 
 
 def _bound_of(fill, shape):
+    """The bound b of a uniform fill, by least squares against 2u − 1 for the same generator
+    state. float64 pairwise sums of N ≤ 2·10⁵ products: relative error ≲ 2·log2(N)·eps64 ≈
+    4e-15, far inside the rel=1e-13 it is compared with."""
     t = torch.empty(shape)
     fill(t, torch.Generator().manual_seed(0))
     u = torch.empty(shape).uniform_(0, 1, generator=torch.Generator().manual_seed(0))
@@ -149,6 +152,10 @@ def test_propagate_statistics_match_torch_autograd(name, arch):
     rng = np.random.default_rng(7)
     x, g = rng.standard_normal((40, 24)), rng.standard_normal((40, 24))
     layers, _, _ = measure(stack, act, x, g)
+    # Both sides in float64 on 40×24 arrays: products differ in summation order by ≲ 24·eps64
+    # relative and the means are pairwise sums (error ≲ log2(960)·eps64·mean|x| ≈ 1e-15·mean|x|),
+    # so rel=1e-9 holds with room for the cancellation in near-zero means, and abs=1e-14 for
+    # statistics that are 0 up to rounding (a LayerNorm output's mean)
     for ours, theirs in zip(layers, _torch_stats(stack, name, x, g)):
         for key, value in theirs.items():
             assert getattr(ours, key) == pytest.approx(value, rel=1e-9, abs=1e-14), (key, ours.layer)
@@ -158,6 +165,8 @@ def test_saturation_and_dead_units_match_torch():
     stack = build_stack(make_init("normal", std=0.5), (16, 16, 16), seed=1, dtype="float64")
     rng = np.random.default_rng(2)
     x, g = rng.standard_normal((30, 16)), rng.standard_normal((30, 16))
+    # shares of 480 booleans: equal unless an activation lies within rounding (~1e-16) of a
+    # threshold, which these fixed draws do not
     for name, flat in (("tanh", lambda a: a.abs() > 0.97), ("sigmoid", lambda a: (a < 0.03) | (a > 0.97))):
         layers, _, _ = measure(stack, get_activation(name), x, g)
         a = torch.tensor(x)
