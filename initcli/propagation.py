@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -34,6 +35,7 @@ from .schemes import Init, check_number, check_weight_scale, gaussian, make_init
 from .stats import _BLOCK as _STAT_BLOCK
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import THEORY_COLUMNS, TheoryColumns, beside
+from .threads import blas_threads_limited
 
 DTYPES = ("float32", "float64")
 
@@ -376,9 +378,10 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
     after each layer of the forward pass and of the backward pass (2·depth calls).
     """
     run = prepare(scheme, activation, **options)
-    stack, x, cotangent, iterations = _inputs(run)
-    layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, checkpoint=run.checkpoint,
-                                                          progress=progress)
+    with blas_threads_limited(1) if _small(run) else nullcontext():
+        stack, x, cotangent, iterations = _inputs(run)
+        layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent,
+                                                              checkpoint=run.checkpoint, progress=progress)
     result = PropagateResult(run.params, layers, forward_overflow, backward_overflow, lsuv_iterations=iterations)
     if not run.theory:
         return result
@@ -394,6 +397,17 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
                      measured_preact=[layer.preact_var for layer in result.layers],
                      measured_grad=[layer.grad_var for layer in result.layers])
     return replace(result, theory=columns)
+
+
+# Products up to this many multiply-adds (the defaults: 512 × 256 × 256) run on one BLAS
+# thread: at that size the threads spend more time waiting for each other than working, and
+# on a busy machine many times more (issue 11 measured 5–30×). It also makes the default run's
+# bytes independent of the thread count.
+SINGLE_THREAD_WORK = 1 << 25
+
+
+def _small(run: _Run) -> bool:
+    return run.batch * max(a * b for a, b in zip(run.sizes[:-1], run.sizes[1:])) <= SINGLE_THREAD_WORK
 
 
 def _square(value: float) -> float:

@@ -253,7 +253,9 @@ def jacobian_command(
     inputs: Annotated[Optional[int], typer.Option(
         help="Inputs the spectrum is averaged over (default: 8, or --batch if smaller).")] = None,
     spectrum: Annotated[bool, typer.Option(
-        help="Every singular value instead: rows layer, input, index, singular_value.")] = False,
+        help="Add the spectral moments sv_mean_4th = E[σ⁴] and sv_sq_var = Var(σ²) (Pennington et al. 2018); "
+             "CSV then lists every singular value (rows layer, input, index, singular_value) and JSON holds "
+             "them beside the per-layer rows.")] = False,
 ) -> None:
     """Singular values of the input-output Jacobian after each layer (Pennington et al. 2017).
 
@@ -262,20 +264,24 @@ def jacobian_command(
     isometry. Each is averaged over --inputs inputs; the Jacobian is computed in float64, on
     one BLAS thread (many small products and SVDs run fastest that way).
     """
-    from ..jacobian import jacobian, plan_jacobian
+    from ..jacobian import VALUE_COLUMNS, prepare_jacobian, run_jacobian
     from ..render import print_table
 
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme], arch=arch)
     options = dict(**stack.domain(), **init.scheme_options(), bias_std=init.bias_std, **arch.domain())
-    total = plan_jacobian(scheme, activation, inputs=inputs, **options)
-    with progress(total, "jacobian") as advance:
-        result = jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, progress=advance, **options)
+    plan = prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
+    with progress(plan.steps, "jacobian") as advance:
+        result = run_jacobian(plan, advance)
     rows, columns = result.rows(), result.columns
     if fmt == "table":
         p = result.params
         say_hidden(print_table(rows, columns, title=f"{p['scheme']} · {p['activation']} · {p['depth']} layers · "
                                                     f"{sizes_text(p['sizes'])} · {p['inputs']} inputs",
                                console=stdout_console()))
+    elif fmt == "csv" and spectrum:
+        write_machine(fmt, "jacobian", result.params, result.value_rows(), VALUE_COLUMNS)
+    elif spectrum:
+        write_machine(fmt, "jacobian", result.params, rows, columns, singular_values=result.value_rows())
     else:
         write_machine(fmt, "jacobian", result.params, rows, columns)
