@@ -61,6 +61,11 @@ def _report_memory(run, runs_at_once: int = 1) -> None:
     note(message)
 
 
+def _stack_run(init: InitOptions, stack: StackOptions, arch: ArchOptions) -> dict:
+    """The keywords of `propagation.prepare` that the three option groups give."""
+    return {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.domain()}
+
+
 def _warn_small_batch(batch: int) -> None:
     if batch < 2:
         warn("with --batch 1 there is one input: dead_frac, effective_rank and input_cosine compare inputs "
@@ -106,8 +111,8 @@ def propagate(
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme], arch=arch, weights_file=weights is not None)
     check_outputs(out)
-    options = dict(**stack.domain(), **init.scheme_options(), bias_std=init.bias_std, activation=activation,
-                   theory=theory, checkpoint=checkpoint, weights=weights, **arch.domain())
+    options = dict(_stack_run(init, stack, arch), activation=activation, theory=theory, checkpoint=checkpoint,
+                   weights=weights)
     run = prepare(scheme, **options)
     _report_memory(run)
     _warn_small_batch(run.batch)
@@ -186,7 +191,7 @@ def compare(
     activation_names = parse_name_list(activation, "activation")
     check_applies(schemes=scheme_names, arch=arch)
     check_outputs(out)
-    options = dict(**stack.domain(), **init.scheme_options(), bias_std=init.bias_std, **arch.domain())
+    options = _stack_run(init, stack, arch)
     calls, jobs_used = plan_compare(scheme_names, activation_names, jobs=jobs, **options)
     _warn_small_batch(stack.batch)
     from ..propagation import prepare
@@ -269,7 +274,7 @@ def jacobian_command(
 
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme], arch=arch)
-    options = dict(**stack.domain(), **init.scheme_options(), bias_std=init.bias_std, **arch.domain())
+    options = _stack_run(init, stack, arch)
     plan = prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
     with progress(plan.steps, "jacobian") as advance:
         result = run_jacobian(plan, advance)
