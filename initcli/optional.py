@@ -8,7 +8,7 @@ from types import ModuleType
 
 from .errors import InitcliError
 
-EXTRAS = {"matplotlib": "plot", "torch": "torch", "onnx": "onnx"}
+EXTRAS = {"matplotlib": "plot", "torch": "torch", "onnx": "onnx", "dask": "dask", "distributed": "dask"}
 
 
 def require(module: str, param: str | None, purpose: str) -> ModuleType:
