@@ -5,13 +5,21 @@ followed by a linear read-out layer, which is a one-layer engine stack with the 
 activation: forward and backward are the engine's, in both. Every weight, read-out included,
 is drawn with the scheme, so zeros means all zeros. Classification minimises softmax
 cross-entropy, regression the mean squared error; both are means over the batch.
+
+The score is named for what it is: `accuracy` (share of samples whose largest logit is their
+class) for the classification tasks, `r2` (the coefficient of determination R² = 1 − SSE/SST,
+which is negative when the fit is worse than the mean) for regression. Rows, curve rows and the
+result's params (`metric`) carry that name, so a column is never called accuracy when it holds R².
+
+Every run is pinned to one BLAS thread, so a result is the same bytes whatever `--jobs` and the
+machine's thread count are.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,14 +28,24 @@ from .engine import PLAIN, Architecture, Stack, build_stack, forward, make_archi
 from .errors import InitcliError, suggest
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parallel import check_jobs, run_all
-from .propagation import _positive_int, check_memory, check_seed, check_std, stack_sizes
+from .propagation import _positive_int, check_dtype, check_memory, check_seed, check_std, stack_sizes
 from .schemes import make_init
 from .stats import effective_rank
+from .threads import blas_threads_limited
 
 TASKS = ("xor", "moons", "circles", "spiral", "regression")
+FEATURES = 2  # every task's inputs are points in the plane
 OPTIMIZERS = ("sgd", "adam")
 ADAM_BETAS = (0.9, 0.999)  # Kingma & Ba 2015, the paper's defaults
 ADAM_EPS = 1e-8
+# Largest --noise: beyond 2**52 the noise's float64 spacing exceeds 1, so x + noise·z rounds the
+# task's unit-scale inputs (or targets) away entirely and nothing is left to learn; below it no
+# step of data generation or standardisation comes near float64's range.
+MAX_NOISE = 2.0**52
+MAX_EPOCHS = 10**7
+# Memory per epoch per scheme held as a Python curve point: a (loss, score) tuple ≈ 104 bytes
+# and its curve row dict ≈ 260 (sys.getsizeof on CPython 3.11), rounded up.
+_CURVE_POINT_BYTES = 400
 
 # -- tasks ----------------------------------------------------------------------------------
 
@@ -43,28 +61,62 @@ class Task:
     def regression(self) -> bool:
         return self.classes == 0
 
+    @property
+    def metric(self) -> str:
+        return metric_for(self.name)
+
+
+def metric_for(task: str) -> str:
+    """The score's name: 'r2' (R²) for regression, 'accuracy' for the classification tasks."""
+    return "r2" if task == "regression" else "accuracy"
+
+
+def check_samples(samples, classes: int) -> int:
+    """At least two samples (the inputs are standardised by their spread, which one sample
+    does not have), and for classification at least one per class."""
+    samples = _positive_int("samples", samples, 10**8)
+    needed = max(2, classes)
+    if samples < needed:
+        why = f"one per class ({classes} classes)" if classes > 2 else "one sample has no spread to standardise by"
+        raise InitcliError("samples", f"must be at least {needed}: {why}; got {samples}")
+    return samples
+
+
+def check_noise(noise) -> float | None:
+    if noise is None:
+        return None
+    noise = check_std("noise", noise)
+    if noise > MAX_NOISE:
+        raise InitcliError("noise", f"must be at most 2**52 ≈ {MAX_NOISE:.3g}: beyond it x + noise·z rounds the "
+                                    f"task's signal away in float64; got {noise:g}")
+    return noise
+
+
+def check_task(name: str, classes: int | None = None, noise: float | None = None) -> tuple[str, int, float | None]:
+    """(task key, classes, noise) checked: classes is 0 for regression, the spiral's arms
+    (default 3) or 2; noise None means the task's own default."""
+    key = str(name).strip().lower()
+    if key not in TASKS:
+        raise InitcliError("task", f"unknown task '{name}'{suggest(key, list(TASKS))}; choose from {', '.join(TASKS)}")
+    if classes is None:
+        classes = 3 if key == "spiral" else 2
+    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
+        raise InitcliError("classes", f"must be an integer ≥ 2, got {classes!r}")
+    if key != "spiral" and classes != 2:
+        raise InitcliError("classes", f"only spiral takes --classes; {key} has 2")
+    return key, 0 if key == "regression" else int(classes), check_noise(noise)
+
 
 def make_task(name: str, samples: int = 512, *, classes: int | None = None, noise: float | None = None,
               rng: np.random.Generator) -> Task:
     """A generated data set: no download. Inputs are standardised per feature. `classes` is
     the number of spiral arms (default 3); the other classification tasks have 2."""
-    key = name.strip().lower()
-    if key not in TASKS:
-        raise InitcliError("task", f"unknown task '{name}'{suggest(key, list(TASKS))}; choose from {', '.join(TASKS)}")
-    samples = _positive_int("samples", samples, 10**8)
-    if classes is None:
-        classes = 3 if key == "spiral" else 2
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-        raise InitcliError("classes", f"must be an integer ≥ 2, got {classes!r}")
-    if key != "spiral" and classes != 2:
-        raise InitcliError("classes", f"only spiral takes --classes; {key} has 2")
-    if noise is not None:
-        noise = check_std("noise", noise)
+    key, classes, noise = check_task(name, classes, noise)
+    samples = check_samples(samples, classes)
     if key == "xor":
         x = rng.uniform(-1, 1, (samples, 2))
         y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
         x += (0.0 if noise is None else noise) * rng.standard_normal(x.shape)
-        classes = 2
     elif key == "moons":
         y = rng.integers(0, 2, samples)
         t = rng.uniform(0, math.pi, samples)
@@ -72,14 +124,12 @@ def make_task(name: str, samples: int = 512, *, classes: int | None = None, nois
         x = np.where(y[:, None] == 0, np.stack([np.cos(t), np.sin(t)], 1),
                      np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1))
         x += (0.1 if noise is None else noise) * rng.standard_normal(x.shape)
-        classes = 2
     elif key == "circles":
         y = rng.integers(0, 2, samples)
         t = rng.uniform(0, 2 * math.pi, samples)
         radius = np.where(y == 0, 1.0, 0.5)
         x = radius[:, None] * np.stack([np.cos(t), np.sin(t)], 1)
         x += (0.05 if noise is None else noise) * rng.standard_normal(x.shape)
-        classes = 2
     elif key == "spiral":
         y = rng.integers(0, classes, samples)
         r = rng.uniform(0.05, 1, samples)
@@ -89,8 +139,9 @@ def make_task(name: str, samples: int = 512, *, classes: int | None = None, nois
         x = rng.uniform(-1, 1, (samples, 2))
         y = (np.sin(math.pi * x[:, 0]) * np.cos(math.pi * x[:, 1]))[:, None]
         y = y + (0.0 if noise is None else noise) * rng.standard_normal(y.shape)
-        classes = 0
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    spread = x.std(axis=0)
+    # two samples can still coincide in a feature (noise 0): leave that feature centred, unscaled
+    x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
     return Task(key, x, y, classes)
 
 
@@ -118,20 +169,21 @@ _IDENTITY = get_activation("linear")
 
 
 def _loss_and_grad(task: Task, logits: np.ndarray, rows: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(loss, accuracy or R², ∂loss/∂logits) for the samples `rows`."""
+    """(loss, accuracy or R², ∂loss/∂logits) for the samples `rows`. The score is nan when the
+    loss is not finite: argmax over nan logits would otherwise count as predicting class 0."""
     n = len(rows)
     if task.regression:
         target = task.y[rows]
         error = logits - target
         loss = float(np.mean(error**2))
         total = float(np.sum((target - target.mean()) ** 2))
-        score = 1 - float(np.sum(error**2)) / total if total > 0 else math.nan
+        score = 1 - float(np.sum(error**2)) / total if total > 0 and math.isfinite(loss) else math.nan
         return loss, score, (2 / n) * error
     labels = task.y[rows]
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     loss = float(-np.mean(log_probs[np.arange(n), labels]))
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == labels))
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == labels)) if math.isfinite(loss) else math.nan
     grad = np.exp(log_probs)
     grad[np.arange(n), labels] -= 1
     return loss, accuracy, grad / n
@@ -221,42 +273,81 @@ class TrainRow:
     scheme: str
     activation: str
     final_loss: float
-    final_accuracy: float  # accuracy; R² for regression
-    best_accuracy: float
-    epochs_to_target: int | None  # first epoch whose accuracy reached the target; None if none did
+    final_score: float  # accuracy, or R² for regression: named by the result's metric in rows()
+    best_score: float
+    epochs_to_target: int | None  # first epoch whose score reached the target; None if none did
     diverged: bool  # the loss became inf or nan
     final_effective_rank: float  # of the last hidden layer on the data: 1 = units still identical
     seconds: float
 
 
-TRAIN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TrainRow) if f.name != "seconds")
-CURVE_COLUMNS = ("scheme", "epoch", "loss", "accuracy")
+def train_columns(metric: str) -> tuple[str, ...]:
+    """The summary columns for a score named `metric` ('accuracy' or 'r2')."""
+    return ("scheme", "activation", "final_loss", f"final_{metric}", f"best_{metric}", "epochs_to_target",
+            "diverged", "final_effective_rank")
+
+
+def curve_columns(metric: str) -> tuple[str, ...]:
+    return ("scheme", "epoch", "loss", metric)
 
 
 @dataclass(frozen=True)
 class TrainRun:
     row: TrainRow
-    curve: tuple[tuple[float, float], ...]  # (loss, accuracy) after each epoch
+    curve: tuple[tuple[float, float], ...]  # (loss, score) after each epoch
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """`params["metric"]` names the score: 'accuracy' or 'r2' (regression). Rows and curve rows
+    use it in their column names (final_accuracy or final_r2, …); `columns` and
+    `curve_columns` list them in order. epochs_to_target is None where the target was never
+    reached."""
+
     params: dict
     runs: tuple[TrainRun, ...]
 
+    @property
+    def metric(self) -> str:
+        return self.params["metric"]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return train_columns(self.metric)
+
+    @property
+    def curve_columns(self) -> tuple[str, ...]:
+        return curve_columns(self.metric)
+
     def rows(self) -> list[dict]:
-        return [{k: v for k, v in asdict(run.row).items() if k in TRAIN_COLUMNS} for run in self.runs]
+        return [dict(zip(self.columns, (r.scheme, r.activation, r.final_loss, r.final_score, r.best_score,
+                                        r.epochs_to_target, r.diverged, r.final_effective_rank)))
+                for r in (run.row for run in self.runs)]
 
     def curve_rows(self) -> list[dict]:
-        return [{"scheme": run.row.scheme, "epoch": epoch, "loss": loss, "accuracy": accuracy}
-                for run in self.runs for epoch, (loss, accuracy) in enumerate(run.curve, start=1)]
+        return [dict(zip(self.curve_columns, (run.row.scheme, epoch, loss, score)))
+                for run in self.runs for epoch, (loss, score) in enumerate(run.curve, start=1)]
 
 
 def train_one(*, scheme: str, activation: str, task: str, samples: int, classes: int | None, noise: float | None,
               hidden_widths: Sequence[int], optimizer: str, lr: float, epochs: int, batch: int | None, target: float,
               seed: int, dtype: str, init_options: dict, arch: Architecture = PLAIN, lsuv_tol: float = DEFAULT_TOL,
               lsuv_max_iter: int = DEFAULT_MAX_ITER, progress: Callable[[int], None] | None = None) -> TrainRun:
-    """Train one scheme; deterministic for a seed (data, weights and batch order)."""
+    """Train one scheme; deterministic for a seed (data, weights and batch order).
+
+    Runs on one BLAS thread: a product's rounding may depend on how BLAS splits it across
+    threads, and a run must give the same bytes in a worker, in series, or on another machine's
+    core count. `progress(n)` is called after every epoch with the number of epochs done since
+    the last call (the remaining ones at once when the run diverges)."""
+    with blas_threads_limited(1):
+        return _train_one(scheme=scheme, activation=activation, task=task, samples=samples, classes=classes,
+                          noise=noise, hidden_widths=hidden_widths, optimizer=optimizer, lr=lr, epochs=epochs,
+                          batch=batch, target=target, seed=seed, dtype=dtype, init_options=init_options, arch=arch,
+                          lsuv_tol=lsuv_tol, lsuv_max_iter=lsuv_max_iter, progress=progress)
+
+
+def _train_one(*, scheme, activation, task, samples, classes, noise, hidden_widths, optimizer, lr, epochs, batch,
+               target, seed, dtype, init_options, arch, lsuv_tol, lsuv_max_iter, progress) -> TrainRun:
     import time
 
     started = time.perf_counter()
@@ -271,6 +362,7 @@ def train_one(*, scheme: str, activation: str, task: str, samples: int, classes:
     batch = len(data.x) if batch is None else min(batch, len(data.x))
     curve: list[tuple[float, float]] = []
     diverged = False
+    # overflow is a result here (the loss becomes inf/nan: diverged), never a warning
     with np.errstate(all="ignore"):
         for epoch in range(epochs):
             shuffled = streams["order"].permutation(len(data.x)) if batch < len(data.x) else np.arange(len(data.x))
@@ -287,7 +379,7 @@ def train_one(*, scheme: str, activation: str, task: str, samples: int, classes:
                 progress(1)
             if diverged:  # nothing more to learn: the rest of the curve is nan
                 curve.extend([(math.nan, math.nan)] * (epochs - epoch - 1))
-                if progress is not None:
+                if progress is not None and epoch + 1 < epochs:
                     progress(epochs - epoch - 1)
                 break
         rank = effective_rank(features, max_inputs=None)
@@ -296,6 +388,18 @@ def train_one(*, scheme: str, activation: str, task: str, samples: int, classes:
     row = TrainRow(init.name, act.name, curve[-1][0], curve[-1][1], max(scores) if scores else math.nan, reached,
                    diverged, rank, time.perf_counter() - started)
     return TrainRun(row, tuple(curve))
+
+
+def _number_in(param: str, value, accepted: str, inside: Callable[[float], bool]) -> float:
+    """`value` as a finite float for which `inside` holds, or one InitcliError saying `accepted`
+    (bools, strings that are no number and ints beyond float's range included)."""
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and inside(number)):
+        raise InitcliError(param, f"must be {accepted}, got {str(value)[:40]}")
+    return number
 
 
 def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-normal", "he-normal"),
@@ -310,23 +414,23 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
 
     The hidden layers are `sizes` (hidden widths; the input size comes from the task) or
     depth × width (default 4 × 64); the read-out maps to the classes (1 for regression).
-    `batch` None is full-batch gradient descent.
+    `batch` None, or any batch ≥ samples, is full-batch gradient descent; params record the
+    batch size used. `target` is the score (accuracy, or R² for regression) that counts as
+    learned, in (0, 1]. A learning rate so large that the weights overflow is a result
+    (diverged, loss nan), not an error. `progress(n)` hears of every epoch of every scheme.
     """
     if not schemes:
         raise InitcliError("schemes", "needs at least one scheme")
     key = optimizer.strip().lower()
     if key not in OPTIMIZERS:
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise InitcliError("lr", f"must be a finite number > 0, got {lr!r}")
-    epochs = _positive_int("epochs", epochs, 10**7)
+    lr = _number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
+    epochs = _positive_int("epochs", epochs, MAX_EPOCHS)
     if batch is not None:
         batch = _positive_int("batch", batch)
-    if not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise InitcliError("target", f"must be in (0, 1], got {target!r}")
+    target = _number_in("target", target, "a number in (0, 1]", lambda v: 0 < v <= 1)
     seed = check_seed(seed)
-    if dtype not in ("float32", "float64"):
-        raise InitcliError("dtype", f"unknown dtype '{dtype}'; choose from float32, float64")
+    dtype = check_dtype(dtype).name
     if sizes is not None:  # --sizes lists the hidden widths: the task fixes input and output
         if depth is not None or width is not None:
             raise InitcliError("sizes", "give either --sizes or --depth/--width, not both")
@@ -343,30 +447,30 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
         if (len(hidden) - 1) % arch.block:
             raise InitcliError("block", f"{len(hidden) - 1} residual layers do not split into blocks of {arch.block}")
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
-    samples = _positive_int("samples", samples, 10**8)
-    probe = make_task(task, min(samples, 8), classes=classes, noise=noise, rng=np.random.default_rng(0))  # checks
+    task, n_classes, noise = check_task(task, classes, noise)
+    samples = check_samples(samples, n_classes)
+    batch = samples if batch is None else min(batch, samples)
     for scheme in schemes:
         make_init(scheme, activation=activation, **init_options)
     get_activation(activation, init_options.get("negative_slope", 0.01))
     jobs = check_jobs(jobs)
     # parameters with their gradients and Adam's two moments; activations, φ' and a gradient per
-    # sample; in every worker at once
+    # sample; in every worker at once; plus every scheme's curve, held in this process
     itemsize = np.dtype(dtype).itemsize
-    widths = [probe.x.shape[1], *hidden, max(1, probe.classes)]
+    widths = [FEATURES, *hidden, max(1, n_classes)]
     check_memory((sum(a * b for a, b in zip(widths[:-1], widths[1:])) * itemsize * 4
-                  + samples * sum(widths) * (itemsize * 3 + 8)) * min(jobs, len(schemes)))
+                  + samples * sum(widths) * (itemsize * 3 + 8)) * min(jobs, len(schemes))
+                 + epochs * len(schemes) * _CURVE_POINT_BYTES,
+                 dtype=dtype, options=("--samples", "--width", "--depth", "--sizes", "--epochs", "--jobs"))
     common = dict(activation=activation, task=task, samples=samples, classes=classes, noise=noise,
-                  hidden_widths=hidden, optimizer=key, lr=float(lr), epochs=epochs, batch=batch, target=float(target),
+                  hidden_widths=hidden, optimizer=key, lr=lr, epochs=epochs, batch=batch, target=target,
                   seed=seed, dtype=dtype, init_options=init_options, arch=arch, lsuv_tol=lsuv_tol,
                   lsuv_max_iter=lsuv_max_iter)
     calls = [dict(common, scheme=scheme) for scheme in schemes]
-    if jobs > 1 and len(calls) > 1:
-        runs = run_all(train_one, calls, jobs, on_result=None if progress is None else lambda _: progress(epochs))
-    else:
-        runs = [train_one(**call, progress=progress) for call in calls]
+    runs = run_all(train_one, calls, jobs, on_progress=progress)  # each epoch reported, in series or from workers
     params = {"schemes": [run.row.scheme for run in runs], "activation": runs[0].row.activation, "task": task,
-              "samples": samples, "classes": probe.classes,
-              "noise": noise, "hidden_sizes": list(hidden), "optimizer": key, "lr": float(lr), "epochs": epochs,
-              "batch": batch, "target": float(target), "seed": seed, "dtype": dtype, **arch.params(),
-              **{k: v for k, v in init_options.items() if v is not None}}
+              "metric": metric_for(task), "samples": samples, "classes": n_classes,
+              "noise": None if noise is None else float(noise), "hidden_sizes": list(hidden), "optimizer": key,
+              "lr": lr, "epochs": epochs, "batch": batch, "target": target, "seed": seed, "dtype": dtype,
+              **arch.params(), **{k: v for k, v in init_options.items() if v is not None}}
     return TrainResult(params, tuple(runs))

@@ -48,11 +48,14 @@ def train_command(
     optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.1,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 300,
-    batch: Annotated[int, typer.Option(help="Mini-batch size; 0 for full batch.")] = 128,
-    target: Annotated[float, typer.Option(help="Accuracy (R² for regression) that counts as learned.")] = 0.9,
-    samples: Annotated[int, typer.Option(help="Size of the generated data set.")] = 512,
+    batch: Annotated[int, typer.Option(help="Mini-batch size; 0, or any size ≥ --samples, is full batch.")] = 128,
+    target: Annotated[float, typer.Option(help="Accuracy (R² for regression) that counts as learned, in (0, 1].")] = (
+        0.9),
+    samples: Annotated[int, typer.Option(
+        help="Size of the generated data set: at least 2, and at least one per class.")] = 512,
     classes: Annotated[Optional[int], typer.Option(help="Spiral arms (default 3).")] = None,
-    noise: Annotated[Optional[float], typer.Option(help="Noise std of the task (each has a default).")] = None,
+    noise: Annotated[Optional[float], typer.Option(
+        help="Noise std of the task (each has a default), at most 2**52 ≈ 4.5e15.")] = None,
     curves: Annotated[bool, typer.Option(help="Print per-epoch rows scheme, epoch, loss and the metric instead.")] = (
         False),
     dtype: Annotated[str, typer.Option(help="float32 (what networks train in) or float64.")] = "float32",
