@@ -90,6 +90,7 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
         with _one_thread_per_worker(), held():  # a signal now would leave workers half started
             pool = context.Pool(jobs, initializer=_start_worker, initargs=(progress_queue, os.getpid()))
         results = []
+        workers = _worker_pids(pool)
         pending = pool.imap(_call_packed, [(fn, kwargs) for kwargs in calls])  # in order, as they finish
         while len(results) < len(calls):
             try:
@@ -100,6 +101,10 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
                 if type(exc).__name__ != "TimeoutError":
                     raise
                 _drain(progress_queue, on_progress)
+                if not workers <= _worker_pids(pool):
+                    # a pool replaces a dead worker but never reruns its task: waiting would be forever
+                    raise InitcliError("jobs", "a worker process died (killed from outside, or out of memory); "
+                                               "try fewer --jobs or a smaller run") from None
                 continue
             _drain(progress_queue, on_progress)
             results.append(result)
@@ -119,6 +124,11 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
     pool.join()
     _drain(progress_queue, on_progress)
     return results
+
+
+def _worker_pids(pool) -> set[int]:
+    """The pool's worker processes; workers never exit on their own here (no maxtasksperchild)."""
+    return {worker.pid for worker in getattr(pool, "_pool", ())}
 
 
 def _drain(progress_queue, on_progress: Callable[[int], None] | None) -> None:

@@ -1,6 +1,7 @@
 """Processes and BLAS threads change no bit of a result; workers report progress, raise
 errors back, and stop with their parent."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -118,3 +119,21 @@ def test_jobs_is_validated():
         compare(["he-normal"], jobs=0, depth=2, width=8, batch=4)
     with pytest.raises(InitcliError, match="--jobs"):
         compare(["he-normal"], jobs=10**6, depth=2, width=8, batch=4)
+
+
+def _die_once(value, marker):
+    import pathlib
+
+    flag = pathlib.Path(marker)
+    if value == 1 and not flag.exists():
+        flag.write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    time.sleep(0.2)
+    return value
+
+
+def test_a_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(InitcliError, match="worker process died"):
+        run_all(_die_once, [{"value": v, "marker": str(tmp_path / "flag")} for v in range(4)], jobs=2)
+    assert time.monotonic() - started < 30
