@@ -21,6 +21,7 @@ _EXPORTS = {
     "engine": ("Architecture", "Stack", "backward", "build_stack", "forward"),
     "propagation": ("LAYER_COLUMNS", "LayerStats", "PropagateResult", "measure", "propagate"),
     "lsuv": ("lsuv",),
+    "inspection": ("inspect", "InspectResult", "TensorReport"),
     "stats": ("effective_rank", "mean_input_cosine", "moments"),
     "sampling": ("SampleResult", "WeightStats", "sample", "save_npz"),
     "schemes": ("SCHEME_NAMES", "SCHEMES", "Init", "Scheme", "compute_fans", "get_scheme", "make_init",

@@ -125,6 +125,15 @@ SCHEMES: tuple[Scheme, ...] = (
     Scheme("torch-default", "scaling", "uniform", 1 / 3, "fan_in", aliases=("pytorch", "torch"),
            formula="limit = 1/√fan_in", designed_for="PyTorch nn.Linear's default",
            reference="PyTorch nn.Linear.reset_parameters: kaiming_uniform_(a=√5)"),
+    # fixed-std conventions: presets over normal / trunc-normal with their std as default
+    Scheme("gpt2", "fixed", "normal", aliases=("bert",), default_std=0.02,
+           formula="N(0, 0.02²) (--std to change; GPT-2's residual projections: --std 0.02/√(2·n_layer))",
+           designed_for="transformers (GPT-2, BERT: initializer_range 0.02)",
+           reference="Radford et al. 2019, Language Models are Unsupervised Multitask Learners; Devlin et al. 2019"),
+    Scheme("timm-trunc-normal", "trunc-normal", aliases=("vit",), default_std=0.02,
+           formula="trunc_normal_(std=0.02) with torch's absolute cut-offs ±2, i.e. ±100σ: a plain N(0, 0.02²)",
+           designed_for="vision transformers (timm, ViT)",
+           reference="timm's trunc_normal_(std=.02); Dosovitskiy et al. 2021, An Image is Worth 16x16 Words"),
 )
 
 _BY_NAME = {s.name: s for s in SCHEMES}
