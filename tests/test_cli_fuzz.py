@@ -21,6 +21,7 @@ BASE = {
     "gain": ["--activation", "relu,tanh"],
     "critical": [],
     "schemes": [],
+    "inspect": ["{weights}"],
 }
 BAD_NUMBERS = ["0", "-1", "1e308", "1e39", "1e-300", "nan", "abc", "99999999999999999999"]
 BAD_TEXT = ["", "nope", "\x00", "a" * 300]
@@ -55,10 +56,22 @@ CASES = list(_options())
 assert len(CASES) > 300, "the fuzz found no options: the way options are read from the app has changed"
 
 
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A small weight file for inspect: two He-normal matrices that chain."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("fuzz") / "model.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, **{"0.weight": rng.normal(0, (2 / 16) ** 0.5, (16, 16)).astype(np.float32),
+                      "1.weight": rng.normal(0, (2 / 16) ** 0.5, (8, 16)).astype(np.float32)})
+    return str(path)
+
+
 @pytest.mark.parametrize(("command", "flag", "value"), CASES, ids=[f"{c}{f}={v[:12]!r}" for c, f, v in CASES])
-def test_option_value_never_crashes(command, flag, value, tmp_path, monkeypatch):
+def test_option_value_never_crashes(command, flag, value, tmp_path, monkeypatch, weights):
     monkeypatch.chdir(tmp_path)  # paths the fuzz names land here
-    args = [command, *BASE[command]]
+    args = [command, *(item.format(weights=weights) for item in BASE[command])]
     if flag in BASE[command]:
         index = args.index(flag)
         args[index + 1] = value
