@@ -184,7 +184,7 @@ def compare(
     from ..compare import COMPARE_COLUMNS, runs_at_once
     from ..compare import compare as run_compare
     from ..compare import plan as plan_compare
-    from ..render import log_scale, log_scale_header, log_sparkline, print_table
+    from ..render import MIN_DECADES, log_sparkline, print_table
 
     fmt = output_format(out.fmt)
     scheme_names = parse_name_list(schemes, "schemes")
@@ -205,12 +205,10 @@ def compare(
     if fmt == "table":
         p = result.params
         columns = [c for c in COMPARE_COLUMNS if c != "reason"]
-        profiles = {}
-        for column in ("act_var", "grad_var"):  # one scale for every row, named in the header
-            values = [[getattr(layer, column) for layer in run.layers] for run in result.runs]
-            scale = log_scale(sum(values, []))
-            profiles[log_scale_header(f"{column} by layer", sum(values, []))] = [
-                log_sparkline(profile, scale=scale) for profile in values]
+        # each row on its own log scale, at least MIN_DECADES tall: a row's shape is what it shows
+        profiles = {f"{column} by layer\n(log, ≥{MIN_DECADES:g} decades a row)":
+                    [log_sparkline([getattr(layer, column) for layer in run.layers]) for run in result.runs]
+                    for column in ("act_var", "grad_var")}
         hidden = print_table(rows, columns, title=f"{p['depth']} layers · {sizes_text(p['sizes'])} · "
                                                   f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
                              cell_style=_compare_style, priority=COMPARE_PRIORITY, extra_columns=profiles,
