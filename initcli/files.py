@@ -38,10 +38,18 @@ def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def _checked_path(path: str | os.PathLike, param: str) -> Path:
+    """A path the OS can take: not empty, no NUL byte (which every system call refuses)."""
+    text = os.fspath(path)
+    if not text or (b"\0" if isinstance(text, bytes) else "\0") in text:
+        raise InitcliError(param, f"must be a file path, got {text!r}")
+    return Path(text)
+
+
 def check_input_file(path: str | os.PathLike, param: str) -> Path:
     """A regular file that exists and can be read; a folder, FIFO or device is refused
     before it is opened (opening a FIFO would block until a writer comes)."""
-    target = Path(path)
+    target = _checked_path(path, param)
     try:
         info = target.stat()
     except FileNotFoundError:
@@ -62,7 +70,7 @@ def check_output(path: str | os.PathLike, param: str, *, force: bool = False,
     """Everything that can be known about writing `path` before the work: its suffix, that
     it is not a folder, that it does not exist (a dangling link counts) unless `force`, that
     its name fits the file system, and that its folder exists and takes new files."""
-    target = Path(path)
+    target = _checked_path(path, param)
     if suffixes is not None and target.suffix.lower() not in suffixes:
         raise InitcliError(param, f"must name a {' or '.join(suffixes)} file, got '{target}'")
     if not target.name or target.name in (".", ".."):

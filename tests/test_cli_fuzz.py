@@ -22,6 +22,7 @@ BASE = {
     "critical": [],
     "schemes": [],
     "inspect": ["{weights}"],
+    "sweep": ["--sigma-w", "1,2", "--depth", "2", "--width", "8", "--batch", "4", "--jobs", "1"],
 }
 BAD_NUMBERS = ["0", "-1", "1e308", "1e39", "1e-300", "nan", "abc", "99999999999999999999"]
 BAD_TEXT = ["", "nope", "\x00", "a" * 300]

@@ -145,6 +145,10 @@ def sweep(
 
     fmt = output_format(out.fmt)
     check_outputs(out)
+    if results is not None:  # appended to and resumed, so an existing file is expected
+        from ..files import check_output
+
+        check_output(results, "out", force=True, suffixes=(".csv",))
     if out.plot or out.save_plot:
         warn("--plot and --save-plot are not drawn by sweep yet; use --heatmap")
     axes = {"sigma_w": _axis(sigma_w, "sigma_w"), "sigma_b": _axis(sigma_b, "sigma_b"), "depth": _axis(depth, "depth"),
