@@ -79,10 +79,13 @@ def test_an_ascii_terminal_encoding_does_not_crash():
 def test_a_signal_during_a_save_leaves_no_file(tmp_path, signum):
     target = tmp_path / "w.npz"
     # big enough that writing takes a while; the signal lands during drawing or writing
-    process = subprocess.Popen([sys.executable, "-m", "initcli", "sample", "--sizes", "6000,6000,6000",
+    process = subprocess.Popen([sys.executable, "-m", "initcli", "sample", "--sizes", "6000,6000,6000,6000",
                                 "--save", str(target), "-f", "csv"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
-    time.sleep(2.5)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "numpy" not in _mapped(process.pid):
+        time.sleep(0.05)  # the handlers are installed by then; the drawing takes seconds more
+    time.sleep(0.5)
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     if process.returncode == 0:
@@ -90,6 +93,14 @@ def test_a_signal_during_a_save_leaves_no_file(tmp_path, signum):
     assert process.returncode in (130, 128 + signum)
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def _mapped(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return maps.read()
+    except OSError:
+        return ""
 
 
 def test_interrupt_between_creating_and_naming_the_temporary_file_leaves_nothing(tmp_path, monkeypatch):
