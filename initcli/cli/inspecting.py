@@ -159,13 +159,8 @@ def _charts(path: str, result, pattern: str | None, out: OutputOptions) -> None:
             title = f"{t.name} · {t.shape} · std {t.std:.4g} · {t.match.split('|')[0] or 'no match'}"
             if out.plot:
                 show(histogram_chart(values, density=density, width=chart_width(chart_console()), title=title))
-            if out.save_plot:
-                finite = values[np.isfinite(values)]
-                curve = None
-                if density is not None and finite.size:
-                    xs = np.linspace(finite.min(), finite.max(), 300)
-                    curve = (xs, [density(x) for x in xs])
-                panels.append({"histogram": finite, "density": curve, "xlabel": "weight", "ylabel": "density",
+            if out.save_plot:  # the density is evaluated over the histogram's finite range
+                panels.append({"histogram": values, "density": density, "xlabel": "weight", "ylabel": "density",
                                "title": f"{t.name} ({t.shape})"})
     if out.save_plot:
         save_figure(out.save_plot, panels, title=f"{result.params['path']}", force=out.force, dpi=out.dpi)

@@ -129,14 +129,7 @@ def _sample_charts(result, out: OutputOptions) -> None:
                                  title=f"layer {layer.layer} · {layer.shape} · std {layer.std:.4g} "
                                        f"(formula {format_number(layer.expected_std) or '-'})"))
     if out.save_plot:
-        panels = []
-        for layer, w, density in zip(result.layers, result.weights, densities):
-            flat = np.asarray(w, dtype=np.float64).ravel()
-            finite = flat[np.isfinite(flat)]
-            curve = None
-            if density is not None and finite.size:
-                xs = np.linspace(finite.min(), finite.max(), 300)
-                curve = (xs, [density(x) for x in xs])
-            panels.append({"histogram": flat, "density": curve, "xlabel": "weight", "ylabel": "density",
-                           "title": f"layer {layer.layer} ({layer.shape})"})
+        panels = [{"histogram": np.asarray(w, dtype=np.float64).ravel(), "density": density, "xlabel": "weight",
+                   "ylabel": "density", "title": f"layer {layer.layer} ({layer.shape})"}
+                  for layer, w, density in zip(result.layers, result.weights, densities)]
         save_figure(out.save_plot, panels, title=title, force=out.force, dpi=out.dpi)
