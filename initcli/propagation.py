@@ -281,7 +281,8 @@ class _Run:
         if self.loaded is None:
             return self.bias_std * self.bias_std  # inf past float64's range; ** would raise
         biases = self.loaded[1]
-        return sum(float(np.sum(np.square(b, dtype=np.float64))) for b in biases) / sum(b.size for b in biases)
+        with np.errstate(over="ignore"):  # past float64's range the variance is inf, a result
+            return sum(float(np.sum(np.square(b, dtype=np.float64))) for b in biases) / sum(b.size for b in biases)
 
     @property
     def params(self) -> dict:
@@ -357,6 +358,11 @@ def prepare(
         from .sampling import load_npz
 
         loaded = (*load_npz(weights, reserve=needed), weights)
+        largest = max(float(np.max(np.abs(a), initial=0.0)) for a in (*loaded[0], *loaded[1]))
+        limit = float(np.finfo(np_dtype).max)
+        if largest > limit:  # cast, they would be inf before the first layer
+            raise InitcliError("weights", f"'{weights}' holds values up to {largest:.3g}, past {np_dtype.name}'s "
+                                          f"largest {limit:.3g}: run it with --dtype float64")
     return _Run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, bool(theory), bool(checkpoint), arch,
                 lsuv_tol, lsuv_max_iter, loaded)
 
@@ -389,7 +395,8 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
     if kind in ("constant", "identity"):  # deterministic weights: mean-field theory does not apply
         weight_vars = None
     elif kind in ("lsuv", "loaded"):  # scaled by data, or read from a file: the variance the weights have
-        weight_vars = [float(np.mean(np.square(w, dtype=np.float64))) for w in stack.weights]
+        with np.errstate(over="ignore"):  # past float64's range the variance is inf, a result
+            weight_vars = [float(np.mean(np.square(w, dtype=np.float64))) for w in stack.weights]
     else:
         weight_vars = [_square(run.init.expected_std((n_out, n_in))) for n_in, n_out in zip(run.sizes[:-1], run.sizes[1:])]
     columns = beside(run.act, weight_vars, run.sizes, bias_var=run.bias_var,

@@ -283,3 +283,14 @@ def test_the_memory_guard_reads_the_address_space_limit():
     done = shell('ulimit -v 2000000; "$PYTHON" -m initcli propagate --width 8192 --batch 8192 --depth 8 -f csv')
     assert done.returncode == 2, done.stderr[-500:]
     assert "GiB" in one_error_line(done.stderr)
+
+
+def test_a_weights_file_past_float32_is_refused_for_float32_and_runs_in_float64(tmp_path):
+    path = tmp_path / "big.npz"
+    np.savez(path, weight_1=np.full((8, 8), 1e300), bias_1=np.zeros(8),
+             metadata=np.array(json.dumps({"layout": "torch (out, in, *kernel)", "sizes": [8, 8]})))
+    refused = run("propagate", "--weights", str(path), "--batch", "4")
+    assert refused.exit_code == 2
+    one_error_line(refused.stderr, "--weights")
+    ran = run("propagate", "--weights", str(path), "--batch", "4", "--dtype", "float64", "-f", "csv")
+    assert ran.exit_code == 0 and "Warning" not in ran.stderr
