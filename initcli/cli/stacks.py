@@ -115,11 +115,12 @@ def propagate(
                    weights=weights)
     run = prepare(scheme, **options)
     _report_memory(run)
+    with progress(2 * len(run.sizes) - 2, "propagating") as advance:
+        result = run_propagate(scheme, progress=advance, **options)
+    # warnings after the run, so that a run that fails says one line only
     _warn_small_batch(run.batch)
     if weights is None:
         warn_ignored([scheme], init)
-    with progress(2 * len(run.sizes) - 2, "propagating") as advance:
-        result = run_propagate(scheme, progress=advance, **options)
     rows = result.rows()
     if fmt == "table":
         p = result.params
@@ -193,14 +194,14 @@ def compare(
     check_outputs(out)
     options = _stack_run(init, stack, arch)
     calls, jobs_used = plan_compare(scheme_names, activation_names, jobs=jobs, **options)
-    _warn_small_batch(stack.batch)
     from ..propagation import prepare
 
-    _report_memory(prepare(**calls[0]), runs_at_once(calls, jobs_used))
-    warn_ignored(scheme_names, init)
-    depth = len(prepare(**calls[0]).sizes) - 1
-    with progress(len(calls) * depth * 2, "comparing") as advance:
+    first = prepare(**calls[0])
+    _report_memory(first, runs_at_once(calls, jobs_used))
+    with progress(len(calls) * (len(first.sizes) - 1) * 2, "comparing") as advance:
         result = run_compare(scheme_names, activation_names, jobs=jobs, progress=advance, **options)
+    _warn_small_batch(stack.batch)  # after the run, so that a run that fails says one line only
+    warn_ignored(scheme_names, init)
     rows = result.rows()
     if fmt == "table":
         p = result.params
