@@ -28,9 +28,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 
+from .checks import check_memory
 from .errors import InitcliError
 from .parallel import check_jobs, run_all
-from .propagation import PropagateResult, check_memory, estimate_bytes, prepare, propagate
+from .propagation import PropagateResult, estimate_bytes, prepare, propagate
 
 VERDICTS = ("symmetric", "overflow", "no-signal", "dead", "saturated", "exploding", "vanishing", "stable")
 SYMMETRY_RANK = 1.001

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -141,10 +142,8 @@ def _singular_values(jac: np.ndarray, progress) -> np.ndarray:
     for i in range(inputs):
         matrix = jac[:, i, :]
         if np.isfinite(matrix).all():
-            try:
+            with suppress(np.linalg.LinAlgError):  # no convergence: the row stays nan
                 values[i] = np.linalg.svd(matrix, compute_uv=False)
-            except np.linalg.LinAlgError:
-                pass
         if progress is not None:
             progress(1)
     return values
@@ -209,7 +208,8 @@ def prepare_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: in
                      spectrum: bool = False, **options) -> JacobianRun:
     """Check every argument of `jacobian`, and refuse a run that is too wide or does not fit
     in memory, before allocating anything (a `weights` file is read, but no stack built)."""
-    from .propagation import _positive_int, check_dtype, check_memory, prepare, stack_sizes
+    from .checks import _positive_int, check_dtype, check_memory, stack_sizes
+    from .propagation import prepare
 
     batch = _positive_int("batch", options.get("batch", 512))
     if inputs is None:

@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .activations import get_activation
+from .checks import _positive_int, check_dtype, check_memory, check_seed, check_std, stack_sizes
 from .engine import PLAIN, Architecture, Stack, build_stack, forward, make_architecture, seed_streams, vjp
 from .errors import InitcliError, suggest
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parallel import check_jobs, run_all
-from .propagation import _positive_int, check_dtype, check_memory, check_seed, check_std, stack_sizes
 from .schemes import make_init
 from .stats import effective_rank
 from .threads import blas_threads_limited

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import initcli.checks as checks
 import initcli.propagation as propagation
 from initcli.errors import InitcliError
 from initcli.sampling import inspect_npz, load_npz, sample, save_npz
@@ -49,7 +50,7 @@ def test_bias_vectors_are_one_dimensional_shapes(tmp_path):
 
 
 def test_memory_refusal_names_the_shape(monkeypatch):
-    monkeypatch.setattr(propagation, "available_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(checks, "available_bytes", lambda: 1 << 20)
     with pytest.raises(InitcliError) as info:
         sample("he-normal", shape=[100_000, 100_000])
     assert "--shape" in str(info.value) and "--batch" not in str(info.value)
@@ -157,7 +158,7 @@ def test_a_deflate_bomb_is_refused_before_it_is_decompressed(tmp_path, monkeypat
     zeros = bytes(4 * cols * 64)
     _crafted(path, (rows, cols), chunks=[zeros] * (rows // 64), compress=zipfile.ZIP_DEFLATED)
     assert path.stat().st_size < 1 << 20
-    monkeypatch.setattr(propagation, "available_bytes", lambda: 16 << 20)  # room for 14 MiB
+    monkeypatch.setattr(checks, "available_bytes", lambda: 16 << 20)  # room for 14 MiB
     tracemalloc.start()
     try:
         _refused(path)
