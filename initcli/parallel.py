@@ -13,7 +13,7 @@ import inspect
 import os
 import queue as queue_module
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from multiprocessing import get_context
 from typing import Any
 
@@ -144,10 +144,8 @@ _WORKER_QUEUE = None
 
 
 def _report(steps: int) -> None:
-    try:
+    with suppress(OSError, ValueError, queue_module.Full):  # the parent is gone: nothing to tell
         _WORKER_QUEUE.put(steps)
-    except (OSError, ValueError, queue_module.Full):  # the parent is gone: nothing to tell
-        pass
 
 
 def _call_packed(packed: tuple[Callable[..., Any], dict]) -> Any:

@@ -311,7 +311,7 @@ def fixed_point(act: Activation, sigma_w: float, sigma_b: float, q_start: float 
     if start_gap == 0:
         return q_start
     if start_gap > 0:  # q grows: the first crossing above q_start
-        candidates = list(_Q_GRID[_Q_GRID > q_start])
+        candidates = list(_Q_GRID[q_start < _Q_GRID])
         if bias_var > 1:
             candidates.append(_Q_RANGE[1] * bias_var)
         previous = q_start
@@ -320,7 +320,7 @@ def fixed_point(act: Activation, sigma_w: float, sigma_b: float, q_start: float 
                 return _bisect_log(gap, previous, q)
             previous = q
         return math.inf
-    candidates = list(_Q_GRID[_Q_GRID < q_start][::-1])  # q shrinks: the first crossing below q_start
+    candidates = list(_Q_GRID[q_start > _Q_GRID][::-1])  # q shrinks: the first crossing below q_start
     if 0 < bias_var < 2 * _Q_RANGE[0]:
         candidates.append(bias_var / 2)
     previous = q_start

@@ -15,8 +15,8 @@ from initcli.jacobian import (
     MAX_JACOBIAN_WIDTH,
     SPECTRUM_COLUMNS,
     VALUE_COLUMNS,
-    jacobian,
     estimate_jacobian_bytes,
+    jacobian,
     jacobian_spectrum,
     prepare_jacobian,
 )

@@ -4,9 +4,16 @@ import numpy as np
 import pytest
 
 from initcli.errors import InitcliError
-from initcli.schemes import (SCHEME_NAMES, TRUNCATED_NORMAL_STD, Init, compute_fans, get_scheme, ignored_options,
-                             init_from_params,
-                             make_init)
+from initcli.schemes import (
+    SCHEME_NAMES,
+    TRUNCATED_NORMAL_STD,
+    Init,
+    compute_fans,
+    get_scheme,
+    ignored_options,
+    init_from_params,
+    make_init,
+)
 
 SHAPES = [(256, 784), (10, 256), (64, 3, 7, 7), (128, 64, 3, 3), (7, 300), (300, 7)]
 

@@ -1,5 +1,5 @@
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -12,11 +12,11 @@ from initcli.theory import (
     BIAS_STD_MAX,
     PHASES,
     beside,
+    correlation_map,
     critical,
     critical_sigma_w,
     critical_steps,
     critical_summary,
-    correlation_map,
     dphi_sq,
     fixed_point,
     gain,
@@ -38,7 +38,7 @@ def normal_cdf(x):
     return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
-@lru_cache(maxsize=None)
+@cache
 def hermite_rule(points):
     z, w = np.polynomial.hermite_e.hermegauss(points)
     return z, w / w.sum()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import suppress
 from typing import Annotated, Optional
 
 import typer
@@ -69,10 +70,8 @@ def _say(line: str) -> None:
     """A line on stderr; nowhere when stderr is closed (never onto stdout, whose bytes are data)."""
     if sys.stderr is None:
         return
-    try:
+    with suppress(OSError, ValueError):  # stderr went away: nowhere left to say it
         print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
 
 
 def _fail(message: str) -> int:

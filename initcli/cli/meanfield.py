@@ -7,8 +7,17 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import FormatOnly, command, note, output_format, parse_name_list, progress, say_hidden, stdout_console, \
-    write_machine
+from .options import (
+    FormatOnly,
+    command,
+    note,
+    output_format,
+    parse_name_list,
+    progress,
+    say_hidden,
+    stdout_console,
+    write_machine,
+)
 
 NegativeSlope = Annotated[float, typer.Option(
     help="Slope a of leaky-relu; He scales by 2/(1+a²) with it, as torch's kaiming does.")]
@@ -61,8 +70,8 @@ def critical(
     from dataclasses import asdict
 
     from ..render import print_table
-    from ..theory import critical_steps, critical_summary
     from ..theory import critical as find_critical
+    from ..theory import critical_steps, critical_summary
 
     fmt = output_format(out.fmt)
     with progress(critical_steps(), "critical") as advance:

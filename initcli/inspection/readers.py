@@ -120,7 +120,7 @@ class SafetensorsSource(Source):
             except Exception as exc:  # SafetensorError and friends: a damaged file
                 raise refuse(file, f"is not a readable .safetensors file ({_why(exc)})") from None
             self._handles.append(handle)
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118  (safe_open is not a dict)
                 info = header.get(name)
                 if not isinstance(info, dict):
                     raise refuse(file, f"lists '{name}' but its header does not describe it")
