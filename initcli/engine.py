@@ -4,7 +4,9 @@ residual blocks, with the statistics observed on the way.
 Notation of THEORY.md: h_l = a_{l−1} W_lᵀ + b_l (W_l in PyTorch's (out, in) layout),
 ñ_l = LN(h_l) with `norm="layer"` (ñ_l = h_l otherwise), and the branch φ(ñ_l). A plain
 layer outputs a_l = φ(ñ_l); with residual scale α, the last layer of each block of `block`
-layers outputs a_l = a_in + α·φ(ñ_l), a_in being the block's input. The loss is
+layers outputs a_l = a_in + α·φ(ñ_l), a_in being the block's input; a residual-init preset
+may also scale the skip and normalise the sum (DeepNorm: a_l = LN(s·a_in + α·φ(ñ_l))) and
+scale the weights of each branch layer as they are drawn. The loss is
 L = Σ g ⊙ a_L for a cotangent g, so gradients are per-example gradients summed over the batch.
 """
 
@@ -12,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .activations import Activation
 from .errors import InitcliError
-from .schemes import Init, gaussian
+from .schemes import Init, ResidualInit, gaussian, resolve_residual_init
 from .stats import all_finite
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
@@ -28,11 +30,14 @@ NORMS = ("none", "layer")
 @dataclass(frozen=True)
 class Architecture:
     """How layers connect: residual blocks of `block` layers scaled by `residual_scale`
-    (None: no skip connections), and an optional LayerNorm before each activation."""
+    (None: no skip connections), and an optional LayerNorm before each activation.
+    `residual_init`, a resolved preset, adds a skip multiplier, a LayerNorm on the stream
+    after each block's sum, and factors on the branch weights (see `schemes.ResidualInit`)."""
 
     residual_scale: float | None = None
     block: int = 1
     norm: str | None = None
+    residual_init: ResidualInit | None = None
 
     def __post_init__(self) -> None:
         if self.residual_scale is not None and not math.isfinite(self.residual_scale):
@@ -45,6 +50,20 @@ class Architecture:
     @property
     def residual(self) -> bool:
         return self.residual_scale is not None
+
+    @property
+    def skip_scale(self) -> float:
+        return 1.0 if self.residual_init is None else self.residual_init.skip_scale
+
+    @property
+    def post_norm(self) -> bool:
+        return self.residual_init is not None and self.residual_init.post_norm
+
+    def weight_scale(self, index: int) -> float:
+        """The preset's factor on layer `index`'s (1-based) sampled weights: 1 without one."""
+        if self.residual_init is None or not self.residual:
+            return 1.0
+        return self.residual_init.weight_scales[(index - 1) % self.block]
 
     def opens_block(self, index: int) -> bool:
         return self.residual and (index - 1) % self.block == 0
@@ -61,20 +80,48 @@ class Architecture:
         depth = len(sizes) - 1
         if depth % self.block:
             raise InitcliError("block", f"{depth} layers do not split into blocks of {self.block}")
+        if self.residual_init is not None and depth // self.block != self.residual_init.blocks:
+            raise InitcliError("residual_init", f"was resolved for {self.residual_init.blocks} blocks, but the "
+                                                f"stack has {depth // self.block}")
 
     def params(self) -> dict:
-        return {"residual_scale": self.residual_scale, "block": self.block, "norm": self.norm or "none"}
+        params = {"residual_scale": self.residual_scale, "block": self.block, "norm": self.norm or "none"}
+        if self.residual_init is not None:
+            params |= self.residual_init.params()
+        return params
 
 
 PLAIN = Architecture()
 
 
 def make_architecture(residual: bool = False, residual_scale: float = 1.0, block: int = 1,
-                      norm: str | None = None) -> Architecture:
+                      norm: str | None = None, residual_init: str | None = None,
+                      depth: int | None = None) -> Architecture:
+    """The architecture of the options. A `residual_init` preset needs `depth` (the layers of
+    the residual stack) to count its blocks, and sets the branch multiplier itself."""
     norm = None if norm is None or str(norm).strip().lower() == "none" else str(norm).strip().lower()
     if not residual and block != 1:
         raise InitcliError("block", "only applies with --residual")
-    return Architecture(float(residual_scale) if residual else None, block, norm)
+    if residual_init is None or str(residual_init).strip().lower() == "none":
+        return Architecture(float(residual_scale) if residual else None, block, norm)
+    from .schemes import get_residual_preset
+
+    preset = get_residual_preset(residual_init)
+    if not residual:
+        raise InitcliError("residual_init", "only applies with --residual")
+    if residual_scale != 1.0:
+        raise InitcliError("residual_scale", f"does not apply with --residual-init {preset.name}, which sets the "
+                                             f"branch multiplier itself")
+    if preset.refuses_layer_norm and norm == "layer":
+        raise InitcliError("norm", f"layer puts a LayerNorm after every Linear, which would undo the weight "
+                                   f"factors of --residual-init {preset.name}; use --norm none")
+    arch = Architecture(1.0, block, norm)  # checks block
+    if depth is None:
+        raise InitcliError("depth", "a residual-init preset needs the stack's depth to count its blocks")
+    if depth % block:
+        raise InitcliError("block", f"{depth} layers do not split into blocks of {block}")
+    constants = resolve_residual_init(preset.name, depth // block, block)
+    return replace(arch, residual_scale=constants.residual_scale, residual_init=constants)
 
 
 @dataclass(frozen=True)
@@ -116,7 +163,20 @@ def build_stack(init: Init, sizes: Sequence[int], *, bias_std: float = 0.0, seed
     streams = seed_streams(seed)
     weights = tuple(init.sample((n_out, n_in), streams["weights"], dtype) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
     biases = tuple((bias_std * gaussian(streams["biases"], (n_out,))).astype(dtype) for n_out in sizes[1:])
-    return Stack(weights, biases, arch)
+    return Stack(*scale_branches(weights, biases, arch), arch)
+
+
+def scale_branches(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
+                   arch: Architecture) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """The weights with a residual-init preset's factors applied (and Fixup's biases at 0);
+    as given without a preset. The draws are the scheme's, so a preset changes no stream."""
+    if arch.residual_init is None or not arch.residual:
+        return tuple(weights), tuple(biases)
+    scaled = tuple(w if arch.weight_scale(i) == 1.0 else w * w.dtype.type(arch.weight_scale(i))
+                   for i, w in enumerate(weights, start=1))
+    if arch.residual_init.zero_biases:
+        biases = tuple(np.zeros_like(b) for b in biases)
+    return scaled, tuple(biases)
 
 
 # -- one layer ------------------------------------------------------------------------------
@@ -130,6 +190,7 @@ class LayerState:
     deriv: np.ndarray  # φ'(ñ_l)
     normed: np.ndarray | None = None  # ñ_l, with layer norm
     inv_std: np.ndarray | None = None  # 1/√(Var_units(h_l) + ε) per input, with layer norm
+    post_inv_std: np.ndarray | None = None  # 1/√(Var_units(sum) + ε) of a post-LN block's sum (act = LN(sum))
 
 
 class Scratch:
@@ -185,12 +246,34 @@ def layer_forward(stack: Stack, activation: Activation, index: int, a_prev: np.n
         # past an overflow the gradient means nothing: keep nan in it rather than let
         # relu'(nan) = 0 report a clean zero
         deriv = np.where(np.isnan(normed), np.nan, deriv).astype(deriv.dtype)
+    post_inv_std = None
     if arch.closes_block(index):
-        output = block_input + branch * branch.dtype.type(arch.residual_scale)
+        skip = block_input if arch.skip_scale == 1.0 else block_input * block_input.dtype.type(arch.skip_scale)
+        output = skip + branch * branch.dtype.type(arch.residual_scale)
+        if arch.post_norm:  # DeepNorm: x_{l+1} = LN(α·x_l + f(x_l))
+            output, post_inv_std = _layer_norm(output)
     else:
         output = branch
-    state = LayerState(output, deriv, normed if arch.norm == "layer" else None, inv_std)
+    state = LayerState(output, deriv, normed if arch.norm == "layer" else None, inv_std, post_inv_std)
     return h, branch, state
+
+
+def close_block_jacobian(arch: Architecture, state: LayerState, block_jac: np.ndarray,
+                         branch_jac: np.ndarray) -> np.ndarray:
+    """The Jacobian of a block's output, s·J_in + α·J_φ, taken through the post-LN of a
+    DeepNorm block: s'·(J − mean_units(J) − ỹ·(ỹᵀJ)/n) with ỹ the normalised sum. Layout
+    (units, inputs, n_0), as `initcli.jacobian` carries it; `state` is the closing layer's."""
+    if arch.skip_scale == 1.0:
+        jac = block_jac + arch.residual_scale * branch_jac
+    else:
+        jac = arch.skip_scale * block_jac + arch.residual_scale * branch_jac
+    if arch.post_norm:
+        normed = state.act.astype(np.float64)  # (inputs, units)
+        jac = jac - jac.mean(axis=0, keepdims=True)
+        projection = np.einsum("iu,uij->ij", normed, jac) / normed.shape[1]
+        jac -= normed.T[:, :, None] * projection[None, :, :]
+        jac *= state.post_inv_std[:, 0].astype(np.float64)[None, :, None]
+    return jac
 
 
 # -- forward and backward -------------------------------------------------------------------
@@ -240,7 +323,11 @@ def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, ob
         state = trace.states[index - first]
         w = stack.weights[index - 1]
         if arch.closes_block(index):
+            if arch.post_norm:  # back through LN(s·a_in + α·φ(ñ)): act is the normalised sum
+                grad = _layer_norm_backward(grad, state.act, state.post_inv_std)
             skip_grad = grad if scratch is None else grad.copy()
+            if arch.skip_scale != 1.0:
+                skip_grad = skip_grad * skip_grad.dtype.type(arch.skip_scale)
             delta = grad * state.deriv
             delta *= delta.dtype.type(arch.residual_scale)
         elif scratch is None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .engine import Scratch, Stack, layer_forward
+from .engine import Scratch, Stack, close_block_jacobian, layer_forward
 from .errors import InitcliError
 from .threads import blas_threads_limited
 
@@ -125,7 +125,7 @@ def _spectrum(stack: Stack, activation, x: np.ndarray, spectrum: bool, progress)
                 through *= state.inv_std[:, 0][None, :, None]
             through *= state.deriv.T[:, :, None]
             if arch.closes_block(index):
-                through = block_jac + arch.residual_scale * through
+                through = close_block_jacobian(arch, state, block_jac, through)
             jac, a = through, state.act
             layer_values = _singular_values(jac, progress)
             stats.append(_spectrum_stats(index, layer_values))

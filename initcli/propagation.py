@@ -216,6 +216,7 @@ def prepare(
     residual_scale: float = 1.0,
     block: int = 1,
     norm: str | None = None,
+    residual_init: str | None = None,
     lsuv_tol: float = DEFAULT_TOL,
     lsuv_max_iter: int = DEFAULT_MAX_ITER,
     weights: str | None = None,
@@ -242,10 +243,11 @@ def prepare(
     sizes = stack_sizes(sizes, depth, width)
     batch = _positive_int("batch", batch)
     np_dtype = check_dtype(dtype)
-    arch = make_architecture(residual, residual_scale, block, norm)
+    arch = make_architecture(residual, residual_scale, block, norm, residual_init, len(sizes) - 1)
     arch.check_sizes(sizes)
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
     bias_std = check_weight_scale("bias_std", bias_std)
+    check_residual_init(arch, init, bias_std, weights)
     input_std = check_weight_scale("input_std", input_std)
     seed = check_seed(seed)
     needed = estimate_bytes(sizes, batch, np_dtype, checkpoint=checkpoint, arch=arch)
@@ -262,6 +264,23 @@ def prepare(
                                           f"largest {limit:.3g}: run it with --dtype float64")
     return _Run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, bool(theory), bool(checkpoint), arch,
                 lsuv_tol, lsuv_max_iter, loaded)
+
+
+def check_residual_init(arch: Architecture, init: Init, bias_std: float, weights: str | None = None) -> None:
+    """Refuse what a residual-init preset cannot honour: a weights file (which holds the
+    weights), LSUV (which rescales every layer from data, over the preset's factors), and
+    biases with Fixup (whose biases are scalars that start at 0)."""
+    preset = arch.residual_init
+    if preset is None:
+        return
+    if weights is not None:
+        raise InitcliError("residual_init", "does not apply with --weights: the file holds the weights")
+    if init.scheme.kind == "lsuv":
+        raise InitcliError("residual_init", f"does not apply to the lsuv scheme, which rescales every layer from the "
+                                            f"data over {preset.name}'s factors")
+    if preset.zero_biases and bias_std > 0:
+        raise InitcliError("bias_std", "does not apply with --residual-init fixup: Fixup's biases are scalars "
+                                       "initialised at 0 (Zhang et al. 2019)")
 
 
 def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
@@ -295,7 +314,9 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
         with np.errstate(over="ignore"):  # past float64's range the variance is inf, a result
             weight_vars = [float(np.mean(np.square(w, dtype=np.float64))) for w in stack.weights]
     else:
-        weight_vars = [_square(run.init.expected_std((n_out, n_in))) for n_in, n_out in zip(run.sizes[:-1], run.sizes[1:])]
+        # a residual-init preset's factor on layer i's weights multiplies its variance by its square
+        weight_vars = [_square(run.init.expected_std((n_out, n_in)) * run.arch.weight_scale(i))
+                       for i, (n_in, n_out) in enumerate(zip(run.sizes[:-1], run.sizes[1:]), start=1)]
     columns = beside(run.act, weight_vars, run.sizes, bias_var=run.bias_var,
                      input_second_moment=_square(run.input_std), arch=run.arch,
                      measured_preact=[layer.preact_var for layer in result.layers],

@@ -164,6 +164,15 @@ def mean_field(act: Activation, weight_vars: Sequence[float], sizes: Sequence[in
     zero once ReLU branches have added to the stream). Gradients add on the way back,
     G_in = G_out + (what comes back through the branch): their cross term has a zero-mean
     weight in it, so it vanishes.
+
+    Residual-init presets (Architecture.residual_init) enter through `weight_vars` (their
+    factors on branch weights, squared), α (ReZero/SkipInit 0, depth-µP 1/√L) and, for
+    DeepNorm, a skip multiplier s and a LayerNorm on the sum: with s the stream follows
+    Q_out = s²·Q_in + 2sα·M_in·E[φ] + α²·E[φ²] — for zero-mean branches the recursion
+    q_{l+1} = q_l + α²·V(q_l) of a plain residual stream, scaled. After the post-LN each
+    input's units have mean 0 and variance v/(v + ε), v = Q − M² being the sum's variance
+    across units (the units share the mean M), and the gradient divides by v + ε on its way
+    back through it.
     """
     # Python floats throughout: their overflow is a silent inf (numpy scalars would warn), and
     # products, never `**`, which raises OverflowError past 1e308
@@ -172,7 +181,9 @@ def mean_field(act: Activation, weight_vars: Sequence[float], sizes: Sequence[in
     depth = len(weight_vars)
     layer_norm = arch.norm == "layer"
     alpha = float(arch.residual_scale or 0.0)
+    skip_scale = float(arch.skip_scale)
     q, branch_q = [], []
+    post_var = [0.0] * depth  # a post-LN block's v = Var_units(sum), where the gradient divides by v + ε
     stream = block_in = input_second_moment
     stream_mean = block_in_mean = 0.0  # the inputs are zero-mean
     for layer in range(depth):
@@ -186,8 +197,18 @@ def mean_field(act: Activation, weight_vars: Sequence[float], sizes: Sequence[in
         out = phi_sq(act, seen)
         out_mean = gauss_expect(act.fn, seen) if arch.residual else 0.0
         if arch.closes_block(index):
-            stream = block_in + 2 * alpha * block_in_mean * out_mean + alpha * alpha * out
-            stream_mean = block_in_mean + alpha * out_mean
+            if skip_scale == 1.0:
+                stream = block_in + 2 * alpha * block_in_mean * out_mean + alpha * alpha * out
+                stream_mean = block_in_mean + alpha * out_mean
+            else:
+                stream = (skip_scale * skip_scale * block_in + 2 * skip_scale * alpha * block_in_mean * out_mean
+                          + alpha * alpha * out)
+                stream_mean = skip_scale * block_in_mean + alpha * out_mean
+            if arch.post_norm:
+                # Q − M² cancels catastrophically only when the units barely vary, where the
+                # LN output itself is ill-defined: clamp at 0
+                post_var[layer] = max(stream - stream_mean * stream_mean, 0.0) if math.isfinite(stream) else stream
+                stream, stream_mean = _layer_norm_seen(post_var[layer]), 0.0
         else:
             stream, stream_mean = out, out_mean
     derivative_sq = [dphi_sq(act, seen) for seen in branch_q]
@@ -197,9 +218,11 @@ def mean_field(act: Activation, weight_vars: Sequence[float], sizes: Sequence[in
     skip = 0.0
     for layer in range(depth - 1, -1, -1):
         index = layer + 1
+        if arch.closes_block(index) and arch.post_norm:
+            incoming = incoming / (post_var[layer] + LAYER_NORM_EPS)  # a float's x/∞ is 0, quietly
         through = incoming * derivative_sq[layer]
         if arch.closes_block(index):
-            skip = incoming
+            skip = incoming if skip_scale == 1.0 else skip_scale * skip_scale * incoming
             through *= alpha * alpha
         if layer_norm:
             through /= q[layer] + LAYER_NORM_EPS

@@ -25,7 +25,17 @@ import numpy as np
 
 from .activations import get_activation
 from .checks import _positive_int, check_dtype, check_memory, check_seed, check_std, stack_sizes
-from .engine import PLAIN, Architecture, Stack, build_stack, forward, make_architecture, seed_streams, vjp
+from .engine import (
+    PLAIN,
+    Architecture,
+    Stack,
+    build_stack,
+    forward,
+    make_architecture,
+    scale_branches,
+    seed_streams,
+    vjp,
+)
 from .errors import InitcliError, suggest
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parallel import check_jobs, run_all
@@ -253,7 +263,9 @@ def build_network(init, act, data: Task, hidden_widths: Sequence[int], *, seed: 
     stages = []
     for first, last in zip(cuts[:-1], cuts[1:]):
         stage_arch = arch if arch.residual and first == 1 else replace(PLAIN, norm=arch.norm)
-        stages.append((Stack(full.weights[first:last], full.biases[first:last], stage_arch), act))
+        # a residual-init preset's factors apply to the residual body only
+        stages.append((Stack(*scale_branches(full.weights[first:last], full.biases[first:last], stage_arch),
+                             stage_arch), act))
     if init.scheme.kind == "lsuv":
         a = data.x.astype(np.dtype(dtype))
         for i, (stack, _) in enumerate(stages):
@@ -261,7 +273,10 @@ def build_network(init, act, data: Task, hidden_widths: Sequence[int], *, seed: 
                 stack, _ = lsuv(stack, act, a, tol=lsuv_tol, max_iter=lsuv_max_iter)
             stages[i] = (stack, act)
             a = forward(stack, act, a).states[-1].act
-    stages.append((Stack(full.weights[-1:], full.biases[-1:]), _IDENTITY))
+    readout = full.weights[-1:]
+    if arch.residual_init is not None and arch.residual_init.zero_readout:
+        readout = (np.zeros_like(readout[0]),)  # Fixup: the classification layer starts at 0
+    stages.append((Stack(readout, full.biases[-1:]), _IDENTITY))
     return Network(tuple(stages))
 
 
@@ -402,13 +417,28 @@ def _number_in(param: str, value, accepted: str, inside: Callable[[float], bool]
     return number
 
 
+def _check_residual_init_trains(arch: Architecture, schemes: Sequence[str]) -> None:
+    """ReZero and SkipInit train their branch gain α from 0; here α is a constant, so their
+    branches would never get a gradient. LSUV would rescale every layer over the preset."""
+    name = arch.residual_init.name
+    if arch.residual_init.residual_scale == 0:
+        raise InitcliError("residual_init", f"{name} trains its branch gain α from 0, but train keeps α fixed, so "
+                                            "the branches would never learn; use it with propagate, compare or "
+                                            "jacobian, or train with depth-mup")
+    from .schemes import get_scheme
+
+    if any(get_scheme(scheme).kind == "lsuv" for scheme in schemes):
+        raise InitcliError("residual_init", f"does not apply to the lsuv scheme, which rescales every layer from the "
+                                            f"data over {name}'s factors")
+
+
 def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-normal", "he-normal"),
           activation: str = "relu", *, task: str = "spiral", samples: int = 512, classes: int | None = None,
           noise: float | None = None, sizes: Sequence[int] | None = None, depth: int | None = None,
           width: int | None = None, optimizer: str = "sgd", lr: float = 0.1, epochs: int = 300,
           batch: int | None = 128, target: float = 0.9, seed: int = 0, dtype: str = "float32", jobs: int | None = 1,
           residual: bool = False, residual_scale: float = 1.0, block: int = 1, norm: str | None = None,
-          lsuv_tol: float = DEFAULT_TOL, lsuv_max_iter: int = DEFAULT_MAX_ITER,
+          residual_init: str | None = None, lsuv_tol: float = DEFAULT_TOL, lsuv_max_iter: int = DEFAULT_MAX_ITER,
           progress: Callable[[int], None] | None = None, **init_options) -> TrainResult:
     """Train the same MLP from each scheme on the same generated task and seed.
 
@@ -439,10 +469,12 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
             raise InitcliError("sizes", "needs at least one hidden width")
     else:
         hidden = stack_sizes(None, depth, width, default_depth=4, default_width=64)[1:]
-    arch = make_architecture(residual, residual_scale, block, norm)
+    if residual and len(hidden) < 2:
+        raise InitcliError("residual", "needs at least two hidden layers: the first changes the width")
+    arch = make_architecture(residual, residual_scale, block, norm, residual_init, len(hidden) - 1)
+    if arch.residual_init is not None:
+        _check_residual_init_trains(arch, schemes)
     if arch.residual:
-        if len(hidden) < 2:
-            raise InitcliError("residual", "needs at least two hidden layers: the first changes the width")
         arch.check_sizes(hidden)  # the residual body: every hidden layer after the first
         if (len(hidden) - 1) % arch.block:
             raise InitcliError("block", f"{len(hidden) - 1} residual layers do not split into blocks of {arch.block}")

@@ -113,8 +113,11 @@ def test_sample_default_sizes():
 def test_schemes_lists_every_scheme():
     from initcli.schemes import SCHEME_NAMES
 
+    from initcli.schemes import RESIDUAL_INIT_NAMES
+
     rows = rows_of(run("schemes", "-f", "csv").stdout)
-    assert [r["name"] for r in rows] == list(SCHEME_NAMES)
+    assert [r["name"] for r in rows if r["kind"] == "scheme"] == list(SCHEME_NAMES)
+    assert [r["name"] for r in rows if r["kind"] == "residual-init"] == list(RESIDUAL_INIT_NAMES)
     assert json.loads(run("schemes", "-f", "json").stdout)["rows"][0]["name"] == "zeros"
 
 

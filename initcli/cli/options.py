@@ -102,6 +102,9 @@ class ArchOptions:
     block: Annotated[int, typer.Option(help="Linear→activation layers per residual branch. Needs --residual.")] = 1
     norm: Annotated[str, typer.Option(
         help="none, or layer: LayerNorm between each Linear and its activation.")] = "none"
+    residual_init: Annotated[Optional[str], typer.Option(
+        help="A residual-init preset over the scheme: fixup, t-fixup, rezero, skipinit, deepnorm, gpt2 or "
+             "depth-mup (see `initcli schemes`). Needs --residual; sets the branch multiplier itself.")] = None
     lsuv_tol: Annotated[float, typer.Option(help="lsuv: stop when |Var(h) − 1| is within this.")] = 0.05
     lsuv_max_iter: Annotated[int, typer.Option(help="lsuv: rescalings per layer at most.")] = 10
 
@@ -236,9 +239,12 @@ def check_applies(*, schemes: list[str] | None = None, arch: ArchOptions | None 
     (which holds the weights)."""
     typed = given()
     if arch is not None:
-        for name in ("residual_scale", "block"):
+        for name in ("residual_scale", "block", "residual_init"):
             if name in typed and not arch.residual:
                 raise InitcliError(name, "only applies with --residual")
+        if "residual_scale" in typed and arch.residual_init is not None:
+            raise InitcliError("residual_scale", f"does not apply with --residual-init {arch.residual_init}, "
+                                                 "which sets the branch multiplier itself")
     if schemes is not None and typed & {"lsuv_tol", "lsuv_max_iter"}:
         from ..schemes import get_scheme
 

@@ -40,7 +40,7 @@ def schemes(out: FormatOnly) -> None:
     from ..schemes import scheme_table
 
     fmt = output_format(out.fmt)
-    rows = scheme_table()
+    rows = scheme_table(residual_inits=True)
     columns = list(rows[0])
     if fmt == "table":
         say_hidden(print_table(rows, columns, title="initcli schemes (std × gain; a = negative slope)",
