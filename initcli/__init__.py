@@ -22,6 +22,7 @@ _EXPORTS = {
     "propagation": ("LAYER_COLUMNS", "LayerStats", "PropagateResult", "measure", "propagate"),
     "lsuv": ("lsuv",),
     "inspection": ("inspect", "InspectResult", "TensorReport"),
+    "probing": ("probe", "ProbeResult", "ModuleStats", "ProbeComparison", "load_model"),
     "stats": ("effective_rank", "mean_input_cosine", "moments"),
     "sampling": ("SampleResult", "WeightStats", "sample", "save_npz"),
     "schemes": ("SCHEME_NAMES", "SCHEMES", "Init", "Scheme", "compute_fans", "get_scheme", "make_init",

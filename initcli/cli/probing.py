@@ -1,0 +1,158 @@
+"""`initcli probe`: the per-layer diagnosis on the user's own PyTorch model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import (
+    Activation,
+    InitOptions,
+    OutputOptions,
+    chart_console,
+    chart_width,
+    check_outputs,
+    command,
+    given,
+    note,
+    output_format,
+    parse_int_list,
+    parse_name_list,
+    progress,
+    say_hidden,
+    show,
+    stdout_console,
+    write_machine,
+)
+
+PROBE_PRIORITY = ("module", "type", "act_var", "grad_var", "output_shape", "dead_frac", "effective_rank",
+                  "channel_mean_sq", "channel_var", "branch_var", "weight_grad_var", "weight_std", "input_cosine",
+                  "saturated_frac", "act_mean")
+SUMMARY_PRIORITY = ("scheme", "verdict", "grad_ratio", "first_grad_var", "last_grad_var", "last_act_var",
+                    "max_dead_frac", "min_effective_rank", "max_saturated_frac", "last_input_cosine", "first_act_var",
+                    "modules")
+
+
+def _style(column: str, value) -> str | None:
+    if column == "verdict":
+        return "green" if value == "stable" else "bold red"
+    if column == "dead_frac" and isinstance(value, float) and value >= 0.5:
+        return "red"
+    if column == "saturated_frac" and isinstance(value, float) and value >= 0.5:
+        return "yellow"
+    return None
+
+
+@command(app)
+def probe(
+    init: InitOptions,
+    out: OutputOptions,
+    target: Annotated[str, typer.Argument(
+        help="MODULE:CALLABLE (imported with the current directory on sys.path, as python -m) or "
+             "path/to/file.py:CALLABLE; the callable returns a torch.nn.Module or (model, example_input).",
+        show_default=False)],
+    kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for the callable, e.g. "
+                                                       "'{\"depth\": 20}'.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(
+        help="Shape of one input without the batch, e.g. 3,32,32; inputs are N(0, input-std²) from the seed.")] = None,
+    batch: Annotated[int, typer.Option(help="Number of random inputs.")] = 64,
+    input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
+    tokens: Annotated[Optional[int], typer.Option(
+        help="Feed integer token ids uniform in [0, TOKENS) instead (with --seq-len).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Length of each token sequence (with --tokens).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or float64: the model and inputs are cast to it.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, or cuda when torch sees one.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seeds inputs, cotangent and --reinit weights (separate streams).")] = 0,
+    train_mode: Annotated[bool, typer.Option(
+        "--train-mode", help="Run in train mode (dropout on, BatchNorm on batch statistics); default eval. "
+                             "The model's buffers are put back afterwards.")] = False,
+    modules: Annotated[Optional[str], typer.Option(
+        help="Comma list of glob patterns on module names (e.g. 'layer1.*,fc'): only these get a row.")] = None,
+    max_depth: Annotated[Optional[int], typer.Option(
+        help="Go at most this deep in the module tree; a module at that depth is measured whole.")] = None,
+    reinit: Annotated[Optional[str], typer.Option(
+        help="Comma list of schemes: re-initialise a copy's Linear, Conv and Embedding weights with each "
+             "(torch-layout fans, --gain, --mode, --distribution, --bias-std) before probing.")] = None,
+    activation: Activation = "relu",
+) -> None:
+    """Probe your own PyTorch model: propagate's per-layer numbers for every module.
+
+    One row per module call in execution order (leaves, modules with parameters, and residual
+    branches: modules named `branch` or `residual`, or carrying `initcli_branch = True`).
+    act_* of the module's output, grad_var of dL/d(output) for L = sum(g * output) with a
+    unit-Gaussian g, channel_mean_sq and channel_var as in Brock et al. 2021's
+    signal-propagation plots. Verdicts follow `initcli compare`'s rules.
+    """
+    from ..errors import InitcliError
+    from ..probing import COMPARE_PROBE_COLUMNS, ProbeComparison, run_probe
+    from ..render import log_bars, log_scale_header, print_table
+
+    fmt = output_format(out.fmt)
+    check_outputs(out)
+    typed = given()
+    init_names = {"gain", "mode", "distribution", "negative_slope", "value", "std", "mean", "limit", "low", "high",
+                  "sparsity", "groups", "in_axis", "out_axis", "batch_axis", "bias_std", "activation"}
+    if reinit is None and typed & init_names:
+        raise InitcliError(sorted(typed & init_names)[0], "only applies with --reinit")
+    if input_shape is None and typed & {"batch", "input_std"} and tokens is None:
+        raise InitcliError(sorted(typed & {"batch", "input_std"})[0], "only applies with --input-shape or --tokens")
+    schemes = parse_name_list(reinit, "reinit") if reinit is not None else None
+    shape = parse_int_list(input_shape, "input_shape") if input_shape is not None else None
+    options = {k: v for k, v in init.scheme_options().items()}
+    with progress(0, "probing") as advance:
+        result = run_probe(target, kwargs=kwargs, input_shape=shape, batch=batch, input_std=input_std, tokens=tokens,
+                           seq_len=seq_len, dtype=dtype, device=device, seed=seed, train_mode=train_mode,
+                           modules=modules, max_depth=max_depth, reinit=schemes, activation=activation,
+                           bias_std=init.bias_std, init_options=options, progress=advance)
+    if isinstance(result, ProbeComparison):
+        rows = result.rows()
+        if fmt == "table":
+            say_hidden(print_table(rows, [c for c in COMPARE_PROBE_COLUMNS if c != "reason"],
+                                   title=f"{target} · {len(rows)} schemes · seed {seed}", cell_style=_style,
+                                   priority=SUMMARY_PRIORITY, console=stdout_console()))
+            for row in rows:
+                stdout_console().print(f"{row['scheme']}: {row['verdict']} — {row['reason']}", highlight=False,
+                                       markup=False, soft_wrap=True)
+        else:
+            write_machine(fmt, "probe", result.params, rows, COMPARE_PROBE_COLUMNS)
+        runs = result.runs
+    else:
+        rows = result.rows()
+        if fmt == "table":
+            bars = {log_scale_header(column, values): log_bars(values)
+                    for column, values in (("act_var", [r["act_var"] for r in rows]),
+                                           ("grad_var", [r["grad_var"] for r in rows]))}
+            title = f"{target}" + (f" · reinit {result.params['reinit']}" if "reinit" in result.params else "")
+            say_hidden(print_table(rows, result.columns, title=f"{title} · seed {seed}", cell_style=_style,
+                                   priority=PROBE_PRIORITY, extra_columns=bars, console=stdout_console()))
+        else:
+            write_machine(fmt, "probe", result.params, rows, result.columns, verdict=result.verdict,
+                          reason=result.reason)
+        note(f"initcli: verdict: {result.verdict} — {result.reason}")
+        runs = (result,)
+    if out.plot or out.save_plot:
+        _plots(out, runs, target)
+
+
+def _plots(out: OutputOptions, runs, target: str) -> None:
+    from ..charts import Series, log_chart, save_figure
+
+    panels = []
+    for column in ("act_var", "channel_mean_sq", "channel_var", "grad_var"):
+        series = []
+        for group, run in enumerate(runs):
+            label = column if len(runs) == 1 else f"{run.params.get('reinit')} {column}"
+            series.append(Series(label, list(range(1, len(run.modules) + 1)),
+                                 [getattr(m, column) for m in run.modules], group=group))
+        panels.append((column, series))
+    if out.plot:
+        for column, series in panels:
+            if column in ("act_var", "grad_var"):
+                show(log_chart(series, width=chart_width(chart_console()), title=f"{column} · {target}"))
+    if out.save_plot:
+        # Brock et al. 2021's signal-propagation plot: the three forward quantities against depth
+        save_figure(out.save_plot, [{"series": series, "xlabel": "module (execution order)", "ylabel": column,
+                                     "log": True, "title": column} for column, series in panels[:3]],
+                    title=f"signal propagation · {target}", force=out.force, dpi=out.dpi)
