@@ -3,6 +3,8 @@ but absurd: exit 0 with output, or exit 2 with one line naming an option; never 
 never a numpy warning on stderr. The options are read from the commands themselves, so a new
 option is fuzzed without anyone remembering to add it."""
 
+from pathlib import Path
+
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -22,6 +24,7 @@ BASE = {
     "critical": [],
     "schemes": [],
     "inspect": ["{weights}"],
+    "probe": ["{models}:mlp", "--kwargs", '{"width": 8, "depth": 2}', "--input-shape", "8", "--batch", "4"],
     "sweep": ["--sigma-w", "1,2", "--depth", "2", "--width", "8", "--batch", "4", "--jobs", "1"],
 }
 BAD_NUMBERS = ["0", "-1", "1e308", "1e39", "1e-300", "nan", "abc", "99999999999999999999"]
@@ -72,7 +75,8 @@ def weights(tmp_path_factory):
 @pytest.mark.parametrize(("command", "flag", "value"), CASES, ids=[f"{c}{f}={v[:12]!r}" for c, f, v in CASES])
 def test_option_value_never_crashes(command, flag, value, tmp_path, monkeypatch, weights):
     monkeypatch.chdir(tmp_path)  # paths the fuzz names land here
-    args = [command, *(item.format(weights=weights) for item in BASE[command])]
+    models = str(Path(__file__).with_name("probe_models.py"))
+    args = [command, *(item.replace("{weights}", weights).replace("{models}", models) for item in BASE[command])]
     if flag in BASE[command]:
         index = args.index(flag)
         args[index + 1] = value
