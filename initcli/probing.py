@@ -538,6 +538,10 @@ def judge(rows: Sequence[ModuleStats], channels_last: bool = False) -> tuple[str
     if saturated.saturated_frac > SATURATED_FRAC:
         return "saturated", (f"{saturated.saturated_frac:.0%} of {saturated.module}'s outputs sit in the flat part "
                              "of the activation")
+    # The trend is read over the trunk: the longest run of weighted modules with one output
+    # shape. Across a change of shape (pooling, a narrow head) the gradient's scale changes by
+    # the shapes' ratio, which says nothing about depth.
+    layers = _trunk(layers)
     # per channel rather than per entry: average pooling over P positions divides each entry's
     # gradient by P and multiplies the entries by P, which is no vanishing
     grads = [r.grad_var * _positions(r.output_shape, channels_last) for r in layers if math.isfinite(r.grad_var)]
@@ -553,13 +557,31 @@ def judge(rows: Sequence[ModuleStats], channels_last: bool = False) -> tuple[str
     acts = [r.act_var for r in layers if math.isfinite(r.act_var)]
     act_step = _settled_rate(acts)
     if grad_step ** (depth - 1) > bound:
-        return "exploding", f"gradient grows ×{grad_step:.3g} per module going down: ×{grad_ratio:.2g} over the model"
+        return "exploding", (f"gradient grows ×{grad_step:.3g} per module going down: ×{grad_ratio:.2g} over "
+                             f"{_span(layers)}")
     if act_step ** (len(acts) - 1) > bound:
         return "exploding", f"activations grow ×{act_step:.3g} per module going up"
     if grad_step ** (depth - 1) < 1 / bound:
-        return "vanishing", f"gradient shrinks ×{grad_step:.3g} per module going down: ×{grad_ratio:.2g} over the model"
-    return "stable", (f"gradient variance changes ×{grad_ratio:.2g} over {depth} weighted modules, within the "
+        return "vanishing", (f"gradient shrinks ×{grad_step:.3g} per module going down: ×{grad_ratio:.2g} over "
+                             f"{_span(layers)}")
+    return "stable", (f"gradient variance changes ×{grad_ratio:.2g} over {_span(layers)}, within the "
                       f"finite-width bound ×{bound:.2g}")
+
+
+def _span(layers: Sequence[ModuleStats]) -> str:
+    return f"the {len(layers)} weighted modules from {layers[0].module} to {layers[-1].module}"
+
+
+def _trunk(layers: Sequence[ModuleStats]) -> list[ModuleStats]:
+    """The longest run of consecutive modules sharing an output shape (all of them if no run
+    has two)."""
+    best: list[ModuleStats] = []
+    run: list[ModuleStats] = []
+    for row in layers:
+        run = run + [row] if run and run[-1].output_shape == row.output_shape else [row]
+        if len(run) > len(best):
+            best = run
+    return best if len(best) >= 2 else list(layers)
 
 
 def summary_row(result: ProbeResult) -> dict:
