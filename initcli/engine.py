@@ -131,6 +131,13 @@ class Stack:
     weights: tuple[np.ndarray, ...]
     biases: tuple[np.ndarray, ...]
     arch: Architecture = PLAIN
+    # per-layer output multipliers m_l of a parametrization (h_l = m_l·a W_lᵀ + b_l, Yang & Hu
+    # 2021's n^−a); None: all 1, and no extra arithmetic, so such runs keep their bytes
+    multipliers: tuple[float, ...] | None = None
+
+    def multiplier(self, index: int) -> float:
+        """Layer `index`'s (1-based) output multiplier."""
+        return 1.0 if self.multipliers is None else self.multipliers[index - 1]
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -177,6 +184,27 @@ def scale_branches(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
     if arch.residual_init.zero_biases:
         biases = tuple(np.zeros_like(b) for b in biases)
     return scaled, tuple(biases)
+
+
+def apply_parametrization(stack: Stack, std_factors: Sequence[float] | None,
+                          multipliers: Sequence[float] | None) -> Stack:
+    """The stack with each layer's stored weights scaled by its std factor and its output
+    multiplier set: a parametrization (`initcli.parametrization`) over the scheme's draws,
+    which stay the scheme's, so no stream changes. Factors of 1 leave the arrays as they are."""
+    weights = stack.weights
+    if std_factors is not None:
+        weights = tuple(w if f == 1.0 else w * w.dtype.type(f) for w, f in zip(weights, std_factors))
+    multipliers = None if multipliers is None or all(m == 1.0 for m in multipliers) else tuple(multipliers)
+    return replace(stack, weights=weights, multipliers=multipliers)
+
+
+def fold_multipliers(stack: Stack) -> Stack:
+    """The same function with each multiplier folded into its weights (W = m·w): what a
+    diagnosis of the network at init (propagate, the Jacobian) looks at."""
+    if stack.multipliers is None:
+        return stack
+    weights = tuple(w if m == 1.0 else w * w.dtype.type(m) for w, m in zip(stack.weights, stack.multipliers))
+    return replace(stack, weights=weights, multipliers=None)
 
 
 # -- one layer ------------------------------------------------------------------------------
@@ -235,6 +263,8 @@ def layer_forward(stack: Stack, activation: Activation, index: int, a_prev: np.n
     w, b, arch = stack.weights[index - 1], stack.biases[index - 1], stack.arch
     out = None if scratch is None else scratch.get("preact", (a_prev.shape[0], w.shape[0]), np.result_type(a_prev, w))
     h = np.matmul(a_prev, w.T, out=out)
+    if stack.multiplier(index) != 1.0:
+        h *= h.dtype.type(stack.multiplier(index))
     if b.any():
         h += b
     normed, inv_std = _layer_norm(h) if arch.norm == "layer" else (h, None)
@@ -339,6 +369,9 @@ def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, ob
         a_below = trace.x if index == first else trace.states[index - first - 1].act
         out = None if scratch is None else scratch.get("weight_grad", w.shape, np.result_type(delta, a_below))
         weight_grad = np.matmul(delta.T, a_below, out=out)
+        multiplier = stack.multiplier(index)
+        if multiplier != 1.0:  # h = m·a Wᵀ: ∂L/∂W = m·δᵀa, ∂L/∂a = m·δW
+            weight_grad *= weight_grad.dtype.type(multiplier)
         if observe is not None:
             observe(index, delta, weight_grad)
         if grads is not None:
@@ -350,6 +383,8 @@ def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, ob
         role = "grad_a" if scratch is None or grad is not scratch.get("grad_a", grad.shape, grad.dtype) else "grad_b"
         out = None if scratch is None else scratch.get(role, (delta.shape[0], w.shape[1]), np.result_type(delta, w))
         grad = np.matmul(delta, w, out=out)
+        if multiplier != 1.0:
+            grad *= grad.dtype.type(multiplier)
         if arch.opens_block(index):
             grad += skip_grad
             skip_grad = None

@@ -34,15 +34,18 @@ from .engine import (
     Architecture,
     LayerState,
     Stack,
+    apply_parametrization,
     backward,
     build_stack,
     checkpointed,
+    fold_multipliers,
     forward,
     make_architecture,
     seed_streams,
 )
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
+from .parametrization import Parametrization, parametrize
 from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import _BLOCK as _STAT_BLOCK
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
@@ -171,6 +174,7 @@ class _Run:
     lsuv_tol: float = DEFAULT_TOL
     lsuv_max_iter: int = DEFAULT_MAX_ITER
     loaded: tuple | None = None  # (weights, biases, metadata, path) from --weights
+    parametrization: Parametrization | None = None  # None: sp
 
     @property
     def bias_var(self) -> float:
@@ -192,7 +196,8 @@ class _Run:
         params = {**source, "sizes": list(self.sizes), "depth": len(self.sizes) - 1, "batch": self.batch,
                   "bias_std": self.bias_std if self.loaded is None else math.sqrt(self.bias_var), "input_std": self.input_std,
                   "dtype": self.dtype.name, "seed": self.seed,
-                  **self.arch.params()}
+                  **self.arch.params(),
+                  **(self.parametrization.params() if self.parametrization is not None else {"param": "sp"})}
         if self.init.scheme.kind == "lsuv" and self.loaded is None:
             params |= {"lsuv_tol": self.lsuv_tol, "lsuv_max_iter": self.lsuv_max_iter}
         return params
@@ -220,11 +225,15 @@ def prepare(
     lsuv_tol: float = DEFAULT_TOL,
     lsuv_max_iter: int = DEFAULT_MAX_ITER,
     weights: str | None = None,
+    param: str | None = "sp",
     **init_options,
 ) -> _Run:
     """Check and resolve `propagate`'s arguments, memory guard included, allocating nothing
     but the arrays of a `weights` file (saved by `initcli sample --save`), which, when given,
-    replaces the scheme and fixes the sizes. `init_options` are `schemes.make_init`'s (gain,
+    replaces the scheme and fixes the sizes. `param` (sp, ntk or mup: see
+    `initcli.parametrization`) scales the weights and multiplies the layers' outputs; the
+    stack measured is the function at init, each multiplier folded into its weights, so the
+    columns describe the effective weights m·w. `init_options` are `schemes.make_init`'s (gain,
     mode, distribution, negative_slope, value, std, mean, limit, low, high, …)."""
     if isinstance(scheme, Init):
         init = scheme
@@ -248,6 +257,12 @@ def prepare(
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
     bias_std = check_weight_scale("bias_std", bias_std)
     check_residual_init(arch, init, bias_std, weights)
+    parametrization = parametrize(param, sizes)
+    if not parametrization.plain:
+        if weights is not None:
+            raise InitcliError("param", "does not apply with --weights: the file holds the weights")
+        if init.scheme.kind == "lsuv":
+            raise InitcliError("param", "does not apply to the lsuv scheme, which rescales every layer from the data")
     input_std = check_weight_scale("input_std", input_std)
     seed = check_seed(seed)
     needed = estimate_bytes(sizes, batch, np_dtype, checkpoint=checkpoint, arch=arch)
@@ -263,7 +278,7 @@ def prepare(
             raise InitcliError("weights", f"'{weights}' holds values up to {largest:.3g}, past {np_dtype.name}'s "
                                           f"largest {limit:.3g}: run it with --dtype float64")
     return _Run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, bool(theory), bool(checkpoint), arch,
-                lsuv_tol, lsuv_max_iter, loaded)
+                lsuv_tol, lsuv_max_iter, loaded, None if parametrization.plain else parametrization)
 
 
 def check_residual_init(arch: Architecture, init: Init, bias_std: float, weights: str | None = None) -> None:
@@ -317,6 +332,9 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
         # a residual-init preset's factor on layer i's weights multiplies its variance by its square
         weight_vars = [_square(run.init.expected_std((n_out, n_in)) * run.arch.weight_scale(i))
                        for i, (n_in, n_out) in enumerate(zip(run.sizes[:-1], run.sizes[1:]), start=1)]
+        if run.parametrization is not None:  # the effective weights m·w: (m·std factor)² on the variance
+            weight_vars = [v * layer.effective_variance_factor
+                           for v, layer in zip(weight_vars, run.parametrization.layers)]
     columns = beside(run.act, weight_vars, run.sizes, bias_var=run.bias_var,
                      input_second_moment=_square(run.input_std), arch=run.arch,
                      measured_preact=[layer.preact_var for layer in result.layers],
@@ -346,6 +364,10 @@ def _inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] |
                       run.arch)
     else:
         stack = build_stack(run.init, run.sizes, bias_std=run.bias_std, seed=run.seed, dtype=run.dtype, arch=run.arch)
+        if run.parametrization is not None:
+            p = run.parametrization
+            stack = fold_multipliers(apply_parametrization(stack, [layer.std_factor for layer in p.layers],
+                                                           p.multipliers))
     streams = seed_streams(run.seed)
     x = gaussian(streams["inputs"], (run.batch, run.sizes[0]), run.dtype) * run.dtype.type(run.input_std)
     cotangent = gaussian(streams["cotangent"], (run.batch, run.sizes[-1]), run.dtype)

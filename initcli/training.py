@@ -29,6 +29,7 @@ from .engine import (
     PLAIN,
     Architecture,
     Stack,
+    apply_parametrization,
     build_stack,
     forward,
     make_architecture,
@@ -39,6 +40,7 @@ from .engine import (
 from .errors import InitcliError, suggest
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parallel import check_jobs, run_all
+from .parametrization import Parametrization, check_param, parametrize
 from .schemes import make_init
 from .stats import effective_rank
 from .threads import blas_threads_limited
@@ -165,10 +167,23 @@ class Network:
     then the read-out with the identity activation."""
 
     stages: tuple[tuple[Stack, object], ...]
+    parametrization: Parametrization | None = None  # None: sp, one learning rate for all
 
     @property
     def parameters(self) -> list[np.ndarray]:
         return [p for stack, _ in self.stages for p in (*stack.weights, *stack.biases)]
+
+    def lr_factors(self, optimizer: str) -> list[float] | None:
+        """Each parameter's factor on the learning rate, in the order of `parameters`: the
+        parametrization's per-layer learning rates for `optimizer`; None under sp."""
+        if self.parametrization is None:
+            return None
+        layers, factors, first = self.parametrization.layers, [], 0
+        for stack, _ in self.stages:
+            stage = layers[first:first + stack.depth]
+            factors += [layer.lr(optimizer) for layer in stage] + [layer.bias_lr(optimizer) for layer in stage]
+            first += stack.depth
+        return factors
 
     @property
     def dtype(self) -> np.dtype:
@@ -227,8 +242,12 @@ def _evaluate(network: Network, task: Task) -> tuple[float, float, np.ndarray]:
 
 
 class _Optimizer:
-    def __init__(self, name: str, lr: float, params: list[np.ndarray]) -> None:
+    """SGD or Adam; `factors`, one per parameter, scale the learning rate (a parametrization's
+    per-layer rates). Without them every parameter takes `lr` itself, as before."""
+
+    def __init__(self, name: str, lr: float, params: list[np.ndarray], factors: Sequence[float] | None = None) -> None:
         self.name, self.lr, self.step_count = name, lr, 0
+        self.lrs = [lr] * len(params) if factors is None else [lr * f for f in factors]
         if name == "adam":
             self.m = [np.zeros_like(p) for p in params]
             self.v = [np.zeros_like(p) for p in params]
@@ -236,26 +255,32 @@ class _Optimizer:
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         self.step_count += 1
         if self.name == "sgd":
-            for p, g in zip(params, grads):
-                p -= p.dtype.type(self.lr) * g
+            for p, g, lr in zip(params, grads, self.lrs):
+                p -= p.dtype.type(lr) * g
             return
         beta1, beta2 = ADAM_BETAS
         correction1 = 1 - beta1**self.step_count
         correction2 = 1 - beta2**self.step_count
-        for p, g, m, v in zip(params, grads, self.m, self.v):
+        for p, g, m, v, lr in zip(params, grads, self.m, self.v, self.lrs):
             m *= beta1
             m += (1 - beta1) * g
             v *= beta2
             v += (1 - beta2) * g * g
-            p -= (self.lr * (m / correction1) / (np.sqrt(v / correction2) + ADAM_EPS)).astype(p.dtype)
+            p -= (lr * (m / correction1) / (np.sqrt(v / correction2) + ADAM_EPS)).astype(p.dtype)
 
 
 def build_network(init, act, data: Task, hidden_widths: Sequence[int], *, seed: int, dtype: str,
                   arch: Architecture = PLAIN, lsuv_tol: float = DEFAULT_TOL,
-                  lsuv_max_iter: int = DEFAULT_MAX_ITER) -> Network:
+                  lsuv_max_iter: int = DEFAULT_MAX_ITER, param: str = "sp", base_width: float = 1.0,
+                  readout_zero: bool = False, outputs: int | None = None) -> Network:
     """Every layer drawn with the scheme from one weight stream, read-out last; LSUV
-    calibrates the hidden stages on the task's inputs."""
-    outputs = 1 if data.regression else data.classes
+    calibrates the hidden stages on the task's inputs. `param` (sp, ntk, mup) scales each
+    layer's stored weights and sets its output multiplier and learning-rate factors (see
+    `initcli.parametrization`); `readout_zero` starts the read-out's weights at 0 (mup's
+    examples do so under µP); `outputs` overrides the task's (regression: several targets
+    fitted to the same y)."""
+    if outputs is None:
+        outputs = 1 if data.regression else data.classes
     sizes = [data.x.shape[1], *hidden_widths]
     full = build_stack(init, [*sizes, outputs], seed=seed, dtype=dtype)
     depth = len(hidden_widths)
@@ -274,10 +299,19 @@ def build_network(init, act, data: Task, hidden_widths: Sequence[int], *, seed: 
             stages[i] = (stack, act)
             a = forward(stack, act, a).states[-1].act
     readout = full.weights[-1:]
-    if arch.residual_init is not None and arch.residual_init.zero_readout:
+    if readout_zero or (arch.residual_init is not None and arch.residual_init.zero_readout):
         readout = (np.zeros_like(readout[0]),)  # Fixup: the classification layer starts at 0
     stages.append((Stack(readout, full.biases[-1:]), _IDENTITY))
-    return Network(tuple(stages))
+    scaling = parametrize(param, [*sizes, outputs], base_width)
+    if scaling.plain:
+        return Network(tuple(stages))
+    first, scaled = 0, []
+    for stack, stage_act in stages:
+        layers = scaling.layers[first:first + stack.depth]
+        scaled.append((apply_parametrization(stack, [layer.std_factor for layer in layers],
+                                             [layer.multiplier for layer in layers]), stage_act))
+        first += stack.depth
+    return Network(tuple(scaled), scaling)
 
 
 # -- training -------------------------------------------------------------------------------
@@ -347,7 +381,8 @@ class TrainResult:
 def train_one(*, scheme: str, activation: str, task: str, samples: int, classes: int | None, noise: float | None,
               hidden_widths: Sequence[int], optimizer: str, lr: float, epochs: int, batch: int | None, target: float,
               seed: int, dtype: str, init_options: dict, arch: Architecture = PLAIN, lsuv_tol: float = DEFAULT_TOL,
-              lsuv_max_iter: int = DEFAULT_MAX_ITER, progress: Callable[[int], None] | None = None) -> TrainRun:
+              lsuv_max_iter: int = DEFAULT_MAX_ITER, progress: Callable[[int], None] | None = None,
+              param: str = "sp") -> TrainRun:
     """Train one scheme; deterministic for a seed (data, weights and batch order).
 
     Runs on one BLAS thread: a product's rounding may depend on how BLAS splits it across
@@ -358,11 +393,11 @@ def train_one(*, scheme: str, activation: str, task: str, samples: int, classes:
         return _train_one(scheme=scheme, activation=activation, task=task, samples=samples, classes=classes,
                           noise=noise, hidden_widths=hidden_widths, optimizer=optimizer, lr=lr, epochs=epochs,
                           batch=batch, target=target, seed=seed, dtype=dtype, init_options=init_options, arch=arch,
-                          lsuv_tol=lsuv_tol, lsuv_max_iter=lsuv_max_iter, progress=progress)
+                          lsuv_tol=lsuv_tol, lsuv_max_iter=lsuv_max_iter, progress=progress, param=param)
 
 
 def _train_one(*, scheme, activation, task, samples, classes, noise, hidden_widths, optimizer, lr, epochs, batch,
-               target, seed, dtype, init_options, arch, lsuv_tol, lsuv_max_iter, progress) -> TrainRun:
+               target, seed, dtype, init_options, arch, lsuv_tol, lsuv_max_iter, progress, param) -> TrainRun:
     import time
 
     started = time.perf_counter()
@@ -371,9 +406,9 @@ def _train_one(*, scheme, activation, task, samples, classes, noise, hidden_widt
     act = get_activation(activation, init_options.get("negative_slope", 0.01))
     init = make_init(scheme, activation=activation, **init_options)
     network = build_network(init, act, data, hidden_widths, seed=seed, dtype=dtype, arch=arch, lsuv_tol=lsuv_tol,
-                            lsuv_max_iter=lsuv_max_iter)
+                            lsuv_max_iter=lsuv_max_iter, param=param)
     params = network.parameters
-    opt = _Optimizer(optimizer, lr, params)
+    opt = _Optimizer(optimizer, lr, params, network.lr_factors(optimizer))
     batch = len(data.x) if batch is None else min(batch, len(data.x))
     curve: list[tuple[float, float]] = []
     diverged = False
@@ -438,7 +473,7 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
           width: int | None = None, optimizer: str = "sgd", lr: float = 0.1, epochs: int = 300,
           batch: int | None = 128, target: float = 0.9, seed: int = 0, dtype: str = "float32", jobs: int | None = 1,
           residual: bool = False, residual_scale: float = 1.0, block: int = 1, norm: str | None = None,
-          residual_init: str | None = None, lsuv_tol: float = DEFAULT_TOL, lsuv_max_iter: int = DEFAULT_MAX_ITER,
+          residual_init: str | None = None, param: str = "sp", lsuv_tol: float = DEFAULT_TOL, lsuv_max_iter: int = DEFAULT_MAX_ITER,
           progress: Callable[[int], None] | None = None, **init_options) -> TrainResult:
     """Train the same MLP from each scheme on the same generated task and seed.
 
@@ -479,6 +514,12 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
         if (len(hidden) - 1) % arch.block:
             raise InitcliError("block", f"{len(hidden) - 1} residual layers do not split into blocks of {arch.block}")
     lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
+    param = check_param(param)
+    if param != "sp":
+        from .schemes import get_scheme
+
+        if any(get_scheme(scheme).kind == "lsuv" for scheme in schemes):
+            raise InitcliError("param", "does not apply to the lsuv scheme, which rescales every layer from the data")
     task, n_classes, noise = check_task(task, classes, noise)
     samples = check_samples(samples, n_classes)
     batch = samples if batch is None else min(batch, samples)
@@ -497,12 +538,13 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
     common = dict(activation=activation, task=task, samples=samples, classes=classes, noise=noise,
                   hidden_widths=hidden, optimizer=key, lr=lr, epochs=epochs, batch=batch, target=target,
                   seed=seed, dtype=dtype, init_options=init_options, arch=arch, lsuv_tol=lsuv_tol,
-                  lsuv_max_iter=lsuv_max_iter)
+                  lsuv_max_iter=lsuv_max_iter, param=param)
     calls = [dict(common, scheme=scheme) for scheme in schemes]
     runs = run_all(train_one, calls, jobs, on_progress=progress)  # each epoch reported, in series or from workers
     params = {"schemes": [run.row.scheme for run in runs], "activation": runs[0].row.activation, "task": task,
               "metric": metric_for(task), "samples": samples, "classes": n_classes,
               "noise": None if noise is None else float(noise), "hidden_sizes": list(hidden), "optimizer": key,
               "lr": lr, "epochs": epochs, "batch": batch, "target": target, "seed": seed, "dtype": dtype,
-              **arch.params(), **{k: v for k, v in init_options.items() if v is not None}}
+              **arch.params(), **parametrize(param, [FEATURES, *hidden, max(1, n_classes)]).params(),
+              **{k: v for k, v in init_options.items() if v is not None}}
     return TrainResult(params, tuple(runs))

@@ -25,6 +25,7 @@ BASE = {
     "schemes": [],
     "inspect": ["{weights}"],
     "probe": ["{models}:mlp", "--kwargs", '{"width": 8, "depth": 2}', "--input-shape", "8", "--batch", "4"],
+    "coordcheck": ["--widths", "8,16", "--seeds", "1", "--steps", "1", "--batch", "4"],
     "sweep": ["--sigma-w", "1,2", "--depth", "2", "--width", "8", "--batch", "4", "--jobs", "1"],
 }
 BAD_NUMBERS = ["0", "-1", "1e308", "1e39", "1e-300", "nan", "abc", "99999999999999999999"]

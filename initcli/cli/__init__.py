@@ -162,4 +162,4 @@ def main() -> None:
 
 
 # the command modules register themselves on `app`
-from . import sampling, stacks, meanfield, training, inspecting, sweeping, probing  # noqa: E402, F401, I001  (the order of --help)
+from . import sampling, stacks, meanfield, training, inspecting, sweeping, probing, coordchecking  # noqa: E402, F401, I001  (the order of --help)

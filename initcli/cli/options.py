@@ -105,6 +105,10 @@ class ArchOptions:
     residual_init: Annotated[Optional[str], typer.Option(
         help="A residual-init preset over the scheme: fixup, t-fixup, rezero, skipinit, deepnorm, gpt2 or "
              "depth-mup (see `initcli schemes`). Needs --residual; sets the branch multiplier itself.")] = None
+    param: Annotated[str, typer.Option(
+        help="Width parametrization: sp (the scheme as drawn), ntk or mup — per-layer output multipliers, "
+             "init variances and (train) learning rates for the input, hidden and readout layers (Yang & Hu "
+             "2021; Yang et al. 2022, Table 3; see `initcli schemes`).")] = "sp"
     lsuv_tol: Annotated[float, typer.Option(help="lsuv: stop when |Var(h) − 1| is within this.")] = 0.05
     lsuv_max_iter: Annotated[int, typer.Option(help="lsuv: rescalings per layer at most.")] = 10
 
@@ -285,9 +289,8 @@ def note(text: str) -> None:
 
 def check_outputs(out: OutputOptions, *extra: tuple[str | None, str, tuple[str, ...]]) -> None:
     """Every output path checked before any work: --save-plot (and extra (path, param, suffixes))."""
-    from ..files import check_output
-
     from ..charts import check_dpi
+    from ..files import check_output
 
     check_dpi(out.dpi)
     if out.save_plot is not None:
