@@ -299,7 +299,7 @@ def check_residual_init(arch: Architecture, init: Init, bias_std: float, weights
 
 
 def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
-              progress: Callable[[int], None] | None = None, **options) -> PropagateResult:
+              progress: Callable[[int], None] | None = None, arch: str = "mlp", **options) -> PropagateResult:
     """Sample a stack with the scheme, run `batch` N(0, input_std²) inputs through it,
     backpropagate a unit-Gaussian cotangent, and measure every layer.
 
@@ -313,7 +313,16 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
     `checkpoint` keeps activations only every ⌈√depth⌉ layers and recomputes the rest in the
     backward pass: O(√depth) activation memory, the same numbers. `progress(1)` is called
     after each layer of the forward pass and of the backward pass (2·depth calls).
+
+    `arch="conv"` runs a convolution stack instead (`initcli.conv.propagate`: options
+    channels, spatial, kernel, padding, depth, batch, …; no sizes or width).
     """
+    from .conv import check_arch
+
+    if check_arch(arch) == "conv":
+        from .conv import propagate as propagate_conv
+
+        return propagate_conv(scheme, activation, progress=progress, **options)
     run = prepare(scheme, activation, **options)
     with blas_threads_limited(1) if _small(run) else nullcontext():
         stack, x, cotangent, iterations = _inputs(run)

@@ -111,9 +111,49 @@ class ArchOptions:
              "2021; Yang et al. 2022, Table 3; see `initcli schemes`).")] = "sp"
     lsuv_tol: Annotated[float, typer.Option(help="lsuv: stop when |Var(h) − 1| is within this.")] = 0.05
     lsuv_max_iter: Annotated[int, typer.Option(help="lsuv: rescalings per layer at most.")] = 10
+    architecture: Annotated[str, typer.Option(
+        "--arch", help="mlp (Linear layers) or conv: stride-1 'same' convolutions of --channels channels over "
+                       "--spatial positions with a --kernel kernel (propagate only).")] = "mlp"
+    kernel: Annotated[Optional[int], typer.Option(
+        help="conv: kernel size k along each spatial axis (default 3); fans count C·k^d as `sample --shape` "
+             "does.")] = None
+    channels: Annotated[Optional[int], typer.Option(help="conv: channels of every layer (default 16).")] = None
+    spatial: Annotated[Optional[str], typer.Option(
+        help="conv: the input's size, one to three axes, e.g. 32 (1-D) or 16,16 (2-D; the default).")] = None
+    padding: Annotated[Optional[str], typer.Option(
+        help="conv: circular (the default; Xiao et al. 2018, where the mean-field theory holds) or zero.")] = None
+
+    _CONV_ONLY = ("kernel", "channels", "spatial", "padding")
+
+    @property
+    def conv(self) -> bool:
+        from ..conv import check_arch
+
+        return check_arch(self.architecture) == "conv"
 
     def domain(self) -> dict:
-        return asdict(self)
+        """The MLP engine's keywords. Refuses --arch conv (the commands that call this run
+        Linear stacks only) and the conv options without it."""
+        if self.conv:
+            raise InitcliError("arch", "conv applies to `initcli propagate` only, so far")
+        for name in self._CONV_ONLY:
+            if getattr(self, name) is not None:
+                raise InitcliError(name, "only applies with --arch conv")
+        return {k: v for k, v in asdict(self).items() if k not in ("architecture",) + self._CONV_ONLY}
+
+    def conv_domain(self) -> dict:
+        """`initcli.conv.prepare`'s keywords: the geometry and the skips. Refuses what the conv
+        engine does not do (LayerNorm, residual-init presets, width parametrizations)."""
+        if self.norm.strip().lower() != "none":
+            raise InitcliError("norm", "does not apply with --arch conv (no normalisation layers in the conv "
+                                       "engine yet)")
+        if self.residual_init is not None:
+            raise InitcliError("residual_init", "does not apply with --arch conv")
+        if self.param.strip().lower() != "sp":
+            raise InitcliError("param", "does not apply with --arch conv: the kernels are the scheme's draws")
+        return {"arch": "conv", "kernel": self.kernel, "channels": self.channels, "padding": self.padding,
+                "spatial": None if self.spatial is None else parse_int_list(self.spatial, "spatial"),
+                "residual": self.residual, "residual_scale": self.residual_scale, "block": self.block}
 
 
 @_group

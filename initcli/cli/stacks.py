@@ -111,21 +111,23 @@ def propagate(
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme], arch=arch, weights_file=weights is not None)
     check_outputs(out)
-    options = dict(_stack_run(init, stack, arch), activation=activation, theory=theory, checkpoint=checkpoint,
-                   weights=weights)
-    run = prepare(scheme, **options)
-    _report_memory(run)
-    with progress(2 * len(run.sizes) - 2, "propagating") as advance:
-        result = run_propagate(scheme, progress=advance, **options)
+    if arch.conv:
+        result = _propagate_conv(init, stack, arch, scheme, activation, theory, checkpoint, weights)
+    else:
+        options = dict(_stack_run(init, stack, arch), activation=activation, theory=theory, checkpoint=checkpoint,
+                       weights=weights)
+        run = prepare(scheme, **options)
+        _report_memory(run)
+        with progress(2 * len(run.sizes) - 2, "propagating") as advance:
+            result = run_propagate(scheme, progress=advance, **options)
     # warnings after the run, so that a run that fails says one line only
-    _warn_small_batch(run.batch)
+    _warn_small_batch(result.params["batch"])
     if weights is None:
         warn_ignored([scheme], init)
     rows = result.rows()
     if fmt == "table":
         p = result.params
-        shape = (f"{p['depth']} layers of {p['sizes'][1]}" if len(set(p["sizes"])) == 1
-                 else "sizes " + ",".join(map(str, p["sizes"])))
+        shape = _shape_text(p)
         bars = {log_scale_header(column, values): log_bars(values)
                 for column, values in (("act_var", [r["act_var"] for r in rows]),
                                        ("grad_var", [r["grad_var"] for r in rows]))}
@@ -145,14 +147,46 @@ def propagate(
         from ..charts import log_chart, propagate_series, save_figure
 
         p = result.params
-        title = (f"{p.get('scheme') or p['weights']} · {p['activation']} · {p['depth']} layers · "
-                 f"{sizes_text(p['sizes'])} · batch {p['batch']} · seed {p['seed']}")
+        title = (f"{p.get('scheme') or p['weights']} · {p['activation']} · "
+                 f"{_shape_text(p) if 'sizes' not in p else str(p['depth']) + ' layers · ' + sizes_text(p['sizes'])}"
+                 f" · batch {p['batch']} · seed {p['seed']}")
         series = propagate_series(rows)
         if out.plot:
             show(log_chart(series, width=chart_width(chart_console()), title=title))
         if out.save_plot:
             save_figure(out.save_plot, [{"series": series, "xlabel": "layer", "ylabel": "variance", "log": True}],
                         title=title, force=out.force, dpi=out.dpi)
+
+
+def _shape_text(p: dict) -> str:
+    """'20 layers of 256', 'sizes 784,256,10', or for a conv stack '20 conv layers · 32 ch · 16×16 · k3 circular'."""
+    if p.get("arch") == "conv":
+        return (f"{p['depth']} conv layers · {p['channels']} ch · {'×'.join(map(str, p['spatial']))} · "
+                f"k{p['kernel']} {p['padding']}")
+    if len(set(p["sizes"])) == 1:
+        return f"{p['depth']} layers of {p['sizes'][1]}"
+    return "sizes " + ",".join(map(str, p["sizes"]))
+
+
+def _propagate_conv(init: InitOptions, stack: StackOptions, arch: ArchOptions, scheme: str, activation: str,
+                    theory: bool, checkpoint: bool, weights: Optional[str]):
+    """`propagate --arch conv`: the conv engine (`initcli.conv`) with the same option groups."""
+    from ..conv import prepare as prepare_conv
+    from ..conv import propagate as run_conv
+    from ..errors import InitcliError
+
+    if weights is not None:
+        raise InitcliError("weights", "does not apply with --arch conv (weight files hold Linear stacks)")
+    if checkpoint:
+        raise InitcliError("checkpoint", "does not apply with --arch conv")
+    options = {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.conv_domain(),
+               "activation": activation, "theory": theory}
+    options.pop("arch")
+    run = prepare_conv(scheme, **options)
+    if run.estimate >= _MEMORY_REPORT:
+        note(f"initcli: this run needs about {run.estimate / 2**30:.2f} GiB of memory")
+    with progress(2 * run.depth, "propagating") as advance:
+        return run_conv(scheme, progress=advance, **options)
 
 
 def _compare_style(column: str, value) -> str | None:

@@ -1,0 +1,510 @@
+"""Convolution stacks (`propagate --arch conv`): forward, backward and per-layer statistics.
+
+A stack of `depth` layers of C → C channels, each a stride-1 "same" convolution with a k×…×k
+kernel (torch layout (out, in, *kernel)), a bias per channel and the activation:
+h_l = W_l ⋆ a_{l−1} + b_l, a_l = φ(h_l) (with residual blocks, the block's last layer adds
+its input: a_l = a_in + α·φ(h_l)). ⋆ is cross-correlation as in torch's conv1d/conv2d, with
+the input padded circularly (Xiao et al. 2018: the spatial positions then form a torus, every
+position sees a full window and the stack is translation-equivariant) or with zeros; the
+padding follows torch's padding="same": (k − 1)//2 before, the rest after.
+
+Every convolution is matrix products: the padded input's windows (a strided view, copied one
+batch chunk at a time: im2col) times the kernel as an (out, in·k^d) matrix. Going back,
+∂L/∂W = δᵀ·im2col(a), and ∂L/∂a is the correlation of δ with the kernel flipped in space and
+transposed in channels, padded the other way round ((k − 1) − (k − 1)//2 before). Arrays live
+channels-last, (batch, *spatial, channels), so each product is one large GEMM and the bias
+and statistics need no transposes; inputs and cotangents are drawn in torch's
+(batch, channels, *spatial) layout.
+
+Theory. With circular padding every pre-activation is a sum over exactly C·k^d inputs, all
+with the same second moment (translation invariance), so the mean-field variance map is the
+MLP's with fan_in = C·k^d: q_l = σ_w²·E[φ(√q_{l−1} z)²] + σ_b², σ_w² = C·k^d·Var(W), and
+backwards Var(δ_l) = Var(δ_{l+1})·C·k^d·Var(W)·E[φ'²] (each input position feeds C·k^d
+outputs). Zero padding breaks this at the borders (the windows there hold zeros), so its
+theory columns are left blank. A delta-orthogonal kernel (Xiao et al. 2018: an orthogonal
+C×C matrix at the centre tap, zeros elsewhere) makes each linear layer an orthogonal map on
+every position's channel vector: the linear stack's Jacobian is exactly isometric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
+from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
+from .engine import PLAIN, Architecture, make_architecture, seed_streams
+from .errors import InitcliError
+from .schemes import Init, check_weight_scale, gaussian, make_init
+from .stats import all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
+from .theory import TheoryColumns, finite_width_spread, mean_field, parts_ways
+from .threads import blas_threads_limited
+
+ARCHS = ("mlp", "conv")
+PADDINGS = ("circular", "zero")
+MAX_SPATIAL_DIMS = 3
+DEFAULT_CHANNELS = 16
+DEFAULT_SPATIAL = (16, 16)
+DEFAULT_KERNEL = 3
+CONV_OPTIONS = ("--batch", "--depth", "--channels", "--spatial")  # what makes a conv run smaller
+_CHUNK_BYTES = 16 << 20  # im2col copies at most this much of the batch at a time
+_WORKSPACE = 4 << 20
+# schemes that cannot draw a conv kernel (identity is 2-D only) or that need the MLP engine
+_REFUSED_KINDS = {"identity": "draws 2-D matrices only; for conv kernels use delta-orthogonal or dirac",
+                  "lsuv": "rescales every layer from the data, which only the MLP engine does"}
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """The layers' geometry: C channels in and out, the spatial size, a k^d kernel, the padding."""
+
+    channels: int
+    spatial: tuple[int, ...]
+    kernel: int
+    padding: str
+
+    @property
+    def dims(self) -> int:
+        return len(self.spatial)
+
+    @property
+    def taps(self) -> int:
+        return self.kernel ** self.dims
+
+    @property
+    def fan(self) -> int:
+        """fan_in = fan_out = C·k^d, as `sample --shape C,C,k,…` counts a kernel."""
+        return self.channels * self.taps
+
+    @property
+    def positions(self) -> int:
+        return math.prod(self.spatial)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.channels) + (self.kernel,) * self.dims
+
+    @property
+    def pads(self) -> tuple[int, int]:
+        """Padding before and after each spatial axis: torch's padding="same"."""
+        before = (self.kernel - 1) // 2
+        return before, self.kernel - 1 - before
+
+    def params(self) -> dict:
+        return {"arch": "conv", "channels": self.channels, "spatial": list(self.spatial), "kernel": self.kernel,
+                "padding": self.padding}
+
+
+def check_arch(arch: str | None) -> str:
+    """'mlp' (the Linear engine, `initcli.engine`) or 'conv' (this module)."""
+    name = "mlp" if arch is None else str(arch).strip().lower()
+    if name not in ARCHS:
+        from .errors import suggest
+
+        raise InitcliError("arch", f"unknown architecture '{arch}'{suggest(name, list(ARCHS))}; choose from "
+                                   f"{', '.join(ARCHS)}")
+    return name
+
+
+def conv_shape(channels: int | None = None, spatial: Sequence[int] | int | None = None,
+               kernel: int | None = None, padding: str | None = None) -> ConvShape:
+    """Check the conv options (None: the defaults, 16 channels, 16×16, k = 3, circular)."""
+    channels = _positive_int("channels", DEFAULT_CHANNELS if channels is None else channels)
+    spatial = DEFAULT_SPATIAL if spatial is None else spatial
+    spatial = (spatial,) if isinstance(spatial, (int, np.integer)) and not isinstance(spatial, bool) else spatial
+    if isinstance(spatial, str) or not isinstance(spatial, Sequence) or not 1 <= len(spatial) <= MAX_SPATIAL_DIMS:
+        raise InitcliError("spatial", f"must list 1 to {MAX_SPATIAL_DIMS} positive sizes (e.g. 32 or 16,16), "
+                                      f"got {spatial!r}")
+    spatial = tuple(_positive_int("spatial", s) for s in spatial)
+    kernel = _positive_int("kernel", DEFAULT_KERNEL if kernel is None else kernel)
+    if kernel > min(spatial):
+        raise InitcliError("kernel", f"must be at most the smallest spatial size {min(spatial)} (a window "
+                                     f"wider than the input), got {kernel}")
+    name = "circular" if padding is None else str(padding).strip().lower()
+    name = {"zeros": "zero", "circ": "circular"}.get(name, name)
+    if name not in PADDINGS:
+        raise InitcliError("padding", f"unknown padding '{padding}'; choose from {', '.join(PADDINGS)}")
+    return ConvShape(channels, spatial, kernel, name)
+
+
+# -- one convolution ------------------------------------------------------------------------
+
+
+def _pad(x: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
+    """Pad the spatial axes of a channels-last array: wrapped around (circular) or zeros.
+    Written into one new array, axis by axis (np.pad does the same several times slower)."""
+    if before == after == 0:
+        return x
+    dims = x.ndim - 2
+    out = (np.empty if padding == "circular" else np.zeros)(
+        (x.shape[0],) + tuple(n + before + after for n in x.shape[1:-1]) + (x.shape[-1],), dtype=x.dtype)
+    out[(slice(None),) + tuple(slice(before, before + n) for n in x.shape[1:-1])] = x
+    if padding == "circular":
+        for axis in range(1, dims + 1):  # axes padded so far already hold their wrap: corners come right
+            n = x.shape[axis]
+
+            lead = (slice(None),) * axis
+            if before:  # the first `before` padded entries wrap from the input's end
+                out[lead + (slice(0, before),)] = out[lead + (slice(n, n + before),)]
+            if after:  # the last `after` from its start
+                out[lead + (slice(before + n, before + n + after),)] = out[lead + (slice(before, before + after),)]
+    return out
+
+
+def _patches(xp: np.ndarray, kernel: int, out: np.ndarray) -> np.ndarray:
+    """im2col: out (b, *spatial, k^d, C) gets, at tap t, the padded input shifted by t. One
+    copy per tap, each of whole channel vectors: no loop over positions."""
+    out_spatial = out.shape[1:-2]
+    for tap, offsets in enumerate(np.ndindex(*(kernel,) * len(out_spatial))):
+        out[..., tap, :] = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offsets, out_spatial))]
+    return out
+
+
+def _chunk(batch_shape: tuple[int, ...], columns: int, itemsize: int) -> int:
+    """Examples per im2col copy: as many as fit in _CHUNK_BYTES, at least one."""
+    per_example = math.prod(batch_shape[1:-1]) * columns * itemsize
+    return max(1, _CHUNK_BYTES // max(per_example, 1))
+
+
+def _as_matrix(w: np.ndarray) -> np.ndarray:
+    """A kernel (O, C, k, …) as the (O, k^d·C) matrix whose columns follow `_patches`' order."""
+    return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
+
+
+def correlate(x: np.ndarray, w: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
+    """Stride-1 cross-correlation of a channels-last x (B, *S, C) with w (O, C, k, …),
+    padded `before`/`after` on each spatial axis: (B, *S', O). One GEMM per batch chunk."""
+    kernel, taps = w.shape[2], math.prod(w.shape[2:])
+    matrix = _as_matrix(w).T  # (k^d·C, O)
+    xp = _pad(x, before, after, padding)
+    out_spatial = tuple(n - kernel + 1 for n in xp.shape[1:-1])
+    dtype = np.result_type(x, w)
+    out = np.empty((x.shape[0],) + out_spatial + (w.shape[0],), dtype=dtype)
+    step = min(x.shape[0], _chunk(out.shape, matrix.shape[0], dtype.itemsize))
+    cols = np.empty((step,) + out_spatial + (taps, x.shape[-1]), dtype=x.dtype)
+    for start in range(0, x.shape[0], step):
+        part = _patches(xp[start:start + step], kernel, cols[:x.shape[0] - start])
+        np.matmul(part.reshape(-1, matrix.shape[0]), matrix, out=out[start:start + step].reshape(-1, matrix.shape[1]))
+    return out
+
+
+def weight_gradient(x: np.ndarray, delta: np.ndarray, w_shape: tuple[int, ...], before: int, after: int,
+                    padding: str) -> np.ndarray:
+    """∂L/∂W = Σ_{examples, positions} δ ⊗ window(a): δᵀ·im2col(a), a chunk at a time."""
+    out_channels, kernel, taps = w_shape[0], w_shape[2], math.prod(w_shape[2:])
+    columns = taps * x.shape[-1]
+    xp = _pad(x, before, after, padding)
+    dtype = np.result_type(x, delta)
+    grad = np.zeros((out_channels, columns), dtype=dtype)
+    step = min(x.shape[0], _chunk(delta.shape, columns, dtype.itemsize))
+    cols = np.empty((step,) + delta.shape[1:-1] + (taps, x.shape[-1]), dtype=x.dtype)
+    for start in range(0, x.shape[0], step):
+        part = _patches(xp[start:start + step], kernel, cols[:x.shape[0] - start])
+        grad += delta[start:start + step].reshape(-1, out_channels).T @ part.reshape(-1, columns)
+    # back from the (O, k…, C) column order to torch's (O, C, k…)
+    return np.moveaxis(grad.reshape((out_channels,) + tuple(w_shape[2:]) + (x.shape[-1],)), -1, 1).copy()
+
+
+def input_gradient(delta: np.ndarray, w: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
+    """∂L/∂a from δ = ∂L/∂h: y_i = Σ_t w_t·a_{i+t−before} gives ∂L/∂a_m = Σ_s w_{k−1−s}ᵀ·δ_{m+s−after},
+    a correlation with the flipped, channel-transposed kernel, padded after/before (with
+    wrap-around for circular padding, zeros outside for zero padding)."""
+    flipped = np.flip(w, axis=tuple(range(2, w.ndim))).swapaxes(0, 1)
+    return correlate(delta, flipped, after, before, padding)
+
+
+def to_channels_last(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
+def to_channels_first(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+# -- the stack ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvStack:
+    """Kernels in torch layout (C, C, k, …), biases (C,), the geometry and the skips."""
+
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    shape: ConvShape
+    arch: Architecture = PLAIN
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+
+def build_conv_stack(init: Init, shape: ConvShape, depth: int, *, bias_std: float = 0.0, seed: int = 0,
+                     dtype="float32", arch: Architecture = PLAIN) -> ConvStack:
+    """Draw each layer's kernel with `init` (fans counting the kernel) and biases from
+    N(0, bias_std²), from the seed's weights and biases streams as `engine.build_stack` does."""
+    dtype = np.dtype(dtype)
+    streams = seed_streams(seed)
+    weights = tuple(init.sample(shape.weight_shape, streams["weights"], dtype) for _ in range(depth))
+    biases = tuple((bias_std * gaussian(streams["biases"], (shape.channels,))).astype(dtype) for _ in range(depth))
+    return ConvStack(weights, biases, shape, arch)
+
+
+@dataclass
+class ConvTrace:
+    """The input and, per layer, its output a_l and φ'(h_l), channels-last."""
+
+    x: np.ndarray
+    acts: list[np.ndarray] = field(default_factory=list)
+    derivs: list[np.ndarray] = field(default_factory=list)
+
+
+ConvObserver = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def forward(stack: ConvStack, act: Activation, x: np.ndarray, observe: ConvObserver | None = None) -> ConvTrace:
+    """Run a channels-last x through the stack; observe(layer, h, φ(h), a_l, φ'(h)) sees each layer."""
+    before, after = stack.shape.pads
+    arch = stack.arch
+    trace = ConvTrace(x)
+    a = block_input = x
+    for index, (w, b) in enumerate(zip(stack.weights, stack.biases), start=1):
+        if arch.opens_block(index):
+            block_input = a
+        h = correlate(a, w, before, after, stack.shape.padding)
+        if b.any():
+            h += b
+        branch = act.fn(h)
+        if branch is h:  # the identity returns its input; h is observed apart from the branch
+            branch = h.copy()
+        deriv = act.derivative(h, branch)
+        if not all_finite(h):  # past an overflow relu'(nan) = 0 would report a clean zero
+            deriv = np.where(np.isnan(h), np.nan, deriv).astype(deriv.dtype)
+        output = block_input + branch * branch.dtype.type(arch.residual_scale) if arch.closes_block(index) else branch
+        if observe is not None:
+            observe(index, h, branch, output, deriv)
+        del h
+        trace.acts.append(output)
+        trace.derivs.append(deriv)
+        a = output
+    return trace
+
+
+def backward(stack: ConvStack, trace: ConvTrace, cotangent: np.ndarray,
+             observe: Callable[[int, np.ndarray, np.ndarray], None] | None = None, *,
+             keep_grads: bool = True, input_grad: bool = False):
+    """Backpropagate ∂L/∂a_L = cotangent (channels-last). observe(layer, δ_l, ∂L/∂W_l) top
+    down. Returns ([(∂L/∂W_l, ∂L/∂b_l)] bottom up or None, ∂L/∂x or None)."""
+    before, after = stack.shape.pads
+    padding, arch = stack.shape.padding, stack.arch
+    grads = [] if keep_grads else None
+    grad, skip_grad = cotangent, None
+    for index in range(stack.depth, 0, -1):
+        w, deriv = stack.weights[index - 1], trace.derivs[index - 1]
+        if arch.closes_block(index):
+            skip_grad = grad
+            delta = grad * deriv
+            delta *= delta.dtype.type(arch.residual_scale)
+        else:
+            delta = grad * deriv
+        a_below = trace.x if index == 1 else trace.acts[index - 2]
+        weight_grad = weight_gradient(a_below, delta, w.shape, before, after, padding)
+        if observe is not None:
+            observe(index, delta, weight_grad)
+        if grads is not None:
+            grads.append((weight_grad, delta.sum(axis=tuple(range(delta.ndim - 1)))))
+        del weight_grad
+        if index == 1 and not input_grad:
+            grad = None
+            break
+        grad = input_gradient(delta, w, before, after, padding)
+        if arch.opens_block(index):
+            grad += skip_grad
+            skip_grad = None
+    return (grads[::-1] if grads is not None else None), grad
+
+
+def measure(stack: ConvStack, act: Activation, x: np.ndarray, cotangent: np.ndarray, *,
+            progress: Callable[[int], None] | None = None):
+    """Forward x, backpropagate the cotangent (both channels-last) and measure every layer:
+    moments over batch, positions and channels; dead_frac over the (position, channel) units;
+    effective_rank and input_cosine over each example's flattened activations. Returns
+    (layers, first layer whose pre-activations overflowed, first from the top whose gradient did)."""
+    from .propagation import LayerStats
+
+    depth = stack.depth
+    forward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
+    backward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
+    overflow = {"forward": None, "backward": None}
+    batch = x.shape[0]
+
+    def on_forward(layer, h, branch, output, deriv):
+        preact_mean, preact_var = moments(h)
+        if overflow["forward"] is None and not math.isfinite(preact_var) and not all_finite(h):
+            overflow["forward"] = layer
+        act_mean, act_var = moments(output)
+        saturated = float(np.count_nonzero(act.saturated(branch)) / branch.size) if act.saturated is not None else 0.0
+        flat = output.reshape(batch, -1)
+        forward_stats[layer - 1] = {
+            "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
+            "saturated_frac": saturated, "dead_frac": dead_fraction(deriv.reshape(batch, -1)),
+            "effective_rank": effective_rank(flat), "input_cosine": mean_input_cosine(flat),
+        }
+        if progress is not None:
+            progress(1)
+
+    def on_backward(layer, delta, weight_grad):
+        grad_var = moments(delta)[1]
+        if overflow["backward"] is None and not math.isfinite(grad_var) and not all_finite(delta):
+            overflow["backward"] = layer
+        backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
+        if progress is not None:
+            progress(1)
+
+    fan = stack.shape.fan
+    with np.errstate(all="ignore"):
+        backward(stack, forward(stack, act, x, on_forward), cotangent, on_backward, keep_grads=False)
+        layers = tuple(LayerStats(layer=i + 1, fan_in=fan, fan_out=fan, weight_std=math.sqrt(moments(w)[1]),
+                                  **forward_stats[i], **backward_stats[i])
+                       for i, w in enumerate(stack.weights))
+    return layers, overflow["forward"], overflow["backward"]
+
+
+# -- propagate --conv ---------------------------------------------------------------------
+
+
+def estimate_bytes(shape: ConvShape, depth: int, batch: int, dtype) -> int:
+    """Peak memory, before anything is allocated: the kernels; the inputs, cotangent and
+    every layer's output and φ'(h); a layer's transients (h, φ(h), δ, two gradients, a
+    float64 copy for the statistics) and one im2col chunk."""
+    itemsize = np.dtype(dtype).itemsize
+    volume = batch * shape.positions * shape.channels  # one layer's array, in entries
+    weights = depth * shape.channels * shape.fan * itemsize
+    kept = weights + (2 + 2 * depth) * volume * itemsize
+    im2col = min(_CHUNK_BYTES, batch * shape.positions * shape.fan * itemsize) + shape.positions * shape.fan * itemsize
+    transient = 5 * volume * itemsize + volume * 8 + im2col + shape.channels * shape.fan * itemsize
+    return kept + transient + _WORKSPACE
+
+
+@dataclass(frozen=True)
+class ConvRun:
+    """A conv propagate call with every argument checked."""
+
+    init: Init
+    act: Activation
+    shape: ConvShape
+    depth: int
+    batch: int
+    bias_std: float
+    input_std: float
+    dtype: np.dtype
+    seed: int
+    theory: bool
+    arch: Architecture
+
+    @property
+    def params(self) -> dict:
+        return {**self.init.params(), **self.shape.params(), "depth": self.depth, "batch": self.batch,
+                "bias_std": self.bias_std, "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed,
+                **self.arch.params(), "param": "sp"}
+
+    @property
+    def estimate(self) -> int:
+        return estimate_bytes(self.shape, self.depth, self.batch, self.dtype)
+
+
+def prepare(scheme: str | Init = "he-normal", activation: str = "relu", *, channels: int | None = None,
+            spatial: Sequence[int] | int | None = None, kernel: int | None = None, padding: str | None = None,
+            depth: int | None = None, batch: int = 512, bias_std: float = 0.0, input_std: float = 1.0,
+            dtype: str = "float32", seed: int = 0, theory: bool = True, residual: bool = False,
+            residual_scale: float = 1.0, block: int = 1, sizes: Sequence[int] | None = None,
+            width: int | None = None, **init_options) -> ConvRun:
+    """Check a conv run's arguments (memory guard included), allocating nothing. Depth
+    defaults to 10; `init_options` are `schemes.make_init`'s. `sizes` and `width` are
+    refused: a conv layer's width is its channels."""
+    for name, value in (("sizes", sizes), ("width", width)):
+        if value is not None:
+            raise InitcliError(name, "does not apply with --arch conv: its layers have --channels channels at "
+                                     "each of the --spatial positions")
+    if isinstance(scheme, Init):
+        init = scheme
+        act = get_activation(init.activation, init.negative_slope)
+    else:
+        init = make_init(scheme, activation=activation, **init_options)
+        act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
+    if init.kind in _REFUSED_KINDS:
+        raise InitcliError("scheme", f"{init.name} {_REFUSED_KINDS[init.kind]}")
+    shape = conv_shape(channels, spatial, kernel, padding)
+    depth = _positive_int("depth", 10 if depth is None else depth, MAX_DEPTH)
+    batch = _positive_int("batch", batch, MAX_SIZE)
+    np_dtype = check_dtype(dtype)
+    arch = make_architecture(residual, residual_scale, block, None, None, depth)
+    arch.check_sizes([shape.channels] * (depth + 1))
+    bias_std = check_weight_scale("bias_std", bias_std)
+    input_std = check_weight_scale("input_std", input_std)
+    seed = check_seed(seed)
+    check_memory(estimate_bytes(shape, depth, batch, np_dtype), dtype=np_dtype, options=CONV_OPTIONS)
+    return ConvRun(init, act, shape, depth, batch, bias_std, input_std, np_dtype, seed, bool(theory), arch)
+
+
+# Products up to this many multiply-adds run on one BLAS thread, as in `propagation`.
+SINGLE_THREAD_WORK = 1 << 25
+
+
+def inputs(run: ConvRun) -> tuple[ConvStack, np.ndarray, np.ndarray]:
+    """The stack, the inputs N(0, input_std²) and the unit-Gaussian cotangent (channels-last;
+    drawn in torch's (batch, C, *spatial) layout from the seed's inputs and cotangent streams)."""
+    stack = build_conv_stack(run.init, run.shape, run.depth, bias_std=run.bias_std, seed=run.seed, dtype=run.dtype,
+                             arch=run.arch)
+    streams = seed_streams(run.seed)
+    torch_layout = (run.batch, run.shape.channels) + run.shape.spatial
+    x = gaussian(streams["inputs"], torch_layout, run.dtype) * run.dtype.type(run.input_std)
+    cotangent = gaussian(streams["cotangent"], torch_layout, run.dtype)
+    return stack, to_channels_last(x), to_channels_last(cotangent)
+
+
+def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
+              progress: Callable[[int], None] | None = None, **options):
+    """`propagation.propagate` for a conv stack (options: see `prepare`): a
+    `propagation.PropagateResult` whose params record the architecture. With `theory`, the
+    mean-field columns with fan_in = C·k^d for circular padding; blank for zero padding and
+    for deterministic kernels (constant, dirac), where mean-field does not apply."""
+    from dataclasses import replace
+
+    from .propagation import PropagateResult
+
+    run = prepare(scheme, activation, **options)
+    shape = run.shape
+    small = run.batch * shape.positions * shape.channels * shape.fan <= SINGLE_THREAD_WORK
+    with blas_threads_limited(1) if small else nullcontext():
+        stack, x, cotangent = inputs(run)
+        layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
+    result = PropagateResult(run.params, layers, forward_overflow, backward_overflow)
+    if not run.theory:
+        return result
+    return replace(result, theory=theory_columns(run, layers))
+
+
+def theory_columns(run: ConvRun, layers) -> tuple[TheoryColumns, ...]:
+    """Mean-field beside the measurement, as `theory.beside` gives it for an MLP, with
+    fan_in = fan_out = C·k^d. The finite-width spread counts C (the independent filters),
+    not C·k^d: the positions share one kernel, so they do not average its randomness away."""
+    if run.shape.padding != "circular" or run.init.kind in ("constant", "dirac"):
+        return tuple(TheoryColumns(None, None, None, "") for _ in layers)
+    std = run.init.expected_std(run.shape.weight_shape)
+    variance = std * std  # a product: inf past float64's range, where ** raises
+    fans = [run.shape.fan] * (run.depth + 1)
+    predicted = mean_field(run.act, [variance] * run.depth, fans, bias_var=run.bias_std * run.bias_std,
+                           input_second_moment=run.input_std * run.input_std, arch=run.arch)
+    forward_spread, backward_spread = finite_width_spread([run.shape.channels] * (run.depth + 1))
+    columns = []
+    for i, layer in enumerate(predicted):
+        off = [name for name, measured, theory, spread in (
+            ("preact", layers[i].preact_var, layer.preact_var, forward_spread[i]),
+            ("grad", layers[i].grad_var, layer.grad_var, backward_spread[i]),
+        ) if parts_ways(measured, theory, spread)]
+        columns.append(TheoryColumns(layer.preact_var, layer.grad_var, layer.chi, ",".join(off)))
+    return tuple(columns)
