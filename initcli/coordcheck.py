@@ -28,11 +28,13 @@ import numpy as np
 from .activations import get_activation
 from .checks import _positive_int, check_dtype, check_memory, check_seed
 from .engine import forward, make_architecture, seed_streams
-from .errors import InitcliError
+from .errors import InitcliError, suggest
 from .parametrization import check_base_width, check_param, predicted_slope
-from .schemes import get_scheme, make_init
+from .schemes import gaussian, get_scheme, make_init
 from .threads import blas_threads_limited
 from .training import (
+    ADAM_BETAS,
+    ADAM_EPS,
     OPTIMIZERS,
     _check_residual_init_trains,
     _number_in,
@@ -60,7 +62,7 @@ class CoordRow:
     layer: str  # "1" … str(depth) for the hidden layers (1 is the input layer), "readout"
     step: int  # optimizer steps taken before the measurement
     width: int
-    depth: int
+    depth: int | None  # None for a user's model (`--module`): its depth is its own
     seed: int
     l1: float  # mean |x| over the batch and the units
 
@@ -168,8 +170,10 @@ def _run_one(*, width: int, depth: int, seed: int, data_seed: int, scheme: str, 
     return rows
 
 
-def _slopes(rows: Sequence[CoordRow], against: str, param: str, readout_zero: bool, steps: int,
-            flat_tol: float) -> list[Slope]:
+def _slopes(rows: Sequence[CoordRow], against: str, flat_tol: float,
+            predict: Callable[[str, int], float | None], order: Callable[[str], int]) -> list[Slope]:
+    """One Slope per (layer, step, fixed depth or width) group; `predict(layer, step)` gives
+    theory's exponent (or None), `order(layer)` the rank of a layer in the table."""
     fixed = "depth" if against == "width" else "width"
     groups: dict[tuple, list[CoordRow]] = {}
     for row in rows:
@@ -180,8 +184,7 @@ def _slopes(rows: Sequence[CoordRow], against: str, param: str, readout_zero: bo
         if len(set(xs)) < 2:
             continue  # a layer only some depths have
         l1 = [r.l1 for r in members]
-        role = "readout" if layer == "readout" else ("input" if layer == "1" else "hidden")
-        predicted = predicted_slope(param, role, step, readout_zero=readout_zero) if against == "width" else None
+        predicted = predict(layer, step) if against == "width" else None
         if not all(math.isfinite(v) for v in l1):
             slope, se, word = None, None, "overflow"
         elif any(v == 0 for v in l1):
@@ -192,8 +195,32 @@ def _slopes(rows: Sequence[CoordRow], against: str, param: str, readout_zero: bo
             se = None if math.isnan(se) else se
         out.append(Slope(layer, step, against, fixed_value if fixed == "width" else None,
                          fixed_value if fixed == "depth" else None, len(members), slope, se, predicted, word))
-    order = {"readout": 1 << 30}
-    return sorted(out, key=lambda s: (s.width or 0, s.depth or 0, s.step, order.get(s.layer, 0) or int(s.layer)))
+    return sorted(out, key=lambda s: (s.width or 0, s.depth or 0, s.step, order(s.layer)))
+
+
+def _builtin_slopes(rows: Sequence[CoordRow], against: str, param: str, readout_zero: bool,
+                    flat_tol: float) -> list[Slope]:
+    def predict(layer: str, step: int) -> float | None:
+        role = "readout" if layer == "readout" else ("input" if layer == "1" else "hidden")
+        return predicted_slope(param, role, step, readout_zero=readout_zero)
+
+    return _slopes(rows, against, flat_tol, predict, lambda layer: 1 << 30 if layer == "readout" else int(layer))
+
+
+def _check_training(*, steps, optimizer, lr, seeds, seed, batch, flat_tol) -> dict:
+    """The options both forms share, checked: steps, optimizer (its key), lr (its default),
+    seeds, seed, batch and flat_tol."""
+    steps = _positive_int("steps", steps, MAX_STEPS) if steps != 0 else 0
+    key = str(optimizer).strip().lower()
+    if key not in OPTIMIZERS:
+        raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
+    lr = DEFAULT_LR[key] if lr is None else _number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
+    batch = _positive_int("batch", batch, 1 << 20)
+    if batch < 2:
+        raise InitcliError("batch", "must be at least 2: the task's inputs are standardised by their spread")
+    return {"steps": steps, "optimizer": key, "lr": lr, "seeds": _positive_int("seeds", seeds, 1000),
+            "seed": check_seed(seed), "batch": batch,
+            "flat_tol": _number_in("flat_tol", flat_tol, "a number ≥ 0", lambda v: v >= 0)}
 
 
 def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] = (3,), steps: int = 3,
@@ -214,17 +241,11 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
     depths = _parse_sizes(depths, "depths")
     if len(widths) < 2 and len(depths) < 2:
         raise InitcliError("widths", "needs at least two widths (or two --depths) to fit a slope")
-    steps = _positive_int("steps", steps, MAX_STEPS) if steps != 0 else 0
-    key = str(optimizer).strip().lower()
-    if key not in OPTIMIZERS:
-        raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
-    lr = DEFAULT_LR[key] if lr is None else _number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
+    checked = _check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
+                              flat_tol=flat_tol)
+    steps, key, lr, seeds, seed, batch, flat_tol = (checked[k] for k in ("steps", "optimizer", "lr", "seeds", "seed",
+                                                                          "batch", "flat_tol"))
     outputs = _positive_int("outputs", outputs, 1 << 16)
-    seeds = _positive_int("seeds", seeds, 1000)
-    seed = check_seed(seed)
-    batch = _positive_int("batch", batch, 1 << 20)
-    if batch < 2:
-        raise InitcliError("batch", "must be at least 2: the task's inputs are standardised by their spread")
     param = check_param(param)
     base_width = float(widths[0]) if base_width is None else check_base_width(base_width)
     if readout_init is None:
@@ -233,7 +254,6 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
     if readout_init not in READOUT_INITS:
         raise InitcliError("readout_init", f"unknown readout init '{readout_init}'; choose from "
                                            f"{', '.join(READOUT_INITS)}")
-    flat_tol = _number_in("flat_tol", flat_tol, "a number ≥ 0", lambda v: v >= 0)
     dtype = check_dtype(dtype).name
     if get_scheme(scheme).kind == "lsuv":
         raise InitcliError("scheme", "lsuv rescales every layer from the data, over the parametrization's factors")
@@ -270,9 +290,9 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
                         progress(1)
     slopes = []
     if len(widths) > 1:
-        slopes += _slopes(rows, "width", param, readout_init == "zero", steps, flat_tol)
+        slopes += _builtin_slopes(rows, "width", param, readout_init == "zero", flat_tol)
     if len(depths) > 1:
-        slopes += _slopes(rows, "depth", param, readout_init == "zero", steps, flat_tol)
+        slopes += _builtin_slopes(rows, "depth", param, readout_init == "zero", flat_tol)
     init = make_init(scheme, activation=activation, **init_options)
     arch = (make_architecture(depth=depths[0] - 1, **arch_options) if residual
             else make_architecture(False, residual_scale, block, norm))
@@ -280,4 +300,310 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
               "widths": list(widths), "depths": list(depths), "steps": steps, "optimizer": key, "lr": lr,
               "outputs": outputs, "seeds": seeds, "seed": seed, "batch": batch, "task": "regression",
               "flat_tol": flat_tol, "dtype": dtype, **arch.params()}
+    return CoordResult(params, tuple(rows), tuple(slopes))
+
+
+# -- the user's own model (`--module MODULE:CALLABLE --width-arg NAME`, torch extra) -------------
+
+PARAM_GROUPS_ATTRIBUTE = "initcli_param_groups"
+
+
+def _torch():
+    from .optional import require
+
+    return require("torch", "module", "coordcheck --module")
+
+
+def _load_factory(target: str):
+    """probe's loader (`initcli.probing.load_callable`), its refusals named --module."""
+    from .probing import load_callable
+
+    try:
+        return load_callable(target)
+    except InitcliError as exc:
+        if exc.param is not None:
+            raise
+        raise InitcliError("module", exc.message) from None
+
+
+def _accepts(factory, name: str) -> bool:
+    """Whether `factory(**{name: …})` binds: a parameter of that name, or **kwargs. A callable
+    without a signature (some builtins) is given the benefit of the doubt."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return True
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD or (p.name == name and p.kind in kinds)
+               for p in signature.parameters.values())
+
+
+def _argument_names(factory) -> list[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _build(factory, target: str, call: dict, torch, width_arg: str, user_kwargs: bool):
+    """The model at one width: (module, example input or None), as `probing.load_model` checks
+    what the callable returns."""
+    from .probing import _one_line
+
+    name = target.rpartition(":")[2]
+    try:
+        built = factory(**call)
+    except (Exception, SystemExit) as exc:  # the user's code may raise anything
+        raise InitcliError("kwargs" if user_kwargs else "module",
+                           f"calling {name}({width_arg}={call[width_arg]}, …) failed: {_one_line(exc)}") from None
+    example = None
+    if isinstance(built, tuple) and len(built) == 2:
+        built, example = built
+    if not isinstance(built, torch.nn.Module):
+        raise InitcliError("module", f"{name} returned {type(built).__name__}, not a torch.nn.Module (or a "
+                                     "(model, example_input) pair)")
+    return built, example
+
+
+def _param_groups(model, optimizer: str, lr: float, target: str) -> tuple[list, bool]:
+    """(what torch's optimizer is given, whether the model chose it): the groups of the model's
+    `initcli_param_groups(optimizer, lr)` method when it has one — how a model states per-layer
+    learning rates such as µP's, which a plain module cannot express — else every parameter at
+    `lr`."""
+    from .probing import _one_line
+
+    method = getattr(model, PARAM_GROUPS_ATTRIBUTE, None)
+    if method is None:
+        return list(model.parameters()), False
+    try:
+        groups = list(method(optimizer, lr))
+    except Exception as exc:  # the user's code
+        raise InitcliError("module", f"{target}'s model: {PARAM_GROUPS_ATTRIBUTE}('{optimizer}', {lr:g}) failed: "
+                                     f"{_one_line(exc)}") from None
+    return groups, True
+
+
+def _meta_parameters(factory, call: dict, torch) -> int | None:
+    """The number of parameter values the callable's model holds, built on the meta device
+    (shapes only); None when the callable cannot be built there (it computes with values)."""
+    try:
+        with torch.device("meta"):
+            built = factory(**call)
+        model = built[0] if isinstance(built, tuple) and len(built) == 2 else built
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # the user's code on meta tensors: the real build will say what is wrong
+        return None
+
+
+def _leaf_names(model) -> dict:
+    """{leaf module: name} in `named_modules` order; a model with no children is '(model)'."""
+    return {module: name or "(model)" for name, module in model.named_modules()
+            if next(module.children(), None) is None}
+
+
+def _as_args(inputs, torch, torch_dtype) -> tuple:
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    return tuple(a.to(dtype=torch_dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in args)
+
+
+def _targets(shape: tuple[int, ...], seed: int, dtype: np.dtype) -> tuple[np.ndarray, str]:
+    """The fixed regression targets: the built-in path's (the regression task's y for this seed,
+    every output column fitting it) when the output is (batch, outputs), else unit Gaussians of
+    the output's shape from the seed's cotangent stream."""
+    if len(shape) == 2 and shape[0] >= 2:
+        task = make_task("regression", shape[0], rng=seed_streams(seed)["inputs"])
+        return np.tile(task.y, (1, shape[1])).astype(dtype), "task"
+    return gaussian(seed_streams(seed)["cotangent"], shape, dtype), "gaussian"
+
+
+def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dict, seed: int, data_seed: int,
+                inputs, optimizer: str, lr: float, steps: int, torch, torch_dtype, np_dtype) -> tuple[list, dict]:
+    """One (width, seed) run of the user's model: rows for steps 0…K, and what was used."""
+    from .probing import _first_tensor, _one_line
+
+    torch.manual_seed(seed)  # the weights (and any dropout) are the point's, whatever ran before
+    model, example = _build(factory, target, {**kwargs, width_arg: width}, torch, width_arg, bool(kwargs))
+    model = model.to(dtype=torch_dtype)
+    model.train()
+    args = _as_args(inputs if inputs is not None else example, torch, torch_dtype)
+    names = _leaf_names(model)
+    seen: list[tuple[str, float]] = []
+    calls: dict[str, int] = {}
+
+    def record(module, _inputs, output):
+        tensor = _first_tensor(output, torch)
+        if tensor is None or not tensor.is_floating_point():
+            return
+        label = names[module]
+        calls[label] = calls.get(label, 0) + 1
+        if calls[label] > 1:
+            label = f"{label}#{calls[label]}"  # a module called twice: two rows, as probe names them
+        seen.append((label, float(tensor.detach().abs().mean(dtype=torch.float64))))
+
+    groups, chosen = _param_groups(model, optimizer, lr, target)
+    try:
+        opt = (torch.optim.Adam(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS) if optimizer == "adam"
+               else torch.optim.SGD(groups, lr=lr))
+    except (ValueError, TypeError) as exc:  # no parameters, malformed groups
+        raise InitcliError("module", f"cannot train {target}'s model with {optimizer}: {_one_line(exc)}") from None
+    handles = [module.register_forward_hook(record) for module in names]
+    rows: list[CoordRow] = []
+    target_tensor, used = None, {"param_groups": "model" if chosen else "one"}
+    try:
+        for step in range(steps + 1):
+            seen.clear()
+            calls.clear()
+            training = step < steps
+            with torch.set_grad_enabled(training):
+                try:
+                    output = _first_tensor(model(*args), torch)
+                except Exception as exc:  # the user's forward
+                    if step == 0:
+                        raise InitcliError("input_shape", f"the model rejected the input: {_one_line(exc)}") from None
+                    raise InitcliError("module", f"{target}'s model failed at step {step}: {_one_line(exc)}") from None
+                if output is None or not output.is_floating_point():
+                    raise InitcliError("module", f"{target}'s model returned no floating-point tensor")
+            rows += [CoordRow(name, step, width, None, seed, l1) for name, l1 in seen]
+            if not training:
+                break
+            if target_tensor is None:
+                drawn, used["targets"] = _targets(tuple(output.shape), data_seed, np_dtype)
+                target_tensor = torch.from_numpy(drawn).to(dtype=output.dtype)
+            loss = torch.mean((output - target_tensor) ** 2)  # the built-in path's mean squared error
+            opt.zero_grad(set_to_none=True)
+            if not loss.requires_grad:
+                raise InitcliError("module", f"{target}'s model output does not depend on any trainable parameter")
+            try:
+                loss.backward()
+                opt.step()
+            except Exception as exc:  # the user's backward, or torch refusing a value
+                raise InitcliError("module", f"training {target}'s model failed at step {step + 1}: "
+                                             f"{_one_line(exc)}") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return rows, used
+
+
+def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str | None = None,
+                      widths: Sequence[int] = DEFAULT_WIDTHS, steps: int = 3, optimizer: str = "adam",
+                      lr: float | None = None, seeds: int = 3, seed: int = 0, batch: int = 64,
+                      input_shape: Sequence[int] | None = None, input_std: float = 1.0, dtype: str = "float32",
+                      flat_tol: float = DEFAULT_FLAT_TOL, progress: Callable[[int], None] | None = None,
+                      available: int | None = None) -> CoordResult:
+    """The coordinate check of the user's torch model: `target` is probe's MODULE:CALLABLE (or
+    path/to/file.py:CALLABLE); at each width the callable is called with
+    `{width_arg: width, **kwargs}` after `torch.manual_seed(point seed)`, and returns a
+    torch.nn.Module (or (module, example_input)).
+
+    The batch is fixed by `seed`: with `input_shape` None, the regression task's 2-feature
+    inputs (`batch` of them, the built-in path's); with it, N(0, input_std²) inputs from the
+    seed's inputs stream, as probe draws them; a returned example input otherwise. Targets: the
+    task's y (every output column fitting it) when the output is (batch, outputs), unit
+    Gaussians of the output's shape otherwise. Loss: mean squared error.
+
+    Training is torch's Adam (betas 0.9, 0.999, eps 1e-8) or SGD (no momentum) at one learning
+    rate `lr` for every parameter, unless the model has a method `initcli_param_groups(optimizer,
+    lr)` returning torch parameter groups (how a model states µP's per-layer rates). Every leaf
+    module's mean |output| (forward hooks, removed afterwards) is a row before each step; the
+    rows' depth is None. Slopes as the built-in path's, with no predicted exponent."""
+    torch = _torch()
+    from .probing import MAX_SHAPE_ELEMENTS, _one_line, estimate_bytes, parse_kwargs
+
+    kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) or kwargs is None else dict(kwargs)
+    if width_arg is None or not isinstance(width_arg, str) or not width_arg.isidentifier():
+        raise InitcliError("width_arg", f"must name the callable's width argument, such as 'width'; got {width_arg!r}")
+    if width_arg in kwargs:
+        raise InitcliError("kwargs", f"sets '{width_arg}', which --width-arg varies over --widths")
+    widths = _parse_sizes(widths, "widths")
+    if len(widths) < 2:
+        raise InitcliError("widths", "needs at least two widths to fit a slope")
+    checked = _check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
+                              flat_tol=flat_tol)
+    np_dtype = check_dtype(dtype)
+    # torch converts the step size to the parameters' dtype and refuses one past its range: SGD's
+    # lr, Adam's lr/(1 − β1^t), largest at t = 1 (Kingma & Ba 2015, Algorithm 1)
+    largest = float(np.finfo(np_dtype).max) * (1 - ADAM_BETAS[0] if checked["optimizer"] == "adam" else 1)
+    if checked["lr"] > largest:
+        raise InitcliError("lr", f"must be at most {largest:.3g} with {checked['optimizer']} in {np_dtype.name}: "
+                                 f"torch cannot hold a larger step; got {checked['lr']:g}")
+    if input_shape is not None:
+        from .schemes import check_weight_scale
+
+        input_std = check_weight_scale("input_std", input_std)
+        input_shape = tuple(_positive_int("input_shape", d, MAX_SHAPE_ELEMENTS) for d in input_shape)
+        if not input_shape:
+            raise InitcliError("input_shape", "needs at least one size, such as 784 or 3,32,32")
+        if checked["batch"] * math.prod(input_shape) > MAX_SHAPE_ELEMENTS:
+            raise InitcliError("input_shape", f"--batch × --input-shape is more than {MAX_SHAPE_ELEMENTS} values")
+    factory = _load_factory(target)
+    if not _accepts(factory, width_arg):
+        names = _argument_names(factory)
+        raise InitcliError("width_arg", f"{target.rpartition(':')[2]} takes no argument '{width_arg}'"
+                                        f"{suggest(width_arg, names)}; its arguments: {', '.join(names) or 'none'}")
+    torch_dtype = getattr(torch, np_dtype.name)
+    if input_shape is not None:
+        from .probing import draw_inputs
+
+        inputs, source = torch.from_numpy(draw_inputs(seed=checked["seed"], dtype=np_dtype, batch=checked["batch"],
+                                                      input_shape=input_shape, input_std=input_std)), \
+            {"inputs": "input_shape", "input_shape": list(input_shape), "input_std": input_std}
+    else:
+        inputs, source = None, {"inputs": "task"}
+    steps, key, lr = checked["steps"], checked["optimizer"], checked["lr"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the built-in path: the numbers do not depend on the machine's cores
+    try:
+        # the widest model's parameters counted on torch's meta device (no memory): a width the
+        # machine cannot hold is refused before anything is allocated
+        counted = _meta_parameters(factory, {**kwargs, width_arg: widths[-1]}, torch)
+        if counted is not None:  # parameters, their gradients and Adam's two moments
+            check_memory(4 * counted * np_dtype.itemsize, available, dtype=np_dtype,
+                         options=("--widths", "--batch", "--input-shape"))
+        # then the widest model itself: refuses a run whose activations cannot fit, and an input
+        # the model rejects, before the first width trains
+        torch.manual_seed(checked["seed"])
+        widest, example = _build(factory, target, {**kwargs, width_arg: widths[-1]}, torch, width_arg, bool(kwargs))
+        if inputs is None and example is None:
+            task = make_task("regression", checked["batch"], rng=seed_streams(checked["seed"])["inputs"])
+            inputs = torch.from_numpy(task.x.astype(np_dtype))
+        else:
+            source = source if inputs is not None else {"inputs": "example"}
+        widest = widest.to(dtype=torch_dtype)
+        args = _as_args(inputs if inputs is not None else example, torch, torch_dtype)
+        full = args[0].shape[0] if isinstance(args[0], torch.Tensor) and args[0].ndim else 1
+        trial = tuple(a[:min(2, full)] if isinstance(a, torch.Tensor) and a.ndim else a for a in args)
+        try:
+            needed = estimate_bytes(widest, trial, full, min(2, full))
+        except Exception as exc:  # the user's forward
+            raise InitcliError("input_shape", f"the model rejected the input: {_one_line(exc)}") from None
+        params_bytes = sum(p.numel() * p.element_size() for p in widest.parameters())
+        del widest
+        check_memory(needed + 2 * params_bytes, available, dtype=np_dtype,  # + Adam's two moments
+                     options=("--widths", "--batch", "--input-shape"))
+        rows: list[CoordRow] = []
+        used: dict = {}
+        for width in widths:
+            for i in range(checked["seeds"]):
+                more, used = _run_module(factory, target, width=width, width_arg=width_arg, kwargs=kwargs,
+                                         seed=checked["seed"] + i, data_seed=checked["seed"], inputs=inputs,
+                                         optimizer=key, lr=lr, steps=steps, torch=torch, torch_dtype=torch_dtype,
+                                         np_dtype=np_dtype)
+                rows += more
+                if progress is not None:
+                    progress(1)
+    finally:
+        torch.set_num_threads(threads)
+    order = {layer: i for i, layer in enumerate(dict.fromkeys(r.layer for r in rows))}
+    slopes = _slopes(rows, "width", checked["flat_tol"], lambda layer, step: None, order.__getitem__)
+    params = {"module": target, "width_arg": width_arg, "kwargs": kwargs, "widths": list(widths), "steps": steps,
+              "optimizer": key, "lr": lr, "seeds": checked["seeds"], "seed": checked["seed"],
+              "batch": int(full), **source, "targets": used.get("targets", "none"),
+              "param_groups": used.get("param_groups", "one"), "flat_tol": checked["flat_tol"],
+              "dtype": np_dtype.name}
     return CoordResult(params, tuple(rows), tuple(slopes))

@@ -141,3 +141,181 @@ def test_cli_table_and_bad_widths():
     assert result.exit_code == 0 and "log-log slopes" in result.stdout
     assert runner.invoke(app, ["coordcheck", "--widths", "32,x"]).exit_code == 2
     assert runner.invoke(app, SMALL + ["--bias-std", "0.1"]).exit_code == 2
+
+
+# -- the user's own torch model (--module MODULE:CALLABLE --width-arg NAME) -------------------------
+
+MODELS = str(__import__("pathlib").Path(__file__).with_name("coordcheck_models.py"))
+F32_EPS = float(np.finfo(np.float32).eps)
+# widths 64…1024, lr 1e-2: SP's first Adam step moves a hidden unit by about lr·n·mean|a|, from
+# 0.6 to 10 times the init's O(1) scale across these widths (see the headline runs above)
+TORCH = dict(widths=(64, 128, 256, 512, 1024), steps=2, optimizer="adam", lr=1e-2, seeds=2, batch=8)
+
+
+def _module(name, **kwargs):
+    from initcli.coordcheck import coordcheck_module
+
+    return coordcheck_module(f"{MODELS}:{name}", width_arg="width", **(TORCH | kwargs))
+
+
+@pytest.fixture(scope="module")
+def torch_sp():
+    pytest.importorskip("torch")
+    return _module("mlp")
+
+
+def test_torch_sp_hidden_grows_after_one_adam_step_and_is_flat_at_init(torch_sp):
+    slopes = {(s.layer, s.step): s for s in torch_sp.slopes}
+    # modules of mlp(width): 0 input Linear, 1 ReLU, 2 hidden Linear, 3 ReLU, 4 readout
+    assert {s.layer for s in torch_sp.slopes} == {"0", "1", "2", "3", "4"}
+    assert slopes["2", 0].verdict == "flat", slopes["2", 0]
+    hidden = slopes["2", 1]
+    assert hidden.verdict == "grows" and hidden.slope > max(0.2, 3 * hidden.slope_se), hidden
+    assert slopes["4", 1].verdict == "grows"  # the output too
+    # the input layer's fan_in (2 features) does not grow, nor does its update
+    assert slopes["0", 1].verdict == "flat"
+    assert all(s.predicted is None for s in torch_sp.slopes)  # no theory for an arbitrary model
+    p = torch_sp.params
+    assert p["inputs"] == "task" and p["targets"] == "task" and p["param_groups"] == "one" and p["batch"] == 8
+    assert len(torch_sp.rows) == 5 * 3 * 5 * 2 and all(r.depth is None for r in torch_sp.rows)
+
+
+def test_torch_mup_groups_keep_every_module_flat():
+    result = _module("mup_mlp")
+    assert result.params["param_groups"] == "model"
+    for s in result.slopes:
+        if s.verdict == "zero":  # the readout starts at 0, as mup's examples
+            assert s.layer == "readout" and s.step == 0
+            continue
+        assert s.verdict == "flat", s
+
+
+def test_torch_path_reproduces_builtin_network_bytes_for_bytes():
+    """The built-in network's weights in torch modules, trained by torch's Adam on the same
+    batch, give the built-in rows: both paths compute the same thing."""
+    pytest.importorskip("torch")
+    kw = dict(widths=(64, 256), steps=2, lr=1e-2, seeds=1, batch=8, dtype="float64")
+    builtin = coordcheck(depths=(2,), **kw)
+    mine = _module("builtin", kwargs={"seed": 0}, **kw)
+    names = {"0": "1", "2": "2", "4": "readout"}
+    torch_l1 = {(names[r.layer], r.step, r.width): r.l1 for r in mine.rows if r.layer in names}
+    assert len(torch_l1) == len(builtin.rows)
+    for row in builtin.rows:
+        # a dot product of n float64 terms rounds within n·eps relative (Higham 2002, §3.1), a few
+        # such per step in the forward, backward and Adam update
+        assert torch_l1[row.layer, row.step, row.width] == pytest.approx(row.l1, rel=16 * row.width * F64_EPS), row
+
+
+def test_torch_runs_are_reproducible_and_seeded_per_point():
+    pytest.importorskip("torch")
+    import torch
+
+    first = _module("mlp", widths=(16, 32), seeds=2)
+    torch.manual_seed(1234)  # whatever ran before: each point seeds torch itself
+    torch.rand(7)
+    again = _module("mlp", widths=(16, 32), seeds=2)
+    assert first.rows == again.rows
+    by_seed = {}
+    for r in first.rows:
+        by_seed.setdefault(r.seed, []).append(r.l1)
+    assert by_seed[0] != by_seed[1]
+
+
+def test_torch_input_shape_and_example_inputs():
+    pytest.importorskip("torch")
+    shaped = _module("mlp", widths=(16, 32), seeds=1, steps=1, input_shape=(5,), kwargs={"inputs": 5, "outputs": 3})
+    assert shaped.params["inputs"] == "input_shape" and shaped.params["input_shape"] == [5]
+    assert shaped.params["targets"] == "task"  # a (batch, outputs) output fits the task's targets
+    example = _module("with_example", widths=(16, 32), seeds=1, steps=1)
+    assert example.params["inputs"] == "example" and example.params["batch"] == 16
+    assert all(math.isfinite(r.l1) for r in example.rows)
+
+
+def test_torch_gaussian_targets_for_other_output_shapes():
+    pytest.importorskip("torch")
+    result = _module("mlp", widths=(16, 32), seeds=1, steps=1, input_shape=(3, 4), kwargs={"inputs": 4})
+    assert result.params["targets"] == "gaussian"  # output (batch, 3, 1): not the task's shape
+
+
+@pytest.mark.parametrize(("name", "kwargs", "param"), [
+    ("mlp", dict(width_arg=None), "width_arg"),
+    ("mlp", dict(width_arg="not an identifier"), "width_arg"),
+    ("no_width", {}, "width_arg"),  # the callable takes no `width`
+    ("not_a_module", {}, "module"),
+    ("frozen", {}, "module"),  # nothing to train
+    ("mup_mlp", dict(optimizer="sgd"), "module"),  # its param groups refuse sgd
+    ("mlp", dict(kwargs={"width": 3}), "kwargs"),
+    ("mlp", dict(kwargs={"depth": "x"}), "kwargs"),  # the callable fails with these
+    ("mlp", dict(kwargs="{not json"), "kwargs"),
+    ("mlp", dict(input_shape=(7,)), "input_shape"),  # mlp takes 2 features
+    ("mlp", dict(widths=(16,)), "widths"),
+    ("mlp", dict(lr=0), "lr"),
+    ("mlp", dict(lr=3e38), "lr"),  # Adam's first step lr/(1 − 0.9) is past float32's 3.4e38
+    ("mlp", dict(lr=1e39, optimizer="sgd"), "lr"),
+])
+def test_torch_refusals(name, kwargs, param):
+    pytest.importorskip("torch")
+    from initcli.coordcheck import coordcheck_module
+
+    options = TORCH | dict(widths=(8, 16), seeds=1, steps=1, width_arg="width") | kwargs
+    with pytest.raises(InitcliError) as err:
+        coordcheck_module(f"{MODELS}:{name}", **options)
+    assert err.value.param == param, err.value
+    assert "\n" not in str(err.value)
+
+
+def test_torch_overflow_is_a_result():
+    pytest.importorskip("torch")
+    result = _module("mlp", widths=(8, 16), seeds=1, steps=2, lr=3.4e37)  # the largest Adam lr torch holds
+    assert {s.verdict for s in result.slopes if s.step == 2} == {"overflow"}
+
+
+@pytest.mark.parametrize("target", ["nope", "no_such_module_here:f", f"{MODELS}:nothing", f"{MODELS}:_layers_x"])
+def test_torch_bad_module_target(target):
+    pytest.importorskip("torch")
+    from initcli.coordcheck import coordcheck_module
+
+    with pytest.raises(InitcliError) as err:
+        coordcheck_module(target, width_arg="width", widths=(8, 16), seeds=1, steps=1)
+    assert err.value.param == "module" and "\n" not in str(err.value)
+
+
+MODULE_CLI = ["coordcheck", "--module", f"{MODELS}:mlp", "--width-arg", "width", "--widths", "16,32", "--seeds", "1",
+              "--steps", "1", "--batch", "4"]
+
+
+def test_cli_module_csv_json_and_table():
+    pytest.importorskip("torch")
+    env = {"COLUMNS": "200"}
+    result = runner.invoke(app, MODULE_CLI + ["-f", "csv"], env=env)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert tuple(rows[0]) == ROW_COLUMNS and len(rows) == 5 * 2 * 2 and rows[0]["depth"] == ""
+    document = json.loads(runner.invoke(app, MODULE_CLI + ["-f", "json", "--kwargs", '{"depth": 3}'], env=env).stdout)
+    assert document["params"]["kwargs"] == {"depth": 3} and document["params"]["module"].endswith(":mlp")
+    assert {s["layer"] for s in document["summary"]} == {str(i) for i in range(7)}
+    table = runner.invoke(app, MODULE_CLI + ["-f", "table"], env=env)
+    assert table.exit_code == 0 and "log-log slopes" in table.stdout
+
+
+@pytest.mark.parametrize("extra", [
+    ["--param", "mup"], ["--depths", "2,3"], ["--scheme", "xavier-normal"], ["--residual"],
+])
+def test_cli_module_refuses_builtin_options(extra):
+    result = runner.invoke(app, MODULE_CLI + extra)
+    assert result.exit_code == 2 and "does not apply with --module" in result.output
+
+
+@pytest.mark.parametrize("extra", [["--width-arg", "width"], ["--kwargs", "{}"], ["--input-shape", "4"]])
+def test_cli_module_options_need_module(extra):
+    result = runner.invoke(app, SMALL + extra)
+    assert result.exit_code == 2 and "only applies with --module" in result.output
+
+
+def test_cli_module_bad_input_is_one_line():
+    pytest.importorskip("torch")
+    for args in (["--width-arg", "size"], ["--input-shape", "7"]):
+        result = runner.invoke(app, MODULE_CLI[:4] + args + MODULE_CLI[6:])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    no_arg = runner.invoke(app, ["coordcheck", "--module", f"{MODELS}:mlp", "--widths", "16,32"])
+    assert no_arg.exit_code == 2 and "--width-arg" in no_arg.output

@@ -1,4 +1,5 @@
-"""`initcli coordcheck`: µP's coordinate check on the built-in stacks."""
+"""`initcli coordcheck`: µP's coordinate check on the built-in stacks, or on the user's own torch
+model (`--module MODULE:CALLABLE --width-arg NAME`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .options import (
     check_applies,
     check_outputs,
     command,
+    given,
     output_format,
     parse_int_list,
     progress,
@@ -74,6 +76,18 @@ def coordcheck_command(
              "<= this; unclear when the errors are larger.")] = 0.1,
     summary: Annotated[bool, typer.Option(help="CSV: the slopes instead of the l1 rows.")] = False,
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    module: Annotated[Optional[str], typer.Option(
+        help="Your own torch model instead: MODULE:CALLABLE or path/to/file.py:CALLABLE (imported as probe "
+             "does), called with --width-arg at each width; returns a torch.nn.Module or (model, example_input). "
+             "Needs the torch extra.")] = None,
+    width_arg: Annotated[Optional[str], typer.Option(
+        help="With --module: the name of the callable's width argument, e.g. width.")] = None,
+    kwargs: Annotated[Optional[str], typer.Option(
+        help="With --module: JSON keyword arguments for the callable besides the width, e.g. '{\"depth\": 4}'.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(
+        help="With --module: shape of one input without the batch, e.g. 3,32,32; inputs are N(0, input-std²) "
+             "from the seed (default: the regression task's 2 features).")] = None,
+    input_std: Annotated[float, typer.Option(help="With --input-shape: inputs are drawn from N(0, input-std²).")] = 1.0,
 ) -> None:
     """Coordinate check (Yang et al. 2022): does each layer's scale stay flat with width?
 
@@ -83,13 +97,28 @@ def coordcheck_command(
     (layer, step), the log-log slope of l1 against width with its standard error, and a
     verdict flat, grows, shrinks or unclear (zero: a zero readout at step 0). Under sp with adam the
     hidden layers and the output grow with width after a step; under mup they stay flat.
+
+    With --module, your model at each width (torch.manual_seed of the point's seed first) is
+    trained with torch's optimizer at one --lr for every parameter, unless the model has a
+    method initcli_param_groups(optimizer, lr) returning torch parameter groups (per-layer
+    rates such as µP's); rows are every leaf module's mean |output|, depth left empty.
     """
-    from ..coordcheck import ROW_COLUMNS, SUMMARY_COLUMNS, coordcheck
-    from ..render import print_table
+    from ..coordcheck import coordcheck
 
     fmt = output_format(out.fmt)
-    check_applies(schemes=[scheme], arch=arch)
     check_outputs(out)
+    if module is not None:
+        _module_command(module, width_arg=width_arg, kwargs=kwargs, input_shape=input_shape, input_std=input_std,
+                        widths=widths, steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
+                        flat_tol=flat_tol, summary=summary, dtype=dtype, fmt=fmt, out=out)
+        return
+    typed = given()
+    for name in MODULE_ONLY:
+        if name in typed:
+            from ..errors import InitcliError
+
+            raise InitcliError(name, "only applies with --module")
+    check_applies(schemes=[scheme], arch=arch)
     width_list = parse_int_list(widths, "widths")
     depth_list = parse_int_list(depths, "depths")
     if init.bias_std != 0:
@@ -105,10 +134,51 @@ def coordcheck_command(
                             activation=activation, base_width=base_width, readout_init=readout_init,
                             flat_tol=flat_tol, dtype=dtype, progress=advance, **options, **init_options)
     warn_ignored([scheme], init)
-    rows, slopes = result.row_dicts(), result.summary_rows()
     p = result.params
     title = (f"{p['scheme']} · {p['activation']} · param {p['param']} · {p['optimizer']} lr {p['lr']:g} · "
              f"batch {p['batch']} · {p['seeds']} seeds")
+    _write(result, fmt, out, summary, title)
+
+
+MODULE_ONLY = ("width_arg", "kwargs", "input_shape", "input_std")
+# the options that describe the built-in network: a user's callable builds its own
+BUILTIN_ONLY = ("depths", "outputs", "scheme", "activation", "base_width", "readout_init", "residual",
+                "residual_scale", "block", "norm", "residual_init", "param", "lsuv_tol", "lsuv_max_iter", "gain",
+                "mode", "distribution", "negative_slope", "value", "std", "mean", "limit", "low", "high", "sparsity",
+                "groups", "in_axis", "out_axis", "batch_axis", "bias_std")
+
+
+def _module_command(module: str, *, width_arg, kwargs, input_shape, input_std, widths, steps, optimizer, lr, seeds,
+                    seed, batch, flat_tol, summary, dtype, fmt, out) -> None:
+    from ..coordcheck import coordcheck_module
+    from ..errors import InitcliError
+
+    typed = given()
+    clash = [name for name in BUILTIN_ONLY if name in typed]
+    if clash:
+        raise InitcliError(clash[0], "does not apply with --module: your callable builds the model")
+    if input_shape is None and "input_std" in typed:
+        raise InitcliError("input_std", "only applies with --input-shape")
+    width_list = parse_int_list(widths, "widths")
+    shape = parse_int_list(input_shape, "input_shape") if input_shape is not None else None
+    with progress(len(width_list) * max(seeds, 0), "coord check") as advance:
+        result = coordcheck_module(module, width_arg=width_arg, kwargs=kwargs, widths=width_list, steps=steps,
+                                   optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
+                                   input_shape=shape, input_std=input_std, dtype=dtype, flat_tol=flat_tol,
+                                   progress=advance)
+    p = result.params
+    title = (f"{module} · {width_arg} · {p['optimizer']} lr {p['lr']:g}"
+             f"{' (model param groups)' if p['param_groups'] == 'model' else ''} · batch {p['batch']} · "
+             f"{p['seeds']} seeds")
+    _write(result, fmt, out, summary, title)
+
+
+def _write(result, fmt: str, out, summary: bool, title: str) -> None:
+    from ..coordcheck import ROW_COLUMNS, SUMMARY_COLUMNS
+    from ..render import print_table
+
+    rows, slopes = result.row_dicts(), result.summary_rows()
+    p = result.params
     if fmt == "table":
         table, columns = _l1_table(rows, p["widths"])
         console = stdout_console()
@@ -130,7 +200,7 @@ def _plots(result, out, title: str) -> None:
     from ..charts import Series, log_chart, save_figure
 
     p = result.params
-    depth = p["depths"][0]
+    depth = p["depths"][0] if "depths" in p else None  # None: a --module run
     panels = []
     for step in range(p["steps"] + 1):
         layers = list(dict.fromkeys(r.layer for r in result.rows if r.step == step and r.depth == depth))
@@ -149,5 +219,6 @@ def _plots(result, out, title: str) -> None:
         for panel in panels:
             show(log_chart(panel["series"], width=chart_width(chart_console()), title=f"{panel['title']} · {title}"))
     if out.save_plot:
-        save_figure(out.save_plot, panels, title=f"coord check · depth {depth} · {title}", force=out.force,
+        where = "" if depth is None else f" · depth {depth}"
+        save_figure(out.save_plot, panels, title=f"coord check{where} · {title}", force=out.force,
                     dpi=out.dpi)
