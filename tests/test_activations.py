@@ -92,7 +92,7 @@ def test_norm_cdf_tail_is_relatively_accurate():
 
 
 def test_torch_gain_table_matches_torch():
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[reference]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[torch]')")
     for name, torch_name in [("linear", "linear"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("relu", "relu"),
                              ("selu", "selu")]:
         assert get_activation(name).torch_gain == torch.nn.init.calculate_gain(torch_name)
@@ -106,7 +106,7 @@ def test_torch_gain_table_matches_torch():
 
 @pytest.mark.parametrize("name", ACTIVATION_NAMES)
 def test_matches_torch_functional(name):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[reference]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[torch]')")
     F = torch.nn.functional
     fn = {"linear": lambda t: t, "relu": F.relu, "leaky-relu": lambda t: F.leaky_relu(t, 0.01), "tanh": torch.tanh,
           "sigmoid": torch.sigmoid, "selu": F.selu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu,

@@ -1,20 +1,29 @@
 """PyTorch as a reference oracle: initcli's formulas and every propagate statistic against
 torch.nn.init and torch autograd. Skipped, with the reason shown, where torch is absent
-(pip install 'initcli[reference]'); CI installs it."""
+(pip install 'initcli[torch]'); CI installs it."""
 
 import math
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[reference]')")
+torch = pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[torch]')")
 
 from initcli.activations import get_activation  # noqa: E402
 from initcli.engine import Architecture, build_stack  # noqa: E402
 from initcli.propagation import measure  # noqa: E402
 from initcli.schemes import compute_fans, make_init  # noqa: E402
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64_by_default():
+    """Every tensor here is float64 unless said otherwise; restored after, so that no other
+    test module's models change dtype with the order the tests run in."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 SHAPES = [(256, 784), (10, 256), (64, 3, 7, 7), (128, 64, 3, 3), (7, 300), (32, 16, 5), (8, 4, 3, 3, 3)]
 

@@ -187,7 +187,7 @@ def test_unknown_scheme_suggests_nearest():
 
 
 def _torch():
-    return pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[reference]')")
+    return pytest.importorskip("torch", reason="torch not installed (pip install 'initcli[torch]')")
 
 
 def _torch_std_of(fill, shape):
