@@ -8,7 +8,8 @@ from types import ModuleType
 
 from .errors import InitcliError
 
-EXTRAS = {"matplotlib": "plot", "torch": "torch", "onnx": "onnx", "dask": "dask", "distributed": "dask"}
+EXTRAS = {"matplotlib": "plot", "torch": "torch", "onnx": "onnx", "dask": "dask", "distributed": "dask",
+          "pyarrow": "parquet"}
 
 
 def require(module: str, param: str | None, purpose: str) -> ModuleType:

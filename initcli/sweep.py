@@ -18,6 +18,13 @@ Depth scales measured per point (Schoenholz et al. 2017's definitions):
   in the ordered phase), else the mean over the deeper half of the stack, and then the floor
   is 3 standard deviations of the deepest quarter. nan where fewer than 2 layers are in the
   window; inf where the distance does not shrink.
+
+With training (`options["train"]`, see `train_options`), each point also trains its MLP —
+`depth` hidden layers of `width` units with the point's weights (σ_w as the LeCun-normal
+gain, or the scheme), read-out included — on a generated task with `training.train_one`,
+seeded with the point's run_seed and on one BLAS thread, and adds `final_loss` and the final
+score (`final_accuracy`, or `final_r2` for regression). Its biases start at zero, as
+`initcli train`'s do: σ_b acts on the propagate columns only.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import InitcliError
+from .propagation import check_memory
 
 COORDINATES = ("sigma_w", "sigma_b", "depth", "width", "batch", "scheme", "activation", "seed")
 FLOAT_AXES = ("sigma_w", "sigma_b")
@@ -43,13 +51,51 @@ SUMMARY = ("first_act_var", "last_act_var", "first_grad_var", "last_grad_var", "
            "max_dead_frac", "min_effective_rank", "last_input_cosine", "verdict", "reason")
 MEASURED = ("xi_q", "xi_c", "xi_grad")
 THEORY = ("theory_q_star", "theory_chi", "theory_xi_c", "theory_xi_q", "theory_xi_grad", "theory_phase")
+TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "samples": 512, "batch": 128}
+CONNECT_SECONDS = 5  # how long a --scheduler may take to answer before the sweep gives up
 MAX_POINTS = 10_000_000
 MAX_AXIS = 100_000
 DEFAULTS = {"sigma_b": [0.0], "depth": [10], "width": [256], "batch": [512], "activation": ["relu"]}
 
 
-def columns() -> tuple[str, ...]:
-    return COORDINATES + ("run_seed",) + SUMMARY + MEASURED + THEORY + ("error",)
+def columns(metric: str | None = None) -> tuple[str, ...]:
+    """A row's columns; with training (`metric` 'accuracy' or 'r2'), its final loss and score too."""
+    trained = () if metric is None else ("final_loss", f"final_{metric}")
+    return COORDINATES + ("run_seed", "settings") + SUMMARY + MEASURED + THEORY + trained + ("error",)
+
+
+KEY = COORDINATES + ("settings",)  # what resumption compares: the point and every other setting
+
+
+def settings_text(options: dict) -> str:
+    """The options that are not axes but change a row (dtype, input_std, the training's), as
+    one cell such as 'dtype=float32;input_std=1.0': part of a row's key, so resuming a results
+    file with other settings runs every point again instead of mixing them."""
+    from .render import csv_cell
+
+    items = {**options.get("propagate", {}), **{f"train_{k}": v for k, v in options.get("train", {}).items()
+                                                if k != "metric"}}
+    return ";".join(f"{name}={csv_cell(items[name])}" for name in sorted(items) if items[name] is not None)
+
+
+def train_options(task: str, epochs: int = TRAIN_DEFAULTS["epochs"], *, lr: float = TRAIN_DEFAULTS["lr"],
+                  optimizer: str = TRAIN_DEFAULTS["optimizer"], samples: int = TRAIN_DEFAULTS["samples"],
+                  batch: int | None = TRAIN_DEFAULTS["batch"], classes: int | None = None,
+                  noise: float | None = None) -> dict:
+    """`options["train"]` for `sweep`, every value checked as `initcli train` checks it.
+    `batch` is the training mini-batch (None: full batch), not the grid's batch axis."""
+    from .propagation import _positive_int
+    from .training import MAX_EPOCHS, OPTIMIZERS, _number_in, check_samples, check_task, metric_for
+
+    key, n_classes, noise = check_task(task, classes, noise)
+    samples = check_samples(samples, n_classes)
+    name = str(optimizer).strip().lower()
+    if name not in OPTIMIZERS:
+        raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
+    batch = samples if batch is None else min(_positive_int("train_batch", batch), samples)
+    return {"task": key, "metric": metric_for(key), "classes": classes, "noise": noise, "samples": samples,
+            "epochs": _positive_int("epochs", epochs, MAX_EPOCHS), "optimizer": name,
+            "lr": _number_in("lr", lr, "a finite number > 0", lambda v: v > 0), "batch": batch}
 
 
 # -- grid ---------------------------------------------------------------------------------------
@@ -186,18 +232,61 @@ def _call(point: Point, options: dict) -> dict:
             **options.get("propagate", {}), **extra}
 
 
-def check_points(points: Sequence[Point], options: dict) -> None:
-    """Every distinct setting checked (names, sizes, memory) before any work starts."""
-    from .propagation import prepare
+def _train_call(point: Point, options: dict) -> dict:
+    """training.train_one's keywords for a point: its weights, shape and seed, zero biases."""
+    train = options["train"]
+    scheme, init_options = (point.scheme, {}) if point.scheme is not None else ("lecun-normal", {"gain": point.sigma_w})
+    return {"scheme": scheme, "activation": point.activation, "task": train["task"], "samples": train["samples"],
+            "classes": train["classes"], "noise": train["noise"], "hidden_widths": (point.width,) * point.depth,
+            "optimizer": train["optimizer"], "lr": train["lr"], "epochs": train["epochs"], "batch": train["batch"],
+            "target": 1.0, "seed": point.run_seed, "dtype": options.get("propagate", {}).get("dtype", "float32"),
+            "init_options": init_options}
+
+
+def _train_bytes(point: Point, options: dict) -> int:
+    """Peak memory of a point's training, as `training.train` estimates it: parameters with
+    their gradients and Adam's moments, then per sample the activations, φ' and a gradient of
+    every layer; plus the (loss, score) curve."""
+    from .training import _CURVE_POINT_BYTES, FEATURES
+
+    train = options["train"]
+    itemsize = np.dtype(options.get("propagate", {}).get("dtype", "float32")).itemsize
+    classes = 1 if train["task"] == "regression" else (train["classes"] or (3 if train["task"] == "spiral" else 2))
+    widths = [FEATURES, *([point.width] * point.depth), classes]
+    return (sum(a * b for a, b in zip(widths[:-1], widths[1:])) * itemsize * 4
+            + train["samples"] * sum(widths) * (itemsize * 3 + 8) + train["epochs"] * _CURVE_POINT_BYTES)
+
+
+def check_points(points: Sequence[Point], options: dict, at_once: int = 1) -> None:
+    """Every distinct setting checked (names, sizes, memory) before any work starts; the
+    memory guard counts the largest point `at_once` times, for the runs that go side by side
+    (a point's propagate run and its training are one after the other)."""
+    from .propagation import estimate_bytes, prepare
 
     seen = set()
+    largest = 0
+    dtype = None
     for point in points:
         call = _call(point, options)
         call.pop("seed")
         signature = tuple(sorted((k, repr(v)) for k, v in call.items()))
         if signature not in seen:
             seen.add(signature)
-            prepare(**call, seed=0)
+            run = prepare(**call, seed=0)  # one run's own memory guard is in here
+            dtype = run.dtype
+            needed = estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=run.checkpoint, arch=run.arch)
+            if "train" in options:
+                from .schemes import make_init
+
+                train = _train_call(point, options)
+                make_init(train["scheme"], activation=point.activation, **train["init_options"])
+                needed = max(needed, _train_bytes(point, options))
+            largest = max(largest, needed)
+    at_once = min(at_once, len(points))
+    if at_once > 1 or "train" in options:
+        options_named = ("--batch", "--width", "--depth") + (("--samples", "--epochs") if "train" in options else ())
+        check_memory(at_once * largest, dtype=dtype,
+                     options=options_named + (("--jobs",) if at_once > 1 else ()))
 
 
 @lru_cache(maxsize=4096)
@@ -293,6 +382,12 @@ def measure_point(point: Point, options: dict) -> dict:
            "xi_c": approach_scale([layer.input_cosine for layer in layers], c_target, eps),
            "xi_grad": gradient_scale([layer.grad_var for layer in layers]),
            **{name: theory[name] for name in THEORY}}
+    if "train" in options:
+        from .training import train_one
+
+        trained = train_one(**_train_call(point, options)).row
+        row["final_loss"] = trained.final_loss
+        row[f"final_{options['train']['metric']}"] = trained.final_score
     return row
 
 
@@ -345,6 +440,11 @@ class LocalExecutor:
     def workers(self) -> int:
         return self.jobs
 
+    @property
+    def here(self) -> int:
+        """Runs that go at once on this machine: what the memory guard multiplies by."""
+        return self.jobs
+
     def run(self, tasks: list[list], options: dict, on_rows: Callable[[list[dict]], None],
             on_progress: Callable[[int], None] | None = None) -> None:
         from .parallel import run_all
@@ -367,6 +467,12 @@ class DaskExecutor:
     def workers(self) -> int:
         return self.jobs
 
+    @property
+    def here(self) -> int:
+        """A local cluster's workers all run here; a scheduler's run on their own machines,
+        each of which must hold one run, which is all this machine can check."""
+        return self.jobs if self.scheduler is None else 1
+
     def run(self, tasks: list[list], options: dict, on_rows: Callable[[list[dict]], None],
             on_progress: Callable[[int], None] | None = None) -> None:
         from .optional import require
@@ -379,10 +485,7 @@ class DaskExecutor:
                                                    dashboard_address=None, silence_logs=40)
                 client = distributed.Client(cluster)
             else:
-                try:
-                    client = distributed.Client(self.scheduler, timeout="10s")
-                except (OSError, TimeoutError) as exc:
-                    raise InitcliError("scheduler", f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
+                client = connect(distributed, self.scheduler)
             try:
                 futures = client.map(run_batch, tasks, options=options, retries=self.retries, pure=False)
                 for future in distributed.as_completed(futures):
@@ -397,6 +500,67 @@ class DaskExecutor:
                 cluster.close()
 
 
+def check_scheduler(address: str) -> tuple[str, int] | None:
+    """A scheduler address checked before any work: (host, port) for tcp:// (or no protocol,
+    which Dask reads as tcp), None for the protocols left to Dask (tls://, ucx://, …)."""
+    from urllib.parse import urlsplit
+
+    protocol, _, rest = str(address).strip().rpartition("://")
+    if protocol not in ("", "tcp"):
+        return None
+    try:
+        parts = urlsplit("//" + rest)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None or parts.path or parts.query:
+        raise InitcliError("scheduler", f"must be an address such as tcp://host:8786, got '{address}'")
+    return host, port
+
+
+def probe(address: str, seconds: float | None = None) -> None:
+    """Refuse a tcp:// scheduler address that nothing answers at, at once: Dask's client
+    would retry a refused connection until its timeout."""
+    import socket
+
+    seconds = CONNECT_SECONDS if seconds is None else seconds
+    where = check_scheduler(address)
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=seconds).close()
+    except OSError as exc:
+        why = exc.strerror or (f"no answer in {seconds:g} s" if isinstance(exc, TimeoutError) else type(exc).__name__)
+        raise InitcliError("scheduler", f"cannot reach the Dask scheduler at {address}: {why}") from None
+
+
+def connect(distributed, address: str):
+    """A dask.distributed Client of the scheduler at `address`, or one InitcliError within
+    about 2·CONNECT_SECONDS. Dask's own timeout covers the TCP connection only: a server
+    that accepts it and never answers Dask's handshake would hold the client forever, so it
+    is made in a thread that is given up on (left to die with the connection)."""
+    import threading
+
+    probe(address)
+    made: dict = {}
+
+    def make() -> None:
+        try:
+            made["client"] = distributed.Client(address, timeout=f"{CONNECT_SECONDS}s")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            made["error"] = exc
+
+    thread = threading.Thread(target=make, name="initcli-dask-connect", daemon=True)
+    thread.start()
+    thread.join(2 * CONNECT_SECONDS)
+    if thread.is_alive() or isinstance(made.get("error"), OSError):  # OSError: Dask's connect timeout
+        raise InitcliError("scheduler", f"no Dask scheduler answered at {address} within "
+                                        f"{2 * CONNECT_SECONDS} s")
+    if "error" in made:  # another server's bytes read as a Dask message length ask for exabytes
+        raise InitcliError("scheduler", f"something answers at {address}, but not a Dask scheduler")
+    return made["client"]
+
+
 def make_executor(name: str = "local", *, jobs: int | None = None, scheduler: str | None = None):
     from .parallel import check_jobs
 
@@ -406,8 +570,8 @@ def make_executor(name: str = "local", *, jobs: int | None = None, scheduler: st
             raise InitcliError("scheduler", "only applies with --executor dask")
         return LocalExecutor(check_jobs(jobs))
     if key == "dask":
-        if scheduler is not None and "://" not in scheduler and ":" not in scheduler:
-            raise InitcliError("scheduler", f"must be an address such as tcp://host:8786, got '{scheduler}'")
+        if scheduler is not None:
+            check_scheduler(scheduler)
         return DaskExecutor(scheduler, check_jobs(jobs))
     raise InitcliError("executor", f"unknown executor '{name}'; choose from local, dask")
 
@@ -452,7 +616,7 @@ class ResultsFile:
                                       "give another --out file")
         for fields_ in reader:
             if len(fields_) == len(header):
-                self.done.add(tuple(fields_[: len(COORDINATES)]))
+                self.done.add(tuple(fields_[header.index(c)] for c in KEY))
                 self.kept += 1
 
     @staticmethod
@@ -478,6 +642,91 @@ class ResultsFile:
             self._append(self._lines([[csv_cell(row.get(c)) for c in self.header] for row in rows]))
 
 
+# Column types of a .parquet results file: fixed, so that a batch whose column is all empty
+# (error, most often) still writes the file's type; every other column is float64.
+_INT_COLUMNS = ("depth", "width", "batch", "seed", "run_seed")
+_TEXT_COLUMNS = ("scheme", "activation", "settings", "verdict", "reason", "theory_phase", "error")
+RESULT_SUFFIXES = (".csv", ".parquet")
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise InitcliError("out", "writing .parquet results needs pyarrow, which is not installed: "
+                                  "pip install 'initcli[parquet]'") from None
+    return pyarrow
+
+
+def check_results_path(path: str | os.PathLike) -> None:
+    """--out checked before any work: a .csv or .parquet file that may exist (it is resumed),
+    pyarrow installed for .parquet."""
+    from .files import check_output
+
+    target = check_output(path, "out", force=True, suffixes=RESULT_SUFFIXES)
+    if target.suffix.lower() == ".parquet":
+        _pyarrow()
+
+
+class ParquetResults:
+    """A .parquet file that grows by whole row groups as tasks finish: each batch's rows are
+    one new row group after those already there, written to a temporary file renamed over
+    the old one (`files.atomic_output`), so a killed sweep leaves the file as it was after
+    the last batch, never half of one. Parquet keeps its index at the end of the file, so
+    adding a row group means writing the file again; the rows already there are kept in
+    memory as Arrow tables, not read back each time."""
+
+    def __init__(self, path: str | os.PathLike, header: Sequence[str]) -> None:
+        pa = _pyarrow()
+        self.path = os.fspath(path)
+        self.header = list(header)
+        types = {c: pa.int64() if c in _INT_COLUMNS else pa.string() if c in _TEXT_COLUMNS else pa.float64()
+                 for c in self.header}
+        self.schema = pa.schema([(c, types[c]) for c in self.header])
+        self.tables: list = []
+        self.done: set[tuple[str, ...]] = set()
+        self.kept = 0
+        if os.path.exists(self.path):
+            try:
+                table = pa.parquet.read_table(self.path)
+            except (OSError, pa.ArrowException) as exc:
+                raise InitcliError("out", f"cannot read '{self.path}' as Parquet: {str(exc)[:120]}") from None
+            if table.schema.names != self.header:
+                raise InitcliError("out", f"'{self.path}' holds other columns than this sweep writes; "
+                                          "give another --out file")
+            self.tables.append(table.cast(self.schema))
+            for values in zip(*(table.column(c).to_pylist() for c in KEY)):
+                self.done.add(tuple(_cell(v) for v in values))
+            self.kept = table.num_rows
+
+    def append(self, rows: Sequence[dict]) -> None:
+        if not rows:
+            return
+        pa = _pyarrow()
+        from .files import atomic_output
+
+        batch = pa.table({c: pa.array([_plain_cell(row.get(c)) for row in rows], type=self.schema.field(c).type)
+                          for c in self.header}, schema=self.schema)
+        with (atomic_output(self.path, "out", force=True, suffix=".parquet") as handle,
+              pa.parquet.ParquetWriter(handle, self.schema) as writer):
+            for table in [*self.tables, batch]:
+                writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self.tables.append(batch)
+
+
+def _plain_cell(value):
+    """A row value as Arrow takes it: numpy scalars as Python numbers."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def results_file(path: str | os.PathLike, header: Sequence[str]):
+    """The results file for `path`'s suffix: CSV lines or Parquet row groups."""
+    if os.fspath(path).lower().endswith(".parquet"):
+        return ParquetResults(path, header)
+    return ResultsFile(path, header)
+
+
 # -- the sweep ----------------------------------------------------------------------------------
 
 
@@ -495,18 +744,23 @@ def sweep(points: Sequence[Point], *, executor=None, options: dict | None = None
           params: dict | None = None) -> SweepResult:
     """Run every point (those not already in `out`) and return the rows in grid order.
 
-    `options`: {"propagate": extra propagate keywords (dtype, input_std, residual, …)}. Rows reach `out` as tasks finish."""
+    `options`: {"propagate": extra propagate keywords (dtype, input_std, …), "train": `train_options(…)`
+    to train every point too}. Rows reach `out` as tasks finish. The memory guard counts the
+    runs that go at once on this machine (`executor.here`)."""
     options = dict(options or {})
     executor = executor or LocalExecutor(1)
-    header = columns()
-    check_points(points, options)
-    results = ResultsFile(out, header) if out is not None else None
-    indexed = [(i, p) for i, p in enumerate(points) if results is None or p.key not in results.done]
+    header = columns(options["train"]["metric"] if "train" in options else None)
+    check_points(points, options, executor.here)
+    settings = settings_text(options)
+    results = results_file(out, header) if out is not None else None
+    indexed = [(i, p) for i, p in enumerate(points) if results is None or (*p.key, settings) not in results.done]
     skipped = len(points) - len(indexed)
     collected: list[dict] = []
 
     def on_rows(rows: list[dict]) -> None:
         rows = sorted(rows, key=lambda row: row["_index"])
+        for row in rows:
+            row["settings"] = settings
         if results is not None:
             results.append(rows)
         collected.extend(rows)
@@ -518,8 +772,140 @@ def sweep(points: Sequence[Point], *, executor=None, options: dict | None = None
     return SweepResult(params or {}, rows, header, skipped, sum(1 for row in rows if row["error"]))
 
 
+# -- heatmaps -------------------------------------------------------------------------------
+
+HEATMAP_METRICS = ("xi_grad", "xi_c", "xi_q", "grad_ratio", "verdict", "accuracy", "final_loss", "theory_chi",
+                   "theory_xi_c", "theory_xi_grad")
+# depth scales and ratios span decades: averaged and coloured on log10
+LOG_METRICS = ("xi_grad", "xi_c", "xi_q", "grad_ratio", "theory_xi_c", "theory_xi_grad", "final_loss")
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """`metric` over two axes: cells[i][j] at (ys[i], xs[j]), each the mean over the other
+    axes and the seeds of the rows without an error (the geometric mean, of the finite
+    positive values, for a `log` metric; for the verdict, the one seen most often, the
+    first seen on a tie); None where no row has a value."""
+
+    y_axis: str
+    x_axis: str
+    metric: str  # the column: accuracy resolves to final_accuracy or final_r2
+    ys: tuple
+    xs: tuple
+    cells: tuple[tuple, ...]
+    log: bool
+
+
+def heatmap_metric(metric: str, row_columns: Sequence[str]) -> str:
+    """The column a heatmap --metric names; 'accuracy' is the training score column."""
+    key = str(metric).strip().lower()
+    if key == "accuracy":
+        found = [c for c in ("final_accuracy", "final_r2") if c in row_columns]
+        if not found:
+            raise InitcliError("metric", "accuracy needs --train TASK: the points were not trained")
+        return found[0]
+    if key not in HEATMAP_METRICS and key not in ("final_accuracy", "final_r2"):
+        raise InitcliError("metric", f"must be one of {', '.join(HEATMAP_METRICS)}, got '{metric}'")
+    if key == "final_loss" and key not in row_columns:
+        raise InitcliError("metric", "final_loss needs --train TASK: the points were not trained")
+    return key
+
+
+def check_heatmap_axes(text: str) -> tuple[str, str]:
+    """'sigma_w,sigma_b' → (rows axis, columns axis), two different coordinates."""
+    pair = [item.strip().lower() for item in str(text).split(",")]
+    if len(pair) != 2 or not all(p in COORDINATES for p in pair) or pair[0] == pair[1]:
+        raise InitcliError("heatmap", f"must be two different axes such as sigma_w,sigma_b; axes are "
+                                      f"{', '.join(COORDINATES)}")
+    return pair[0], pair[1]
+
+
+def _order(values) -> list:
+    return sorted(values, key=lambda v: (v is None, isinstance(v, str), v if v is not None else 0))
+
+
+def heatmap(rows: Sequence[dict], y_axis: str, x_axis: str, metric: str) -> Heatmap:
+    from collections import Counter, defaultdict
+
+    log = metric in LOG_METRICS
+    gathered: dict = defaultdict(list)
+    for row in rows:
+        if not row.get("error"):
+            gathered[(row[y_axis], row[x_axis])].append(row.get(metric))
+    ys = tuple(_order({key[0] for key in gathered}))
+    xs = tuple(_order({key[1] for key in gathered}))
+
+    def cell(values):
+        if metric == "verdict":
+            named = [v for v in values if v]
+            return Counter(named).most_common(1)[0][0] if named else None
+        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numbers = [v for v in numbers if math.isfinite(v) and (v > 0 or not log)]
+        if not numbers:
+            return None
+        if log:
+            return 10 ** (sum(math.log10(v) for v in numbers) / len(numbers))
+        return sum(numbers) / len(numbers)
+
+    cells = tuple(tuple(cell(gathered[(y, x)]) if (y, x) in gathered else None for x in xs) for y in ys)
+    return Heatmap(y_axis, x_axis, metric, ys, xs, cells, log)
+
+
+@lru_cache(maxsize=4096)
+def critical_sigma_w(activation: str, sigma_b: float) -> float:
+    """theory.critical_sigma_w by activation name, remembered: each is a bisection over
+    fixed-point quadratures (~0.1 s), and a heatmap asks for the same σ_b's twice."""
+    from .activations import get_activation
+    from .theory import critical_sigma_w as edge
+
+    with np.errstate(all="ignore"):
+        return edge(get_activation(activation), float(sigma_b))
+
+
+def critical_line(rows: Sequence[dict], y_axis: str, x_axis: str, samples: int = 8) -> list[tuple[float, float]]:
+    """Theory's edge of chaos (χ₁ = 1) as (σ_b, σ_w) pairs at the rows' σ_b values and
+    `samples` evenly between them, when the axes are σ_w and σ_b and the rows are of one
+    activation; [] otherwise."""
+    activations = {row.get("activation") for row in rows}
+    if {y_axis, x_axis} != {"sigma_w", "sigma_b"} or len(activations) != 1:
+        return []
+    sigma_bs = {float(row["sigma_b"]) for row in rows if row.get("sigma_b") is not None}
+    if not sigma_bs:
+        return []
+    activation = activations.pop()
+    sigma_bs |= {float(v) for v in np.linspace(min(sigma_bs), max(sigma_bs), samples)}
+    line = [(sigma_b, critical_sigma_w(activation, sigma_b)) for sigma_b in sorted(sigma_bs)]
+    return [(b, w) for b, w in line if math.isfinite(w)]
+
+
+def trainable_depth(rows: Sequence[dict], y_axis: str, x_axis: str,
+                    samples: int = 40) -> list[tuple[float, float]]:
+    """Schoenholz et al. 2017's trainability bound as (σ_w, 6·ξ_c) pairs over the rows' σ_w
+    range, when the axes are σ_w and depth and the rows share one activation and one σ_b;
+    [] otherwise. ξ_c is infinite on the critical line: those σ_w are left out."""
+    activations = {row.get("activation") for row in rows}
+    sigma_bs = {row.get("sigma_b") for row in rows}
+    if {y_axis, x_axis} != {"sigma_w", "depth"} or len(activations) != 1 or len(sigma_bs) != 1:
+        return []
+    sigma_ws = [float(row["sigma_w"]) for row in rows if row.get("sigma_w") is not None]
+    if not sigma_ws:
+        return []
+    activation, sigma_b = activations.pop(), float(sigma_bs.pop())
+    low, high = min(sigma_ws), max(sigma_ws)
+    line = []
+    for sigma_w in np.linspace(low, high, samples if high > low else 1):
+        if sigma_w > 0:
+            xi = _theory(activation, float(sigma_w), sigma_b)["theory_xi_c"]
+            if math.isfinite(xi):
+                line.append((float(sigma_w), 6 * xi))
+    return line
+
+
 def read_results(path: str) -> list[dict]:
-    """A results file's rows as strings, in file order."""
+    """A results file's rows (CSV or Parquet) as strings, as the CSV spells them, in file order."""
+    if str(path).lower().endswith(".parquet"):
+        table = _pyarrow().parquet.read_table(path)
+        return [{c: str(_cell(v)) for c, v in row.items()} for row in table.to_pylist()]
     with open(path, newline="") as stream:
         return list(csv.DictReader(stream))
 

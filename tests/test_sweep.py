@@ -20,10 +20,12 @@ from initcli.sweep import (
     Point,
     columns,
     grid,
+    heatmap,
     parse_axis,
     point_seed,
     read_results,
     sweep,
+    train_options,
 )
 
 # tiny stacks: every point runs in a few milliseconds
@@ -83,11 +85,66 @@ def test_seed_comes_from_the_coordinates_only():
 
 
 def test_local_jobs_do_not_change_a_byte():
+    """Trained points included: training, too, is seeded by the point and on one BLAS thread."""
     points = grid({"sigma_w": [0.8, 1.6], "sigma_b": [0.0, 0.2], **SMALL}, seeds=2)
-    header = columns()
-    serial = _csv(sweep(points, executor=LocalExecutor(1)).rows, header)
-    parallel = _csv(sweep(points, executor=LocalExecutor(2), batch_size=3).rows, header)
+    options = {"train": train_options("xor", 3, samples=32)}
+    header = columns("accuracy")
+    serial = _csv(sweep(points, executor=LocalExecutor(1), options=options).rows, header)
+    parallel = _csv(sweep(points, executor=LocalExecutor(2), batch_size=3, options=options).rows, header)
     assert serial == parallel
+    assert "final_accuracy" in serial.splitlines()[0]
+
+
+def test_train_gives_what_initcli_train_gives_for_the_point():
+    """The point's network is train's MLP: depth × width hidden layers, σ_w as the LeCun
+    gain (or the scheme), the point's run_seed; the score is named for the task."""
+    from initcli.training import train
+
+    points = grid({"sigma_w": [0.7, 1.4], "depth": [3], "width": [8], "batch": [8], "activation": ["tanh"]})
+    points += grid({"scheme": ["xavier-normal"], "depth": [2], "width": [8], "batch": [8], "activation": ["tanh"]})
+    rows = sweep(points, options={"train": train_options("moons", 4, samples=64, batch=16, lr=0.2)}).rows
+    for point, row in zip(points, rows):
+        assert row["error"] is None
+        reference = train([point.scheme or "lecun-normal"], "tanh", task="moons", samples=64, depth=point.depth,
+                          width=8, epochs=4, batch=16, lr=0.2, seed=point.run_seed,
+                          gain=point.sigma_w if point.sigma_w is not None else 1.0).rows()[0]
+        assert (row["final_loss"], row["final_accuracy"]) == (reference["final_loss"], reference["final_accuracy"])
+    regression = sweep(points[:1], options={"train": train_options("regression", 2, samples=32)})
+    assert "final_r2" in regression.columns and "final_accuracy" not in regression.columns
+    assert math.isfinite(regression.rows[0]["final_r2"])
+    for bad, param in (({"task": "mnist"}, "task"), ({"task": "xor", "epochs": 0}, "epochs"),
+                       ({"task": "xor", "lr": -1.0}, "lr"), ({"task": "xor", "optimizer": "lbfgs"}, "optimizer"),
+                       ({"task": "xor", "batch": 0}, "train_batch")):
+        with pytest.raises(InitcliError) as info:
+            train_options(**bad)
+        assert info.value.param == param
+
+
+def test_the_memory_guard_counts_the_runs_that_go_at_once(monkeypatch):
+    """One run fits and two do not: --jobs 2 is refused before any work, naming --jobs."""
+    import sys
+
+    from initcli.propagation import estimate_bytes, prepare
+    from initcli.sweep import DaskExecutor, check_memory
+
+    one = estimate_bytes(prepare(depth=4, width=16, batch=16).sizes, 16, np.dtype("float32"))
+    # wherever the guard lives, it reads the available memory from its own module
+    monkeypatch.setattr(sys.modules[check_memory.__module__], "available_bytes", lambda: int(one * 1.5 / 0.9))
+    points = grid({"sigma_w": [0.8, 1.6], **SMALL})
+    assert len(sweep(points, executor=LocalExecutor(1)).rows) == 2
+    started = []
+    for executor in (LocalExecutor, DaskExecutor):
+        monkeypatch.setattr(executor, "run", lambda *args, **kw: started.append(1))
+    with pytest.raises(InitcliError) as info:
+        sweep(points, executor=LocalExecutor(2))
+    assert "--jobs" in str(info.value) and not started
+    seen = []
+    monkeypatch.setattr("initcli.sweep.check_memory", lambda needed, **kw: seen.append(needed))
+    sweep(points, executor=LocalExecutor(2))
+    sweep(points[:1], executor=LocalExecutor(2))  # one point goes alone: its own run's guard is enough
+    sweep(points, executor=DaskExecutor(None, jobs=2))  # a local cluster: both workers here
+    sweep(points, executor=DaskExecutor("tcp://10.0.0.5:8786", jobs=2))  # workers on their own machines
+    assert seen == [2 * one, 2 * one] and len(started) == 4
 
 
 def test_a_failing_point_is_an_error_row(monkeypatch):
@@ -125,6 +182,10 @@ def test_out_appends_and_a_killed_run_resumes(tmp_path):
     # a third run has nothing left to do
     assert sweep(points, out=str(killed)).rows == ()
     assert len(read_results(str(killed))) == len(points)
+    # other settings are other rows: nothing is skipped, nothing mixed
+    other = sweep(points, out=str(killed), options={"propagate": {"dtype": "float64"}})
+    assert other.skipped == 0 and len(read_results(str(killed))) == 2 * len(points)
+    assert {r["settings"] for r in read_results(str(killed))} == {"", "dtype=float64"}
 
 
 def test_out_refuses_a_file_with_other_columns(tmp_path):
@@ -216,3 +277,135 @@ def test_cli_out_resume_and_heatmap(runner, tmp_path):
 def test_cli_refuses_bad_input_with_exit_2(runner, extra):
     result = runner.invoke(app, ARGS + extra)
     assert result.exit_code == 2, result.output
+
+
+def test_heatmap_means_over_the_other_axes():
+    rows = [{"sigma_w": 1.0, "depth": 2, "xi_c": 10.0, "verdict": "stable", "error": None},
+            {"sigma_w": 1.0, "depth": 2, "xi_c": 1000.0, "verdict": "stable", "error": None},
+            {"sigma_w": 1.0, "depth": 2, "xi_c": math.inf, "verdict": "vanishing", "error": None},
+            {"sigma_w": 2.0, "depth": 2, "xi_c": math.nan, "verdict": None, "error": "boom"},
+            {"sigma_w": 2.0, "depth": 4, "xi_c": math.inf, "verdict": "exploding", "error": None}]
+    heat = heatmap(rows, "sigma_w", "depth", "xi_c")
+    assert heat.ys == (1.0, 2.0) and heat.xs == (2, 4) and heat.log
+    assert heat.cells[0][0] == pytest.approx(100.0, rel=1e-12)  # geometric mean of the finite ones
+    assert heat.cells[0][1] is None and heat.cells[1][0] is None and heat.cells[1][1] is None
+    verdicts = heatmap(rows, "sigma_w", "depth", "verdict")
+    assert verdicts.cells[0][0] == "stable" and verdicts.cells[1][1] == "exploding"
+
+
+def test_dask_scheduler_that_refuses_is_one_line_at_once(runner):
+    import socket
+    import time
+
+    pytest.importorskip("distributed")
+    with socket.socket() as free:  # a port nothing listens on once this closes
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    result = runner.invoke(app, ARGS + ["--executor", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"])
+    assert result.exit_code == 2, result.output
+    assert "--scheduler" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 4
+
+
+def test_dask_scheduler_that_never_answers_times_out(monkeypatch):
+    """Something accepts the connection (the kernel's backlog) but never answers Dask's
+    handshake, which Dask's own timeout does not cover: still one error naming --scheduler,
+    after 2 × the connect timeout."""
+    import socket
+    import time
+
+    pytest.importorskip("distributed")
+    import initcli.sweep as module
+    from initcli.sweep import DaskExecutor
+
+    monkeypatch.setattr(module, "CONNECT_SECONDS", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        with pytest.raises(InitcliError) as info:
+            sweep(grid({"sigma_w": [1.0], **SMALL}), executor=DaskExecutor(f"tcp://127.0.0.1:{silent.getsockname()[1]}"))
+    assert info.value.param == "scheduler"
+    assert time.monotonic() - started < 4
+
+
+def test_scheduler_needs_the_dask_executor():
+    from initcli.sweep import make_executor
+
+    with pytest.raises(InitcliError) as info:
+        make_executor("local", scheduler="tcp://127.0.0.1:8786")
+    assert info.value.param == "scheduler"
+    with pytest.raises(InitcliError) as info:
+        make_executor("dask", scheduler="tcp://host:99999")
+    assert info.value.param == "scheduler"
+
+
+def test_cli_save_plot_writes_a_figure_and_plot_draws_in_the_terminal(runner, tmp_path):
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "phase.png"
+    result = runner.invoke(app, ARGS + ["--format", "csv", "--plot", "--save-plot", str(figure)])
+    assert result.exit_code == 0, result.output
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "xi_grad over sigma_w (rows) × sigma_b (columns)" in result.stderr
+    assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 4
+    trained = tmp_path / "trained.svg"
+    result = runner.invoke(app, ARGS + ["--format", "csv", "--train", "xor", "--epochs", "2", "--samples", "32",
+                                        "--heatmap", "sigma_w,depth", "--metric", "accuracy", "--save-plot",
+                                        str(trained)])
+    assert result.exit_code == 0, result.output
+    assert trained.read_text().lstrip().startswith("<?xml")
+    assert "final_accuracy" in result.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("plot", ["missing/phase.png", "phase.txt", "exists.png"])
+def test_cli_refused_save_plot_writes_nothing(runner, tmp_path, monkeypatch, plot):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exists.png").write_bytes(b"old")
+    result = runner.invoke(app, ARGS + ["--out", "r.csv", "--save-plot", plot])
+    assert result.exit_code == 2, result.output
+    assert "--save-plot" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["exists.png"] and (tmp_path / "exists.png").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("extra", [["--epochs", "3"], ["--metric", "accuracy", "--heatmap", "sigma_w,sigma_b"],
+                                   ["--metric", "xi_c"], ["--train", "mnist"], ["--plot"] + ["--sigma-b", "0"]])
+def test_cli_refuses_options_that_do_not_apply(runner, extra):
+    result = runner.invoke(app, ARGS + extra)
+    assert result.exit_code == 2, result.output
+
+
+def test_parquet_out_grows_by_row_groups_and_resumes(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    points = grid({"sigma_w": [0.8, 1.2, 1.6], "sigma_b": [0.0, 0.2], **SMALL})
+    whole = tmp_path / "whole.parquet"
+    sweep(points, out=str(whole), batch_size=2)
+    assert pq.ParquetFile(whole).metadata.num_row_groups == 3  # one per task
+    expected = read_results(str(whole))
+    assert len(expected) == len(points)
+    assert expected == read_results(str(_write_csv(tmp_path, points)))  # the CSV's cells, typed columns and all
+
+    # a sweep killed after its first task: the file holds that task's whole rows only
+    killed = tmp_path / "killed.parquet"
+    pq.write_table(pq.read_table(whole).slice(0, 2), killed)
+    again = sweep(points, out=str(killed), batch_size=2)
+    assert again.skipped == 2 and len(again.rows) == len(points) - 2
+    assert sorted(map(tuple, (r.values() for r in read_results(str(killed))))) == sorted(
+        map(tuple, (r.values() for r in expected)))
+    assert sweep(points, out=str(killed)).rows == ()
+
+
+def _write_csv(tmp_path, points):
+    path = tmp_path / "same.csv"
+    sweep(points, out=str(path))
+    return path
+
+
+def test_parquet_without_pyarrow_is_one_line_naming_the_extra(runner, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    result = runner.invoke(app, ARGS + ["--out", str(tmp_path / "r.parquet")])
+    assert result.exit_code == 2
+    assert "initcli[parquet]" in result.stderr and "--out" in result.stderr
+    assert os.listdir(tmp_path) == []

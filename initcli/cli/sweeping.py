@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -17,15 +18,16 @@ from .options import (
     output_format,
     progress,
     say_hidden,
+    show,
     stdout_console,
     warn,
     write_machine,
 )
 
-SWEEP_PRIORITY = ("sigma_w", "sigma_b", "scheme", "activation", "depth", "width", "seed", "verdict", "xi_grad",
-                  "theory_xi_grad", "xi_c", "theory_xi_c", "theory_chi", "grad_ratio", "error")
-HEATMAP_METRICS = ("xi_c", "xi_grad", "xi_q", "grad_ratio", "verdict", "theory_chi", "theory_xi_c")
+SWEEP_PRIORITY = ("sigma_w", "sigma_b", "scheme", "activation", "depth", "width", "seed", "verdict", "final_accuracy",
+                  "final_r2", "xi_grad", "theory_xi_grad", "xi_c", "theory_xi_c", "theory_chi", "grad_ratio", "error")
 _RAMP = ".:-=+*#%@"  # low to high
+_TRAIN_OPTIONS = ("epochs", "lr", "optimizer", "samples", "train_batch")
 
 
 def _axis(text: Optional[str], name: str):
@@ -34,74 +36,193 @@ def _axis(text: Optional[str], name: str):
     return None if text is None else parse_axis(text, name)
 
 
-def heatmap_lines(rows: list[dict], y_axis: str, x_axis: str, metric: str) -> list[str]:
-    """A character grid of `metric` over two axes (mean over the other axes and seeds; the
-    verdict most often seen). Numbers use a ramp on log10 for the ξ's and grad_ratio."""
-    from collections import Counter, defaultdict
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
-    cells: dict = defaultdict(list)
-    for row in rows:
-        if not row.get("error"):
-            cells[(row[y_axis], row[x_axis])].append(row.get(metric))
-    ys = sorted({key[0] for key in cells}, key=lambda v: (v is None, v))
-    xs = sorted({key[1] for key in cells}, key=lambda v: (v is None, v))
+
+def heatmap_lines(rows: list[dict], y_axis: str, x_axis: str, metric: str) -> list[str]:
+    """A character grid of `metric` over two axes (see `sweep.heatmap`): a ramp of
+    characters, on log10 for the ξ's, grad_ratio and the loss; letters for the verdicts."""
+    from ..sweep import heatmap
+
+    heat = heatmap(rows, y_axis, x_axis, metric)
+    ys, xs = heat.ys, heat.xs
     if metric == "verdict":
-        letters = {}
-        grid = {}
-        for key, values in cells.items():
-            verdict = Counter(values).most_common(1)[0][0]
-            grid[key] = letters.setdefault(verdict, verdict[0].upper() if verdict[0].upper() not in letters.values()
-                                           else verdict[1].upper())
+        letters: dict = {}
+        for line in heat.cells:
+            for verdict in line:
+                if verdict is not None and verdict not in letters:
+                    free = [c.upper() for c in verdict if c.isalpha() and c.upper() not in letters.values()]
+                    letters[verdict] = free[0] if free else "?"
+        grid = [[" " if v is None else letters[v] for v in line] for line in heat.cells]
         legend = "  ".join(f"{letter} {name}" for name, letter in letters.items())
     else:
-        logged = metric.startswith("xi") or metric in ("grad_ratio", "theory_xi_c")
-        grid = {}
-        for key, values in cells.items():
-            finite = [float(v) for v in values if v is not None and math.isfinite(float(v)) and (not logged or float(v) > 0)]
-            grid[key] = (sum(math.log10(v) if logged else v for v in finite) / len(finite)) if finite else None
-        known = [v for v in grid.values() if v is not None]
+        shown = [[None if v is None else (math.log10(v) if heat.log else v) for v in line] for line in heat.cells]
+        known = [v for line in shown for v in line if v is not None]
         lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
-        for key, value in grid.items():
-            grid[key] = "?" if value is None else _RAMP[0 if hi == lo else round((value - lo) / (hi - lo) * (len(_RAMP) - 1))]
-        unit = "log10 " if logged else ""
+        grid = [["?" if v is None else _RAMP[0 if hi == lo else round((v - lo) / (hi - lo) * (len(_RAMP) - 1))]
+                 for v in line] for line in shown]
+        unit = "log10 " if heat.log else ""
         legend = f"'{_RAMP}' = {unit}{metric} from {lo:.3g} to {hi:.3g}; ? none finite"
     edge = _critical_cells(rows, y_axis, x_axis, ys, xs)
-    label = max((len(f"{y:g}" if isinstance(y, float) else str(y)) for y in ys), default=1)
+    label = max((len(_label(y)) for y in ys), default=1)
     lines = [f"{metric} over {y_axis} (rows) × {x_axis} (columns)"]
-    for y in reversed(ys):
-        text = f"{y:g}" if isinstance(y, float) else str(y)
-        lines.append(f"{text:>{label}} |" + "".join(grid.get((y, x), " ") + ("o" if (y, x) in edge else grid.get((y, x), " "))
-                                                   for x in xs))
+    for i in reversed(range(len(ys))):
+        lines.append(f"{_label(ys[i]):>{label}} |" + "".join(
+            grid[i][j] + ("o" if (ys[i], xs[j]) in edge else grid[i][j]) for j in range(len(xs))))
     lines.append(" " * label + " +" + "--" * len(xs))
-    first, last = xs[0], xs[-1] if xs else (None, None)
-    lines.append(" " * (label + 2) + f"{x_axis}: {first:g} … {last:g}" if isinstance(first, float)
-                 else " " * (label + 2) + f"{x_axis}: " + ", ".join(map(str, xs)))
+    if xs and all(isinstance(x, float) for x in xs):
+        lines.append(" " * (label + 2) + f"{x_axis}: {xs[0]:g} … {xs[-1]:g}")
+    else:
+        lines.append(" " * (label + 2) + f"{x_axis}: " + ", ".join(map(_label, xs)))
     lines.append(legend)
     if edge:
         lines.append("o: theory's critical line (χ = 1), the σ_w nearest to it in each column")
     return lines
 
 
-def _critical_cells(rows: list[dict], y_axis: str, x_axis: str, ys: list, xs: list) -> set:
+def _critical_cells(rows: list[dict], y_axis: str, x_axis: str, ys, xs) -> set:
     """The cells nearest theory's edge of chaos, when the axes are σ_w and σ_b of one activation."""
     activations = {row.get("activation") for row in rows}
     if {y_axis, x_axis} != {"sigma_w", "sigma_b"} or len(activations) != 1 or not ys or not xs:
         return set()
-    from ..activations import get_activation
-    from ..theory import critical_sigma_w
+    from ..sweep import critical_sigma_w
 
-    act = get_activation(activations.pop())
-    sigma_ws = ys if y_axis == "sigma_w" else xs
+    activation = activations.pop()
+    sigma_ws = [v for v in (ys if y_axis == "sigma_w" else xs) if v is not None]
     cells = set()
     for sigma_b in (xs if x_axis == "sigma_b" else ys):
-        if sigma_b is None or sigma_ws[0] is None:
+        if sigma_b is None or not sigma_ws:
             continue
-        edge = critical_sigma_w(act, float(sigma_b))
+        edge = critical_sigma_w(activation, float(sigma_b))
         if not math.isfinite(edge) or not sigma_ws[0] <= edge <= sigma_ws[-1]:
             continue
         nearest = min(sigma_ws, key=lambda value: abs(value - edge))
         cells.add((nearest, sigma_b) if y_axis == "sigma_w" else (sigma_b, nearest))
     return cells
+
+
+def _log_axis(values) -> bool:
+    """Sizes spanning a decade or more (depth 5,10,…,80) are drawn on a log axis."""
+    return (len(values) > 2 and all(isinstance(v, int) and v > 0 for v in values)
+            and max(values) >= 8 * min(values))
+
+
+def _edges(values) -> tuple[list[float], list[str] | None]:
+    """Cell edges for pcolormesh: halfway between numeric values (geometrically on a log
+    axis; the ends mirrored), or one unit per name with the names as tick labels."""
+    if not all(isinstance(v, (int, float)) for v in values):
+        return [i - 0.5 for i in range(len(values) + 1)], [_label(v) for v in values]
+    if len(values) == 1:
+        v = float(values[0])
+        half = abs(v) / 10 or 0.5
+        return [v - half, v + half], None
+    if _log_axis(values):
+        logs = [math.log(v) for v in values]
+    else:
+        logs = [float(v) for v in values]
+    middles = [(a + b) / 2 for a, b in zip(logs[:-1], logs[1:])]
+    edges = [2 * logs[0] - middles[0], *middles, 2 * logs[-1] - middles[-1]]
+    return ([math.exp(e) for e in edges] if _log_axis(values) else edges), None
+
+
+def save_heatmap(path: str, rows: list[dict], y_axis: str, x_axis: str, metric: str, *, title: str,
+                 force: bool = False, dpi: int = 150) -> None:
+    """The heatmap as a PNG, SVG or PDF figure, written atomically: `metric` coloured over
+    the two axes (log colour scale for the ξ's, grad_ratio and the loss; one colour per
+    verdict), grey where no point has a value; theory's critical line (χ₁ = 1) over a
+    σ_w × σ_b map, Schoenholz et al.'s depth = 6·ξ_c over a σ_w × depth map."""
+    import os
+
+    import numpy as np
+
+    from ..charts import check_dpi, check_plot_path, require_matplotlib
+    from ..errors import InitcliError
+    from ..files import atomic_output
+    from ..sweep import critical_line, heatmap, trainable_depth
+
+    suffix = check_plot_path(path, dpi)
+    dpi = check_dpi(dpi)
+    if os.path.lexists(path) and not force:  # before drawing; atomic_output checks again when writing
+        raise InitcliError("save_plot", f"'{path}' already exists; pass --force to overwrite it")
+    plt = require_matplotlib()
+    from matplotlib.colors import ListedColormap, LogNorm, Normalize
+    from matplotlib.patches import Patch
+
+    heat = heatmap(rows, y_axis, x_axis, metric)
+    x_edges, x_names = _edges(heat.xs)
+    y_edges, y_names = _edges(heat.ys)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    try:
+        with np.errstate(all="ignore"):
+            if metric == "verdict":
+                names = list(dict.fromkeys(v for line in heat.cells for v in line if v is not None))
+                codes = np.ma.masked_invalid([[math.nan if v is None else names.index(v) for v in line]
+                                              for line in heat.cells])
+                cmap = ListedColormap([f"C{i % 10}" for i in range(max(1, len(names)))]).with_extremes(bad="lightgrey")
+                ax.pcolormesh(x_edges, y_edges, codes, cmap=cmap, vmin=-0.5, vmax=max(1, len(names)) - 0.5)
+                handles = [Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(names)]
+            else:
+                values = np.ma.masked_invalid([[math.nan if v is None else v for v in line] for line in heat.cells])
+                known = values.compressed()
+                norm = None
+                if known.size:
+                    low, high = float(known.min()), float(known.max())
+                    norm = (LogNorm(low, high if high > low else low * 10) if heat.log
+                            else Normalize(low, high if high > low else low + 1))
+                cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+                mesh = ax.pcolormesh(x_edges, y_edges, values, cmap=cmap, norm=norm)
+                fig.colorbar(mesh, ax=ax, label=metric + (" (log scale)" if heat.log else ""))
+                handles = []
+            # critical_line gives (σ_b, σ_w) pairs, trainable_depth (σ_w, depth): x first or swapped
+            for line, first, label in ((critical_line(rows, y_axis, x_axis), "sigma_b", "theory: χ₁ = 1 (edge of chaos)"),
+                                       (trainable_depth(rows, y_axis, x_axis), "sigma_w",
+                                        "depth = 6·ξ_c (Schoenholz et al. 2017)")):
+                pairs = line if x_axis == first else [(b, a) for a, b in line]
+                inside = [(x, y) for x, y in pairs if y_edges[0] <= y <= y_edges[-1]]
+                if inside:
+                    ax.plot([x for x, _ in inside], [y for _, y in inside], color="white", linewidth=2.4)
+                    handles += ax.plot([x for x, _ in inside], [y for _, y in inside], color="red", linewidth=1.2,
+                                       linestyle="--", label=label)
+            if handles:  # under the axes, off the data and the colour bar (bbox_inches="tight" makes room)
+                ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(3, len(handles)),
+                          fontsize=8, frameon=False)
+            for values, scale in ((heat.xs, ax.set_xscale), (heat.ys, ax.set_yscale)):
+                if _log_axis(values):
+                    scale("log")
+            ax.set_xlim(x_edges[0], x_edges[-1])
+            ax.set_ylim(y_edges[0], y_edges[-1])
+            for values, axis in ((heat.xs, ax.xaxis), (heat.ys, ax.yaxis)):
+                if _log_axis(values):  # the grid's own sizes as ticks, not powers of ten
+                    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+                    axis.set_major_locator(FixedLocator([float(v) for v in values]))
+                    axis.set_major_formatter(ScalarFormatter())
+                    axis.set_minor_locator(NullLocator())
+            if x_names:
+                ax.set_xticks(range(len(x_names)), x_names, rotation=30, ha="right")
+            if y_names:
+                ax.set_yticks(range(len(y_names)), y_names)
+            ax.set_xlabel(x_axis)
+            ax.set_ylabel(y_axis)
+            ax.set_title(title, fontsize=10)
+            fig.tight_layout()
+            with atomic_output(path, "save_plot", force=force, suffix=suffix) as handle:
+                fig.savefig(handle, format=suffix[1:], dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def _default_axes(axes: dict, seeds: int) -> tuple[str, str]:
+    """The heatmap's axes when --heatmap is not given: the first two that vary."""
+    from ..errors import InitcliError
+
+    varying = [name for name, values in axes.items() if values is not None and len(values) > 1]
+    varying += ["seed"] if seeds > 1 else []
+    if len(varying) < 2:
+        raise InitcliError("heatmap", "--plot and --save-plot draw a heatmap over two axes that vary: "
+                                      "give --heatmap AXIS,AXIS")
+    return varying[0], varying[1]
 
 
 @command(app)
@@ -120,57 +241,91 @@ def sweep(
     seed: Annotated[int, typer.Option(help="The first seed: points get seeds seed, seed+1, ….")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     input_std: Annotated[float, typer.Option(help="Inputs are drawn from N(0, input-std²).")] = 1.0,
+    train: Annotated[Optional[str], typer.Option(
+        help="Also train each point's MLP (depth × width hidden layers, the point's weights, zero biases) on "
+             "this task: xor, moons, circles, spiral or regression. Adds final_loss and final_accuracy "
+             "(final_r2 for regression).")] = None,
+    epochs: Annotated[int, typer.Option(help="--train: passes over the data.")] = 100,
+    lr: Annotated[float, typer.Option(help="--train: learning rate.")] = 0.1,
+    optimizer: Annotated[str, typer.Option(help="--train: sgd or adam.")] = "sgd",
+    samples: Annotated[int, typer.Option(help="--train: size of the generated data set.")] = 512,
+    train_batch: Annotated[int, typer.Option(help="--train: mini-batch size; 0 is full batch.")] = 128,
     executor: Annotated[str, typer.Option(help="local (processes here) or dask (dask.distributed).")] = "local",
     scheduler: Annotated[Optional[str], typer.Option(
         help="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (--executor dask; without it "
              "a local Dask cluster is started).")] = None,
     jobs: Jobs = None,
     results: Annotated[Optional[str], typer.Option(
-        "--out", help="Append rows to this CSV file as tasks finish; run the same command again to resume "
-                      "(points already there are skipped).")] = None,
+        "--out", help="Append rows to this .csv (or .parquet: pip install 'initcli[parquet]') file as tasks "
+                      "finish; run the same command again to resume (points already there are skipped).")] = None,
     heatmap: Annotated[Optional[str], typer.Option(
-        help="Two axes, e.g. sigma_w,sigma_b: draw --metric over them in the terminal (on stderr).")] = None,
-    metric: Annotated[str, typer.Option(help="What --heatmap shows: " + ", ".join(HEATMAP_METRICS) + ".")] = "xi_grad",
+        help="Two axes, e.g. sigma_w,sigma_b: draw --metric over them, in the terminal (on stderr when stdout "
+             "is piped), or to the --save-plot file instead (add --plot for both).")] = None,
+    metric: Annotated[str, typer.Option(
+        help="What the heatmap shows: xi_grad, xi_c, xi_q, grad_ratio, verdict, accuracy (--train), final_loss, "
+             "theory_chi, theory_xi_c or theory_xi_grad.")] = "xi_grad",
 ) -> None:
     """Run propagate at every point of a grid and report one row per point.
 
     Axes: --sigma-w or --scheme, --sigma-b, --depth, --width, --batch, --activation, times
     --seeds. Each row has the compare summary and verdict, the measured depth scales xi_q,
-    xi_c and xi_grad, and mean-field theory's q*, chi and depth scales for the point. Every
-    point's seed comes from its coordinates and runs on one BLAS thread, so the rows do not
-    depend on --executor, --jobs or the order.
+    xi_c and xi_grad, mean-field theory's q*, chi and depth scales for the point and, with
+    --train, the final loss and score of training it. Every point's seed comes from its
+    coordinates and runs on one BLAS thread, so the rows do not depend on --executor, --jobs
+    or the order.
     """
-    from ..sweep import COORDINATES, grid, make_executor
+    from ..errors import InitcliError
+    from ..sweep import (
+        KEY,
+        check_heatmap_axes,
+        columns,
+        grid,
+        heatmap_metric,
+        make_executor,
+        settings_text,
+        train_options,
+    )
     from ..sweep import sweep as run_sweep
+    from .options import given
 
     fmt = output_format(out.fmt)
+    typed = given()
+    if train is None:
+        stray = [name for name in _TRAIN_OPTIONS if name in typed]
+        if stray:
+            raise InitcliError(stray[0], "only applies with --train TASK")
+    if executor.strip().lower() != "dask" and scheduler is not None:
+        raise InitcliError("scheduler", "only applies with --executor dask")
     check_outputs(out)
     if results is not None:  # appended to and resumed, so an existing file is expected
-        from ..files import check_output
+        from ..sweep import check_results_path
 
-        check_output(results, "out", force=True, suffixes=(".csv",))
-    if out.plot or out.save_plot:
-        warn("--plot and --save-plot are not drawn by sweep yet; use --heatmap")
+        if out.save_plot is not None and os.path.abspath(results) == os.path.abspath(out.save_plot):
+            raise InitcliError("out", f"is the same file as --save-plot ('{results}')")
+        check_results_path(results)
     axes = {"sigma_w": _axis(sigma_w, "sigma_w"), "sigma_b": _axis(sigma_b, "sigma_b"), "depth": _axis(depth, "depth"),
             "width": _axis(width, "width"), "batch": _axis(batch, "batch"), "scheme": _axis(scheme, "scheme"),
             "activation": _axis(activation, "activation")}
+    training = None if train is None else train_options(train, epochs, lr=lr, optimizer=optimizer, samples=samples,
+                                                        batch=None if train_batch == 0 else train_batch)
+    header = columns(None if training is None else training["metric"])
+    if training is not None and any(value != 0 for value in axes["sigma_b"]):
+        warn("--train starts every network with zero biases, as `initcli train` does: σ_b acts on the "
+             "propagate columns only")
     pair = None
-    if heatmap is not None:
-        pair = [item.strip() for item in heatmap.split(",")]
-        if len(pair) != 2 or not all(p in COORDINATES for p in pair) or pair[0] == pair[1]:
-            from ..errors import InitcliError
-
-            raise InitcliError("heatmap", f"must be two different axes such as sigma_w,sigma_b; axes are "
-                                          f"{', '.join(COORDINATES)}")
-        if metric not in HEATMAP_METRICS:
-            from ..errors import InitcliError
-
-            raise InitcliError("metric", f"must be one of {', '.join(HEATMAP_METRICS)}, got '{metric}'")
+    if heatmap is not None or out.plot or out.save_plot:
+        pair = check_heatmap_axes(heatmap) if heatmap is not None else _default_axes(axes, seeds)
+        column = heatmap_metric(metric, header)
+    elif "metric" in typed:
+        raise InitcliError("metric", "only applies with --heatmap, --plot or --save-plot")
     points = grid(axes, seeds, seed)
     runner = make_executor(executor, jobs=jobs, scheduler=scheduler)
     options = {"propagate": {"dtype": dtype, "input_std": input_std}}
+    if training is not None:
+        options["train"] = training
     params = {"axes": {k: v for k, v in axes.items() if v is not None}, "seeds": seeds, "seed": seed, "dtype": dtype,
-              "input_std": input_std, "points": len(points)}
+              "input_std": input_std, "points": len(points),
+              **({} if training is None else {"train": {k: v for k, v in training.items() if v is not None}})}
     with progress(len(points), "sweeping") as advance:
         result = run_sweep(points, executor=runner, options=options, out=results, progress=advance, params=params)
     rows = list(result.rows)
@@ -180,22 +335,27 @@ def sweep(
     elif fmt == "table":
         from ..render import print_table
 
-        shown = [c for c in result.columns if c not in ("reason", "run_seed")]
+        shown = [c for c in result.columns if c not in ("reason", "run_seed", "settings")]
         say_hidden(print_table(rows, shown, title=f"sweep · {len(points)} points", priority=SWEEP_PRIORITY,
                                console=stdout_console()))
     else:
         write_machine(fmt, "sweep", result.params, rows, result.columns)
     if result.errors:
         warn(f"{result.errors} of {len(rows)} points failed: see their error column")
-    if pair is not None:
-        source = rows
-        if results is not None:
-            from ..sweep import read_results
+    if pair is None:
+        return
+    source = rows
+    if results is not None:  # the whole grid: this run's points and those already in the file
+        from ..sweep import read_results
 
-            source = [_typed(row) for row in read_results(results)]
-        from .options import show
-
-        show(heatmap_lines(source, pair[0], pair[1], metric))
+        wanted = {(*p.key, settings_text(options)) for p in points}
+        source = [_typed(row) for row in read_results(results) if tuple(row[c] for c in KEY) in wanted]
+    if heatmap is not None and not out.save_plot or out.plot:
+        show(heatmap_lines(source, pair[0], pair[1], column))
+    if out.save_plot:
+        kinds = ", ".join(sorted({str(r["activation"]) for r in source}))
+        save_heatmap(out.save_plot, source, pair[0], pair[1], column, force=out.force, dpi=out.dpi,
+                     title=f"sweep · {column} · {kinds} · {len(points)} points")
 
 
 def _typed(row: dict) -> dict:
