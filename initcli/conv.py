@@ -40,7 +40,7 @@ from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memor
 from .engine import PLAIN, Architecture, make_architecture, seed_streams
 from .errors import InitcliError
 from .schemes import Init, check_weight_scale, gaussian, make_init
-from .stats import all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
+from .stats import all_finite
 from .theory import TheoryColumns, finite_width_spread, mean_field, parts_ways
 from .threads import blas_threads_limited
 
@@ -333,44 +333,15 @@ def measure(stack: ConvStack, act: Activation, x: np.ndarray, cotangent: np.ndar
     moments over batch, positions and channels; dead_frac over the (position, channel) units;
     effective_rank and input_cosine over each example's flattened activations. Returns
     (layers, first layer whose pre-activations overflowed, first from the top whose gradient did)."""
-    from .propagation import LayerStats
+    from .propagation import LayerRecorder
 
-    depth = stack.depth
-    forward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
-    backward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
-    overflow = {"forward": None, "backward": None}
-    batch = x.shape[0]
-
-    def on_forward(layer, h, branch, output, deriv):
-        preact_mean, preact_var = moments(h)
-        if overflow["forward"] is None and not math.isfinite(preact_var) and not all_finite(h):
-            overflow["forward"] = layer
-        act_mean, act_var = moments(output)
-        saturated = float(np.count_nonzero(act.saturated(branch)) / branch.size) if act.saturated is not None else 0.0
-        flat = output.reshape(batch, -1)
-        forward_stats[layer - 1] = {
-            "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
-            "saturated_frac": saturated, "dead_frac": dead_fraction(deriv.reshape(batch, -1)),
-            "effective_rank": effective_rank(flat), "input_cosine": mean_input_cosine(flat),
-        }
-        if progress is not None:
-            progress(1)
-
-    def on_backward(layer, delta, weight_grad):
-        grad_var = moments(delta)[1]
-        if overflow["backward"] is None and not math.isfinite(grad_var) and not all_finite(delta):
-            overflow["backward"] = layer
-        backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
-        if progress is not None:
-            progress(1)
-
-    fan = stack.shape.fan
+    recorder = LayerRecorder(act, stack.depth, progress)
     with np.errstate(all="ignore"):
-        backward(stack, forward(stack, act, x, on_forward), cotangent, on_backward, keep_grads=False)
-        layers = tuple(LayerStats(layer=i + 1, fan_in=fan, fan_out=fan, weight_std=math.sqrt(moments(w)[1]),
-                                  **forward_stats[i], **backward_stats[i])
-                       for i, w in enumerate(stack.weights))
-    return layers, overflow["forward"], overflow["backward"]
+        backward(stack, forward(stack, act, x, recorder.on_forward), cotangent, recorder.on_backward,
+                 keep_grads=False)
+    fan = stack.shape.fan
+    layers = recorder.layers(stack.weights, [(fan, fan)] * stack.depth)
+    return layers, recorder.forward_overflow, recorder.backward_overflow
 
 
 # -- propagate --conv ---------------------------------------------------------------------

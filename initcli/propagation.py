@@ -387,47 +387,66 @@ def _inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] |
     return stack, x, cotangent, iterations
 
 
+class LayerRecorder:
+    """Every layer's statistics as an engine's observers see them, one forward and one
+    backward pass: the MLP engine's and the conv engine's. An output (batch, …) is read as one
+    vector per input (effective_rank, input_cosine) and φ' as one unit per entry (dead_frac);
+    moments are over every entry. `progress(1)` after each layer, forward and backward."""
+
+    def __init__(self, act: Activation, depth: int, progress: Callable[[int], None] | None = None) -> None:
+        self.act, self.progress = act, progress
+        self.forward_stats: list[dict | None] = [None] * depth
+        self.backward_stats: list[dict | None] = [None] * depth
+        self.forward_overflow: int | None = None  # the first layer whose pre-activations held inf/nan
+        self.backward_overflow: int | None = None  # the first, from the top, whose gradient did
+
+    def on_forward(self, layer: int, h: np.ndarray, branch: np.ndarray, output: np.ndarray,
+                   deriv: np.ndarray) -> None:
+        preact_mean, preact_var = moments(h)
+        if self.forward_overflow is None and not math.isfinite(preact_var) and not all_finite(h):
+            self.forward_overflow = layer
+        act_mean, act_var = moments(output)
+        saturated = self.act.saturated
+        flat = output.reshape(output.shape[0], -1)
+        self.forward_stats[layer - 1] = {
+            "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
+            "saturated_frac": float(np.count_nonzero(saturated(branch)) / branch.size) if saturated else 0.0,
+            "dead_frac": dead_fraction(deriv.reshape(deriv.shape[0], -1)),
+            "effective_rank": effective_rank(flat), "input_cosine": mean_input_cosine(flat),
+        }
+        if self.progress is not None:
+            self.progress(1)
+
+    def on_backward(self, layer: int, delta: np.ndarray, weight_grad: np.ndarray) -> None:
+        grad_var = moments(delta)[1]
+        if self.backward_overflow is None and not math.isfinite(grad_var) and not all_finite(delta):
+            self.backward_overflow = layer
+        self.backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
+        if self.progress is not None:
+            self.progress(1)
+
+    def layers(self, weights: Sequence[np.ndarray], fans: Sequence[tuple[int, int]]) -> tuple[LayerStats, ...]:
+        with np.errstate(all="ignore"):
+            return tuple(LayerStats(layer=i + 1, fan_in=fan_in, fan_out=fan_out, weight_std=math.sqrt(moments(w)[1]),
+                                    **self.forward_stats[i], **self.backward_stats[i])
+                         for i, (w, (fan_in, fan_out)) in enumerate(zip(weights, fans)))
+
+
 def measure(stack: Stack, act: Activation, x: np.ndarray, cotangent: np.ndarray, *,
-            checkpoint: bool = False, progress: Callable[[int], None] | None = None) -> tuple[tuple[LayerStats, ...], int | None, int | None]:
+            checkpoint: bool = False, progress: Callable[[int], None] | None = None,
+            ) -> tuple[tuple[LayerStats, ...], int | None, int | None]:
     """Forward x, backpropagate the cotangent, and measure every layer: the engine of
     `propagate` for a given stack and inputs. Returns (layers, first layer whose
     pre-activations overflowed, first layer from the top whose gradient did)."""
-    depth = len(stack.weights)
-    forward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
-    backward_stats: list[dict] = [None] * depth  # type: ignore[list-item]
-    overflow = {"forward": None, "backward": None}
+    recorder = LayerRecorder(act, len(stack.weights), progress)
 
     def on_forward(layer: int, h: np.ndarray, branch: np.ndarray, state: LayerState) -> None:
-        preact_mean, preact_var = moments(h)
-        if overflow["forward"] is None and not math.isfinite(preact_var) and not all_finite(h):
-            overflow["forward"] = layer
-        a = state.act
-        act_mean, act_var = moments(a)
-        saturated = float(np.count_nonzero(act.saturated(branch)) / branch.size) if act.saturated is not None else 0.0
-        forward_stats[layer - 1] = {
-            "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
-            "saturated_frac": saturated, "dead_frac": dead_fraction(state.deriv),
-            "effective_rank": effective_rank(a), "input_cosine": mean_input_cosine(a),
-        }
-        if progress is not None:
-            progress(1)
-
-    def on_backward(layer: int, delta: np.ndarray, weight_grad: np.ndarray) -> None:
-        grad_var = moments(delta)[1]
-        if overflow["backward"] is None and not math.isfinite(grad_var) and not all_finite(delta):
-            overflow["backward"] = layer
-        backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
-        if progress is not None:
-            progress(1)
+        recorder.on_forward(layer, h, branch, state.act, state.deriv)
 
     with np.errstate(all="ignore"):
         if checkpoint:
-            checkpointed(stack, act, x, cotangent, on_forward, on_backward)
+            checkpointed(stack, act, x, cotangent, on_forward, recorder.on_backward)
         else:
-            backward(stack, forward(stack, act, x, on_forward), cotangent, on_backward, keep_grads=False)
-        layers = tuple(
-            LayerStats(layer=i + 1, fan_in=w.shape[1], fan_out=w.shape[0], weight_std=math.sqrt(moments(w)[1]),
-                       **forward_stats[i], **backward_stats[i])
-            for i, w in enumerate(stack.weights)
-        )
-    return layers, overflow["forward"], overflow["backward"]
+            backward(stack, forward(stack, act, x, on_forward), cotangent, recorder.on_backward, keep_grads=False)
+    layers = recorder.layers(stack.weights, [(w.shape[1], w.shape[0]) for w in stack.weights])
+    return layers, recorder.forward_overflow, recorder.backward_overflow
