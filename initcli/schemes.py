@@ -816,10 +816,9 @@ def make_init(
     if distribution is not None:
         distribution = _canonical(distribution, DISTRIBUTIONS, "distribution")
     eff_distribution = distribution if distribution is not None and kind in ("scaling", "fixed") else preset.distribution
-    if kind == "fixed" and preset.distribution == "uniform":
-        if limit is not None and (low is not None or high is not None):
-            raise InitcliError("limit", "give either --limit (U(-limit, limit)) or --low/--high (U(low, high)), "
-                                        "not both")
+    if kind == "fixed" and preset.distribution == "uniform" and limit is not None and (low is not None or high is not None):
+        raise InitcliError("limit", "give either --limit (U(-limit, limit)) or --low/--high (U(low, high)), "
+                                    "not both")
     resolved = dict(
         gain=check_number("gain", gain),
         value=0.5 if value is None else check_number("value", value, nonnegative=False),

@@ -111,9 +111,7 @@ def test_sample_default_sizes():
 
 
 def test_schemes_lists_every_scheme():
-    from initcli.schemes import SCHEME_NAMES
-
-    from initcli.schemes import RESIDUAL_INIT_NAMES
+    from initcli.schemes import RESIDUAL_INIT_NAMES, SCHEME_NAMES
 
     rows = rows_of(run("schemes", "-f", "csv").stdout)
     assert [r["name"] for r in rows if r["kind"] == "scheme"] == list(SCHEME_NAMES)

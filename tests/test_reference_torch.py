@@ -15,7 +15,6 @@ from initcli.propagation import measure  # noqa: E402
 from initcli.schemes import compute_fans, make_init  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _float64_by_default():
     """Every tensor here is float64 unless said otherwise; restored after, so that no other
