@@ -12,7 +12,7 @@ import numpy as np
 from . import __version__
 from .activations import get_activation
 from .checks import _positive_int, check_dtype, check_memory, check_seed, stack_sizes
-from .engine import build_stack, seed_streams
+from .engine import build_stack, make_architecture, seed_streams
 from .errors import InitcliError
 from .files import atomic_output
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
@@ -86,6 +86,8 @@ def sample(
     input_std: float = 1.0,
     lsuv_tol: float = DEFAULT_TOL,
     lsuv_max_iter: int = DEFAULT_MAX_ITER,
+    residual_init: str | None = None,
+    block: int = 1,
     **init_options,
 ) -> SampleResult:
     """Draw one matrix per consecutive pair of `sizes` (default 784,256,256,10), or one tensor
@@ -95,7 +97,10 @@ def sample(
     lsuv calibrates the stack as propagate does: on `batch` (default 512) N(0, input_std²)
     inputs from the seed's input stream, so `propagate` with the same seed, sizes, batch and
     input_std runs these very weights. `batch`, `input_std` and the lsuv options are used
-    by lsuv only."""
+    by lsuv only. `residual_init` (with `block` layers per branch) applies a residual-init
+    preset's factors to the drawn stack, as `propagate --residual --residual-init` does, so
+    the weights can be saved; `expected_std` stays the scheme's, and `std_ratio` shows the
+    preset's factor."""
     init = scheme if isinstance(scheme, Init) else make_init(scheme, activation=activation, **init_options)
     np_dtype = check_dtype(dtype)
     seed = check_seed(seed)
@@ -106,6 +111,11 @@ def sample(
         input_std = check_weight_scale("input_std", input_std)
         lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
     iterations = None
+    presets = residual_init is not None and str(residual_init).strip().lower() != "none"
+    if presets and calibrate:
+        raise InitcliError("residual_init", "does not apply to lsuv, which rescales every layer from the data")
+    if shape is not None and presets:
+        raise InitcliError("residual_init", "applies to a stack of --sizes, not to one --shape tensor")
     if shape is not None:
         if sizes is not None:
             raise InitcliError("shape", "give either --shape or --sizes, not both")
@@ -131,7 +141,9 @@ def sample(
             needed += batch * max(stack_sizes_) * (np_dtype.itemsize * 3 + 8)
             options = ("--sizes", "--batch")
         check_memory(needed, dtype=np_dtype, options=options)
-        stack = build_stack(init, stack_sizes_, bias_std=bias_std, seed=seed, dtype=np_dtype)
+        arch = (make_architecture(True, 1.0, block, None, residual_init, depth=len(stack_sizes_) - 1) if presets
+                else make_architecture(block=block))
+        stack = build_stack(init, stack_sizes_, bias_std=bias_std, seed=seed, dtype=np_dtype, arch=arch)
         if calibrate:
             # the inputs propagate draws for this seed (propagation._inputs)
             x = gaussian(seed_streams(seed)["inputs"], (batch, stack_sizes_[0]), np_dtype) * np_dtype.type(input_std)
@@ -141,6 +153,8 @@ def sample(
         weights, biases = stack.weights, stack.biases
         params_shape = {"sizes": list(stack_sizes_)}
     params = {**init.params(), **params_shape, "bias_std": bias_std, "dtype": np_dtype.name, "seed": seed}
+    if presets:
+        params.update(arch.params())
     if calibrate:
         params.update(batch=batch, input_std=input_std, lsuv_tol=lsuv_tol, lsuv_max_iter=lsuv_max_iter,
                       lsuv_iterations=list(iterations))

@@ -329,3 +329,40 @@ def test_cli_train_records_the_constants(run):
 def test_cli_refusals(run, args):
     result = run("propagate", "--depth", "4", "--width", "16", "--batch", "8", *args)
     assert result.exit_code == 2
+
+
+# -- sample: the presets' weights can be drawn and saved -------------------------------------
+
+
+def test_sample_applies_the_presets_factors_and_saves_them(tmp_path):
+    from initcli.sampling import sample
+    from initcli.weightfile import load_npz
+
+    sizes = [64] * 5  # 4 layers: 2 blocks of 2
+    plain = sample("xavier-normal", sizes=sizes, seed=3)
+    gpt2 = sample("xavier-normal", sizes=sizes, seed=3, residual_init="gpt2", block=2)
+    fixup = sample("xavier-normal", sizes=sizes, seed=3, residual_init="fixup", block=2)
+    n_layer = 2
+    for i in (0, 2):  # the first layer of each branch: untouched by gpt2, × L^(−1/(2m−2)) = 2^(−1/2) by fixup
+        np.testing.assert_array_equal(gpt2.weights[i], plain.weights[i])
+        np.testing.assert_allclose(fixup.weights[i], plain.weights[i] * 2 ** -0.5, rtol=2e-7)
+    for i in (1, 3):  # the branch's output projection: × 1/√(2·n_layer) by gpt2, zero by fixup
+        np.testing.assert_allclose(gpt2.weights[i], plain.weights[i] / math.sqrt(2 * n_layer), rtol=2e-7)
+        assert not fixup.weights[i].any()
+    assert gpt2.params["residual_init"] == "gpt2" and gpt2.params["branch_scale"] == pytest.approx(0.5)
+    target = tmp_path / "w.npz"
+    done = CliRunner().invoke(app, ["sample", "--sizes", "64,64,64,64,64", "--seed", "3", "--scheme", "xavier-normal",
+                                    "--residual-init", "gpt2", "--block", "2", "--save", str(target), "-f", "csv"])
+    assert done.exit_code == 0, done.output
+    weights, _, metadata = load_npz(str(target))
+    np.testing.assert_array_equal(weights[1], gpt2.weights[1])
+    assert metadata["residual_init"] == "gpt2"
+
+
+def test_sample_refuses_presets_where_they_mean_nothing():
+    from initcli.sampling import sample
+
+    with pytest.raises(InitcliError, match="residual"):
+        sample("he-normal", shape=[64, 64], residual_init="gpt2")
+    with pytest.raises(InitcliError, match="lsuv"):
+        sample("lsuv", sizes=[16, 16, 16], residual_init="gpt2")

@@ -66,6 +66,10 @@ def sample(
     input_std: Annotated[float, typer.Option(help="lsuv: inputs are drawn from N(0, input-std²).")] = 1.0,
     lsuv_tol: Annotated[float, typer.Option(help="lsuv: stop when |Var(h) − 1| is within this.")] = 0.05,
     lsuv_max_iter: Annotated[int, typer.Option(help="lsuv: rescalings per layer at most.")] = 10,
+    residual_init: Annotated[Optional[str], typer.Option(
+        help="Apply a residual-init preset's factors to the stack (see `initcli schemes`), as propagate "
+             "--residual --residual-init does, so the weights can be saved.")] = None,
+    block: Annotated[int, typer.Option(help="--residual-init: layers per residual branch.")] = 1,
 ) -> None:
     """Draw the weights and compare them with the scheme's formula."""
     from ..render import histogram_line, print_table
@@ -79,6 +83,10 @@ def sample(
 
         for name in sorted(given() & {"batch", "input_std"}):
             raise InitcliError(name, "only applies to the lsuv scheme (the inputs it calibrates on)")
+    if "block" in given() and residual_init is None:
+        from ..errors import InitcliError
+
+        raise InitcliError("block", "only applies with --residual-init")
     check_outputs(out, (save, "save", (".npz",)))
     result = sample_weights(
         scheme,
@@ -87,6 +95,7 @@ def sample(
         bias_std=init.bias_std, seed=seed, dtype=dtype, activation=activation, **init.scheme_options(),
         **({"batch": batch, "input_std": input_std, "lsuv_tol": lsuv_tol, "lsuv_max_iter": lsuv_max_iter}
            if _is_lsuv(scheme) else {}),
+        residual_init=residual_init, block=block,
     )
     warn_ignored([scheme], init)
     if save is not None:
