@@ -2,7 +2,9 @@
 
 A grid is the product of axes (σ_w or scheme, σ_b, depth, width, batch, activation) times
 seeds. σ_w and σ_b are mean-field's (Poole et al. 2016): weights N(0, σ_w²/fan_in), drawn
-with the LeCun normal preset times a gain σ_w, biases N(0, σ_b²).
+with the LeCun normal preset times a gain σ_w, biases N(0, σ_b²). The architecture axes
+(ARCH_AXES: residual_init, 'none' or a preset that makes the point a residual stack; param,
+sp/ntk/mup) are coordinates only in grids that give them.
 
 Reproducibility: every point's random seed is derived from its coordinates alone (a SHA-256
 of them, through numpy's SeedSequence), and every point runs on one BLAS thread, so a row
@@ -44,9 +46,12 @@ from .errors import InitcliError
 from .propagation import check_memory
 
 COORDINATES = ("sigma_w", "sigma_b", "depth", "width", "batch", "scheme", "activation", "seed")
+# Architecture axes: coordinates of a row, its key and its seed only when the grid has them, so
+# that a grid without them keeps the rows (and run_seeds) it had before they existed.
+ARCH_AXES = ("residual_init", "param")
 FLOAT_AXES = ("sigma_w", "sigma_b")
 INT_AXES = ("depth", "width", "batch")
-NAME_AXES = ("scheme", "activation")
+NAME_AXES = ("scheme", "activation") + ARCH_AXES
 SUMMARY = ("first_act_var", "last_act_var", "first_grad_var", "last_grad_var", "grad_ratio", "max_saturated_frac",
            "max_dead_frac", "min_effective_rank", "last_input_cosine", "verdict", "reason")
 MEASURED = ("xi_q", "xi_c", "xi_grad")
@@ -58,13 +63,25 @@ MAX_AXIS = 100_000
 DEFAULTS = {"sigma_b": [0.0], "depth": [10], "width": [256], "batch": [512], "activation": ["relu"]}
 
 
-def columns(metric: str | None = None) -> tuple[str, ...]:
-    """A row's columns; with training (`metric` 'accuracy' or 'r2'), its final loss and score too."""
+def coordinates(arch: Iterable[str] = ()) -> tuple[str, ...]:
+    """A row's coordinate columns: the architecture axes in `arch` go before the seed."""
+    arch = set(arch)
+    return COORDINATES[:-1] + tuple(name for name in ARCH_AXES if name in arch) + COORDINATES[-1:]
+
+
+def columns(metric: str | None = None, arch: Iterable[str] = ()) -> tuple[str, ...]:
+    """A row's columns; with training (`metric` 'accuracy' or 'r2'), its final loss and score
+    too; with architecture axes (`arch`, names from ARCH_AXES), their coordinate columns."""
     trained = () if metric is None else ("final_loss", f"final_{metric}")
-    return COORDINATES + ("run_seed", "settings") + SUMMARY + MEASURED + THEORY + trained + ("error",)
+    return coordinates(arch) + ("run_seed", "settings") + SUMMARY + MEASURED + THEORY + trained + ("error",)
 
 
 KEY = COORDINATES + ("settings",)  # what resumption compares: the point and every other setting
+
+
+def key_columns(header: Sequence[str]) -> tuple[str, ...]:
+    """KEY for a file of these columns: its coordinates (architecture axes included) and settings."""
+    return tuple(c for c in header if c in COORDINATES or c in ARCH_AXES) + ("settings",)
 
 
 def settings_text(options: dict) -> str:
@@ -164,11 +181,26 @@ class Point:
     scheme: str | None
     activation: str
     seed: int  # the replica: base seed + 0, 1, … (not the random seed, see run_seed)
+    residual_init: str | None = None  # None: not an axis of the grid; 'none' or a preset name
+    param: str | None = None  # None: not an axis of the grid; sp, ntk or mup
+
+    @property
+    def arch_axes(self) -> tuple[str, ...]:
+        return tuple(name for name in ARCH_AXES if getattr(self, name) is not None)
+
+    @property
+    def coordinates(self) -> tuple[str, ...]:
+        return coordinates(self.arch_axes)
+
+    @property
+    def residual(self) -> bool:
+        """Whether the point's residual-init axis makes it a residual stack."""
+        return self.residual_init not in (None, "none")
 
     @property
     def key(self) -> tuple[str, ...]:
         """The coordinates as the CSV file spells them: what resumption compares."""
-        return tuple(_cell(getattr(self, name)) for name in COORDINATES)
+        return tuple(_cell(getattr(self, name)) for name in self.coordinates)
 
     @property
     def run_seed(self) -> int:
@@ -196,9 +228,10 @@ def grid(axes: dict[str, Sequence], seeds: int = 1, base_seed: int = 0) -> list[
     in a fixed order: the order rows come out in."""
     from .propagation import check_seed
 
-    unknown = set(axes) - set(COORDINATES[:-1])
+    known = COORDINATES[:-1] + ARCH_AXES
+    unknown = set(axes) - set(known)
     if unknown:
-        raise InitcliError(sorted(unknown)[0], f"is not a sweep axis; axes are {', '.join(COORDINATES[:-1])}")
+        raise InitcliError(sorted(unknown)[0], f"is not a sweep axis; axes are {', '.join(known)}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_AXIS:
         raise InitcliError("seeds", f"must be an integer from 1 to {MAX_AXIS:,}, got {seeds!r}")
     base_seed = check_seed(base_seed)
@@ -211,22 +244,49 @@ def grid(axes: dict[str, Sequence], seeds: int = 1, base_seed: int = 0) -> list[
         values.setdefault(name, default)
         if not values[name]:
             raise InitcliError(name, "needs at least one value")
+    for name in ARCH_AXES:
+        if name in values:
+            if not values[name]:
+                raise InitcliError(name, "needs at least one value")
+            values[name] = list(dict.fromkeys(_check_arch_value(name, v) for v in values[name]))
+    # an axis not given is one None: the points keep the coordinates (and seeds) of before
+    arch = {name: values.get(name) or [None] for name in ARCH_AXES}
     weights = [(s, None) for s in values.get("sigma_w") or []] + [(None, s) for s in values.get("scheme") or []]
     total = len(weights) * seeds * math.prod(len(values[n]) for n in ("sigma_b", "depth", "width", "batch", "activation"))
+    total *= math.prod(len(v) for v in arch.values())
     if total > MAX_POINTS:
         raise InitcliError(None, f"the grid has {total:,} points; at most {MAX_POINTS:,} are accepted")
-    return [Point(sigma_w, sigma_b, depth, width, batch, scheme, activation, base_seed + replica)
+    return [Point(sigma_w, sigma_b, depth, width, batch, scheme, activation, base_seed + replica, residual_init, param)
             for sigma_w, scheme in weights for sigma_b in values["sigma_b"] for depth in values["depth"]
             for width in values["width"] for batch in values["batch"] for activation in values["activation"]
-            for replica in range(seeds)]
+            for residual_init in arch["residual_init"] for param in arch["param"] for replica in range(seeds)]
+
+
+def _check_arch_value(name: str, value) -> str:
+    """A residual-init axis value ('none' or a preset) or a param axis value, as the file spells it."""
+    from .schemes import RESIDUAL_INIT_NAMES
+
+    key = str(value).strip().lower()
+    if name == "param":
+        from .parametrization import check_param
+
+        return check_param(key)
+    if key != "none" and key not in RESIDUAL_INIT_NAMES:
+        raise InitcliError("residual_init", f"unknown residual-init preset '{value}'; choose from none, "
+                                            f"{', '.join(RESIDUAL_INIT_NAMES)}")
+    return key
 
 
 # -- one point ----------------------------------------------------------------------------------
 
 
 def _call(point: Point, options: dict) -> dict:
-    """propagate's keywords for a point."""
+    """propagate's keywords for a point; a residual-init preset implies a residual stack."""
     scheme, extra = (point.scheme, {}) if point.scheme is not None else ("lecun-normal", {"gain": point.sigma_w})
+    if point.residual:
+        extra |= {"residual": True, "residual_init": point.residual_init}
+    if point.param is not None:
+        extra["param"] = point.param
     return {"scheme": scheme, "activation": point.activation, "depth": point.depth, "width": point.width,
             "batch": point.batch, "bias_std": point.sigma_b, "seed": point.run_seed, "theory": False,
             **options.get("propagate", {}), **extra}
@@ -267,6 +327,10 @@ def check_points(points: Sequence[Point], options: dict, at_once: int = 1) -> No
     largest = 0
     dtype = None
     for point in points:
+        if "train" in options and (point.residual or point.param not in (None, "sp")
+                                   or options.get("propagate", {}).keys() & {"residual", "block", "norm"}):
+            raise InitcliError("train", "does not apply with --residual-init, --param, --residual, --block or "
+                                        "--norm yet: the trained network is a plain MLP")
         call = _call(point, options)
         call.pop("seed")
         signature = tuple(sorted((k, repr(v)) for k, v in call.items()))
@@ -368,9 +432,12 @@ def measure_point(point: Point, options: dict) -> dict:
     from .compare import _row
     from .propagation import propagate
 
-    result = propagate(**_call(point, options))
+    call = _call(point, options)
+    result = propagate(**call)
     summary = asdict(_row(result))
-    sigma_w = effective_sigma_w(point)
+    # mean-field theory here is the plain MLP's: none for residual or normalised stacks
+    plain = not call.get("residual") and str(call.get("norm") or "none").lower() == "none"
+    sigma_w = effective_sigma_w(point) if plain else math.nan
     theory = (_theory(point.activation, float(sigma_w), float(point.sigma_b)) if math.isfinite(sigma_w)
               else {**{name: math.nan for name in THEORY}, "theory_phase": "", "c_star": math.nan})
     eps = float(np.finfo(result.params["dtype"]).eps)
@@ -393,7 +460,7 @@ def measure_point(point: Point, options: dict) -> dict:
 
 def run_point(point: Point, index: int, options: dict) -> dict:
     """A whole row: coordinates, run_seed, and the measurements or the error that stopped them."""
-    row = {name: getattr(point, name) for name in COORDINATES}
+    row = {name: getattr(point, name) for name in point.coordinates}
     row["run_seed"] = point.run_seed
     try:
         with np.errstate(all="ignore"):
@@ -614,9 +681,10 @@ class ResultsFile:
         if header != self.header:
             raise InitcliError("out", f"'{self.path}' holds other columns than this sweep writes; "
                                       "give another --out file")
+        key = [header.index(c) for c in key_columns(header)]
         for fields_ in reader:
             if len(fields_) == len(header):
-                self.done.add(tuple(fields_[header.index(c)] for c in KEY))
+                self.done.add(tuple(fields_[i] for i in key))
                 self.kept += 1
 
     @staticmethod
@@ -645,7 +713,7 @@ class ResultsFile:
 # Column types of a .parquet results file: fixed, so that a batch whose column is all empty
 # (error, most often) still writes the file's type; every other column is float64.
 _INT_COLUMNS = ("depth", "width", "batch", "seed", "run_seed")
-_TEXT_COLUMNS = ("scheme", "activation", "settings", "verdict", "reason", "theory_phase", "error")
+_TEXT_COLUMNS = ("scheme", "activation", "residual_init", "param", "settings", "verdict", "reason", "theory_phase", "error")
 RESULT_SUFFIXES = (".csv", ".parquet")
 
 
@@ -696,7 +764,7 @@ class ParquetResults:
                 raise InitcliError("out", f"'{self.path}' holds other columns than this sweep writes; "
                                           "give another --out file")
             self.tables.append(table.cast(self.schema))
-            for values in zip(*(table.column(c).to_pylist() for c in KEY)):
+            for values in zip(*(table.column(c).to_pylist() for c in key_columns(self.header))):
                 self.done.add(tuple(_cell(v) for v in values))
             self.kept = table.num_rows
 
@@ -749,7 +817,8 @@ def sweep(points: Sequence[Point], *, executor=None, options: dict | None = None
     runs that go at once on this machine (`executor.here`)."""
     options = dict(options or {})
     executor = executor or LocalExecutor(1)
-    header = columns(options["train"]["metric"] if "train" in options else None)
+    header = columns(options["train"]["metric"] if "train" in options else None,
+                     points[0].arch_axes if points else ())
     check_points(points, options, executor.here)
     settings = settings_text(options)
     results = results_file(out, header) if out is not None else None
@@ -814,9 +883,10 @@ def heatmap_metric(metric: str, row_columns: Sequence[str]) -> str:
 def check_heatmap_axes(text: str) -> tuple[str, str]:
     """'sigma_w,sigma_b' → (rows axis, columns axis), two different coordinates."""
     pair = [item.strip().lower() for item in str(text).split(",")]
-    if len(pair) != 2 or not all(p in COORDINATES for p in pair) or pair[0] == pair[1]:
+    known = coordinates(ARCH_AXES)
+    if len(pair) != 2 or not all(p in known for p in pair) or pair[0] == pair[1]:
         raise InitcliError("heatmap", f"must be two different axes such as sigma_w,sigma_b; axes are "
-                                      f"{', '.join(COORDINATES)}")
+                                      f"{', '.join(known)}")
     return pair[0], pair[1]
 
 

@@ -409,3 +409,115 @@ def test_parquet_without_pyarrow_is_one_line_naming_the_extra(runner, tmp_path, 
     assert result.exit_code == 2
     assert "initcli[parquet]" in result.stderr and "--out" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+# -- architecture axes --------------------------------------------------------------------------
+
+# Recorded from the code before the architecture axes existed (--sigma-w 1,2 --sigma-b 0,0.1
+# --depth 3 --width 8 --batch 16 -a relu --seeds 2): a grid without them keeps its header,
+# coordinates, run_seeds and settings cell, byte for byte.
+BEFORE_ARCH_AXES = """\
+sigma_w,sigma_b,depth,width,batch,scheme,activation,seed,run_seed,settings
+1.0,0.0,3,8,16,,relu,0,5262127959981019613,dtype=float32;input_std=1.0
+1.0,0.0,3,8,16,,relu,1,7540011142466155127,dtype=float32;input_std=1.0
+1.0,0.1,3,8,16,,relu,0,6656758257783024273,dtype=float32;input_std=1.0
+1.0,0.1,3,8,16,,relu,1,5832379567928562088,dtype=float32;input_std=1.0
+2.0,0.0,3,8,16,,relu,0,4183129892576034289,dtype=float32;input_std=1.0
+2.0,0.0,3,8,16,,relu,1,776222140475062738,dtype=float32;input_std=1.0
+2.0,0.1,3,8,16,,relu,0,2968150590862006003,dtype=float32;input_std=1.0
+2.0,0.1,3,8,16,,relu,1,4075779435836234763,dtype=float32;input_std=1.0
+"""
+
+
+def test_a_grid_without_architecture_axes_keeps_its_rows(runner):
+    result = runner.invoke(app, ["sweep", "--sigma-w", "1,2", "--sigma-b", "0,0.1", "--depth", "3", "--width", "8",
+                                 "--batch", "16", "-a", "relu", "--seeds", "2", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    head = "".join(",".join(line.split(",")[:10]) + "\n" for line in result.stdout.splitlines())
+    assert head == BEFORE_ARCH_AXES
+    assert "residual_init" not in columns() and "param" not in columns()
+
+
+def test_architecture_axes_are_coordinates_of_the_key_and_the_seed():
+    points = grid({"sigma_w": [1.0], "residual_init": ["none", "GPT2"], "param": ["sp", "mup"], **SMALL})
+    assert [(p.residual_init, p.param) for p in points] == [("none", "sp"), ("none", "mup"), ("gpt2", "sp"),
+                                                            ("gpt2", "mup")]
+    assert points[0].coordinates == COORDINATES[:-1] + ("residual_init", "param", "seed")
+    assert len({p.run_seed for p in points}) == 4
+    plain = grid({"sigma_w": [1.0], **SMALL})[0]
+    assert plain.run_seed not in {p.run_seed for p in points}  # 'none' is a value, not the absence of the axis
+    only = grid({"sigma_w": [1.0], "param": ["ntk"], **SMALL})[0]
+    assert only.coordinates == COORDINATES[:-1] + ("param", "seed")
+    for axes, param in (({"residual_init": ["bogus"]}, "residual_init"), ({"param": ["xx"]}, "param"),
+                        ({"param": []}, "param")):
+        with pytest.raises(InitcliError) as info:
+            grid({"sigma_w": [1.0], **SMALL, **axes})
+        assert info.value.param == param
+
+
+def test_residual_init_presets_tame_the_stream_variance():
+    # He-normal relu branches on x + f(x) double the stream's variance per block: ×2^16 over
+    # 16 blocks. gpt2 (branch × 1/√(2L)) and depth-mup (× 1/√L) keep it within (1 + 1/L)^L ≤ e.
+    # Finite width (64) moves ln Var by ~√(2L/width) = 0.7 per run, so a 100× margin holds.
+    points = grid({"scheme": ["he-normal"], "residual_init": ["none", "gpt2", "depth-mup"], "depth": [16],
+                   "width": [64], "batch": [64], "activation": ["relu"]})
+    rows = sweep(points, options={"propagate": {"residual": True}}).rows
+    assert [r["residual_init"] for r in rows] == ["none", "gpt2", "depth-mup"]
+    assert all(r["error"] is None for r in rows)
+    none, gpt2, depth_mup = (r["last_act_var"] for r in rows)
+    assert none > 100 * max(gpt2, depth_mup)
+    assert all(r["settings"] == "residual=true" for r in rows)
+    # the plain MLP's mean-field theory does not describe a residual stack
+    assert all(math.isnan(r["theory_chi"]) and r["theory_phase"] == "" for r in rows)
+
+
+def test_param_axis_is_passed_to_propagate():
+    from initcli.propagation import propagate
+
+    rows = sweep(grid({"scheme": ["he-normal"], "param": ["sp", "mup"], **SMALL})).rows
+    assert [r["param"] for r in rows] == ["sp", "mup"]
+    for row in rows:
+        alone = propagate(scheme="he-normal", activation="tanh", depth=4, width=16, batch=16, seed=row["run_seed"],
+                          param=row["param"], theory=False)
+        assert row["last_act_var"] == alone.layers[-1].act_var  # the same run: the same bytes
+    assert rows[0]["last_act_var"] != rows[1]["last_act_var"]
+
+
+def test_out_resumes_with_architecture_columns(tmp_path):
+    points = grid({"sigma_w": [1.0, 1.5], "residual_init": ["none", "rezero"], "param": ["sp", "ntk"], **SMALL})
+    whole = tmp_path / "whole.csv"
+    sweep(points, out=str(whole), batch_size=3)
+    lines = whole.read_text().splitlines(keepends=True)
+    assert lines[0].startswith("sigma_w,sigma_b,depth,width,batch,scheme,activation,residual_init,param,seed,")
+    killed = tmp_path / "killed.csv"
+    killed.write_text("".join(lines[:4]) + lines[4][:10])
+    again = sweep(points, out=str(killed), batch_size=3)
+    assert again.skipped == 3 and len(again.rows) == len(points) - 3
+    assert sorted(read_results(str(killed)), key=str) == sorted(read_results(str(whole)), key=str)
+    assert sweep(points, out=str(killed)).rows == ()
+    # a file of the plain grid is not the architecture grid's
+    with pytest.raises(InitcliError) as info:
+        sweep(grid({"sigma_w": [1.0], **SMALL}), out=str(killed))
+    assert info.value.param == "out"
+
+
+def test_cli_architecture_axes(runner, tmp_path):
+    path = str(tmp_path / "r.csv")
+    extra = ["--residual-init", "none,gpt2", "--residual", "--param", "sp,mup", "--out", path]
+    first = runner.invoke(app, ARGS + extra)
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ARGS + extra + ["--heatmap", "residual_init,param", "--metric", "verdict"])
+    assert second.exit_code == 0, second.output
+    assert "already there" in second.stderr and "residual_init (rows) × param" in second.stderr
+    rows = read_results(path)
+    assert len(rows) == 16 and {r["residual_init"] for r in rows} == {"none", "gpt2"}
+
+
+@pytest.mark.parametrize("extra", [["--residual-init", "bogus"], ["--residual-init", "gpt2", "--norm", "layer"],
+                                   ["--residual-init", "none,gpt2", "--residual", "--norm", "layer"],
+                                   ["--param", "xx"], ["--residual-init", "gpt2", "--train", "xor"],
+                                   ["--heatmap", "param,sigma_w"]])
+def test_cli_refuses_bad_architecture_axes_in_one_line(runner, extra):
+    result = runner.invoke(app, ARGS + extra)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -237,6 +237,16 @@ def sweep(
     scheme: Annotated[Optional[str], typer.Option(
         "--scheme", "-s", help="Schemes instead of --sigma-w (comma list; see `initcli schemes`).")] = None,
     activation: Annotated[str, typer.Option("--activation", "-a", help="Comma list of activations.")] = "relu",
+    residual_init: Annotated[Optional[str], typer.Option(
+        help="Comma list of none and residual-init presets (fixup, t-fixup, rezero, skipinit, deepnorm, gpt2, "
+             "depth-mup; see `initcli schemes`): an axis, and a preset makes its points residual stacks.")] = None,
+    param: Annotated[Optional[str], typer.Option(
+        help="Comma list of width parametrizations, sp, ntk or mup: an axis (see `initcli propagate --param`).")] = None,
+    residual: Annotated[bool, typer.Option(
+        help="Skip connections at every point: each block is x + f(x).")] = False,
+    block: Annotated[int, typer.Option(help="Linear→activation layers per residual branch.")] = 1,
+    norm: Annotated[str, typer.Option(
+        help="none, or layer: LayerNorm between each Linear and its activation, at every point.")] = "none",
     seeds: Annotated[int, typer.Option(help="Seeds per point (each derived from the point's coordinates).")] = 1,
     seed: Annotated[int, typer.Option(help="The first seed: points get seeds seed, seed+1, ….")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
@@ -267,8 +277,8 @@ def sweep(
 ) -> None:
     """Run propagate at every point of a grid and report one row per point.
 
-    Axes: --sigma-w or --scheme, --sigma-b, --depth, --width, --batch, --activation, times
-    --seeds. Each row has the compare summary and verdict, the measured depth scales xi_q,
+    Axes: --sigma-w or --scheme, --sigma-b, --depth, --width, --batch, --activation,
+    --residual-init, --param, times --seeds. Each row has the compare summary and verdict, the measured depth scales xi_q,
     xi_c and xi_grad, mean-field theory's q*, chi and depth scales for the point and, with
     --train, the final loss and score of training it. Every point's seed comes from its
     coordinates and runs on one BLAS thread, so the rows do not depend on --executor, --jobs
@@ -276,11 +286,11 @@ def sweep(
     """
     from ..errors import InitcliError
     from ..sweep import (
-        KEY,
         check_heatmap_axes,
         columns,
         grid,
         heatmap_metric,
+        key_columns,
         make_executor,
         settings_text,
         train_options,
@@ -305,26 +315,42 @@ def sweep(
         check_results_path(results)
     axes = {"sigma_w": _axis(sigma_w, "sigma_w"), "sigma_b": _axis(sigma_b, "sigma_b"), "depth": _axis(depth, "depth"),
             "width": _axis(width, "width"), "batch": _axis(batch, "batch"), "scheme": _axis(scheme, "scheme"),
-            "activation": _axis(activation, "activation")}
+            "activation": _axis(activation, "activation"), "residual_init": _axis(residual_init, "residual_init"),
+            "param": _axis(param, "param")}
     training = None if train is None else train_options(train, epochs, lr=lr, optimizer=optimizer, samples=samples,
                                                         batch=None if train_batch == 0 else train_batch)
-    header = columns(None if training is None else training["metric"])
+    if training is not None and (residual or block != 1 or norm.strip().lower() != "none"
+                                 or any(v != "none" for v in axes["residual_init"] or [])
+                                 or any(v != "sp" for v in axes["param"] or [])):
+        raise InitcliError("train", "does not apply with --residual-init, --param, --residual, --block or "
+                                    "--norm yet: the trained network is a plain MLP")
+    header = columns(None if training is None else training["metric"], [k for k in ("residual_init", "param")
+                                                                         if axes[k] is not None])
     if training is not None and any(value != 0 for value in axes["sigma_b"]):
         warn("--train starts every network with zero biases, as `initcli train` does: σ_b acts on the "
              "propagate columns only")
     pair = None
     if heatmap is not None or out.plot or out.save_plot:
         pair = check_heatmap_axes(heatmap) if heatmap is not None else _default_axes(axes, seeds)
+        for name in pair:
+            if name not in header:
+                raise InitcliError("heatmap", f"{name} is not an axis of this grid: give --{name.replace('_', '-')}")
         column = heatmap_metric(metric, header)
     elif "metric" in typed:
         raise InitcliError("metric", "only applies with --heatmap, --plot or --save-plot")
     points = grid(axes, seeds, seed)
     runner = make_executor(executor, jobs=jobs, scheduler=scheduler)
-    options = {"propagate": {"dtype": dtype, "input_std": input_std}}
+    propagate_options = {"dtype": dtype, "input_std": input_std}
+    # only when they change something, so that the settings cell (part of the resume key) of
+    # a plain grid stays what it was
+    propagate_options |= ({"residual": True} if residual else {}) | ({"block": block} if block != 1 else {})
+    if norm.strip().lower() != "none":
+        propagate_options["norm"] = norm.strip().lower()
+    options = {"propagate": propagate_options}
     if training is not None:
         options["train"] = training
-    params = {"axes": {k: v for k, v in axes.items() if v is not None}, "seeds": seeds, "seed": seed, "dtype": dtype,
-              "input_std": input_std, "points": len(points),
+    params = {"axes": {k: v for k, v in axes.items() if v is not None}, "seeds": seeds, "seed": seed,
+              **propagate_options, "points": len(points),
               **({} if training is None else {"train": {k: v for k, v in training.items() if v is not None}})}
     with progress(len(points), "sweeping") as advance:
         result = run_sweep(points, executor=runner, options=options, out=results, progress=advance, params=params)
@@ -349,7 +375,8 @@ def sweep(
         from ..sweep import read_results
 
         wanted = {(*p.key, settings_text(options)) for p in points}
-        source = [_typed(row) for row in read_results(results) if tuple(row[c] for c in KEY) in wanted]
+        key = key_columns(result.columns)
+        source = [_typed(row) for row in read_results(results) if tuple(row[c] for c in key) in wanted]
     if heatmap is not None and not out.save_plot or out.plot:
         show(heatmap_lines(source, pair[0], pair[1], column))
     if out.save_plot:
