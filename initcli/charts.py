@@ -420,14 +420,7 @@ def save_figure(path: str, panels: Sequence[dict], *, title: str, force: bool = 
     The legend sits outside the axes, right of the figure when every panel lists the same
     entries; a series with nothing to draw (all 0 on a log axis, all nan) says so in it.
     """
-    import os
-
-    suffix = check_plot_path(path, dpi)
-    dpi = check_dpi(dpi)
-    _check_pixels(len(panels), dpi, suffix)
-    if os.path.lexists(path) and not force:  # before drawing; atomic_output checks again when writing
-        raise InitcliError("save_plot", f"'{path}' already exists; pass --force to overwrite it")
-    plt = require_matplotlib()
+    plt, suffix, dpi = figure_target(path, force=force, dpi=dpi, panels=len(panels))
     import numpy as np
 
     rows, columns = _grid(len(panels))
@@ -441,10 +434,28 @@ def save_figure(path: str, panels: Sequence[dict], *, title: str, force: bool = 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "tight layout not applied": the figure is still right
                 fig.tight_layout()  # counts each axes' own legend, so a legend beside a panel keeps off the next
-            with atomic_output(path, "save_plot", force=force, suffix=suffix) as handle:
-                fig.savefig(handle, format=suffix[1:], dpi=dpi, bbox_inches="tight")
+            write_figure(fig, path, suffix=suffix, dpi=dpi, force=force)
     finally:
         plt.close(fig)
+
+
+def figure_target(path: str, *, force: bool, dpi=DEFAULT_DPI, panels: int = 1):
+    """Everything about a --save-plot that can be refused before drawing: its suffix, --dpi,
+    the pixels it would take, an existing file, matplotlib. Returns (pyplot, suffix, dpi)."""
+    import os
+
+    suffix = check_plot_path(path, dpi)
+    dpi = check_dpi(dpi)
+    _check_pixels(panels, dpi, suffix)
+    if os.path.lexists(path) and not force:  # before drawing; atomic_output checks again when writing
+        raise InitcliError("save_plot", f"'{path}' already exists; pass --force to overwrite it")
+    return require_matplotlib(), suffix, dpi
+
+
+def write_figure(fig, path: str, *, suffix: str, dpi: int, force: bool) -> None:
+    """Save a drawn figure atomically: a reader never sees half of it."""
+    with atomic_output(path, "save_plot", force=force, suffix=suffix) as handle:
+        fig.savefig(handle, format=suffix[1:], dpi=dpi, bbox_inches="tight")
 
 
 def _draw_panels(fig, axes, panels: Sequence[dict], title: str) -> None:
@@ -473,17 +484,6 @@ def _draw_panels(fig, axes, panels: Sequence[dict], title: str) -> None:
                 ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
                           fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-
-
-def check_save_plot(path: str, force: bool, dpi=DEFAULT_DPI) -> None:
-    """Refuse a bad --save-plot before any work is done: its suffix, --dpi, matplotlib, an
-    existing file."""
-    import os
-
-    check_plot_path(path, dpi)
-    require_matplotlib()
-    if os.path.exists(path) and not force:
-        raise InitcliError("save_plot", f"'{path}' already exists; pass --force to overwrite it")
 
 
 # -- series from result rows ----------------------------------------------------------------

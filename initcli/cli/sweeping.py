@@ -132,20 +132,12 @@ def save_heatmap(path: str, rows: list[dict], y_axis: str, x_axis: str, metric: 
     the two axes (log colour scale for the ξ's, grad_ratio and the loss; one colour per
     verdict), grey where no point has a value; theory's critical line (χ₁ = 1) over a
     σ_w × σ_b map, Schoenholz et al.'s depth = 6·ξ_c over a σ_w × depth map."""
-    import os
-
     import numpy as np
 
-    from ..charts import check_dpi, check_plot_path, require_matplotlib
-    from ..errors import InitcliError
-    from ..files import atomic_output
+    from ..charts import figure_target, write_figure
     from ..sweep import critical_line, heatmap, trainable_depth
 
-    suffix = check_plot_path(path, dpi)
-    dpi = check_dpi(dpi)
-    if os.path.lexists(path) and not force:  # before drawing; atomic_output checks again when writing
-        raise InitcliError("save_plot", f"'{path}' already exists; pass --force to overwrite it")
-    plt = require_matplotlib()
+    plt, suffix, dpi = figure_target(path, force=force, dpi=dpi)
     from matplotlib.colors import ListedColormap, LogNorm, Normalize
     from matplotlib.patches import Patch
 
@@ -207,8 +199,7 @@ def save_heatmap(path: str, rows: list[dict], y_axis: str, x_axis: str, metric: 
             ax.set_ylabel(y_axis)
             ax.set_title(title, fontsize=10)
             fig.tight_layout()
-            with atomic_output(path, "save_plot", force=force, suffix=suffix) as handle:
-                fig.savefig(handle, format=suffix[1:], dpi=dpi, bbox_inches="tight")
+            write_figure(fig, path, suffix=suffix, dpi=dpi, force=force)
     finally:
         plt.close(fig)
 
