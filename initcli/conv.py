@@ -443,11 +443,15 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
     `propagation.PropagateResult` whose params record the architecture. With `theory`, the
     mean-field columns with fan_in = C·k^d for circular padding; blank for zero padding and
     for deterministic kernels (constant, dirac), where mean-field does not apply."""
+    return run_prepared(prepare(scheme, activation, **options), progress)
+
+
+def run_prepared(run: ConvRun, progress: Callable[[int], None] | None = None):
+    """`propagate` for a run `prepare` has checked (the CLI prepares it to report memory)."""
     from dataclasses import replace
 
     from .propagation import PropagateResult
 
-    run = prepare(scheme, activation, **options)
     shape = run.shape
     small = run.batch * shape.positions * shape.channels * shape.fan <= SINGLE_THREAD_WORK
     with blas_threads_limited(1) if small else nullcontext():

@@ -323,7 +323,12 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
         from .conv import propagate as propagate_conv
 
         return propagate_conv(scheme, activation, progress=progress, **options)
-    run = prepare(scheme, activation, **options)
+    return run_prepared(prepare(scheme, activation, **options), progress)
+
+
+def run_prepared(run: _Run, progress: Callable[[int], None] | None = None) -> PropagateResult:
+    """`propagate` for a run `prepare` has checked: so a caller that prepared it (to report
+    the memory it needs, say) does not check it, or read a weights file, twice."""
     with blas_threads_limited(1) if _small(run) else nullcontext():
         stack, x, cotangent, iterations = _inputs(run)
         layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent,

@@ -104,8 +104,7 @@ def propagate(
     saturated_frac is measured on f's activation. With --norm layer, preact is h before the
     LayerNorm and grad_var the variance of dL/dh.
     """
-    from ..propagation import prepare
-    from ..propagation import propagate as run_propagate
+    from ..propagation import prepare, run_prepared
     from ..render import log_bars, log_scale_header, overflow_message, print_table
 
     fmt = output_format(out.fmt)
@@ -119,7 +118,7 @@ def propagate(
         run = prepare(scheme, **options)
         _report_memory(run)
         with progress(2 * len(run.sizes) - 2, "propagating") as advance:
-            result = run_propagate(scheme, progress=advance, **options)
+            result = run_prepared(run, advance)
     # warnings after the run, so that a run that fails says one line only
     _warn_small_batch(result.params["batch"])
     if weights is None:
@@ -172,7 +171,7 @@ def _propagate_conv(init: InitOptions, stack: StackOptions, arch: ArchOptions, s
                     theory: bool, checkpoint: bool, weights: Optional[str]):
     """`propagate --arch conv`: the conv engine (`initcli.conv`) with the same option groups."""
     from ..conv import prepare as prepare_conv
-    from ..conv import propagate as run_conv
+    from ..conv import run_prepared
     from ..errors import InitcliError
 
     if weights is not None:
@@ -186,7 +185,7 @@ def _propagate_conv(init: InitOptions, stack: StackOptions, arch: ArchOptions, s
     if run.estimate >= _MEMORY_REPORT:
         note(f"initcli: this run needs about {run.estimate / 2**30:.2f} GiB of memory")
     with progress(2 * run.depth, "propagating") as advance:
-        return run_conv(scheme, progress=advance, **options)
+        return run_prepared(run, advance)
 
 
 def _compare_style(column: str, value) -> str | None:
