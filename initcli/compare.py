@@ -166,29 +166,40 @@ def _row(result: PropagateResult) -> CompareRow:
     )
 
 
+@dataclass(frozen=True)
+class ComparePlan:
+    """A comparison checked before any process starts: one propagate call per (scheme,
+    activation) pair, each prepared (options checked, memory estimated), and the processes."""
+
+    calls: tuple[dict, ...]
+    runs: tuple  # the prepared runs (propagation._Run), in the order of `calls`
+    jobs: int
+    schemes: int  # how many schemes each activation runs
+
+    @property
+    def at_once(self) -> int:
+        """Runs that go at once: what the memory guard multiplies by."""
+        return min(self.jobs, len(self.calls))
+
+
 def plan(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs: int | None = 1,
-         **options) -> tuple[list[dict], int]:
+         **options) -> ComparePlan:
     """The propagate calls of a comparison, every option checked and the memory of the runs
-    that go at once guarded, before any process starts; and the number of processes."""
+    that go at once guarded, before any process starts."""
     if not schemes:
         raise InitcliError("schemes", "needs at least one scheme")
     if not activations:
         raise InitcliError("activation", "needs at least one activation")
     options.setdefault("theory", False)
     jobs = check_jobs(jobs)
-    calls = [{"scheme": scheme, "activation": activation, **options} for activation in activations
-             for scheme in schemes]
-    runs = [prepare(**call) for call in calls]
-    at_once = min(jobs, len(calls))
+    calls = tuple({"scheme": scheme, "activation": activation, **options} for activation in activations
+                  for scheme in schemes)
+    result = ComparePlan(calls, tuple(prepare(**call) for call in calls), jobs, len(schemes))
     largest = max(estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=run.checkpoint, arch=run.arch)
-                  for run in runs)
-    check_memory(at_once * largest, dtype=runs[0].dtype,
-                 options=("--batch", "--width", "--depth", "--sizes") + (("--jobs",) if at_once > 1 else ()))
-    return calls, jobs
-
-
-def runs_at_once(calls: Sequence[dict], jobs: int) -> int:
-    return min(jobs, len(calls))
+                  for run in result.runs)
+    check_memory(result.at_once * largest, dtype=result.runs[0].dtype,
+                 options=("--batch", "--width", "--depth", "--sizes") + (("--jobs",) if result.at_once > 1 else ()))
+    return result
 
 
 def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs: int | None = 1,
@@ -196,11 +207,15 @@ def compare(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, j
     """Run `propagate` for every (scheme, activation) pair with the same options and seed,
     in `jobs` processes (None: one per core). Every run uses one BLAS thread, so the results
     do not depend on `jobs`, to the last bit. `progress` hears of every layer done."""
-    calls, jobs = plan(schemes, activations, jobs=jobs, **options)
-    runs = tuple(run_all(propagate, calls, jobs, on_progress=progress))
+    return run_plan(plan(schemes, activations, jobs=jobs, **options), progress)
+
+
+def run_plan(planned: ComparePlan, progress: Callable[[int], None] | None = None) -> CompareResult:
+    """`compare` for a plan already checked (the CLI plans first, to report memory)."""
+    runs = tuple(run_all(propagate, planned.calls, planned.jobs, on_progress=progress))
     comparisons = tuple(_row(run) for run in runs)
     first = runs[0].params
-    params = {"schemes": [run.params["scheme"] for run in runs[: len(schemes)]],
+    params = {"schemes": [run.params["scheme"] for run in runs[: planned.schemes]],
               "activations": list(dict.fromkeys(run.params["activation"] for run in runs)),
               **{k: v for k, v in first.items() if k not in ("scheme", "activation", "mode", "distribution")}}
     return CompareResult(params, comparisons, runs)

@@ -215,8 +215,7 @@ def compare(
     max(10, exp(3·sqrt(5·sum 1/n))): the finite-width spread), stable. Every run uses one BLAS
     thread, so the numbers do not depend on --jobs.
     """
-    from ..compare import COMPARE_COLUMNS, runs_at_once
-    from ..compare import compare as run_compare
+    from ..compare import COMPARE_COLUMNS, run_plan
     from ..compare import plan as plan_compare
     from ..render import MIN_DECADES, log_sparkline, print_table
 
@@ -226,13 +225,11 @@ def compare(
     check_applies(schemes=scheme_names, arch=arch)
     check_outputs(out)
     options = _stack_run(init, stack, arch)
-    calls, jobs_used = plan_compare(scheme_names, activation_names, jobs=jobs, **options)
-    from ..propagation import prepare
-
-    first = prepare(**calls[0])
-    _report_memory(first, runs_at_once(calls, jobs_used))
-    with progress(len(calls) * (len(first.sizes) - 1) * 2, "comparing") as advance:
-        result = run_compare(scheme_names, activation_names, jobs=jobs, progress=advance, **options)
+    planned = plan_compare(scheme_names, activation_names, jobs=jobs, **options)
+    first = planned.runs[0]
+    _report_memory(first, planned.at_once)
+    with progress(len(planned.calls) * (len(first.sizes) - 1) * 2, "comparing") as advance:
+        result = run_plan(planned, advance)
     _warn_small_batch(stack.batch)  # after the run, so that a run that fails says one line only
     warn_ignored(scheme_names, init)
     rows = result.rows()
