@@ -66,10 +66,11 @@ def check_input_file(path: str | os.PathLike, param: str) -> Path:
 
 
 def check_output(path: str | os.PathLike, param: str, *, force: bool = False,
-                 suffixes: Sequence[str] | None = None) -> Path:
+                 suffixes: Sequence[str] | None = None, try_writing: bool = True) -> Path:
     """Everything that can be known about writing `path` before the work: its suffix, that
     it is not a folder, that it does not exist (a dangling link counts) unless `force`, that
-    its name fits the file system, and that its folder exists and takes new files."""
+    its name fits the file system, and that its folder exists and (`try_writing`) takes new
+    files."""
     target = _checked_path(path, param)
     if suffixes is not None and target.suffix.lower() not in suffixes:
         raise InitcliError(param, f"must name a {' or '.join(suffixes)} file, got '{target}'")
@@ -96,6 +97,8 @@ def check_output(path: str | os.PathLike, param: str, *, force: bool = False,
         raise InitcliError(param, f"'{target}' already exists; pass --force to overwrite it")
     if not folder.is_dir():
         raise InitcliError(param, f"folder '{folder}' does not exist")
+    if not try_writing:
+        return target
     try:  # as root os.access says yes to everything: try the real thing
         handle, probe = tempfile.mkstemp(prefix=".initcli-probe.", dir=folder)
     except OSError as exc:
@@ -116,7 +119,8 @@ def atomic_output(path: str | os.PathLike, param: str, *, force: bool = False,
     exception the temporary file is removed and nothing is left behind.
     """
     suffixes = [suffix] if isinstance(suffix, str) else suffix
-    target = check_output(path, param, force=force, suffixes=suffixes)
+    # the temporary file below is the write test: no probe file first
+    target = check_output(path, param, force=force, suffixes=suffixes, try_writing=False)
     folder = target.parent if str(target.parent) else Path(".")
     with held():
         try:
