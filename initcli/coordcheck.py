@@ -349,24 +349,13 @@ def _argument_names(factory) -> list[str]:
         return []
 
 
-def _build(factory, target: str, call: dict, torch, width_arg: str, user_kwargs: bool):
-    """The model at one width: (module, example input or None), as `probing.load_model` checks
-    what the callable returns."""
-    from .probing import _one_line
+def _build(factory, target: str, call: dict, width_arg: str, user_kwargs: bool):
+    """The model at one width: (module, example input or None), checked by probe's builder."""
+    from .probing import build_model
 
     name = target.rpartition(":")[2]
-    try:
-        built = factory(**call)
-    except (Exception, SystemExit) as exc:  # the user's code may raise anything
-        raise InitcliError("kwargs" if user_kwargs else "module",
-                           f"calling {name}({width_arg}={call[width_arg]}, …) failed: {_one_line(exc)}") from None
-    example = None
-    if isinstance(built, tuple) and len(built) == 2:
-        built, example = built
-    if not isinstance(built, torch.nn.Module):
-        raise InitcliError("module", f"{name} returned {type(built).__name__}, not a torch.nn.Module (or a "
-                                     "(model, example_input) pair)")
-    return built, example
+    return build_model(factory, call, name=name, call_text=f"{name}({width_arg}={call[width_arg]}, …)",
+                       call_param="kwargs" if user_kwargs else "module", type_param="module")
 
 
 def _param_groups(model, optimizer: str, lr: float, target: str) -> tuple[list, bool]:
@@ -427,7 +416,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
     from .probing import _first_tensor, _one_line
 
     torch.manual_seed(seed)  # the weights (and any dropout) are the point's, whatever ran before
-    model, example = _build(factory, target, {**kwargs, width_arg: width}, torch, width_arg, bool(kwargs))
+    model, example = _build(factory, target, {**kwargs, width_arg: width}, width_arg, bool(kwargs))
     model = model.to(dtype=torch_dtype)
     model.train()
     args = _as_args(inputs if inputs is not None else example, torch, torch_dtype)
@@ -568,7 +557,7 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
         # then the widest model itself: refuses a run whose activations cannot fit, and an input
         # the model rejects, before the first width trains
         torch.manual_seed(checked["seed"])
-        widest, example = _build(factory, target, {**kwargs, width_arg: widths[-1]}, torch, width_arg, bool(kwargs))
+        widest, example = _build(factory, target, {**kwargs, width_arg: widths[-1]}, width_arg, bool(kwargs))
         if inputs is None and example is None:
             task = make_task("regression", checked["batch"], rng=seed_streams(checked["seed"])["inputs"])
             inputs = torch.from_numpy(task.x.astype(np_dtype))

@@ -205,19 +205,28 @@ def _import_file(path: str):
 
 def load_model(target: str, kwargs: dict | None = None):
     """Build the user's model: (module, example_input or None)."""
-    torch = _torch("target")
-    factory = load_callable(target)
+    _torch("target")
+    name = target.rpartition(":")[2]
+    return build_model(load_callable(target), kwargs or {}, name=name, call_text=f"{name}(**kwargs)",
+                       call_param="kwargs" if kwargs else None, type_param=None)
+
+
+def build_model(factory: Callable, kwargs: dict, *, name: str, call_text: str, call_param: str | None,
+                type_param: str | None):
+    """Call the user's builder: (module, example_input or None). Whatever it raises, or a
+    result that is not a torch.nn.Module (or a (model, example_input) pair), is one line:
+    naming `call_param` or `type_param`. Shared by probe and coordcheck --module."""
+    torch = _torch(type_param)
     try:
-        built = factory(**(kwargs or {}))
-    except (Exception, SystemExit) as exc:
-        raise InitcliError("kwargs" if kwargs else None,
-                           f"calling {target.rpartition(':')[2]}(**kwargs) failed: {_one_line(exc)}") from None
+        built = factory(**kwargs)
+    except (Exception, SystemExit) as exc:  # the user's code may raise anything
+        raise InitcliError(call_param, f"calling {call_text} failed: {_one_line(exc)}") from None
     example = None
     if isinstance(built, tuple) and len(built) == 2:
         built, example = built
     if not isinstance(built, torch.nn.Module):
-        raise InitcliError(None, f"{target.rpartition(':')[2]} returned {type(built).__name__}, not a "
-                                     "torch.nn.Module (or a (model, example_input) pair)")
+        raise InitcliError(type_param, f"{name} returned {type(built).__name__}, not a torch.nn.Module (or a "
+                                       "(model, example_input) pair)")
     return built, example
 
 
