@@ -1,0 +1,828 @@
+"""Transformer stacks (`--arch transformer`): forward, backward and per-sublayer statistics.
+
+A stack of `depth` blocks on sequences of T tokens of width D (arrays (batch, T, D)). Each
+block is a multi-head softmax self-attention sublayer and an MLP sublayer (left out with
+mlp_ratio 0), each behind a LayerNorm (no affine: at init torch's γ = 1, β = 0 are the
+identity), with skip connections (residual scale α, default 1):
+
+    pre-LN  (Xiong et al. 2020, GPT-2):  x' = x + α·Attn(LN(x)),   y = x' + α·MLP(LN(x'))
+    post-LN (Vaswani et al. 2017):       x' = LN(x + α·Attn(x)),   y = LN(x' + α·MLP(x'))
+
+and without skips x' = Attn(LN(x)), y = MLP(LN(x')) (pre) or x' = LN(Attn(x)), y = LN(MLP(x'))
+(post). Attn(u) = concat_h(P_h V_h)·W_oᵀ + b_o with Q, K, V = u·W_{q,k,v}ᵀ + b split into H
+heads of d_h = D/H, P_h = softmax(s·Q_h K_hᵀ) over the keys (the later ones masked with
+`causal`), s = 1/√d_h, or 1/d_h under µP (Yang et al. 2022, §J: the logits' scale for
+queries and keys that become correlated during training). MLP(v) = φ(v·W_1ᵀ + b_1)·W_2ᵀ + b_2
+with D·mlp_ratio hidden units. Every weight is drawn by the scheme in torch's (out, in)
+layout (fans D and D, or D and D·r), biases from N(0, bias_std²).
+
+Inputs are token vectors drawn N(0, input_std²) from the seed: distinct tokens, so no
+positional encoding is needed for the signal to be told apart. The loss is L = Σ g ⊙ y_L for
+a unit-Gaussian cotangent g, as in `propagate`.
+
+Theory. Over the weights, for any inputs u_i, u_j of the attention (Wq ⟂ Wk, zero-mean),
+E[(s·q_i·k_j)²] = s²·d_h·(σ_q²·m_i + σ_b²)(σ_k²·m_j + σ_b²), m = |u|²/D, σ² = fan_in·Var(W):
+the logits' variance, which sets the attention's entropy. A LayerNorm's output has m = 1
+(while the stream's variance is well above ε = 1e-5), so the prediction is the same at every
+block, except post-LN's first, which reads the raw tokens (m = input_std²). The MLP's hidden
+pre-activations likewise have E[h²] = σ_1²·m + σ_b² with m = 1. The stream, the gradients
+and `token_cosine` depend on the attention pattern itself and have no closed form here: those
+columns are blank. What is known qualitatively (tested): pure attention without skips
+collapses every sequence towards rank one doubly exponentially in depth (Dong et al. 2021);
+pre-LN skips keep most of each token's own component (the branch adds O(1) to a stream whose
+variance grows with depth: collapse is slow), while post-LN renormalises after each sum, so
+the shared component grows geometrically and the tokens still collapse (Noci et al. 2022).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
+from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
+from .engine import LAYER_NORM_EPS, seed_streams
+from .errors import InitcliError
+from .schemes import Init, check_weight_scale, gaussian, make_init
+from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
+from .theory import THEORY_COLUMNS, TheoryColumns, parts_ways
+from .threads import blas_threads_limited
+
+NORM_POSITIONS = ("pre", "post")
+DEFAULT_WIDTH = 64
+DEFAULT_HEADS = 4
+DEFAULT_SEQ_LEN = 16
+DEFAULT_MLP_RATIO = 4.0  # Vaswani et al. 2017: d_ff = 4·d_model
+DEFAULT_DEPTH = 6
+MAX_MLP_RATIO = 64.0
+# the options that make a transformer run smaller, named when it does not fit in memory
+TRANSFORMER_OPTIONS = ("--batch", "--depth", "--width", "--seq-len", "--mlp-ratio")
+SUBLAYERS = ("attn", "mlp", "stream")
+_WORKSPACE = 4 << 20
+# schemes that cannot draw these weights, or that need the MLP engine
+_REFUSED_KINDS = {"lsuv": "rescales every layer from the data, which only the MLP engine does",
+                  "delta-orthogonal": "draws conv kernels (a centre tap); use orthogonal for Linear weights",
+                  "dirac": "draws conv kernels; use identity or orthogonal for Linear weights"}
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    """A block's geometry and wiring."""
+
+    width: int
+    heads: int
+    seq_len: int
+    mlp_ratio: float
+    causal: bool = False
+    norm_position: str = "pre"
+    residual: bool = True
+    residual_scale: float = 1.0
+    logit_scale: str = "sqrt"  # "sqrt": 1/√d_head; "mup": 1/d_head
+
+    @property
+    def d_head(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden units, D·r rounded; 0 without an MLP."""
+        return int(round(self.width * self.mlp_ratio))
+
+    @property
+    def scale(self) -> float:
+        return 1 / math.sqrt(self.d_head) if self.logit_scale == "sqrt" else 1 / self.d_head
+
+    @property
+    def sublayers(self) -> tuple[str, ...]:
+        return ("attn", "mlp", "stream") if self.hidden else ("attn", "stream")
+
+    def params(self) -> dict:
+        return {"arch": "transformer", "width": self.width, "heads": self.heads, "seq_len": self.seq_len,
+                "mlp_ratio": self.mlp_ratio, "causal": self.causal, "norm_position": self.norm_position,
+                "residual": self.residual, "residual_scale": self.residual_scale,
+                "logit_scale": "1/d_head" if self.logit_scale == "mup" else "1/sqrt(d_head)"}
+
+
+def transformer_shape(width: int | None = None, heads: int | None = None, seq_len: int | None = None,
+                      mlp_ratio: float | None = None, *, causal: bool = False, norm_position: str | None = None,
+                      residual: bool | None = None, residual_scale: float = 1.0, param: str | None = None
+                      ) -> TransformerShape:
+    """Check the transformer options (None: the defaults: width 64, 4 heads, 16 tokens, MLP
+    ratio 4, pre-LN, skips on)."""
+    width = _positive_int("width", DEFAULT_WIDTH if width is None else width, MAX_SIZE)
+    heads = _positive_int("heads", DEFAULT_HEADS if heads is None else heads)
+    if width % heads:
+        raise InitcliError("heads", f"must divide --width {width} into heads of equal size, got {heads}")
+    seq_len = _positive_int("seq_len", DEFAULT_SEQ_LEN if seq_len is None else seq_len, MAX_SIZE)
+    ratio = DEFAULT_MLP_RATIO if mlp_ratio is None else mlp_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(ratio) or not 0 <= ratio <= MAX_MLP_RATIO:
+        raise InitcliError("mlp_ratio", f"must be a number from 0 (no MLP) to {MAX_MLP_RATIO:g}, got {mlp_ratio!r}")
+    ratio = float(ratio)
+    if ratio and round(width * ratio) < 1:
+        raise InitcliError("mlp_ratio", f"gives no hidden unit at --width {width}; use 0 for no MLP or a larger "
+                                        f"ratio")
+    position = "pre" if norm_position is None else str(norm_position).strip().lower()
+    if position not in NORM_POSITIONS:
+        raise InitcliError("norm_position", f"unknown position '{norm_position}'; choose from pre, post")
+    if not isinstance(residual_scale, (int, float)) or isinstance(residual_scale, bool) \
+            or not math.isfinite(residual_scale) or abs(residual_scale) > 1e6:
+        raise InitcliError("residual_scale", f"must be a finite number of size at most 1e6, got {residual_scale!r}")
+    residual = True if residual is None else bool(residual)
+    if not residual and residual_scale != 1.0:
+        raise InitcliError("residual_scale", "only applies with skip connections (drop --no-residual)")
+    name = "sp" if param is None else str(param).strip().lower()
+    if name not in ("sp", "mup"):
+        raise InitcliError("param", f"with --arch transformer accepts sp or mup (µP's 1/d_head attention "
+                                    f"scale), got '{param}'")
+    return TransformerShape(width, heads, seq_len, ratio, bool(causal), position, residual, float(residual_scale),
+                            "mup" if name == "mup" else "sqrt")
+
+
+# -- weights --------------------------------------------------------------------------------
+
+ATTN_WEIGHTS = ("wq", "wk", "wv", "wo")
+MLP_WEIGHTS = ("w1", "w2")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block's weights (torch's (out, in) layout) and biases; w1/w2 None without an MLP."""
+
+    wq: np.ndarray
+    wk: np.ndarray
+    wv: np.ndarray
+    wo: np.ndarray
+    bq: np.ndarray
+    bk: np.ndarray
+    bv: np.ndarray
+    bo: np.ndarray
+    w1: np.ndarray | None = None
+    b1: np.ndarray | None = None
+    w2: np.ndarray | None = None
+    b2: np.ndarray | None = None
+
+    def weights(self, sublayer: str) -> tuple[np.ndarray, ...]:
+        names = ATTN_WEIGHTS if sublayer == "attn" else MLP_WEIGHTS
+        return tuple(getattr(self, name) for name in names)
+
+
+@dataclass(frozen=True)
+class TransformerStack:
+    blocks: tuple[Block, ...]
+    shape: TransformerShape
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def astype(self, dtype) -> TransformerStack:
+        return TransformerStack(tuple(Block(**{f.name: None if getattr(b, f.name) is None
+                                               else getattr(b, f.name).astype(dtype) for f in fields(Block)})
+                                      for b in self.blocks), self.shape)
+
+
+def build_transformer(init: Init, shape: TransformerShape, depth: int, *, bias_std: float = 0.0, seed: int = 0,
+                      dtype="float32") -> TransformerStack:
+    """Draw every block's weights with `init` from the seed's weights stream, in the order
+    Wq, Wk, Wv, Wo, W1, W2 block by block, and the biases from the biases stream."""
+    dtype = np.dtype(dtype)
+    streams = seed_streams(seed)
+    d, hidden = shape.width, shape.hidden
+    blocks = []
+    for _ in range(depth):
+        draws = {name: init.sample((d, d), streams["weights"], dtype) for name in ATTN_WEIGHTS}
+        if hidden:
+            draws["w1"] = init.sample((hidden, d), streams["weights"], dtype)
+            draws["w2"] = init.sample((d, hidden), streams["weights"], dtype)
+        for name, size in (("bq", d), ("bk", d), ("bv", d), ("bo", d)) + ((("b1", hidden), ("b2", d)) if hidden
+                                                                          else ()):
+            draws[name] = (bias_std * gaussian(streams["biases"], (size,))).astype(dtype)
+        blocks.append(Block(**draws))
+    return TransformerStack(tuple(blocks), shape)
+
+
+# -- the pieces -----------------------------------------------------------------------------
+
+
+def layer_norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x − mean)/√(var + ε) over the last axis, and 1/√(var + ε) (…, 1); torch's LayerNorm
+    without its affine part (biased variance, ε = 1e-5). Moments in float64."""
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
+    centered = x - mean.astype(x.dtype)
+    var = np.mean(np.square(centered, dtype=np.float64), axis=-1, keepdims=True)
+    inv_std = (1 / np.sqrt(var + LAYER_NORM_EPS)).astype(x.dtype)
+    centered *= inv_std
+    return centered, inv_std
+
+
+def layer_norm_backward(grad: np.ndarray, normed: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+    """∂L/∂x from ∂L/∂n: r·(g − mean(g) − n·mean(g⊙n)) over the last axis (broadcasts a
+    batch of cotangents against one input's normed/inv_std)."""
+    mean_grad = grad.mean(axis=-1, keepdims=True)
+    mean_proj = (grad * normed).mean(axis=-1, keepdims=True)
+    return (grad - mean_grad - normed * mean_proj) * inv_std
+
+
+def _heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(B, T, D) → (B, H, T, d_h)."""
+    b, t, d = x.shape
+    return x.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
+
+
+def _merge(x: np.ndarray) -> np.ndarray:
+    """(B, H, T, d_h) → (B, T, D), contiguous."""
+    b, h, t, dh = x.shape
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, t, h * dh)
+
+
+def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = x @ w.T
+    if b.any():
+        out += b
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, the row's largest logit subtracted first; -inf (masked)
+    entries get 0. A row whose logits overflowed gives nan, reported as overflow."""
+    top = logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits - top)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+@dataclass
+class AttnCache:
+    u: np.ndarray  # the sublayer's input
+    q: np.ndarray  # (B, H, T, d_h)
+    k: np.ndarray
+    v: np.ndarray
+    logits: np.ndarray  # (B, H, T, T), masked entries -inf
+    probs: np.ndarray
+    mixed: np.ndarray  # concat_h(P V): (B, T, D)
+    out: np.ndarray
+
+
+@dataclass
+class MlpCache:
+    v: np.ndarray
+    h: np.ndarray
+    act: np.ndarray  # φ(h)
+    deriv: np.ndarray  # φ'(h)
+    out: np.ndarray
+
+
+def attention(block: Block, shape: TransformerShape, u: np.ndarray) -> AttnCache:
+    heads = shape.heads
+    q = _heads(_linear(u, block.wq, block.bq), heads)
+    k = _heads(_linear(u, block.wk, block.bk), heads)
+    v = _heads(_linear(u, block.wv, block.bv), heads)
+    logits = q @ k.transpose(0, 1, 3, 2)
+    logits *= logits.dtype.type(shape.scale)
+    if shape.causal:
+        t = shape.seq_len
+        logits[..., np.triu_indices(t, 1)[0], np.triu_indices(t, 1)[1]] = -np.inf
+    probs = _softmax(logits)
+    mixed = _merge(probs @ v)
+    return AttnCache(u, q, k, v, logits, probs, mixed, _linear(mixed, block.wo, block.bo))
+
+
+def attention_backward(block: Block, shape: TransformerShape, cache: AttnCache, grad: np.ndarray,
+                       grads: dict | None) -> np.ndarray:
+    """∂L/∂u from ∂L/∂out; the weight and bias gradients into `grads` when given."""
+    heads, scale = shape.heads, shape.scale
+    if grads is not None:
+        _weight_grads(grads, "wo", "bo", grad, cache.mixed)
+    d_mixed = _heads(grad @ block.wo, heads)
+    d_probs = d_mixed @ cache.v.transpose(0, 1, 3, 2)
+    d_v = cache.probs.transpose(0, 1, 3, 2) @ d_mixed
+    # softmax: dS = P ⊙ (dP − Σ_j P_j dP_j); masked entries have P = 0 and get none
+    d_logits = d_probs - (d_probs * cache.probs).sum(axis=-1, keepdims=True)
+    d_logits *= cache.probs
+    d_logits *= d_logits.dtype.type(scale)
+    d_q = _merge(d_logits @ cache.k)
+    d_k = _merge(d_logits.transpose(0, 1, 3, 2) @ cache.q)
+    d_v = _merge(d_v)
+    if grads is not None:
+        _weight_grads(grads, "wq", "bq", d_q, cache.u)
+        _weight_grads(grads, "wk", "bk", d_k, cache.u)
+        _weight_grads(grads, "wv", "bv", d_v, cache.u)
+    return d_q @ block.wq + d_k @ block.wk + d_v @ block.wv
+
+
+def mlp(block: Block, act: Activation, v: np.ndarray) -> MlpCache:
+    h = _linear(v, block.w1, block.b1)
+    a = act.fn(h)
+    if a is h:  # the identity returns its input; h is observed apart from φ(h)
+        a = h.copy()
+    deriv = act.derivative(h, a)
+    if not all_finite(h):  # past an overflow relu'(nan) = 0 would report a clean zero
+        deriv = np.where(np.isnan(h), np.nan, deriv).astype(deriv.dtype)
+    return MlpCache(v, h, a, deriv, _linear(a, block.w2, block.b2))
+
+
+def mlp_backward(block: Block, cache: MlpCache, grad: np.ndarray, grads: dict | None) -> np.ndarray:
+    if grads is not None:
+        _weight_grads(grads, "w2", "b2", grad, cache.act)
+    d_h = (grad @ block.w2) * cache.deriv
+    if grads is not None:
+        _weight_grads(grads, "w1", "b1", d_h, cache.v)
+    return d_h @ block.w1
+
+
+def _weight_grads(grads: dict, weight: str, bias: str, delta: np.ndarray, inputs: np.ndarray) -> None:
+    """∂L/∂W = Σ_tokens δ ⊗ input, ∂L/∂b = Σ_tokens δ."""
+    flat_delta = delta.reshape(-1, delta.shape[-1])
+    grads[weight] = flat_delta.T @ inputs.reshape(-1, inputs.shape[-1])
+    grads[bias] = flat_delta.sum(axis=0)
+
+
+# -- a block --------------------------------------------------------------------------------
+
+
+@dataclass
+class BlockTrace:
+    """What a block's backward pass needs, and its outputs."""
+
+    x: np.ndarray  # the block's input
+    attn: AttnCache
+    mlp: MlpCache | None
+    norms: list  # (normed, inv_std) of each LayerNorm, in order
+    mid: np.ndarray  # the stream between the sublayers (x')
+    out: np.ndarray  # the block's output (y)
+
+
+def block_forward(block: Block, shape: TransformerShape, act: Activation, x: np.ndarray) -> BlockTrace:
+    alpha = x.dtype.type(shape.residual_scale)
+    norms = []
+
+    def norm(z):
+        normed, inv_std = layer_norm(z)
+        norms.append((normed, inv_std))
+        return normed
+
+    def join(stream, branch):  # the skip, or none
+        if not shape.residual:
+            return branch
+        return stream + branch * alpha if alpha != 1 else stream + branch
+
+    if shape.norm_position == "pre":
+        attn = attention(block, shape, norm(x))
+        mid = join(x, attn.out)
+        cache = mlp(block, act, norm(mid)) if shape.hidden else None
+        out = join(mid, cache.out) if cache is not None else mid
+    else:
+        attn = attention(block, shape, x)
+        mid = norm(join(x, attn.out))
+        cache = mlp(block, act, mid) if shape.hidden else None
+        out = norm(join(mid, cache.out)) if cache is not None else mid
+    return BlockTrace(x, attn, cache, norms, mid, out)
+
+
+def block_backward(block: Block, shape: TransformerShape, trace: BlockTrace, grad: np.ndarray,
+                   grads: dict | None = None, on_sublayer: Callable[[str, np.ndarray], None] | None = None
+                   ) -> np.ndarray:
+    """∂L/∂x from ∂L/∂y. on_sublayer(name, ∂L/∂(sublayer output)) sees the MLP's, then the
+    attention's; `grads` receives every weight's and bias's gradient."""
+    alpha = grad.dtype.type(shape.residual_scale)
+    norms = list(trace.norms)
+
+    def unnorm(g):  # back through the last LayerNorm not yet passed
+        normed, inv_std = norms.pop()
+        return layer_norm_backward(g, normed, inv_std)
+
+    def branch_grad(g):
+        return g * alpha if shape.residual and alpha != 1 else g
+
+    if shape.norm_position == "pre":
+        d_mid = grad
+        if trace.mlp is not None:
+            d_branch = branch_grad(grad)
+            if on_sublayer is not None:
+                on_sublayer("mlp", d_branch)
+            d_v = unnorm(mlp_backward(block, trace.mlp, d_branch, grads))
+            d_mid = grad + d_v if shape.residual else d_v
+        d_branch = branch_grad(d_mid)
+        if on_sublayer is not None:
+            on_sublayer("attn", d_branch)
+        d_u = unnorm(attention_backward(block, shape, trace.attn, d_branch, grads))
+        return d_mid + d_u if shape.residual else d_u
+    d_mid = grad
+    if trace.mlp is not None:
+        d_sum = unnorm(grad)
+        d_branch = branch_grad(d_sum)
+        if on_sublayer is not None:
+            on_sublayer("mlp", d_branch)
+        d_v = mlp_backward(block, trace.mlp, d_branch, grads)
+        d_mid = d_sum + d_v if shape.residual else d_v
+    d_sum = unnorm(d_mid)
+    d_branch = branch_grad(d_sum)
+    if on_sublayer is not None:
+        on_sublayer("attn", d_branch)
+    d_x = attention_backward(block, shape, trace.attn, d_branch, grads)
+    return d_sum + d_x if shape.residual else d_x
+
+
+def forward(stack: TransformerStack, act: Activation, x: np.ndarray,
+            observe: Callable[[int, BlockTrace], None] | None = None) -> list[BlockTrace]:
+    traces = []
+    for index, block in enumerate(stack.blocks, start=1):
+        trace = block_forward(block, stack.shape, act, x)
+        if observe is not None:
+            observe(index, trace)
+        traces.append(trace)
+        x = trace.out
+    return traces
+
+
+def backward(stack: TransformerStack, traces: list[BlockTrace], cotangent: np.ndarray,
+             observe: Callable[[int, str, np.ndarray, dict | None], None] | None = None, *,
+             keep_grads: bool = True) -> tuple[list[dict] | None, np.ndarray]:
+    """Backpropagate ∂L/∂y_L = cotangent. observe(block, sublayer, ∂L/∂act, weight grads or
+    None) top down: "stream" with the block output's gradient, then "mlp" and "attn" with
+    their outputs' gradients and weight gradients. Returns (per-block gradient dicts bottom up,
+    or None, and ∂L/∂x)."""
+    all_grads = [] if keep_grads else None
+    grad = cotangent
+    for index in range(stack.depth, 0, -1):
+        block, trace = stack.blocks[index - 1], traces[index - 1]
+        grads = {} if (keep_grads or observe is not None) else None
+        if observe is not None:
+            observe(index, "stream", grad, None)
+        seen = {}
+        grad = block_backward(block, stack.shape, trace, grad, grads,
+                              None if observe is None else lambda name, g: seen.__setitem__(name, g))
+        if observe is not None:
+            for name in ("mlp", "attn"):
+                if name in seen:
+                    observe(index, name, seen[name], grads)
+        if keep_grads:
+            all_grads.append(grads)
+    if all_grads is not None:
+        all_grads.reverse()
+    return all_grads, grad
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SublayerStats:
+    """One row of `propagate --arch transformer`: a block's attention output, MLP output or
+    residual stream (the block's output). None where a column does not apply.
+
+    preact: the attention logits s·q·k (unmasked entries) or the MLP's hidden h; act: the
+    sublayer's output (what it adds to the stream) or the stream; grad_var: Var(∂L/∂act);
+    weight_std / weight_grad_var: over all the sublayer's weight matrices; saturated_frac and
+    dead_frac: of the MLP's φ(h) (a unit is one hidden feature over every token of the batch);
+    effective_rank / input_cosine: each sequence flattened to one vector; token_cosine: mean
+    cosine between distinct tokens of one sequence (1: rank collapse); attn_entropy: mean
+    entropy of the attention rows, in nats; attn_max: mean largest attention weight."""
+
+    layer: int
+    sublayer: str
+    fan_in: int | None
+    fan_out: int | None
+    weight_std: float | None
+    preact_mean: float | None
+    preact_var: float | None
+    act_mean: float
+    act_var: float
+    grad_var: float
+    weight_grad_var: float | None
+    saturated_frac: float | None
+    dead_frac: float | None
+    effective_rank: float
+    input_cosine: float
+    token_cosine: float
+    attn_entropy: float | None
+    attn_max: float | None
+
+
+SUBLAYER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SublayerStats))
+
+
+def token_cosine(x: np.ndarray) -> float:
+    """Mean over sequences of the mean cosine between distinct tokens of x (B, T, D): with
+    unit tokens û, Σ_{i≠j} û_i·û_j = ‖Σ û_i‖² − T. Zero tokens (no direction) are left out;
+    nan with fewer than two tokens."""
+    if x.shape[1] < 2:
+        return math.nan
+    x64 = x.astype(np.float64)
+    norms = np.sqrt(np.einsum("btd,btd->bt", x64, x64))
+    live = norms > 0
+    unit = np.divide(x64, norms[..., None], out=np.zeros_like(x64), where=live[..., None])
+    count = live.sum(axis=1)
+    total = np.einsum("bd,bd->b", unit.sum(axis=1), unit.sum(axis=1)) - count
+    pairs = count * (count - 1)
+    ok = pairs > 0
+    if not ok.any():
+        return math.nan
+    return float(np.mean(total[ok] / pairs[ok]))
+
+
+def _pooled(arrays) -> tuple[float, float]:
+    """Mean and variance over the entries of several arrays together."""
+    total = sum(a.size for a in arrays)
+    mean = sum(moments(a)[0] * a.size for a in arrays) / total
+    second = sum((moments(a)[1] + moments(a)[0] ** 2) * a.size for a in arrays) / total
+    return mean, max(second - mean * mean, 0.0)
+
+
+def _attention_stats(cache: AttnCache, causal: bool) -> dict:
+    logits, probs = cache.logits, cache.probs
+    if causal:  # the masked entries are not logits
+        t = logits.shape[-1]
+        keep = np.tril(np.ones((t, t), dtype=bool))
+        logits = logits[..., keep]
+    preact_mean, preact_var = moments(logits)
+    p64 = probs.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p64 > 0, p64 * np.log(np.where(p64 > 0, p64, 1.0)), 0.0)
+    entropy = float(np.mean(-plogp.sum(axis=-1)))
+    if not np.isfinite(p64).all():
+        entropy = math.nan
+    return {"preact_mean": preact_mean, "preact_var": preact_var, "attn_entropy": entropy,
+            "attn_max": float(np.mean(p64.max(axis=-1)))}
+
+
+def _common(output: np.ndarray) -> dict:
+    act_mean, act_var = moments(output)
+    flat = output.reshape(output.shape[0], -1)
+    return {"act_mean": act_mean, "act_var": act_var, "effective_rank": effective_rank(flat, RANK_INPUTS),
+            "input_cosine": mean_input_cosine(flat), "token_cosine": token_cosine(output)}
+
+
+class Recorder:
+    """Every row's statistics as the forward and backward passes go; progress(1) per block."""
+
+    def __init__(self, stack: TransformerStack, act: Activation, progress: Callable[[int], None] | None = None):
+        self.stack, self.act, self.progress = stack, act, progress
+        self.forward_stats: dict[tuple[int, str], dict] = {}
+        self.backward_stats: dict[tuple[int, str], dict] = {}
+        self.forward_overflow: int | None = None
+        self.backward_overflow: int | None = None
+
+    def on_forward(self, index: int, trace: BlockTrace) -> None:
+        attn = {**_attention_stats(trace.attn, self.stack.shape.causal), **_common(trace.attn.out),
+                "saturated_frac": None, "dead_frac": None}
+        self.forward_stats[(index, "attn")] = attn
+        if trace.mlp is not None:
+            cache = trace.mlp
+            preact_mean, preact_var = moments(cache.h)
+            saturated = self.act.saturated
+            self.forward_stats[(index, "mlp")] = {
+                "preact_mean": preact_mean, "preact_var": preact_var, **_common(cache.out),
+                "saturated_frac": (float(np.count_nonzero(saturated(cache.act)) / cache.act.size) if saturated
+                                   else 0.0),
+                "dead_frac": dead_fraction(cache.deriv.reshape(-1, cache.deriv.shape[-1])),
+                "attn_entropy": None, "attn_max": None}
+        self.forward_stats[(index, "stream")] = {"preact_mean": None, "preact_var": None, **_common(trace.out),
+                                                 "saturated_frac": None, "dead_frac": None, "attn_entropy": None,
+                                                 "attn_max": None}
+        logits = trace.attn.logits  # masked entries are -inf by design; +inf or nan is overflow
+        if self.forward_overflow is None and (np.isnan(logits).any() or np.isposinf(logits).any()
+                                              or not all_finite(trace.out)):
+            self.forward_overflow = index
+        if self.progress is not None:
+            self.progress(1)
+
+    def on_backward(self, index: int, sublayer: str, grad: np.ndarray, grads: dict | None) -> None:
+        grad_var = moments(grad)[1]
+        if self.backward_overflow is None and not math.isfinite(grad_var) and not all_finite(grad):
+            self.backward_overflow = index
+        record = {"grad_var": grad_var}
+        if grads is not None:
+            names = ATTN_WEIGHTS if sublayer == "attn" else MLP_WEIGHTS
+            record["weight_grad_var"] = _pooled([grads[name] for name in names])[1]
+        self.backward_stats[(index, sublayer)] = record
+        if sublayer == "attn" and self.progress is not None:
+            self.progress(1)
+
+    def rows(self) -> tuple[SublayerStats, ...]:
+        rows = []
+        shape = self.stack.shape
+        with np.errstate(all="ignore"):
+            for index, block in enumerate(self.stack.blocks, start=1):
+                for sublayer in shape.sublayers:
+                    if sublayer == "stream":
+                        fans, weight_std, weight_grad_var = (None, None), None, None
+                    else:
+                        weights = block.weights(sublayer)
+                        fans = (weights[0].shape[1], weights[0].shape[0])
+                        weight_std = math.sqrt(_pooled(weights)[1])
+                        weight_grad_var = self.backward_stats[(index, sublayer)]["weight_grad_var"]
+                    rows.append(SublayerStats(
+                        layer=index, sublayer=sublayer, fan_in=fans[0], fan_out=fans[1], weight_std=weight_std,
+                        weight_grad_var=weight_grad_var, grad_var=self.backward_stats[(index, sublayer)]["grad_var"],
+                        **self.forward_stats[(index, sublayer)]))
+        return tuple(rows)
+
+
+def measure(stack: TransformerStack, act: Activation, x: np.ndarray, cotangent: np.ndarray, *,
+            progress: Callable[[int], None] | None = None) -> tuple[tuple[SublayerStats, ...], int | None, int | None]:
+    """Forward x, backpropagate the cotangent, measure every sublayer. Returns (rows, first
+    block whose forward overflowed, first from the top whose gradient did)."""
+    recorder = Recorder(stack, act, progress)
+    with np.errstate(all="ignore"):
+        traces = forward(stack, act, x, recorder.on_forward)
+        backward(stack, traces, cotangent, recorder.on_backward, keep_grads=False)
+    return recorder.rows(), recorder.forward_overflow, recorder.backward_overflow
+
+
+# -- propagate --arch transformer --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransformerResult:
+    """A transformer propagate run: params, one SublayerStats per row, overflow blocks, and the
+    theory columns (None when asked for none)."""
+
+    params: dict
+    layers: tuple[SublayerStats, ...]
+    forward_overflow_layer: int | None = None
+    backward_overflow_layer: int | None = None
+    theory: tuple[TheoryColumns, ...] | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return SUBLAYER_COLUMNS + (THEORY_COLUMNS if self.theory is not None else ())
+
+    def rows(self) -> list[dict]:
+        rows = [asdict(layer) for layer in self.layers]
+        if self.theory is not None:
+            for row, theory in zip(rows, self.theory):
+                row |= asdict(theory)
+        return rows
+
+    @property
+    def overflowed(self) -> bool:
+        return self.forward_overflow_layer is not None or self.backward_overflow_layer is not None
+
+    def stream(self) -> tuple[SublayerStats, ...]:
+        """The stream rows, one per block."""
+        return tuple(row for row in self.layers if row.sublayer == "stream")
+
+
+def estimate_bytes(shape: TransformerShape, depth: int, batch: int, dtype) -> int:
+    """Peak memory before anything is allocated: the weights; per block the kept arrays of
+    the backward pass (about 12 token arrays of width D, 4 of the MLP's width and 2
+    attention maps); one block's transients going back, with a float64 copy for statistics."""
+    itemsize = np.dtype(dtype).itemsize
+    d, hidden, t = shape.width, shape.hidden, shape.seq_len
+    tokens = batch * t
+    weights = depth * (4 * d * d + 2 * d * hidden + 6 * d + hidden) * itemsize
+    attn_maps = batch * shape.heads * t * t
+    per_block = (12 * tokens * d + 4 * tokens * hidden + 2 * attn_maps) * itemsize
+    transient = (8 * tokens * d + 3 * tokens * hidden + 3 * attn_maps) * itemsize \
+        + max(tokens * max(d, hidden), attn_maps) * 8 * 2
+    return weights + depth * per_block + transient + _WORKSPACE
+
+
+@dataclass(frozen=True)
+class TransformerRun:
+    """A transformer propagate call with every argument checked."""
+
+    init: Init
+    act: Activation
+    shape: TransformerShape
+    depth: int
+    batch: int
+    bias_std: float
+    input_std: float
+    dtype: np.dtype
+    seed: int
+    theory: bool
+
+    @property
+    def params(self) -> dict:
+        return {**self.init.params(), **self.shape.params(), "depth": self.depth, "batch": self.batch,
+                "bias_std": self.bias_std, "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed}
+
+    @property
+    def estimate(self) -> int:
+        return estimate_bytes(self.shape, self.depth, self.batch, self.dtype)
+
+
+def check_init(init: Init) -> None:
+    if init.kind in _REFUSED_KINDS:
+        raise InitcliError("scheme", f"{init.name} {_REFUSED_KINDS[init.kind]}")
+
+
+def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, width: int | None = None,
+            heads: int | None = None, seq_len: int | None = None, mlp_ratio: float | None = None,
+            causal: bool = False, norm_position: str | None = None, residual: bool | None = None,
+            residual_scale: float = 1.0, param: str | None = None, depth: int | None = None, batch: int = 512,
+            bias_std: float = 0.0, input_std: float = 1.0, dtype: str = "float32", seed: int = 0,
+            theory: bool = True, sizes=None, **init_options) -> TransformerRun:
+    """Check a transformer run's arguments (memory guard included), allocating nothing.
+    Depth (blocks) defaults to 6; `init_options` are `schemes.make_init`'s."""
+    if sizes is not None:
+        raise InitcliError("sizes", "does not apply with --arch transformer: every block has --width units per "
+                                    "token")
+    if isinstance(scheme, Init):
+        init = scheme
+        act = get_activation(init.activation, init.negative_slope)
+    else:
+        init = make_init(scheme, activation=activation, **init_options)
+        act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
+    check_init(init)
+    shape = transformer_shape(width, heads, seq_len, mlp_ratio, causal=causal, norm_position=norm_position,
+                              residual=residual, residual_scale=residual_scale, param=param)
+    depth = _positive_int("depth", DEFAULT_DEPTH if depth is None else depth, MAX_DEPTH)
+    batch = _positive_int("batch", batch, MAX_SIZE)
+    np_dtype = check_dtype(dtype)
+    bias_std = check_weight_scale("bias_std", bias_std)
+    input_std = check_weight_scale("input_std", input_std)
+    seed = check_seed(seed)
+    check_memory(estimate_bytes(shape, depth, batch, np_dtype), dtype=np_dtype, options=TRANSFORMER_OPTIONS)
+    return TransformerRun(init, act, shape, depth, batch, bias_std, input_std, np_dtype, seed, bool(theory))
+
+
+def inputs(run: TransformerRun) -> tuple[TransformerStack, np.ndarray, np.ndarray]:
+    """The stack, the token inputs N(0, input_std²) (batch, T, D) and the unit-Gaussian
+    cotangent, from the seed's weights, biases, inputs and cotangent streams."""
+    stack = build_transformer(run.init, run.shape, run.depth, bias_std=run.bias_std, seed=run.seed, dtype=run.dtype)
+    streams = seed_streams(run.seed)
+    tokens = (run.batch, run.shape.seq_len, run.shape.width)
+    x = gaussian(streams["inputs"], tokens, run.dtype) * run.dtype.type(run.input_std)
+    cotangent = gaussian(streams["cotangent"], tokens, run.dtype)
+    return stack, x, cotangent
+
+
+# Runs up to this many multiply-adds run on one BLAS thread, as in `propagation`.
+SINGLE_THREAD_WORK = 1 << 25
+
+
+def work(run: TransformerRun) -> int:
+    """Multiply-adds of one forward pass."""
+    shape, tokens = run.shape, run.batch * run.shape.seq_len
+    return run.depth * tokens * (4 * shape.width ** 2 + 2 * shape.width * shape.hidden
+                                 + 2 * shape.seq_len * shape.width)
+
+
+def propagate(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *,
+              progress: Callable[[int], None] | None = None, **options) -> TransformerResult:
+    """`propagation.propagate` for a transformer stack (options: see `prepare`)."""
+    return run_prepared(prepare(scheme, activation, **options), progress)
+
+
+def run_prepared(run: TransformerRun, progress: Callable[[int], None] | None = None) -> TransformerResult:
+    """`propagate` for a run `prepare` has checked; progress(1) per block forward and back."""
+    with blas_threads_limited(1) if work(run) <= SINGLE_THREAD_WORK else nullcontext():
+        stack, x, cotangent = inputs(run)
+        rows, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
+    result = TransformerResult(run.params, rows, forward_overflow, backward_overflow)
+    if not run.theory:
+        return result
+    return TransformerResult(run.params, rows, forward_overflow, backward_overflow, theory_columns(run, rows))
+
+
+def predicted_logit_var(run: TransformerRun, block: int) -> float:
+    """E[(s·q·k)²] over the weights: s²·d_h·(σ_q²·m + σ_b²)(σ_k²·m + σ_b²), m the second moment
+    of the attention's input: 1 after a LayerNorm, input_std² for post-LN's first block."""
+    shape = run.shape
+    std = run.init.expected_std((shape.width, shape.width))
+    sigma_sq = shape.width * std * std  # fan_in·Var(W)
+    m = run.input_std * run.input_std if shape.norm_position == "post" and block == 1 else 1.0
+    bias_var = run.bias_std * run.bias_std
+    side = sigma_sq * m + bias_var
+    return shape.scale * shape.scale * shape.d_head * side * side
+
+
+def predicted_hidden_var(run: TransformerRun) -> float:
+    """E[h²] of the MLP's hidden pre-activations: σ_1²·1 + σ_b² (its input is LayerNorm's)."""
+    std = run.init.expected_std((run.shape.hidden, run.shape.width))
+    return run.shape.width * std * std + run.bias_std * run.bias_std
+
+
+def theory_columns(run: TransformerRun, rows) -> tuple[TheoryColumns, ...]:
+    """theory_preact_var for the attention logits and the MLP's hidden pre-activations; the
+    rest blank (no closed form). off_theory flags a measurement further than 3 spreads from
+    the prediction, the spread being the weights' finite-size fluctuation: for the logits the
+    relative variance of ‖W_qᵀW_k‖²_F per head, (4/(D·d_h) + 2/D²) (Wishart moments), over H
+    heads; for h, 2/(D·r) (a mean over D·r squared Gaussians' variances)."""
+    blank = TheoryColumns(None, None, None, "")
+    if run.init.kind in ("constant", "identity", "zeros"):  # deterministic weights: no ensemble
+        return tuple(blank for _ in rows)
+    shape = run.shape
+    d, dh = shape.width, shape.d_head
+    logit_spread = math.sqrt((4 / (d * dh) + 2 / (d * d)) / shape.heads)
+    hidden_spread = math.sqrt(2 / max(shape.hidden, 1))
+    columns = []
+    for row in rows:
+        if row.sublayer == "attn":
+            predicted, spread = predicted_logit_var(run, row.layer), logit_spread
+        elif row.sublayer == "mlp":
+            predicted, spread = predicted_hidden_var(run), hidden_spread
+        else:
+            columns.append(blank)
+            continue
+        off = "preact" if row.preact_var is not None and parts_ways(row.preact_var, predicted, spread) else ""
+        columns.append(TheoryColumns(predicted, None, None, off))
+    return tuple(columns)

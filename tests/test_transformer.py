@@ -1,0 +1,317 @@
+"""The transformer engine (`initcli.transformer`, `--arch transformer`): every forward and
+backward statistic against torch autograd on the same weights and inputs, the theory of the
+logits' and hidden pre-activations' variance, and the physics of rank collapse."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from initcli import transformer
+from initcli.activations import get_activation
+from initcli.errors import InitcliError
+from initcli.schemes import make_init
+
+torch = pytest.importorskip("torch")
+functional = torch.nn.functional
+
+EPS64 = np.finfo(np.float64).eps
+_TORCH_ACT = {"relu": torch.relu, "tanh": torch.tanh, "gelu": lambda x: functional.gelu(x), "linear": lambda x: x}
+
+
+def _torch_forward(stack, act_name, x, cotangent):
+    """The same transformer written with torch ops (softmax, layer_norm, matmul, masked_fill),
+    differentiated by autograd: every sublayer output, the logits and probabilities, the MLP
+    hidden h, and the gradients of each (retain_grad), of the weights and of the input."""
+    shape = stack.shape
+    d, heads = shape.width, shape.heads
+    dh = d // heads
+    act = _TORCH_ACT[act_name]
+    params = [{name: torch.tensor(getattr(block, name), requires_grad=True)
+               for name in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2")
+               if getattr(block, name) is not None} for block in stack.blocks]
+    xt = torch.tensor(x, requires_grad=True)
+    seen = []
+    stream = xt
+
+    def ln(z):
+        return functional.layer_norm(z, (d,), eps=1e-5)
+
+    def attn(u, p):
+        b, t, _ = u.shape
+        q = (u @ p["wq"].T + p["bq"]).reshape(b, t, heads, dh).transpose(1, 2)
+        k = (u @ p["wk"].T + p["bk"]).reshape(b, t, heads, dh).transpose(1, 2)
+        v = (u @ p["wv"].T + p["bv"]).reshape(b, t, heads, dh).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2)) * shape.scale
+        if shape.causal:
+            logits = logits.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        out = (probs @ v).transpose(1, 2).reshape(b, t, d) @ p["wo"].T + p["bo"]
+        out.retain_grad()
+        return out, logits, probs
+
+    def mlp(v, p):
+        h = v @ p["w1"].T + p["b1"]
+        out = act(h) @ p["w2"].T + p["b2"]
+        out.retain_grad()
+        return out, h
+
+    alpha = shape.residual_scale
+    for p in params:
+        record = {}
+        if shape.norm_position == "pre":
+            a, record["logits"], record["probs"] = attn(ln(stream), p)
+            mid = stream + alpha * a if shape.residual else a
+            if "w1" in p:
+                m, record["h"] = mlp(ln(mid), p)
+                out = mid + alpha * m if shape.residual else m
+            else:
+                m, out = None, mid
+        else:
+            a, record["logits"], record["probs"] = attn(stream, p)
+            mid = ln(stream + alpha * a if shape.residual else a)
+            if "w1" in p:
+                m, record["h"] = mlp(mid, p)
+                out = ln(mid + alpha * m if shape.residual else m)
+            else:
+                m, out = None, mid
+        out.retain_grad()
+        record |= {"attn": a, "mlp": m, "stream": out}
+        seen.append(record)
+        stream = out
+    (stream * torch.tensor(cotangent)).sum().backward()
+    return params, xt, seen
+
+
+def _tol(stack) -> float:
+    """float64 rounding through the stack: each output is a sum of about D + hidden + T
+    products per sublayer, a few sublayers per block (×16 for the LayerNorm, softmax and
+    the statistics' own sums)."""
+    shape = stack.shape
+    return 16 * (shape.width + shape.hidden + shape.seq_len) * stack.depth * 4 * EPS64
+
+
+CASES = [  # (norm_position, causal, residual, mlp_ratio, activation)
+    ("pre", False, True, 2.0, "gelu"),
+    ("pre", True, True, 2.0, "relu"),
+    ("post", False, True, 2.0, "tanh"),
+    ("post", True, True, 1.5, "gelu"),
+    ("pre", True, False, 2.0, "tanh"),
+    ("post", False, False, 0.0, "linear"),
+    ("pre", False, True, 0.0, "relu"),
+]
+
+
+@pytest.mark.parametrize(("position", "causal", "residual", "ratio", "activation"), CASES)
+def test_every_statistic_matches_torch_autograd(position, causal, residual, ratio, activation):
+    init = make_init("xavier-normal", activation=activation)
+    shape = transformer.transformer_shape(16, 4, 6, ratio, causal=causal, norm_position=position,
+                                          residual=residual, residual_scale=0.7 if residual else 1.0)
+    stack = transformer.build_transformer(init, shape, 2, bias_std=0.1, seed=3, dtype="float64")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 6, 16))
+    cotangent = rng.standard_normal((5, 6, 16))
+    act = get_activation(activation)
+    rows, forward_overflow, backward_overflow = transformer.measure(stack, act, x, cotangent)
+    assert forward_overflow is None and backward_overflow is None
+    params, xt, seen = _torch_forward(stack, activation, x, cotangent)
+    tol = _tol(stack)
+
+    def close(measured, expected, what):
+        assert measured == pytest.approx(expected, rel=tol, abs=tol), what
+
+    by_key = {(row.layer, row.sublayer): row for row in rows}
+    assert len(rows) == 2 * len(shape.sublayers)
+    mask = ~torch.triu(torch.ones(6, 6, dtype=torch.bool), 1) if causal else torch.ones(6, 6, dtype=torch.bool)
+    for index, record in enumerate(seen, start=1):
+        attn_row = by_key[(index, "attn")]
+        logits = record["logits"].detach()[..., mask].numpy()
+        close(attn_row.preact_var, np.var(logits), f"block {index} logit variance")
+        close(attn_row.preact_mean, np.mean(logits), f"block {index} logit mean")
+        probs = record["probs"].detach().numpy()
+        entropy = -np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1)), 0).sum(-1).mean()
+        close(attn_row.attn_entropy, entropy, "attention entropy")
+        close(attn_row.attn_max, probs.max(-1).mean(), "attention max")
+        for name in ("attn", "mlp", "stream"):
+            if record[name] is None:
+                assert (index, name) not in by_key
+                continue
+            row, tensor = by_key[(index, name)], record[name]
+            value, grad = tensor.detach().numpy(), tensor.grad.numpy()
+            close(row.act_var, np.var(value), f"block {index} {name} act_var")
+            close(row.act_mean, np.mean(value), f"block {index} {name} act_mean")
+            close(row.grad_var, np.var(grad), f"block {index} {name} grad_var")
+            unit = value / np.linalg.norm(value, axis=-1, keepdims=True)
+            gram = np.einsum("btd,bsd->bts", unit, unit)
+            expected_cos = ((gram.sum((1, 2)) - 6) / 30).mean()
+            close(row.token_cosine, expected_cos, f"block {index} {name} token_cosine")
+        if record["mlp"] is not None:
+            row = by_key[(index, "mlp")]
+            close(row.preact_var, np.var(record["h"].detach().numpy()), "hidden preact_var")
+            w_grads = np.concatenate([params[index - 1][n].grad.numpy().ravel() for n in ("w1", "w2")])
+            close(row.weight_grad_var, np.var(w_grads), "mlp weight_grad_var")
+        w_grads = np.concatenate([params[index - 1][n].grad.numpy().ravel() for n in ("wq", "wk", "wv", "wo")])
+        close(attn_row.weight_grad_var, np.var(w_grads), "attn weight_grad_var")
+
+
+@pytest.mark.parametrize(("position", "causal", "residual", "ratio", "activation"), CASES[:4])
+def test_weight_and_input_gradients_match_torch(position, causal, residual, ratio, activation):
+    init = make_init("he-normal", activation="relu")
+    shape = transformer.transformer_shape(8, 2, 5, ratio, causal=causal, norm_position=position, residual=residual)
+    stack = transformer.build_transformer(init, shape, 2, bias_std=0.2, seed=1, dtype="float64")
+    rng = np.random.default_rng(2)
+    x, cotangent = rng.standard_normal((3, 5, 8)), rng.standard_normal((3, 5, 8))
+    grads, dx = transformer.backward(stack, transformer.forward(stack, get_activation(activation), x), cotangent)
+    params, xt, _ = _torch_forward(stack, activation, x, cotangent)
+    tol = _tol(stack)
+    scale = max(float(np.abs(xt.grad.numpy()).max()), 1.0)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=tol, atol=tol * scale)
+    for mine, theirs in zip(grads, params):
+        for name, tensor in theirs.items():
+            expected = tensor.grad.numpy()
+            np.testing.assert_allclose(mine[name], expected, rtol=tol,
+                                       atol=tol * max(float(np.abs(expected).max()), 1.0), err_msg=name)
+
+
+def test_broadcast_backward_gives_the_jacobian_rows():
+    """A batch of cotangents against one input's trace (what the Jacobian uses) gives each
+    cotangent's own input gradient."""
+    shape = transformer.transformer_shape(8, 2, 4, 2.0, causal=True)
+    stack = transformer.build_transformer(make_init("xavier-normal"), shape, 2, seed=4, dtype="float64")
+    act = get_activation("gelu")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 8))
+    cotangents = rng.standard_normal((3, 4, 8))
+    traces = transformer.forward(stack, act, x)
+    _, batched = transformer.backward(stack, traces, cotangents, keep_grads=False)
+    for i in range(3):
+        _, single = transformer.backward(stack, traces, cotangents[i:i + 1], keep_grads=False)
+        np.testing.assert_allclose(batched[i], single[0], rtol=_tol(stack), atol=_tol(stack))
+
+
+# -- theory ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("position", "param", "input_std", "bias_std", "scheme"), [
+    ("pre", "sp", 1.0, 0.0, "xavier-uniform"),
+    ("post", "sp", 3.0, 0.0, "xavier-normal"),
+    ("pre", "mup", 1.0, 0.3, "he-normal"),
+    ("post", "sp", 0.5, 0.2, "orthogonal"),
+])
+def test_logit_and_hidden_variance_follow_theory(position, param, input_std, bias_std, scheme):
+    """E[(s·q·k)²] = s²·d_h·(σ_q²m + σ_b²)(σ_k²m + σ_b²) and E[h²] = σ_1² + σ_b²: the measured
+    variances sit within 4 of the weights' finite-size spreads (the spread `theory_columns`
+    states, from Wishart moments) plus the batch's own sampling error."""
+    run = transformer.prepare(scheme, "relu", width=64, heads=4, seq_len=8, mlp_ratio=2, depth=3, batch=128,
+                              norm_position=position, param=param, input_std=input_std, bias_std=bias_std,
+                              dtype="float64", seed=11)
+    result = transformer.run_prepared(run)
+    d, dh, heads, hidden = 64, 16, 4, 128
+    logit_spread = math.sqrt((4 / (d * dh) + 2 / d**2) / heads)
+    hidden_spread = math.sqrt(2 / hidden)
+    sampling = math.sqrt(2 * 3 / (128 * 8))  # Gaussian-ish squares (kurtosis ≤ 3·3) over the batch's tokens
+    for row, theory in zip(result.layers, result.theory):
+        if row.sublayer == "attn":
+            expected = transformer.predicted_logit_var(run, row.layer)
+            spread = logit_spread
+        elif row.sublayer == "mlp":
+            expected = transformer.predicted_hidden_var(run)
+            spread = hidden_spread
+        else:
+            assert theory.theory_preact_var is None
+            continue
+        assert theory.theory_preact_var == pytest.approx(expected)
+        second_moment = row.preact_var + row.preact_mean**2
+        assert abs(math.log(second_moment / expected)) < 4 * (spread + sampling), (row, expected)
+    first = transformer.predicted_logit_var(run, 1)
+    later = transformer.predicted_logit_var(run, 2)
+    if position == "post":  # post-LN's first attention reads the raw tokens
+        assert first / later == pytest.approx(((input_std**2 * 1 + bias_std**2) / (1 + bias_std**2)) ** 2)
+    else:
+        assert first == later
+    if param == "mup":  # 1/d_head: the logits are d_head times smaller in variance than at 1/√d_head
+        sp = transformer.prepare(scheme, "relu", width=64, heads=4, seq_len=8, mlp_ratio=2, depth=3, batch=128,
+                                 norm_position=position, input_std=input_std, bias_std=bias_std)
+        assert transformer.predicted_logit_var(sp, 2) == pytest.approx(dh * later)
+
+
+# -- physics --------------------------------------------------------------------------------
+
+
+def _collapse(**options):
+    result = transformer.propagate("xavier-uniform", "gelu", mlp_ratio=0, depth=24, batch=32, width=64, heads=4,
+                                   seq_len=16, seed=0, dtype="float64", **options)
+    return [1 - row.token_cosine for row in result.stream()]
+
+
+def test_pure_attention_collapses_rank_within_a_few_blocks():
+    """Dong et al. 2021: without skips (and without an MLP) the tokens of a sequence become
+    one direction doubly exponentially fast."""
+    for position in ("pre", "post"):
+        gap = _collapse(residual=False, norm_position=position)
+        assert gap[0] > 0.3  # independent tokens start far apart (the first block mixes them only partly)
+        assert gap[3] < 1e-6, (position, gap[:6])
+
+
+def test_pre_ln_skips_slow_the_collapse_and_post_ln_still_collapses():
+    """Pre-LN's skip keeps each token's own component (the branch adds O(1) to a growing
+    stream): after 24 blocks the tokens are still far from one direction, and the gap shrinks
+    slower than geometrically. Post-LN renormalises after every sum, so the shared part
+    compounds and the gap falls geometrically to rank one (Noci et al. 2022)."""
+    pre = _collapse(norm_position="pre")
+    post = _collapse(norm_position="post")
+    assert pre[-1] > 0.03
+    assert pre[-1] / pre[11] > 0.25  # twice the depth, not even a quarter of the gap gone
+    assert post[-1] < 1e-4
+    assert post[-1] / post[11] < 1e-2
+
+
+def test_large_query_key_init_collapses_attention_entropy():
+    """Logit variance grows as σ_q²σ_k²: a large init makes each query attend to one key
+    (entropy near 0, attn_max near 1), a small one spreads attention uniformly (log T)."""
+    big = transformer.propagate("normal", "gelu", std=1.0, depth=1, batch=16, width=64, seq_len=16, theory=False)
+    small = transformer.propagate("normal", "gelu", std=1e-3, depth=1, batch=16, width=64, seq_len=16,
+                                  theory=False)
+    assert big.layers[0].attn_max > 0.9 and big.layers[0].attn_entropy < 0.3
+    assert small.layers[0].attn_entropy == pytest.approx(math.log(16), rel=1e-3)
+    assert small.layers[0].attn_max == pytest.approx(1 / 16, rel=1e-2)
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"heads": 3}, "heads"), ({"mlp_ratio": -1}, "mlp_ratio"), ({"mlp_ratio": math.inf}, "mlp_ratio"),
+    ({"norm_position": "middle"}, "norm_position"), ({"param": "ntk"}, "param"), ({"sizes": [4, 4]}, "sizes"),
+    ({"residual": False, "residual_scale": 0.5}, "residual_scale"), ({"seq_len": 0}, "seq_len"),
+    ({"width": 10**9}, None),  # the memory guard: one line naming the options that shrink the run
+])
+def test_bad_options_are_refused_by_name(options, param):
+    with pytest.raises(InitcliError) as error:
+        transformer.prepare("xavier-normal", "gelu", **options)
+    assert error.value.param == param
+
+
+@pytest.mark.parametrize("scheme", ["lsuv", "delta-orthogonal", "dirac"])
+def test_conv_and_data_schemes_are_refused(scheme):
+    with pytest.raises(InitcliError) as error:
+        transformer.prepare(scheme, "gelu")
+    assert error.value.param == "scheme"
+
+
+def test_overflow_is_reported_not_raised():
+    result = transformer.propagate("normal", "relu", std=1e30, depth=3, batch=4, width=16, seq_len=4, theory=False)
+    assert result.forward_overflow_layer == 1
+    assert result.overflowed
+
+
+def test_same_seed_same_bytes_and_depth_prefix():
+    a = transformer.propagate("xavier-normal", "gelu", depth=3, batch=8, width=16, seq_len=4, seed=7)
+    b = transformer.propagate("xavier-normal", "gelu", depth=3, batch=8, width=16, seq_len=4, seed=7)
+    assert a.rows() == b.rows()
+    deeper = transformer.propagate("xavier-normal", "gelu", depth=4, batch=8, width=16, seq_len=4, seed=7)
+    # a deeper stack with the same seed starts with the same blocks: its forward rows agree
+    for mine, theirs in zip(a.layers, deeper.layers):
+        assert (mine.layer, mine.sublayer, mine.act_var) == (theirs.layer, theirs.sublayer, theirs.act_var)
