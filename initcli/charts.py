@@ -500,13 +500,32 @@ def propagate_series(rows: Sequence[dict]) -> list[Series]:
     return series
 
 
+def transformer_series(rows: Sequence[dict]) -> list[Series]:
+    """A transformer's rows by block: the stream's variance and gradient, the attention logits'
+    and the MLP's hidden pre-activation variance, with theory's where it has one."""
+    series = []
+    for group, (label, sublayer, column) in enumerate((
+            ("stream act_var", "stream", "act_var"), ("stream grad_var", "stream", "grad_var"),
+            ("attn logit var", "attn", "preact_var"), ("mlp preact_var", "mlp", "preact_var"))):
+        chosen = [row for row in rows if row["sublayer"] == sublayer]
+        if not chosen:
+            continue
+        blocks = [row["layer"] for row in chosen]
+        series.append(Series(label, blocks, [row[column] for row in chosen], group=group))
+        if column == "preact_var" and chosen[0].get("theory_preact_var") is not None:
+            series.append(Series(f"theory {label}", blocks, [row["theory_preact_var"] for row in chosen], True,
+                                 group))
+    return series
+
+
 def per_run_series(runs, column: str) -> list[Series]:
     """One series per propagate run (compare's pairs), of one per-layer column."""
     series = []
     for group, run in enumerate(runs):
         label = f"{run.params['scheme']}+{run.params['activation']}"
-        series.append(Series(label, [layer.layer for layer in run.layers],
-                             [getattr(layer, column) for layer in run.layers], group=group))
+        rows = run.stream() if run.params.get("arch") == "transformer" else run.layers
+        series.append(Series(label, [layer.layer for layer in rows], [getattr(layer, column) for layer in rows],
+                             group=group))
     return series
 
 

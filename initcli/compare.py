@@ -20,20 +20,33 @@ Verdicts, checked in this order (the first that holds wins):
   that settles to χ ≈ 1 (tanh under Xavier, whose q relaxes from 1 towards 0) decays only
   polynomially and is not called vanishing; `grad_ratio` still shows its total size.
 - stable: none of the above.
+
+Transformer stacks (`arch="transformer"`) are judged on their stream rows (one per block)
+and add two failure modes of their own, checked before exploding/vanishing:
+- rank-collapse: the last block's tokens point nearly one way (token_cosine > 0.99, Dong et
+  al. 2021): the sequence has become one vector, and the gradients of the tokens with it.
+- entropy-collapse: in some block the attention puts over 90% of its weight on one key on
+  average (attn_max > 0.9): the softmax is saturated and passes almost no gradient to the
+  queries and keys (Zhai et al. 2023).
+Symmetry there is read on block 1's attention output with each token as one input (its D
+units move together), and no-signal also when block 1's weights get no gradient at all.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from .checks import check_memory
 from .errors import InitcliError
 from .parallel import check_jobs, run_all
-from .propagation import PropagateResult, estimate_bytes, prepare, propagate
+from .propagation import PropagateResult, check_arch, engine, propagate
 
-VERDICTS = ("symmetric", "overflow", "no-signal", "dead", "saturated", "exploding", "vanishing", "stable")
+VERDICTS = ("symmetric", "overflow", "no-signal", "dead", "saturated", "rank-collapse", "entropy-collapse",
+            "exploding", "vanishing", "stable")
+RANK_COLLAPSE_COSINE = 0.99
+ENTROPY_COLLAPSE_MAX = 0.9
 SYMMETRY_RANK = 1.001
 DEAD_FRAC = 0.5
 SATURATED_FRAC = 0.5
@@ -57,9 +70,13 @@ class CompareRow:
     last_input_cosine: float
     verdict: str
     reason: str
+    # transformer runs only
+    last_token_cosine: float | None = None
+    max_attn_max: float | None = None
 
 
-COMPARE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CompareRow))
+COMPARE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CompareRow))[:-2]
+TRANSFORMER_COLUMNS: tuple[str, ...] = COMPARE_COLUMNS + ("last_token_cosine", "max_attn_max")
 
 
 @dataclass(frozen=True)
@@ -68,8 +85,12 @@ class CompareResult:
     comparisons: tuple[CompareRow, ...]
     runs: tuple[PropagateResult, ...]
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return TRANSFORMER_COLUMNS if self.params.get("arch") == "transformer" else COMPARE_COLUMNS
+
     def rows(self) -> list[dict]:
-        return [asdict(row) for row in self.comparisons]
+        return [{name: getattr(row, name) for name in self.columns} for row in self.comparisons]
 
 
 def drift_bound(sizes: Sequence[int]) -> float:
@@ -87,15 +108,39 @@ def _fmt(x: float) -> str:
     return f"{x:.2g}"
 
 
-def judge(result: PropagateResult) -> tuple[str, str]:
-    """(verdict, reason) for one propagate run."""
-    layers = result.layers
+def widths(params: dict) -> list[int]:
+    """The widths a run's signal passes through, input first: an MLP's sizes, a conv stack's
+    channels (its positions share one kernel, so they do not average its randomness away),
+    a transformer's width per block."""
+    if params.get("arch") == "conv":
+        return [params["channels"]] * (params["depth"] + 1)
+    if params.get("arch") == "transformer":
+        return [params["width"]] * (params["depth"] + 1)
+    return list(params["sizes"])
+
+
+def _judged_layers(result) -> tuple:
+    """The rows a verdict reads: every layer, or a transformer's stream rows."""
+    if result.params.get("arch") == "transformer":
+        return result.stream()
+    return result.layers
+
+
+def judge(result) -> tuple[str, str]:
+    """(verdict, reason) for one propagate run (MLP, conv or transformer)."""
+    layers = _judged_layers(result)
     first, last = layers[0], layers[-1]
     depth = len(layers)
-    bound = drift_bound(result.params["sizes"])
-    values = [getattr(layer, name) for layer in layers for name in ("preact_var", "act_var", "grad_var")]
-
-    if 0 < first.effective_rank <= SYMMETRY_RANK:
+    bound = drift_bound(widths(result.params))
+    values = [getattr(layer, name) for layer in layers for name in ("preact_var", "act_var", "grad_var")
+              if getattr(layer, name) is not None]
+    transformer = result.params.get("arch") == "transformer"
+    if transformer:
+        symmetric = result.layers[0].effective_rank  # block 1's attention output, tokens as inputs
+        if 0 < symmetric <= SYMMETRY_RANK:
+            return "symmetric", (f"block 1's attention output units move together (effective rank "
+                                 f"{symmetric:.3g}): identical units get identical updates and never separate")
+    elif 0 < first.effective_rank <= SYMMETRY_RANK:
         return "symmetric", (f"layer 1's units move together (effective rank {first.effective_rank:.3g}): "
                              "identical units get identical updates and never separate")
     if result.overflowed or not all(math.isfinite(v) for v in values):
@@ -106,32 +151,67 @@ def judge(result: PropagateResult) -> tuple[str, str]:
             return "no-signal", (f"layer {depth}'s activations are the same for every input "
                                  f"(variance 0): the output cannot depend on the input")
         return "no-signal", "layer 1 gets no gradient at all: nothing learns"
-    dead = max(layers, key=lambda layer: layer.dead_frac)
-    if dead.dead_frac > DEAD_FRAC:
-        return "dead", f"{dead.dead_frac:.0%} of layer {dead.layer}'s units never fire for any input"
-    saturated = max(layers, key=lambda layer: layer.saturated_frac)
-    if saturated.saturated_frac > SATURATED_FRAC:
-        return "saturated", (f"{saturated.saturated_frac:.0%} of layer {saturated.layer}'s activations sit in "
-                             "the flat part of the activation, where the derivative is near 0")
+    if transformer:
+        verdict = _judge_transformer(result, depth)
+        if verdict is not None:
+            return verdict
+    if not transformer:  # a transformer's MLP units were judged above
+        dead = max(layers, key=lambda layer: layer.dead_frac)
+        if dead.dead_frac > DEAD_FRAC:
+            return "dead", f"{dead.dead_frac:.0%} of layer {dead.layer}'s units never fire for any input"
+        saturated = max(layers, key=lambda layer: layer.saturated_frac)
+        if saturated.saturated_frac > SATURATED_FRAC:
+            return "saturated", (f"{saturated.saturated_frac:.0%} of layer {saturated.layer}'s activations sit in "
+                                 "the flat part of the activation, where the derivative is near 0")
     grad_ratio = _ratio(first.grad_var, last.grad_var)
+    unit = "block" if transformer else "layer"
     settled = _settled_rate([layer.grad_var for layer in layers])
-    grad_step = math.inf if settled == 0 else 1 / settled  # per layer going down
-    act_step = _settled_rate([layer.act_var for layer in layers])  # per layer going up
+    grad_step = math.inf if settled == 0 else 1 / settled  # per {unit} going down
+    act_step = _settled_rate([layer.act_var for layer in layers])  # per {unit} going up
     if grad_step ** (depth - 1) > bound:
-        return "exploding", (f"gradient grows ×{grad_step:.3g} per layer going down: "
-                             f"{_fmt(grad_ratio)}× larger at layer 1 than at layer {depth}")
+        return "exploding", (f"gradient grows ×{grad_step:.3g} per {unit} going down: "
+                             f"{_fmt(grad_ratio)}× larger at {unit} 1 than at {unit} {depth}")
     if act_step ** (depth - 1) > bound:
-        return "exploding", (f"activations grow ×{act_step:.3g} per layer: "
-                             f"{_fmt(_ratio(last.act_var, first.act_var))}× larger at layer {depth} than at layer 1")
+        return "exploding", (f"activations grow ×{act_step:.3g} per {unit}: "
+                             f"{_fmt(_ratio(last.act_var, first.act_var))}× larger at {unit} {depth} than at {unit} 1")
     if grad_step ** (depth - 1) < 1 / bound:
-        return "vanishing", (f"gradient shrinks ×{grad_step:.3g} per layer going down: "
-                             f"{_fmt(first.grad_var)} at layer 1 against {_fmt(last.grad_var)} at layer {depth}")
+        return "vanishing", (f"gradient shrinks ×{grad_step:.3g} per {unit} going down: "
+                             f"{_fmt(first.grad_var)} at {unit} 1 against {_fmt(last.grad_var)} at {unit} {depth}")
     if 1 / bound <= grad_ratio <= bound:
-        return "stable", (f"gradient variance changes ×{_fmt(grad_ratio)} over {depth} layers, "
+        return "stable", (f"gradient variance changes ×{_fmt(grad_ratio)} over {depth} {unit}s, "
                           f"within the finite-width bound ×{_fmt(bound)}")
-    return "stable", (f"gradient settles at ×{grad_step:.3g} per layer (×{_fmt(grad_step ** (depth - 1))} over "
-                      f"{depth} layers, within ×{_fmt(bound)}); the total ×{_fmt(grad_ratio)} comes from "
+    return "stable", (f"gradient settles at ×{grad_step:.3g} per {unit} (×{_fmt(grad_step ** (depth - 1))} over "
+                      f"{depth} {unit}s, within ×{_fmt(bound)}); the total ×{_fmt(grad_ratio)} comes from "
                       "a transient near the input")
+
+
+def _judge_transformer(result, depth: int) -> tuple[str, str] | None:
+    """The transformer's own verdicts, after overflow and before the gradient trend: no
+    gradient to block 1's weights, dead or saturated MLP units, rank and entropy collapse."""
+    rows = result.layers
+    first_block = [row for row in rows if row.layer == 1 and row.weight_grad_var is not None]
+    if all(row.weight_grad_var == 0 for row in first_block):
+        return "no-signal", "block 1's weights get no gradient at all: nothing learns"
+    mlp = [row for row in rows if row.sublayer == "mlp"]
+    if mlp:
+        dead = max(mlp, key=lambda row: row.dead_frac)
+        if dead.dead_frac > DEAD_FRAC:
+            return "dead", f"{dead.dead_frac:.0%} of block {dead.layer}'s MLP units never fire for any token"
+        saturated = max(mlp, key=lambda row: row.saturated_frac)
+        if saturated.saturated_frac > SATURATED_FRAC:
+            return "saturated", (f"{saturated.saturated_frac:.0%} of block {saturated.layer}'s MLP activations sit "
+                                 "in the flat part of the activation, where the derivative is near 0")
+    last = result.stream()[-1]
+    if last.token_cosine > RANK_COLLAPSE_COSINE:
+        collapsed = next(row.layer for row in result.stream() if row.token_cosine > RANK_COLLAPSE_COSINE)
+        return "rank-collapse", (f"the tokens of a sequence point one way from block {collapsed} on (token_cosine "
+                                 f"{last.token_cosine:.4g} at block {depth}): the sequence is one vector")
+    attn = max((row for row in rows if row.sublayer == "attn"), key=lambda row: row.attn_max)
+    if attn.attn_max > ENTROPY_COLLAPSE_MAX:
+        return "entropy-collapse", (f"block {attn.layer}'s attention puts {attn.attn_max:.0%} of its weight on one "
+                                    f"key on average (entropy {attn.attn_entropy:.3g} nats): the softmax is "
+                                    "saturated and passes almost no gradient to queries and keys")
+    return None
 
 
 def _settled_rate(values: Sequence[float]) -> float:
@@ -148,22 +228,31 @@ def _settled_rate(values: Sequence[float]) -> float:
     return ratio ** (1 / steps)
 
 
-def _row(result: PropagateResult) -> CompareRow:
-    layers = result.layers
-    sizes = result.params["sizes"]
+def _row(result) -> CompareRow:
+    layers = _judged_layers(result)
+    sizes = widths(result.params)
     verdict, reason = judge(result)
+    transformer = result.params.get("arch") == "transformer"
     return CompareRow(
         scheme=result.params["scheme"], activation=result.params["activation"], depth=len(layers),
         width=sizes[1] if len(set(sizes)) == 1 else None,
         first_act_var=layers[0].act_var, last_act_var=layers[-1].act_var,
         first_grad_var=layers[0].grad_var, last_grad_var=layers[-1].grad_var,
         grad_ratio=_ratio(layers[0].grad_var, layers[-1].grad_var),
-        max_saturated_frac=max(layer.saturated_frac for layer in layers),
-        max_dead_frac=max(layer.dead_frac for layer in layers),
+        max_saturated_frac=max(_present(result.layers, "saturated_frac")),
+        max_dead_frac=max(_present(result.layers, "dead_frac")),
         min_effective_rank=min(layer.effective_rank for layer in layers),
         last_input_cosine=layers[-1].input_cosine,
         verdict=verdict, reason=reason,
+        last_token_cosine=layers[-1].token_cosine if transformer else None,
+        max_attn_max=max(_present(result.layers, "attn_max")) if transformer else None,
     )
+
+
+def _present(rows, column: str) -> list[float]:
+    """A column's values over the rows where it applies (a transformer's attention rows have
+    no dead units); [0.0] when none has it (attention-only blocks have no MLP units)."""
+    return [value for row in rows if (value := getattr(row, column)) is not None] or [0.0]
 
 
 @dataclass(frozen=True)
@@ -191,14 +280,19 @@ def plan(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs
     if not activations:
         raise InitcliError("activation", "needs at least one activation")
     options.setdefault("theory", False)
+    kind = check_arch(options.get("arch"))
     jobs = check_jobs(jobs)
     calls = tuple({"scheme": scheme, "activation": activation, **options} for activation in activations
                   for scheme in schemes)
-    result = ComparePlan(calls, tuple(prepare(**call) for call in calls), jobs, len(schemes))
-    largest = max(estimate_bytes(run.sizes, run.batch, run.dtype, checkpoint=run.checkpoint, arch=run.arch)
-                  for run in result.runs)
+    prepare_run = engine(kind).prepare
+    result = ComparePlan(calls, tuple(prepare_run(**{k: v for k, v in call.items() if k != "arch"})
+                                      for call in calls), jobs, len(schemes))
+    largest = max(run.estimate for run in result.runs)
+    shrink = {"mlp": ("--batch", "--width", "--depth", "--sizes"),
+              "conv": ("--batch", "--depth", "--channels", "--spatial"),
+              "transformer": ("--batch", "--depth", "--width", "--seq-len", "--mlp-ratio")}[kind]
     check_memory(result.at_once * largest, dtype=result.runs[0].dtype,
-                 options=("--batch", "--width", "--depth", "--sizes") + (("--jobs",) if result.at_once > 1 else ()))
+                 options=shrink + (("--jobs",) if result.at_once > 1 else ()))
     return result
 
 

@@ -186,6 +186,15 @@ class _Run:
             return sum(float(np.sum(np.square(b, dtype=np.float64))) for b in biases) / sum(b.size for b in biases)
 
     @property
+    def depth(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def estimate(self) -> int:
+        """Peak memory of the run, before anything is allocated."""
+        return estimate_bytes(self.sizes, self.batch, self.dtype, checkpoint=self.checkpoint, arch=self.arch)
+
+    @property
     def params(self) -> dict:
         if self.loaded is not None:
             metadata, path = self.loaded[2], self.loaded[3]
@@ -315,15 +324,38 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
     after each layer of the forward pass and of the backward pass (2·depth calls).
 
     `arch="conv"` runs a convolution stack instead (`initcli.conv.propagate`: options
-    channels, spatial, kernel, padding, depth, batch, …; no sizes or width).
+    channels, spatial, kernel, padding, depth, batch, …; no sizes or width), and
+    `arch="transformer"` a stack of transformer blocks (`initcli.transformer.propagate`:
+    width, heads, seq_len, mlp_ratio, causal, norm_position, residual, depth, batch, …).
     """
-    from .conv import check_arch
-
-    if check_arch(arch) == "conv":
-        from .conv import propagate as propagate_conv
-
-        return propagate_conv(scheme, activation, progress=progress, **options)
+    kind = check_arch(arch)
+    if kind != "mlp":
+        return engine(kind).propagate(scheme, activation, progress=progress, **options)
     return run_prepared(prepare(scheme, activation, **options), progress)
+
+
+ARCHS = ("mlp", "conv", "transformer")
+
+
+def check_arch(arch: str | None) -> str:
+    """'mlp' (the Linear engine, `initcli.engine`), 'conv' or 'transformer'."""
+    name = "mlp" if arch is None else str(arch).strip().lower()
+    if name not in ARCHS:
+        from .errors import suggest
+
+        raise InitcliError("arch", f"unknown architecture '{arch}'{suggest(name, list(ARCHS))}; choose from "
+                                   f"{', '.join(ARCHS)}")
+    return name
+
+
+def engine(kind: str):
+    """The module that builds and measures an architecture's stacks: each has `prepare`
+    (checks, allocating nothing; its run has `estimate` and `params`), `run_prepared` and
+    `propagate`. This module itself for 'mlp'."""
+    import importlib
+
+    return importlib.import_module({"mlp": "initcli.propagation", "conv": "initcli.conv",
+                                    "transformer": "initcli.transformer"}[kind])
 
 
 def run_prepared(run: _Run, progress: Callable[[int], None] | None = None) -> PropagateResult:
@@ -395,7 +427,8 @@ def _inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] |
 class LayerRecorder:
     """Every layer's statistics as an engine's observers see them, one forward and one
     backward pass: the MLP engine's and the conv engine's. An output (batch, …) is read as one
-    vector per input (effective_rank, input_cosine) and φ' as one unit per entry (dead_frac);
+    vector per input (input_cosine), a conv output's channels as its units, each (example,
+    position) an input (effective_rank), and φ' as one unit per entry (dead_frac);
     moments are over every entry. `progress(1)` after each layer, forward and backward."""
 
     def __init__(self, act: Activation, depth: int, progress: Callable[[int], None] | None = None) -> None:
@@ -413,11 +446,15 @@ class LayerRecorder:
         act_mean, act_var = moments(output)
         saturated = self.act.saturated
         flat = output.reshape(output.shape[0], -1)
+        # the units whose symmetry effective_rank reads: a conv layer's channels (channels-last),
+        # each (example, position) one input, spread over the batch
+        units = output if output.ndim == 2 else output.reshape(-1, output.shape[-1])
+        units = units[::max(1, len(units) // RANK_INPUTS)]
         self.forward_stats[layer - 1] = {
             "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
             "saturated_frac": float(np.count_nonzero(saturated(branch)) / branch.size) if saturated else 0.0,
             "dead_frac": dead_fraction(deriv.reshape(deriv.shape[0], -1)),
-            "effective_rank": effective_rank(flat), "input_cosine": mean_input_cosine(flat),
+            "effective_rank": effective_rank(units), "input_cosine": mean_input_cosine(flat),
         }
         if self.progress is not None:
             self.progress(1)

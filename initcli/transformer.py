@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -456,7 +456,7 @@ def backward(stack: TransformerStack, traces: list[BlockTrace], cotangent: np.nd
             observe(index, "stream", grad, None)
         seen = {}
         grad = block_backward(block, stack.shape, trace, grad, grads,
-                              None if observe is None else lambda name, g: seen.__setitem__(name, g))
+                              None if observe is None else seen.__setitem__)
         if observe is not None:
             for name in ("mlp", "attn"):
                 if name in seen:
@@ -480,7 +480,8 @@ class SublayerStats:
     sublayer's output (what it adds to the stream) or the stream; grad_var: Var(∂L/∂act);
     weight_std / weight_grad_var: over all the sublayer's weight matrices; saturated_frac and
     dead_frac: of the MLP's φ(h) (a unit is one hidden feature over every token of the batch);
-    effective_rank / input_cosine: each sequence flattened to one vector; token_cosine: mean
+    effective_rank: the participation ratio of the D units' covariance with each token one
+    input (256 tokens spread over the batch); input_cosine: between sequences, each flattened; token_cosine: mean
     cosine between distinct tokens of one sequence (1: rank collapse); attn_entropy: mean
     entropy of the attention rows, in nats; attn_max: mean largest attention weight."""
 
@@ -553,9 +554,12 @@ def _attention_stats(cache: AttnCache, causal: bool) -> dict:
 
 def _common(output: np.ndarray) -> dict:
     act_mean, act_var = moments(output)
-    flat = output.reshape(output.shape[0], -1)
-    return {"act_mean": act_mean, "act_var": act_var, "effective_rank": effective_rank(flat, RANK_INPUTS),
-            "input_cosine": mean_input_cosine(flat), "token_cosine": token_cosine(output)}
+    # effective rank over the units, each token one input: 1 when every unit moves together
+    tokens = output.reshape(-1, output.shape[-1])
+    tokens = tokens[::max(1, len(tokens) // RANK_INPUTS)]  # spread over the batch's sequences
+    return {"act_mean": act_mean, "act_var": act_var, "effective_rank": effective_rank(tokens, RANK_INPUTS),
+            "input_cosine": mean_input_cosine(output.reshape(output.shape[0], -1)),
+            "token_cosine": token_cosine(output)}
 
 
 class Recorder:

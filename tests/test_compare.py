@@ -124,5 +124,5 @@ def test_symmetry_is_read_at_layer_one():
 
 
 def test_verdict_names_are_the_documented_ones():
-    assert VERDICTS == ("symmetric", "overflow", "no-signal", "dead", "saturated", "exploding", "vanishing",
-                        "stable")
+    assert VERDICTS == ("symmetric", "overflow", "no-signal", "dead", "saturated", "rank-collapse",
+                        "entropy-collapse", "exploding", "vanishing", "stable")

@@ -92,13 +92,18 @@ class StackOptions:
                 "dtype": self.dtype, "seed": self.seed}
 
 
+ARCHS = ("mlp", "conv", "transformer")
+
+
 @_group
 class ArchOptions:
     """How the layers connect."""
 
-    residual: Annotated[bool, typer.Option(help="Skip connections: each block is x + residual-scale·f(x).")] = False
+    residual: Annotated[Optional[bool], typer.Option(
+        "--residual/--no-residual", help="Skip connections: each block is x + residual-scale·f(x). Off by default, "
+                                         "on with --arch transformer (--no-residual removes them).")] = None
     residual_scale: Annotated[float, typer.Option(
-        help="α of x + α·f(x) (0: zero-init branches, SkipInit/ReZero). Needs --residual.")] = 1.0
+        help="α of x + α·f(x) (0: zero-init branches, SkipInit/ReZero). Needs skip connections.")] = 1.0
     block: Annotated[int, typer.Option(help="Linear→activation layers per residual branch. Needs --residual.")] = 1
     norm: Annotated[str, typer.Option(
         help="none, or layer: LayerNorm between each Linear and its activation.")] = "none"
@@ -108,12 +113,15 @@ class ArchOptions:
     param: Annotated[str, typer.Option(
         help="Width parametrization: sp (the scheme as drawn), ntk or mup — per-layer output multipliers, "
              "init variances and (train) learning rates for the input, hidden and readout layers (Yang & Hu "
-             "2021; Yang et al. 2022, Table 3; see `initcli schemes`).")] = "sp"
+             "2021; Yang et al. 2022, Table 3; see `initcli schemes`). With --arch transformer, mup scales the "
+             "attention logits by 1/d_head instead of 1/sqrt(d_head).")] = "sp"
     lsuv_tol: Annotated[float, typer.Option(help="lsuv: stop when |Var(h) − 1| is within this.")] = 0.05
     lsuv_max_iter: Annotated[int, typer.Option(help="lsuv: rescalings per layer at most.")] = 10
     architecture: Annotated[str, typer.Option(
-        "--arch", help="mlp (Linear layers) or conv: stride-1 'same' convolutions of --channels channels over "
-                       "--spatial positions with a --kernel kernel (propagate only).")] = "mlp"
+        "--arch", help="mlp (Linear layers); conv: stride-1 'same' convolutions of --channels channels over "
+                       "--spatial positions with a --kernel kernel; or transformer: blocks of multi-head "
+                       "self-attention and an MLP, each behind a LayerNorm, on sequences of --seq-len tokens of "
+                       "--width units.")] = "mlp"
     kernel: Annotated[Optional[int], typer.Option(
         help="conv: kernel size k along each spatial axis (default 3); fans count C·k^d as `sample --shape` "
              "does.")] = None
@@ -122,28 +130,69 @@ class ArchOptions:
         help="conv: the input's size, one to three axes, e.g. 32 (1-D) or 16,16 (2-D; the default).")] = None
     padding: Annotated[Optional[str], typer.Option(
         help="conv: circular (the default; Xiao et al. 2018, where the mean-field theory holds) or zero.")] = None
+    heads: Annotated[Optional[int], typer.Option(
+        help="transformer: attention heads (default 4); they split --width (default 64) into equal parts.")] = None
+    seq_len: Annotated[Optional[int], typer.Option(help="transformer: tokens per sequence (default 16).")] = None
+    causal: Annotated[bool, typer.Option(
+        "--causal", help="transformer: each token attends to itself and the tokens before it only.")] = False
+    mlp_ratio: Annotated[Optional[float], typer.Option(
+        help="transformer: the MLP's hidden units per --width unit (default 4); 0 leaves the MLP out "
+             "(attention-only blocks). The MLP's activation is --activation.")] = None
+    norm_position: Annotated[Optional[str], typer.Option(
+        help="transformer: pre (the default: a LayerNorm before each sublayer, as GPT-2) or post (after each "
+             "skip's sum, as the original Transformer; Xiong et al. 2020).")] = None
 
     _CONV_ONLY = ("kernel", "channels", "spatial", "padding")
+    _TRANSFORMER_ONLY = ("heads", "seq_len", "mlp_ratio", "norm_position")
+
+    @property
+    def kind(self) -> str:
+        """'mlp', 'conv' or 'transformer'."""
+        name = str(self.architecture).strip().lower()
+        if name not in ARCHS:
+            from ..errors import suggest
+
+            raise InitcliError("arch", f"unknown architecture '{self.architecture}'{suggest(name, list(ARCHS))}; "
+                                       f"choose from {', '.join(ARCHS)}")
+        return name
 
     @property
     def conv(self) -> bool:
-        from ..conv import check_arch
+        return self.kind == "conv"
 
-        return check_arch(self.architecture) == "conv"
+    @property
+    def transformer(self) -> bool:
+        return self.kind == "transformer"
+
+    @property
+    def skips(self) -> bool:
+        """Whether the layers have skip connections: --residual, or a transformer's default."""
+        return self.residual if self.residual is not None else self.transformer
+
+    def _refuse_foreign(self) -> None:
+        """The options of another architecture than the chosen one."""
+        kind = self.kind
+        for names, owner in ((self._CONV_ONLY, "conv"), (self._TRANSFORMER_ONLY, "transformer")):
+            if owner != kind:
+                for name in names:
+                    if getattr(self, name) is not None:
+                        raise InitcliError(name, f"only applies with --arch {owner}")
+        if self.causal and kind != "transformer":
+            raise InitcliError("causal", "only applies with --arch transformer")
 
     def domain(self) -> dict:
-        """The MLP engine's keywords. Refuses --arch conv (the commands that call this run
-        Linear stacks only) and the conv options without it."""
-        if self.conv:
-            raise InitcliError("arch", "conv applies to `initcli propagate` only, so far")
-        for name in self._CONV_ONLY:
-            if getattr(self, name) is not None:
-                raise InitcliError(name, "only applies with --arch conv")
-        return {k: v for k, v in asdict(self).items() if k not in ("architecture",) + self._CONV_ONLY}
+        """The MLP engine's keywords. Refuses another architecture (the commands that call
+        this run Linear stacks only) and the options of one."""
+        if self.kind != "mlp":
+            raise InitcliError("arch", f"{self.kind} does not apply to this command, which builds Linear stacks")
+        self._refuse_foreign()
+        skipped = ("architecture", "causal") + self._CONV_ONLY + self._TRANSFORMER_ONLY
+        return {k: v for k, v in asdict(self).items() if k not in skipped} | {"residual": bool(self.residual)}
 
     def conv_domain(self) -> dict:
         """`initcli.conv.prepare`'s keywords: the geometry and the skips. Refuses what the conv
         engine does not do (LayerNorm, residual-init presets, width parametrizations)."""
+        self._refuse_foreign()
         if self.norm.strip().lower() != "none":
             raise InitcliError("norm", "does not apply with --arch conv (no normalisation layers in the conv "
                                        "engine yet)")
@@ -153,7 +202,30 @@ class ArchOptions:
             raise InitcliError("param", "does not apply with --arch conv: the kernels are the scheme's draws")
         return {"arch": "conv", "kernel": self.kernel, "channels": self.channels, "padding": self.padding,
                 "spatial": None if self.spatial is None else parse_int_list(self.spatial, "spatial"),
-                "residual": self.residual, "residual_scale": self.residual_scale, "block": self.block}
+                "residual": bool(self.residual), "residual_scale": self.residual_scale, "block": self.block}
+
+    def transformer_domain(self) -> dict:
+        """`initcli.transformer.prepare`'s keywords. Refuses what a transformer block fixes
+        itself (--norm: every sublayer has its LayerNorm; --block; residual-init presets)."""
+        self._refuse_foreign()
+        if self.norm.strip().lower() != "none":
+            raise InitcliError("norm", "does not apply with --arch transformer: every sublayer has its LayerNorm; "
+                                       "--norm-position says where")
+        if self.residual_init is not None:
+            raise InitcliError("residual_init", "does not apply with --arch transformer")
+        if self.block != 1:
+            raise InitcliError("block", "does not apply with --arch transformer: a block is attention and MLP")
+        return {"arch": "transformer", "heads": self.heads, "seq_len": self.seq_len, "causal": self.causal,
+                "mlp_ratio": self.mlp_ratio, "norm_position": self.norm_position, "residual": self.skips,
+                "residual_scale": self.residual_scale, "param": self.param}
+
+    def engine_domain(self) -> dict:
+        """The keywords of the chosen architecture's engine (the `arch` key names it)."""
+        if self.conv:
+            return self.conv_domain()
+        if self.transformer:
+            return self.transformer_domain()
+        return self.domain() | {"arch": "mlp"}
 
 
 @_group
@@ -284,8 +356,8 @@ def check_applies(*, schemes: list[str] | None = None, arch: ArchOptions | None 
     typed = given()
     if arch is not None:
         for name in ("residual_scale", "block", "residual_init"):
-            if name in typed and not arch.residual:
-                raise InitcliError(name, "only applies with --residual")
+            if name in typed and not arch.skips:
+                raise InitcliError(name, "only applies with skip connections (--residual)")
         if "residual_scale" in typed and arch.residual_init is not None:
             raise InitcliError("residual_scale", f"does not apply with --residual-init {arch.residual_init}, "
                                                  "which sets the branch multiplier itself")

@@ -35,14 +35,28 @@ from .options import (
 )
 
 # Which columns a narrow terminal keeps first.
-PROPAGATE_PRIORITY = ("layer", "preact_var", "theory_preact_var", "act_var", "grad_var", "theory_grad_var",
-                      "off_theory", "chi", "dead_frac", "saturated_frac", "effective_rank", "input_cosine",
+PROPAGATE_PRIORITY = ("layer", "sublayer", "preact_var", "theory_preact_var", "act_var", "grad_var", "theory_grad_var",
+                      "off_theory", "token_cosine", "attn_entropy", "attn_max", "chi", "dead_frac", "saturated_frac",
+                      "effective_rank", "input_cosine",
                       "weight_grad_var", "act_mean", "preact_mean", "weight_std", "fan_in", "fan_out")
 COMPARE_PRIORITY = ("scheme", "activation", "verdict", "grad_ratio", "first_grad_var", "last_grad_var",
                     "last_act_var", "max_dead_frac", "max_saturated_frac", "min_effective_rank", "last_input_cosine",
                     "first_act_var", "depth", "width")
 
 _MEMORY_REPORT = 256 * 2**20  # runs needing more memory than this say so before they start
+
+
+def _engine_run(init: InitOptions, stack: StackOptions, arch: ArchOptions) -> dict:
+    """The keywords of the chosen architecture's `prepare`, with `arch` naming it."""
+    if arch.kind == "mlp":
+        return _stack_run(init, stack, arch)
+    return {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.engine_domain()}
+
+
+def _report_estimate(needed: int, runs_at_once: int = 1) -> None:
+    if needed * runs_at_once >= _MEMORY_REPORT:
+        message = f"initcli: this run needs about {needed * runs_at_once / 2**30:.2f} GiB of memory"
+        note(message + (f" ({runs_at_once} runs at once)" if runs_at_once > 1 else ""))
 
 
 def _report_memory(run, runs_at_once: int = 1) -> None:
@@ -112,6 +126,8 @@ def propagate(
     check_outputs(out)
     if arch.conv:
         result = _propagate_conv(init, stack, arch, scheme, activation, theory, checkpoint, weights)
+    elif arch.transformer:
+        result = _propagate_transformer(init, stack, arch, scheme, activation, theory, checkpoint, weights)
     else:
         options = dict(_stack_run(init, stack, arch), activation=activation, theory=theory, checkpoint=checkpoint,
                        weights=weights)
@@ -143,22 +159,28 @@ def propagate(
     if result.overflowed:
         warn(overflow_message(result).removeprefix("initcli: warning: "))
     if out.plot or out.save_plot:
-        from ..charts import log_chart, propagate_series, save_figure
+        from ..charts import log_chart, propagate_series, save_figure, transformer_series
 
         p = result.params
         title = (f"{p.get('scheme') or p['weights']} · {p['activation']} · "
                  f"{_shape_text(p) if 'sizes' not in p else str(p['depth']) + ' layers · ' + sizes_text(p['sizes'])}"
                  f" · batch {p['batch']} · seed {p['seed']}")
-        series = propagate_series(rows)
+        series = transformer_series(rows) if arch.transformer else propagate_series(rows)
         if out.plot:
             show(log_chart(series, width=chart_width(chart_console()), title=title))
         if out.save_plot:
-            save_figure(out.save_plot, [{"series": series, "xlabel": "layer", "ylabel": "variance", "log": True}],
+            save_figure(out.save_plot, [{"series": series, "xlabel": "block" if arch.transformer else "layer",
+                                     "ylabel": "variance", "log": True}],
                         title=title, force=out.force, dpi=out.dpi)
 
 
 def _shape_text(p: dict) -> str:
     """'20 layers of 256', 'sizes 784,256,10', or for a conv stack '20 conv layers · 32 ch · 16×16 · k3 circular'."""
+    if p.get("arch") == "transformer":
+        mlp = f"MLP ×{p['mlp_ratio']:g}" if p["mlp_ratio"] else "no MLP"
+        return (f"{p['depth']} {p['norm_position']}-LN blocks · width {p['width']} · {p['heads']} heads · "
+                f"{p['seq_len']} tokens{' causal' if p['causal'] else ''} · {mlp}"
+                f"{'' if p['residual'] else ' · no skips'}")
     if p.get("arch") == "conv":
         return (f"{p['depth']} conv layers · {p['channels']} ch · {'×'.join(map(str, p['spatial']))} · "
                 f"k{p['kernel']} {p['padding']}")
@@ -182,6 +204,26 @@ def _propagate_conv(init: InitOptions, stack: StackOptions, arch: ArchOptions, s
                "activation": activation, "theory": theory}
     options.pop("arch")
     run = prepare_conv(scheme, **options)
+    if run.estimate >= _MEMORY_REPORT:
+        note(f"initcli: this run needs about {run.estimate / 2**30:.2f} GiB of memory")
+    with progress(2 * run.depth, "propagating") as advance:
+        return run_prepared(run, advance)
+
+
+def _propagate_transformer(init: InitOptions, stack: StackOptions, arch: ArchOptions, scheme: str, activation: str,
+                           theory: bool, checkpoint: bool, weights: Optional[str]):
+    """`propagate --arch transformer`: the transformer engine (`initcli.transformer`)."""
+    from ..errors import InitcliError
+    from ..transformer import prepare, run_prepared
+
+    if weights is not None:
+        raise InitcliError("weights", "does not apply with --arch transformer (weight files hold Linear stacks)")
+    if checkpoint:
+        raise InitcliError("checkpoint", "does not apply with --arch transformer")
+    options = {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.transformer_domain(),
+               "activation": activation, "theory": theory}
+    options.pop("arch")
+    run = prepare(scheme, **options)
     if run.estimate >= _MEMORY_REPORT:
         note(f"initcli: this run needs about {run.estimate / 2**30:.2f} GiB of memory")
     with progress(2 * run.depth, "propagating") as advance:
@@ -215,7 +257,7 @@ def compare(
     max(10, exp(3·sqrt(5·sum 1/n))): the finite-width spread), stable. Every run uses one BLAS
     thread, so the numbers do not depend on --jobs.
     """
-    from ..compare import COMPARE_COLUMNS, run_plan
+    from ..compare import run_plan
     from ..compare import plan as plan_compare
     from ..render import MIN_DECADES, log_sparkline, print_table
 
@@ -224,35 +266,35 @@ def compare(
     activation_names = parse_name_list(activation, "activation")
     check_applies(schemes=scheme_names, arch=arch)
     check_outputs(out)
-    options = _stack_run(init, stack, arch)
+    options = _engine_run(init, stack, arch)
     planned = plan_compare(scheme_names, activation_names, jobs=jobs, **options)
     first = planned.runs[0]
-    _report_memory(first, planned.at_once)
-    with progress(len(planned.calls) * (len(first.sizes) - 1) * 2, "comparing") as advance:
+    _report_estimate(first.estimate, planned.at_once)
+    with progress(len(planned.calls) * first.depth * 2, "comparing") as advance:
         result = run_plan(planned, advance)
     _warn_small_batch(stack.batch)  # after the run, so that a run that fails says one line only
     warn_ignored(scheme_names, init)
     rows = result.rows()
+    p = result.params
+    shape = _shape_text(p) if "sizes" not in p else f"{p['depth']} layers · {sizes_text(p['sizes'])}"
     if fmt == "table":
-        p = result.params
-        columns = [c for c in COMPARE_COLUMNS if c != "reason"]
+        columns = [c for c in result.columns if c != "reason"]
+        unit = "block" if arch.transformer else "layer"
         # each row on its own log scale, at least MIN_DECADES tall: a row's shape is what it shows
-        profiles = {f"{column} by layer\n(log, ≥{MIN_DECADES:g} decades a row)":
-                    [log_sparkline([getattr(layer, column) for layer in run.layers]) for run in result.runs]
+        profiles = {f"{column} by {unit}\n(log, ≥{MIN_DECADES:g} decades a row)":
+                    [log_sparkline([getattr(layer, column) for layer in _profile_rows(run)]) for run in result.runs]
                     for column in ("act_var", "grad_var")}
-        hidden = print_table(rows, columns, title=f"{p['depth']} layers · {sizes_text(p['sizes'])} · "
-                                                  f"batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
+        hidden = print_table(rows, columns, title=f"{shape} · batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
                              cell_style=_compare_style, priority=COMPARE_PRIORITY, extra_columns=profiles,
                              console=stdout_console())
         say_hidden(hidden)
         _print_reasons(rows)
     else:
-        write_machine(fmt, "compare", result.params, rows, COMPARE_COLUMNS)
+        write_machine(fmt, "compare", result.params, rows, result.columns)
     if out.plot or out.save_plot:
         from ..charts import log_chart, per_run_series, save_figure
 
-        p = result.params
-        title = f"{p['depth']} layers · {sizes_text(p['sizes'])} · batch {p['batch']} · seed {p['seed']}"
+        title = f"{shape} · batch {p['batch']} · seed {p['seed']}"
         panels = [(column, per_run_series(result.runs, column)) for column in ("act_var", "grad_var")]
         if out.plot:
             for column, series in panels:
@@ -261,6 +303,11 @@ def compare(
             save_figure(out.save_plot, [{"series": series, "xlabel": "layer", "ylabel": column, "log": True,
                                          "title": column} for column, series in panels],
                         title=title, force=out.force, dpi=out.dpi)
+
+
+def _profile_rows(run):
+    """The rows a compare profile draws: every layer, or a transformer's stream rows."""
+    return run.stream() if run.params.get("arch") == "transformer" else run.layers
 
 
 def _print_reasons(rows: list[dict]) -> None:
