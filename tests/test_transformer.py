@@ -315,3 +315,74 @@ def test_same_seed_same_bytes_and_depth_prefix():
     # a deeper stack with the same seed starts with the same blocks: its forward rows agree
     for mine, theirs in zip(a.layers, deeper.layers):
         assert (mine.layer, mine.sublayer, mine.act_var) == (theirs.layer, theirs.sublayer, theirs.act_var)
+
+
+# -- jacobian -------------------------------------------------------------------------------
+
+
+def _torch_blocks(stack, act_name):
+    """x (T, D) → every block's output, written with torch ops as `_torch_forward` does."""
+    shape = stack.shape
+
+    def run(x):
+        outputs = []
+        stream = x[None]
+        for block in stack.blocks:
+            p = {name: torch.tensor(getattr(block, name)) for name in
+                 ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2")
+                 if getattr(block, name) is not None}
+            d, heads = shape.width, shape.heads
+            dh, t = d // heads, stream.shape[1]
+
+            def attn(u):
+                q = (u @ p["wq"].T + p["bq"]).reshape(1, t, heads, dh).transpose(1, 2)
+                k = (u @ p["wk"].T + p["bk"]).reshape(1, t, heads, dh).transpose(1, 2)
+                v = (u @ p["wv"].T + p["bv"]).reshape(1, t, heads, dh).transpose(1, 2)
+                logits = (q @ k.transpose(-1, -2)) * shape.scale
+                if shape.causal:
+                    logits = logits.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+                return (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(1, t, d) @ p["wo"].T + p["bo"]
+
+            def ln(z):
+                return functional.layer_norm(z, (d,), eps=1e-5)
+
+            def mlp(v):
+                return _TORCH_ACT[act_name](v @ p["w1"].T + p["b1"]) @ p["w2"].T + p["b2"]
+
+            if shape.norm_position == "pre":
+                mid = stream + attn(ln(stream)) if shape.residual else attn(ln(stream))
+                out = (mid + mlp(ln(mid)) if shape.residual else mlp(ln(mid))) if "w1" in p else mid
+            else:
+                mid = ln(stream + attn(stream) if shape.residual else attn(stream))
+                out = (ln(mid + mlp(mid) if shape.residual else mlp(mid))) if "w1" in p else mid
+            outputs.append(out[0])
+            stream = out
+        return tuple(outputs)
+    return run
+
+
+@pytest.mark.parametrize(("position", "causal", "residual", "ratio"), [
+    ("pre", False, True, 2.0), ("post", True, True, 2.0), ("pre", True, False, 0.0)])
+def test_jacobian_spectrum_matches_torch(position, causal, residual, ratio):
+    """Every block's input–output Jacobian singular values equal those of torch's
+    autograd.functional.jacobian of the same blocks, to float64 rounding."""
+    plan = transformer.prepare_jacobian("xavier-normal", "tanh", depth=3, width=8, heads=2, seq_len=4,
+                                        mlp_ratio=ratio, causal=causal, norm_position=position, residual=residual,
+                                        batch=3, inputs=2, spectrum=True, seed=6)
+    result = transformer.run_jacobian(plan)
+    stack, x, _ = transformer.inputs(plan.run)
+    stack64 = stack.astype(np.float64)
+    n = 4 * 8
+    tol = 64 * n * 3 * EPS64
+    for i in range(2):
+        jac = torch.autograd.functional.jacobian(_torch_blocks(stack64, "tanh"), torch.tensor(x[i], dtype=torch.float64))
+        for b, block_jac in enumerate(jac):
+            expected = np.linalg.svd(block_jac.reshape(n, n).numpy(), compute_uv=False)
+            np.testing.assert_allclose(result.singular_values[b][i], expected, rtol=tol, atol=tol * expected[0])
+    assert [row.layer for row in result.layers] == [1, 2, 3]
+
+
+def test_jacobian_refuses_sequences_past_the_width_limit():
+    with pytest.raises(InitcliError) as error:
+        transformer.prepare_jacobian("xavier-normal", "gelu", width=256, seq_len=32)
+    assert error.value.param == "seq_len"

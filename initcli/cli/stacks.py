@@ -332,7 +332,8 @@ def jacobian_command(
     scheme: Scheme = "he-normal",
     activation: Activation = "relu",
     inputs: Annotated[Optional[int], typer.Option(
-        help="Inputs the spectrum is averaged over (default: 8, or --batch if smaller).")] = None,
+        help="Inputs the spectrum is averaged over (default: 8, 2 with --arch transformer, or --batch if "
+             "smaller).")] = None,
     spectrum: Annotated[bool, typer.Option(
         help="Add the spectral moments sv_mean_4th = E[σ⁴] and sv_sq_var = Var(σ²) (Pennington et al. 2018); "
              "CSV then lists every singular value (rows layer, input, index, singular_value) and JSON holds "
@@ -340,25 +341,37 @@ def jacobian_command(
 ) -> None:
     """Singular values of the input-output Jacobian after each layer (Pennington et al. 2017).
 
+    With --arch conv the Jacobian is of a whole example (channels × positions); with --arch
+    transformer of a whole sequence (--seq-len × --width), one row per block, over 2 inputs by
+    default (each already gives T·D singular values).
+
     sv_mean_sq is the mean of the squared singular values (what the variance map controls);
     sv_max, sv_min and sv_condition = sv_max/sv_min show the spread: all 1 is dynamical
     isometry. Each is averaged over --inputs inputs; the Jacobian is computed in float64, on
     one BLAS thread (many small products and SVDs run fastest that way).
     """
     from ..jacobian import VALUE_COLUMNS, prepare_jacobian, run_jacobian
+    from ..propagation import engine
     from ..render import print_table
 
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme], arch=arch)
-    options = _stack_run(init, stack, arch)
-    plan = prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
+    options = _engine_run(init, stack, arch)
+    if arch.kind == "mlp":
+        plan = prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
+        run = run_jacobian
+    else:
+        domain = engine(options.pop("arch"))
+        plan = domain.prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
+        run = domain.run_jacobian
     with progress(plan.steps, "jacobian") as advance:
-        result = run_jacobian(plan, advance)
+        result = run(plan, advance)
     rows, columns = result.rows(), result.columns
     if fmt == "table":
         p = result.params
-        say_hidden(print_table(rows, columns, title=f"{p['scheme']} · {p['activation']} · {p['depth']} layers · "
-                                                    f"{sizes_text(p['sizes'])} · {p['inputs']} inputs",
+        shape = _shape_text(p) if "sizes" not in p else f"{p['depth']} layers · {sizes_text(p['sizes'])}"
+        say_hidden(print_table(rows, columns, title=f"{p['scheme']} · {p['activation']} · {shape} · "
+                                                    f"{p['inputs']} inputs",
                                console=stdout_console()))
     elif fmt == "csv" and spectrum:
         write_machine(fmt, "jacobian", result.params, result.value_rows(), VALUE_COLUMNS)
