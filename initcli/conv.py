@@ -34,6 +34,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
@@ -44,14 +45,16 @@ from .stats import all_finite
 from .theory import TheoryColumns, finite_width_spread, mean_field, parts_ways
 from .threads import blas_threads_limited
 
-ARCHS = ("mlp", "conv")
 PADDINGS = ("circular", "zero")
 MAX_SPATIAL_DIMS = 3
 DEFAULT_CHANNELS = 16
 DEFAULT_SPATIAL = (16, 16)
 DEFAULT_KERNEL = 3
 CONV_OPTIONS = ("--batch", "--depth", "--channels", "--spatial")  # what makes a conv run smaller
-_CHUNK_BYTES = 16 << 20  # im2col copies at most this much of the batch at a time
+# im2col copies at most this much of the batch at a time: small enough to stay in a core's L2
+# cache (the copy then costs ~half of a 16 MiB chunk's on a 4 MiB-L2 Xeon), large enough for
+# an efficient GEMM (thousands of rows)
+_CHUNK_BYTES = 1 << 20
 _WORKSPACE = 4 << 20
 # schemes that cannot draw a conv kernel (identity is 2-D only) or that need the MLP engine
 _REFUSED_KINDS = {"identity": "draws 2-D matrices only; for conv kernels use delta-orthogonal or dirac",
@@ -97,17 +100,6 @@ class ConvShape:
     def params(self) -> dict:
         return {"arch": "conv", "channels": self.channels, "spatial": list(self.spatial), "kernel": self.kernel,
                 "padding": self.padding}
-
-
-def check_arch(arch: str | None) -> str:
-    """'mlp' (the Linear engine, `initcli.engine`) or 'conv' (this module)."""
-    name = "mlp" if arch is None else str(arch).strip().lower()
-    if name not in ARCHS:
-        from .errors import suggest
-
-        raise InitcliError("arch", f"unknown architecture '{arch}'{suggest(name, list(ARCHS))}; choose from "
-                                   f"{', '.join(ARCHS)}")
-    return name
 
 
 def conv_shape(channels: int | None = None, spatial: Sequence[int] | int | None = None,
@@ -156,11 +148,12 @@ def _pad(x: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
 
 
 def _patches(xp: np.ndarray, kernel: int, out: np.ndarray) -> np.ndarray:
-    """im2col: out (b, *spatial, k^d, C) gets, at tap t, the padded input shifted by t. One
-    copy per tap, each of whole channel vectors: no loop over positions."""
-    out_spatial = out.shape[1:-2]
-    for tap, offsets in enumerate(np.ndindex(*(kernel,) * len(out_spatial))):
-        out[..., tap, :] = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offsets, out_spatial))]
+    """im2col: out (b, *spatial, k^d, C) gets, at tap t, the padded input shifted by t. The
+    windows are a strided view of xp (b, *spatial, *k, C), written into `out` by one copy:
+    no loop over positions or taps."""
+    dims = xp.ndim - 2
+    windows = sliding_window_view(xp, (kernel,) * dims, axis=tuple(range(1, dims + 1)))  # (b, *S, C, *k)
+    np.copyto(out.reshape(out.shape[:-2] + (kernel,) * dims + out.shape[-1:]), np.moveaxis(windows, dims + 1, -1))
     return out
 
 
@@ -387,15 +380,24 @@ class ConvRun:
         return estimate_bytes(self.shape, self.depth, self.batch, self.dtype)
 
 
-def prepare(scheme: str | Init = "he-normal", activation: str = "relu", *, channels: int | None = None,
-            spatial: Sequence[int] | int | None = None, kernel: int | None = None, padding: str | None = None,
-            depth: int | None = None, batch: int = 512, bias_std: float = 0.0, input_std: float = 1.0,
-            dtype: str = "float32", seed: int = 0, theory: bool = True, residual: bool = False,
-            residual_scale: float = 1.0, block: int = 1, sizes: Sequence[int] | None = None,
-            width: int | None = None, **init_options) -> ConvRun:
-    """Check a conv run's arguments (memory guard included), allocating nothing. Depth
-    defaults to 10; `init_options` are `schemes.make_init`'s. `sizes` and `width` are
-    refused: a conv layer's width is its channels."""
+def prepare(scheme: str | Init = "he-normal", activation: str = "relu", **options) -> ConvRun:
+    """Check a conv run's arguments (memory guard included), allocating nothing. Options:
+    channels, spatial, kernel, padding (see `conv_shape`), depth (default 10), batch (512),
+    bias_std, input_std, dtype, seed, theory, residual, residual_scale, block, and
+    `schemes.make_init`'s keywords. `sizes` and `width` are refused: a conv layer's width is
+    its channels."""
+    run = _checked_run(scheme, activation, **options)
+    check_memory(run.estimate, dtype=run.dtype, options=CONV_OPTIONS)
+    return run
+
+
+def _checked_run(scheme: str | Init = "he-normal", activation: str = "relu", *, channels: int | None = None,
+                 spatial: Sequence[int] | int | None = None, kernel: int | None = None, padding: str | None = None,
+                 depth: int | None = None, batch: int = 512, bias_std: float = 0.0, input_std: float = 1.0,
+                 dtype: str = "float32", seed: int = 0, theory: bool = True, residual: bool = False,
+                 residual_scale: float = 1.0, block: int = 1, sizes: Sequence[int] | None = None,
+                 width: int | None = None, **init_options) -> ConvRun:
+    """`prepare` without its memory guard (a Jacobian run needs other memory)."""
     for name, value in (("sizes", sizes), ("width", width)):
         if value is not None:
             raise InitcliError(name, "does not apply with --arch conv: its layers have --channels channels at "
@@ -417,7 +419,6 @@ def prepare(scheme: str | Init = "he-normal", activation: str = "relu", *, chann
     bias_std = check_weight_scale("bias_std", bias_std)
     input_std = check_weight_scale("input_std", input_std)
     seed = check_seed(seed)
-    check_memory(estimate_bytes(shape, depth, batch, np_dtype), dtype=np_dtype, options=CONV_OPTIONS)
     return ConvRun(init, act, shape, depth, batch, bias_std, input_std, np_dtype, seed, bool(theory), arch)
 
 
@@ -428,13 +429,19 @@ SINGLE_THREAD_WORK = 1 << 25
 def inputs(run: ConvRun) -> tuple[ConvStack, np.ndarray, np.ndarray]:
     """The stack, the inputs N(0, input_std²) and the unit-Gaussian cotangent (channels-last;
     drawn in torch's (batch, C, *spatial) layout from the seed's inputs and cotangent streams)."""
+    stack, x = _stack_and_inputs(run)
+    torch_layout = (run.batch, run.shape.channels) + run.shape.spatial
+    cotangent = gaussian(seed_streams(run.seed)["cotangent"], torch_layout, run.dtype)
+    return stack, x, to_channels_last(cotangent)
+
+
+def _stack_and_inputs(run: ConvRun) -> tuple[ConvStack, np.ndarray]:
+    """`inputs` without the cotangent (each has its own stream: the inputs do not change)."""
     stack = build_conv_stack(run.init, run.shape, run.depth, bias_std=run.bias_std, seed=run.seed, dtype=run.dtype,
                              arch=run.arch)
-    streams = seed_streams(run.seed)
     torch_layout = (run.batch, run.shape.channels) + run.shape.spatial
-    x = gaussian(streams["inputs"], torch_layout, run.dtype) * run.dtype.type(run.input_std)
-    cotangent = gaussian(streams["cotangent"], torch_layout, run.dtype)
-    return stack, to_channels_last(x), to_channels_last(cotangent)
+    x = gaussian(seed_streams(run.seed)["inputs"], torch_layout, run.dtype) * run.dtype.type(run.input_std)
+    return stack, to_channels_last(x)
 
 
 def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
@@ -483,3 +490,164 @@ def theory_columns(run: ConvRun, layers) -> tuple[TheoryColumns, ...]:
         ) if parts_ways(measured, theory, spread)]
         columns.append(TheoryColumns(layer.preact_var, layer.grad_var, layer.chi, ",".join(off)))
     return tuple(columns)
+
+
+# -- jacobian --arch conv -------------------------------------------------------------------
+
+# One input's Jacobian ∂a_l/∂x is n×n with n = C·positions, and costs an n×n SVD per layer.
+# propagate's default geometry (16 channels over 16×16: n = 4096, jacobian.MAX_JACOBIAN_WIDTH)
+# would take many minutes, so where --channels or --spatial is not given a Jacobian run uses
+# 8 channels, or 8×8 positions: n = 512, a few seconds at the default depth.
+JACOBIAN_CHANNELS = 8
+JACOBIAN_SPATIAL = (8, 8)
+# the options that make a conv Jacobian run smaller, named when it does not fit in memory
+JACOBIAN_OPTIONS = ("--inputs", "--channels", "--spatial", "--depth")
+
+
+@dataclass(frozen=True)
+class ConvJacobianRun:
+    """A `jacobian --arch conv` call with every argument checked, as `jacobian.JacobianRun`:
+    `steps` progress steps (one per layer and input) and the params of the run."""
+
+    run: ConvRun
+    inputs: int
+    spectrum: bool
+
+    @property
+    def steps(self) -> int:
+        return self.inputs * self.run.depth
+
+    @property
+    def params(self) -> dict:
+        return {**self.run.params, "inputs": self.inputs, "spectrum": self.spectrum}
+
+    @property
+    def estimate(self) -> int:
+        return estimate_jacobian_bytes(self.run.shape, self.run.depth, self.inputs, self.run.batch, self.run.dtype,
+                                       spectrum=self.spectrum)
+
+
+def estimate_jacobian_bytes(shape: ConvShape, depth: int, inputs: int, batch: int, dtype, *,
+                            spectrum: bool = False) -> int:
+    """Peak memory of a conv Jacobian run, before anything is allocated: the kernels in their
+    dtype and in float64, the batch of inputs; three float64 tangent arrays of inputs·n·n
+    (the current one, a residual block's input, the next layer's), the padded copy the
+    correlation makes and one im2col chunk; one SVD's copy and workspace; with `spectrum`
+    every singular value."""
+    n = shape.channels * shape.positions
+    itemsize = np.dtype(dtype).itemsize
+    weights = depth * shape.channels * shape.fan * (itemsize + 8)
+    tangents = 3 * inputs * n * n * 8
+    padded = inputs * n * shape.channels * math.prod(size + shape.kernel - 1 for size in shape.spatial) * 8
+    im2col = min(_CHUNK_BYTES, inputs * n * shape.positions * shape.fan * 8) + shape.positions * shape.fan * 8
+    svd = 4 * n * n * 8 + 8 * n * 8
+    kept = depth * inputs * n * 8 if spectrum else 0
+    return weights + batch * n * itemsize + tangents + padded + im2col + svd + kept + _WORKSPACE
+
+
+def prepare_jacobian(scheme: str | Init = "he-normal", activation: str = "relu", *, inputs: int | None = None,
+                     spectrum: bool = False, **options) -> ConvJacobianRun:
+    """Check every argument of `jacobian --arch conv` (options: `prepare`'s; channels default
+    to 8 and spatial to 8×8 here, see JACOBIAN_CHANNELS) and refuse, before allocating, an
+    input wider than jacobian.MAX_JACOBIAN_WIDTH (C·positions values) or a run that does not
+    fit in memory. `inputs` defaults to min(8, batch)."""
+    from .jacobian import DEFAULT_INPUTS, MAX_JACOBIAN_WIDTH
+
+    options.setdefault("theory", False)
+    if options.get("channels") is None:
+        options["channels"] = JACOBIAN_CHANNELS
+    if options.get("spatial") is None:
+        options["spatial"] = JACOBIAN_SPATIAL
+    run = _checked_run(scheme, activation, **options)
+    if inputs is None:
+        inputs = min(DEFAULT_INPUTS, run.batch)
+    else:
+        inputs = _positive_int("inputs", inputs)
+        if inputs > run.batch:
+            raise InitcliError("inputs", f"must be at most --batch ({run.batch}), got {inputs}: the Jacobian is "
+                                         f"taken at the first --inputs of the batch's inputs")
+    shape = run.shape
+    n = shape.channels * shape.positions
+    if n > MAX_JACOBIAN_WIDTH:
+        raise InitcliError("channels", f"the conv Jacobian is taken over all {shape.channels} channels × "
+                                       f"{shape.positions} positions = {n} input values, one {n}×{n} SVD per layer "
+                                       f"and input; at most {MAX_JACOBIAN_WIDTH} are accepted: lower --channels "
+                                       f"or --spatial")
+    plan = ConvJacobianRun(run, inputs, bool(spectrum))
+    check_memory(plan.estimate, options=JACOBIAN_OPTIONS)
+    return plan
+
+
+def run_jacobian(plan: ConvJacobianRun, progress: Callable[[int], None] | None = None):
+    """Build the stack of a checked run and take its Jacobian spectrum at the first
+    `plan.inputs` inputs: a `jacobian.JacobianResult`, one row per conv layer. `progress(n)`
+    reports n more steps done, `plan.steps` in all. Float64, on one BLAS thread."""
+    from .jacobian import JacobianResult
+
+    with blas_threads_limited(1):
+        stack, x = _stack_and_inputs(plan.run)
+        layers, values = jacobian_spectrum(stack, plan.run.act, x[:plan.inputs], spectrum=plan.spectrum,
+                                           progress=progress)
+    return JacobianResult(plan.params, layers, values)
+
+
+def jacobian(scheme: str | Init = "he-normal", activation: str = "relu", *, inputs: int | None = None,
+             spectrum: bool = False, progress: Callable[[int], None] | None = None, **options):
+    """`jacobian.jacobian` for a conv stack: singular values of ∂a_l/∂x after every conv
+    layer, x the whole input example (C·positions values). See `prepare_jacobian`."""
+    return run_jacobian(prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options), progress)
+
+
+def jacobian_spectrum(stack: ConvStack, act: Activation, x: np.ndarray, *, spectrum: bool = False,
+                      progress: Callable[[int], None] | None = None):
+    """(JacobianStats per layer, every singular value or None) of ∂a_l/∂x at each example of a
+    channels-last x (m, *S, C), as `jacobian.jacobian_spectrum` gives them for an MLP.
+
+    Forward mode: the Jacobian of example i is carried as n = C·positions tangents, the
+    images of the input's n basis vectors, each an (*S, C) array like an activation, so all
+    m·n of them go through one `correlate` per layer as one batch: the kernel's correlation
+    without the bias, times that example's φ'(h), plus the block input's tangents at the end
+    of a residual block (scaled as the forward pass scales the branch). Then one SVD per
+    layer and example. Call it on one BLAS thread (`run_jacobian` does)."""
+    from .jacobian import _singular_values, _spectrum_stats
+
+    shape, arch = stack.shape, stack.arch
+    before, after = shape.pads
+    weights = tuple(w.astype(np.float64) for w in stack.weights)
+    biases = tuple(b.astype(np.float64) for b in stack.biases)
+    x = x.astype(np.float64)
+    m, example = x.shape[0], x.shape[1:]
+    n = math.prod(example)
+    tangents = np.zeros((m, n, n))  # (example, basis vector, output value): J_iᵀ, whose SVD is J_i's
+    tangents[:, np.arange(n), np.arange(n)] = 1.0
+    tangents = tangents.reshape((m, n) + example)
+    a = block_input = x
+    block_tangents = tangents
+    stats, values = [], []
+    with np.errstate(all="ignore"):  # overflow is reported as nan statistics, never a warning
+        for index, (w, b) in enumerate(zip(weights, biases), start=1):
+            if arch.opens_block(index):
+                block_input, block_tangents = a, tangents
+            h = correlate(a, w, before, after, shape.padding)
+            h += b
+            branch = act.fn(h)
+            # past an overflow the derivative means nothing (relu'(nan) = 0 would look clean)
+            deriv = np.where(np.isfinite(h), act.derivative(h, branch), np.nan)
+            through = correlate(tangents.reshape((m * n,) + example), w, before, after, shape.padding)
+            through = through.reshape((m, n) + example)
+            through *= deriv[:, None]
+            if arch.closes_block(index):
+                scale = arch.residual_scale
+                a = block_input + branch * scale
+                through *= scale
+                through += block_tangents
+                block_tangents = None
+            else:
+                a = branch
+            tangents = through
+            del h, through
+            layer_values = _singular_values(tangents.reshape(m, n, n).transpose(2, 0, 1), progress)
+            stats.append(_spectrum_stats(index, layer_values))
+            if spectrum:
+                values.append(layer_values)
+    return tuple(stats), (tuple(values) if spectrum else None)

@@ -54,6 +54,7 @@ class Scheme:
     name: str
     # "scaling", "fixed" (normal/uniform with --std/--mean or --limit/--low/--high), "zeros",
     # "constant", "trunc-normal", "sparse", "dirac", "orthogonal", "delta-orthogonal",
+    # "orthogonal-per-tap",
     # "identity", "lsuv"
     kind: str
     distribution: str = "normal"
@@ -114,6 +115,12 @@ SCHEMES: tuple[Scheme, ...] = (
            formula="centre tap orthogonal (out×in), every other tap 0; std = 1/√(max(out, in)·∏kernel)",
            designed_for="conv stacks (dynamical isometry)",
            reference="Xiao et al. 2018, Dynamical Isometry and a Mean Field Theory of CNNs"),
+    Scheme("orthogonal-per-tap", "orthogonal-per-tap", aliases=("per-tap-orthogonal",),
+           formula="every tap an independent orthogonal (out×in) times 1/√∏kernel; std = 1/√(max(out, in)·∏kernel) "
+                   "(σ_w² = 1 for C→C, but not isometric); a 2-D shape is one tap: orthogonal",
+           designed_for="conv stacks (variance-preserving, random over taps)",
+           reference="a variant of delta-orthogonal (Xiao et al. 2018) with every tap orthogonal, as "
+                     "orthogonal_ applied per kernel position"),
     Scheme("dirac", "dirac", formula="centre tap of W[g·out/groups + i, i] = 1 for i < min(out/groups, in) "
            "(--groups, default 1), every other entry 0; on a 2-D matrix, eye per group",
            designed_for="conv stacks (preserves the input channels)", reference="torch.nn.init.dirac_"),
@@ -509,7 +516,9 @@ class Init:
             cols = math.prod(shape) // rows
             # the min(rows, cols) orthonormal vectors have unit norm: mean square 1/max(rows, cols)
             return self.gain / math.sqrt(max(rows, cols))
-        if kind == "delta-orthogonal":
+        if kind in ("delta-orthogonal", "orthogonal-per-tap"):
+            # delta: one orthogonal tap of mean square 1/max(out, in) among ∏kernel taps; per tap:
+            # every tap orthogonal, scaled by 1/√taps. Either way fan_in·Var = in/max(out, in)
             taps = math.prod(shape[2:])
             return self.gain / math.sqrt(max(shape[0], shape[1]) * taps)
         if kind in ("identity", "dirac"):
@@ -548,6 +557,8 @@ class Init:
             return abs(self.expected_mean())
         if kind in ("orthogonal", "lsuv", "delta-orthogonal", "identity", "dirac"):
             return self.gain
+        if kind == "orthogonal-per-tap":  # orthogonal entries are within ±1, then / √taps
+            return self.gain / math.sqrt(math.prod(self._need_fans(shape)[2:]))
         if kind == "trunc-normal":
             return self.gain * max(abs(v) for v in self._bounds())
         if kind == "sparse":
@@ -605,7 +616,7 @@ class Init:
             rows = int(shape[0])
             kept = (rows - self._sparse_zeros(rows)) / rows
             return lambda w: _normal_pdf(w, 0.0, gain * self.std, kept)
-        if kind == "orthogonal":
+        if kind in ("orthogonal", "orthogonal-per-tap"):
             return lambda w: _normal_pdf(w, 0.0, std)
         mean = self.expected_mean(shape) if kind == "fixed" else 0.0
         if self.distribution == "normal":
@@ -635,6 +646,8 @@ class Init:
             centre = (slice(None), slice(None)) + tuple(d // 2 for d in shape[2:])
             weights[centre] = self.gain * _orthogonal(shape[:2], rng)
             return weights
+        if kind == "orthogonal-per-tap":
+            return (self.gain * _orthogonal_per_tap(shape, rng)).astype(dtype)
         if kind == "identity":
             if len(shape) != 2:
                 raise InitcliError("shape", f"identity needs a 2-D shape, got {shape}; "
@@ -743,6 +756,25 @@ def _orthogonal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     if rows < cols:
         q = q.T
     return q.reshape(shape)
+
+
+def _orthogonal_per_tap(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """An (out, in, *kernel) tensor whose every tap W[:, :, t] is an independent Haar
+    (semi-)orthogonal out×in matrix (as `_orthogonal` draws one), all divided by √taps so that
+    Σ_t W_tᵀW_t = I for out ≥ in: a C→C kernel has σ_w² = C·taps·Var(W) = 1. The conv it
+    makes is not an isometry (at spatial frequency ω it is Σ_t W_t·e^{iω·t}, not orthogonal)
+    but preserves the mean square, E[JᵀJ] = I. One tap (a 2-D shape) is `_orthogonal`'s draw."""
+    rows, cols = shape[0], shape[1]
+    taps = math.prod(shape[2:])
+    draw = gaussian(rng, (taps, rows, cols), np.float64)
+    if rows < cols:
+        draw = draw.swapaxes(1, 2)
+    q, r = np.linalg.qr(draw)  # one QR per tap, batched
+    q *= np.where(np.diagonal(r, axis1=1, axis2=2) < 0, -1.0, 1.0)[:, None, :]  # Haar (Mezzadri 2007)
+    if rows < cols:
+        q = q.swapaxes(1, 2)
+    q /= math.sqrt(taps)
+    return np.moveaxis(q, 0, -1).reshape(shape)
 
 
 def _dirac(shape: tuple[int, ...], groups: int, gain: float) -> np.ndarray:
@@ -891,7 +923,7 @@ _USES = {
     "fixed-uniform": ("limit", "low", "high", "distribution"), "trunc-normal": ("mean", "std", "low", "high"),
     "sparse": ("sparsity", "std"), "dirac": ("groups",),
     "scaling": ("mode", "distribution", "in_axis", "out_axis", "batch_axis"),
-    "orthogonal": (), "delta-orthogonal": (), "identity": (), "lsuv": (),
+    "orthogonal": (), "delta-orthogonal": (), "orthogonal-per-tap": (), "identity": (), "lsuv": (),
 }
 
 

@@ -247,6 +247,277 @@ def test_cli_refuses_what_does_not_apply(args):
     assert result.stderr.startswith("initcli: error: --")
 
 
-def test_cli_other_commands_refuse_conv():
-    result = CliRunner().invoke(app, ["compare", "--arch", "conv", "--depth", "2", "--format", "csv"], env=ENV)
+def test_cli_compare_and_jacobian_take_conv():
+    """compare judges conv stacks (width is the channels) and jacobian takes their spectrum;
+    commands that build Linear stacks only refuse --arch conv by name."""
+    import csv
+    import io
+
+    result = CliRunner().invoke(app, ["compare", "--arch", "conv", "--depth", "3", "--batch", "4", "--spatial", "8",
+                                      "--channels", "4", "--schemes", "zeros,he-normal", "--format", "csv"], env=ENV)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["scheme"] for row in rows] == ["zeros", "he-normal"]
+    assert {row["width"] for row in rows} == {"4"} and rows[0]["verdict"] == "no-signal"
+    result = CliRunner().invoke(app, ["jacobian", "--arch", "conv", "--depth", "2", "--spatial", "6",
+                                      "--channels", "2", "--format", "csv"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert [row["layer"] for row in csv.DictReader(io.StringIO(result.stdout))] == ["1", "2"]
+    result = CliRunner().invoke(app, ["coordcheck", "--arch", "conv"], env=ENV)
     assert result.exit_code == 2 and "--arch" in result.stderr
+
+
+# -- jacobian --arch conv -------------------------------------------------------------------
+
+
+def _torch_layer_outputs(stack, act_name):
+    """x ↦ (a_1, …, a_L) for one example in torch's (C, *spatial) layout, float64."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    dims = stack.shape.dims
+    conv_fn = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}[dims]
+    act = {"tanh": torch.tanh, "relu": torch.relu, "linear": lambda t: t}[act_name]
+    before, after = stack.shape.pads
+    ws = [torch.tensor(w, dtype=torch.float64) for w in stack.weights]
+    bs = [torch.tensor(b, dtype=torch.float64) for b in stack.biases]
+
+    def outputs(x):
+        a = block_input = x[None]
+        result = []
+        for index, (w, b) in enumerate(zip(ws, bs), start=1):
+            if stack.arch.opens_block(index):
+                block_input = a
+            if stack.shape.padding == "circular":
+                h = conv_fn(functional.pad(a, (before, after) * dims, mode="circular"), w, b)
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    h = conv_fn(a, w, b, padding="same")
+            a = block_input + stack.arch.residual_scale * act(h) if stack.arch.closes_block(index) else act(h)
+            result.append(a[0])
+        return tuple(result)
+
+    return torch, outputs
+
+
+JACOBIAN_CASES = [((5, 6), 3, "circular", "tanh", False), ((5, 6), 3, "zero", "relu", True),
+                  ((5, 4), 2, "zero", "tanh", False), ((13,), 5, "circular", "tanh", True),
+                  ((13,), 3, "zero", "tanh", False), ((3, 4, 3), 3, "circular", "relu", False)]
+
+
+@pytest.mark.parametrize(("spatial", "kernel", "padding", "act_name", "residual"), JACOBIAN_CASES)
+def test_conv_jacobian_singular_values_match_torch_autograd(spatial, kernel, padding, act_name, residual):
+    channels, depth = 3, 4
+    shape = conv.conv_shape(channels, spatial, kernel, padding)
+    arch = make_architecture(residual, 0.7 if residual else 1.0, 2 if residual else 1, None, None, depth)
+    stack = conv.build_conv_stack(make_init("xavier-normal", gain=1.3), shape, depth, bias_std=0.2, seed=2,
+                                  dtype="float64", arch=arch)
+    x = np.random.default_rng(5).normal(size=(2, channels) + spatial)
+    stats, values = conv.jacobian_spectrum(stack, get_activation(act_name), conv.to_channels_last(x), spectrum=True)
+    torch, outputs = _torch_layer_outputs(stack, act_name)
+    n = channels * math.prod(spatial)
+    # Both sides float64. Each Jacobian entry is a sum of at most C·k^d products per layer over
+    # depth layers, so the two differ entrywise by ~depth·C·k^d·eps·|J|; the n×n difference has
+    # norm ≤ n× that, a singular value moves by at most that norm (Weyl), and each SVD adds
+    # ~n·eps·σ_max. 10× both leaves room for the constants.
+    atol_factor = 10 * (depth * shape.fan * n + n) * EPS64
+    for i in range(len(x)):
+        jacobians = torch.autograd.functional.jacobian(outputs, torch.tensor(x[i]))
+        for layer, jac in enumerate(jacobians):
+            want = torch.linalg.svdvals(jac.reshape(n, n)).numpy()
+            np.testing.assert_allclose(values[layer][i], want, rtol=0, atol=atol_factor * want[0])
+    for layer, row in zip(stats, values):
+        assert layer.sv_max == pytest.approx(row[:, 0].mean(), rel=1e-14)
+        assert layer.sv_min == pytest.approx(row[:, -1].mean(), rel=1e-14)
+        assert layer.sv_mean_sq == pytest.approx(np.mean(row ** 2), rel=1e-13)
+
+
+@pytest.mark.parametrize("spatial", [(6, 6), (16,)])
+def test_delta_orthogonal_linear_conv_jacobian_is_isometric_and_gaussian_spreads(spatial):
+    depth, channels = 8, 8
+    n = channels * math.prod(spatial)
+    iso = conv.jacobian("delta-orthogonal", "linear", channels=channels, spatial=spatial, depth=depth, batch=2,
+                        dtype="float64", spectrum=True)
+    # delta-orthogonal (drawn in float64 with dtype float64): each layer is an orthogonal C×C map
+    # per position, exact to ~C·eps64; L of them to ~L·C·eps64, and the SVD adds ~n·eps64
+    tolerance = 4 * (depth * channels + n) * EPS64
+    for layer, values in zip(iso.layers, iso.singular_values):
+        assert np.abs(values - 1).max() <= tolerance
+        assert abs(layer.sv_condition - 1) <= 2 * tolerance
+    gaussian_run = conv.jacobian("xavier-normal", "linear", channels=channels, spatial=spatial, depth=depth,
+                                 batch=2, dtype="float64", spectrum=True)
+    # Same σ_w² = 1 (xavier on a square kernel): the mean square stays O(1) (mean field), but
+    # with circular padding the linear stack is block-circulant, its singular values the union
+    # over the P spatial frequencies of those of a product of L random C×C matrices. One C×C
+    # Gaussian matrix alone has condition number of order C (Edelman 1988: κ/n has the limit
+    # law P(κ/n < x) = exp(−2/x − 2/x²), so P(κ < 10) ≈ 6% at C = 8), and the Jacobian's is at
+    # least its worst frequency's: 100 to 2000 at layer 1 and beyond 1e5 at layer 8 over
+    # seeds 0–3, so > 10 at every layer holds with a wide margin. The σ² spread: Var(σ²) → L
+    # for a product of L square Gaussian maps (Fuss–Catalan moments, m2 = L + 1); at C = 8 it
+    # measured 3.6–6.6 at L = 8, against 0 (to rounding) for delta-orthogonal.
+    last = gaussian_run.layers[-1]
+    assert 0.1 < last.sv_mean_sq < 10
+    assert all(layer.sv_condition > 10 for layer in gaussian_run.layers)
+    assert last.sv_sq_var > 1  # delta-orthogonal: 0 to rounding
+
+
+def test_conv_jacobian_defaults_progress_and_params():
+    from initcli.threads import blas_threads
+
+    plan = conv.prepare_jacobian("he-normal", "relu", depth=3, batch=5)
+    # a Jacobian run's geometry defaults to 8 channels over 8×8 (propagate's 16 × 16×16 would
+    # be n = 4096 per input: minutes of SVDs)
+    assert (plan.run.shape.channels, plan.run.shape.spatial) == (conv.JACOBIAN_CHANNELS, conv.JACOBIAN_SPATIAL)
+    assert plan.inputs == 5 and plan.steps == 5 * 3
+    before = blas_threads()
+    seen = []
+    result = conv.jacobian("he-normal", "tanh", depth=3, channels=2, spatial=(4, 4), batch=10, inputs=3,
+                           progress=lambda n: seen.append((n, blas_threads())))
+    assert sum(n for n, _ in seen) == 3 * 3
+    if before is not None:
+        assert {threads for _, threads in seen} == {1} and blas_threads() == before
+    p = result.params
+    assert p | {"arch": "conv", "channels": 2, "spatial": [4, 4], "inputs": 3, "spectrum": False, "depth": 3} == p
+    assert len(result.layers) == 3 and result.singular_values is None and result.value_rows() == []
+    # the Jacobian is taken at the first inputs of the batch propagate draws from the seed
+    run = conv.prepare("he-normal", "tanh", depth=3, channels=2, spatial=(4, 4), batch=10)
+    stack, x, _ = conv.inputs(run)
+    again, _ = conv.jacobian_spectrum(stack, get_activation("tanh"), x[:3])
+    assert again == result.layers
+
+
+def test_conv_jacobian_results_do_not_depend_on_blas_threads():
+    from initcli.threads import blas_threads_limited
+
+    options = dict(depth=3, channels=4, spatial=(6, 6), batch=2, spectrum=True)
+    with blas_threads_limited(1):
+        one = conv.jacobian("xavier-normal", "tanh", **options)
+    other = conv.jacobian("xavier-normal", "tanh", **options)  # run_jacobian pins one thread itself
+    for a, b in zip(one.singular_values, other.singular_values):
+        assert np.array_equal(a, b)
+
+
+def test_conv_jacobian_overflow_is_nan_not_a_warning():
+    # |σ| grows ~1e30 a layer: past float64's range within a dozen layers
+    result = conv.jacobian("normal", "linear", std=1e30, depth=14, channels=2, spatial=4, batch=2, spectrum=True)
+    assert math.isfinite(result.layers[0].sv_max)
+    assert math.isnan(result.layers[-1].sv_max) and np.isnan(result.singular_values[-1]).all()
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"channels": 17, "spatial": (16, 16)}, "channels"), ({"inputs": 0}, "inputs"),
+    ({"inputs": 3, "batch": 2}, "inputs"), ({"width": 8}, "width"), ({"kernel": 9}, "kernel"),
+])
+def test_conv_jacobian_bad_options_are_refused_before_allocating(options, param):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InitcliError) as error:
+            conv.jacobian(**options)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.value.param == param and peak < 1 << 20
+    if param == "channels":  # one line naming both options that set the width
+        assert "--channels" in str(error.value) and "--spatial" in str(error.value)
+
+
+def test_conv_jacobian_memory_guard_names_its_options():
+    with pytest.raises(InitcliError, match="--inputs") as error:
+        conv.prepare_jacobian(channels=16, spatial=(16, 16), batch=10**6, inputs=10**6)
+    assert "GiB" in str(error.value)
+
+
+@pytest.mark.parametrize("options", [{"spatial": (9, 9)}, {"spatial": 80, "residual": True, "block": 2}], ids=str)
+def test_conv_jacobian_memory_estimate_covers_the_real_peak(options):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        # n = 324 or 320: the tangent arrays (8·n²·8 bytes, ~6.5 MiB) outweigh the fixed workspace
+        result = conv.jacobian("he-normal", "tanh", channels=4, depth=2, batch=16, inputs=8, spectrum=True,
+                               **options)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    p = result.params
+    shape = conv.conv_shape(p["channels"], p["spatial"], p["kernel"], p["padding"])
+    assert peak <= conv.estimate_jacobian_bytes(shape, p["depth"], p["inputs"], p["batch"], np.dtype(p["dtype"]),
+                                                spectrum=True)
+
+
+# -- orthogonal per tap in the conv engine ---------------------------------------------------
+
+
+def test_orthogonal_per_tap_runs_and_follows_the_mean_field_map():
+    """Per-tap orthogonal kernels are random (every tap a Haar draw), so mean-field applies with
+    σ_w² = C·k^d·Var(W) = gain²: its theory columns are filled, and the measured variances
+    follow them as the Gaussian schemes' do (tolerance as in the test above: each filter's norm
+    is even exact here, so only the inputs and the finite width move the measurement)."""
+    depth, channels, kernel, batch = 5, 32, 3, 32
+    gain = 1.2
+    result = propagate("orthogonal-per-tap", "tanh", arch="conv", gain=gain, depth=depth, channels=channels,
+                       spatial=(8, 8), kernel=kernel, batch=batch, bias_std=0.1, dtype="float64", seed=0)
+    assert result.params["scheme"] == "orthogonal-per-tap"
+    fan = channels * kernel * kernel
+    predicted = mean_field(get_activation("tanh"), [gain**2 / fan] * depth, [fan] * (depth + 1), bias_var=0.01)
+    assert predicted[0].preact_var == pytest.approx(gain**2 + 0.01)
+    sd = math.sqrt(2 / (channels * fan)) + math.sqrt(2 / (batch * 64 * channels))
+    for i, (layer, theory, column) in enumerate(zip(result.layers, predicted, result.theory), start=1):
+        assert column.theory_preact_var == pytest.approx(theory.preact_var, rel=1e-12)
+        assert column.theory_grad_var == pytest.approx(theory.grad_var, rel=1e-12)
+        assert layer.preact_var == pytest.approx(theory.preact_var, rel=5 * math.sqrt(i) * sd)
+        assert column.off_theory == ""
+
+
+def test_orthogonal_per_tap_linear_conv_is_not_isometric():
+    # every tap orthogonal, but their sum at a spatial frequency (Σ_t W_t e^{iω·t}/√taps) is not:
+    # the mean square of the singular values stays 1, their spread does not
+    result = conv.jacobian("orthogonal-per-tap", "linear", channels=8, spatial=(6, 6), depth=4, batch=1,
+                           dtype="float64", spectrum=True)
+    first = result.layers[0]
+    # E[σ²] = 1 exactly per frequency average: tr(JᵀJ)/n = Σ_t tr(W_tᵀW_t)/(taps·C) = 1
+    assert first.sv_mean_sq == pytest.approx(1.0, rel=1e-12)
+    assert all(layer.sv_condition > 10 for layer in result.layers)
+
+
+# -- the edge of chaos, 200 layers -------------------------------------------------------------
+
+
+def test_delta_orthogonal_tanh_conv_at_the_edge_of_chaos_keeps_its_gradient_variance():
+    """Issue 15's "done when" (Xiao et al. 2018). A critical point of tanh with small bias,
+    σ_b² = 1e-5: σ_w = critical_sigma_w ≈ 1.0196, q* ≈ 0.020, χ₁ = 1, where mean field
+    predicts a gradient variance that stays put over depth for any kernel with this σ_w².
+
+    The band: a Gaussian layer of fan_in n = C·k^d rescales a vector's squared norm by a
+    χ²_n/n factor, whose log has sd √(2/n); the band is 3 of those around mean field, i.e.
+    what a single layer's finite-width draw explains (0.61 in log at C = 16, k = 3). A
+    Gaussian stack takes L independent such factors, a random walk in log (measured over 20
+    seeds at these sizes: per-layer sd 0.18, sd 1.3 after 200 layers, max |log| over depth
+    1.1–4.8); a delta-orthogonal stack takes none, since Qᵀ preserves each position's
+    channel vector exactly and only tanh' (≈ 1 − h², h² ~ q* ≈ 0.02) varies (measured:
+    per-layer sd 0.0075, max |log| 0.04–0.28). Orthogonal-per-tap, random across taps, walks
+    like the Gaussian (max |log| 0.9–3.0)."""
+    from initcli.theory import chi_1, critical_sigma_w, fixed_point
+
+    act = get_activation("tanh")
+    bias_std = math.sqrt(1e-5)
+    sigma_w = critical_sigma_w(act, bias_std)
+    assert chi_1(act, sigma_w, fixed_point(act, sigma_w, bias_std)) == pytest.approx(1.0, abs=1e-9)
+    channels, kernel, depth = 16, 3, 200
+    band = 3 * math.sqrt(2 / (channels * kernel))
+
+    def drift(scheme, seed):
+        # gain σ_w: delta-orthogonal, orthogonal-per-tap and xavier-normal (on a square kernel,
+        # std = σ_w/√(C·k)) all have σ_w² = C·k·Var(W)
+        result = propagate(scheme, "tanh", arch="conv", gain=sigma_w, channels=channels, spatial=16, kernel=kernel,
+                           depth=depth, batch=4, bias_std=bias_std, dtype="float64", seed=seed)
+        measured = np.array([layer.grad_var for layer in result.layers])
+        predicted = np.array([column.theory_grad_var for column in result.theory])
+        return float(np.abs(np.log(measured / predicted)).max())
+
+    for seed in (0, 1):
+        assert drift("delta-orthogonal", seed) < band
+        assert drift("xavier-normal", seed) > band
+        assert drift("orthogonal-per-tap", seed) > band

@@ -590,3 +590,86 @@ def test_params_rebuild_the_same_init(name, kwargs):
     assert again.expected_std(shape) == init.expected_std(shape) and again.bound(shape) == init.bound(shape)
     rng = np.random.default_rng
     np.testing.assert_array_equal(again.sample(shape, rng(0)), init.sample(shape, rng(0)))
+
+
+# -- orthogonal per tap -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3, 3), (12, 5, 3), (5, 12, 2, 3), (8, 8, 3, 3, 3)])
+@pytest.mark.parametrize("gain", [1.0, 1.7])
+def test_orthogonal_per_tap_has_every_tap_orthogonal(shape, gain):
+    init = make_init("orthogonal-per-tap", gain=gain)
+    w = init.sample(shape, np.random.default_rng(0), np.float64)
+    assert w.shape == shape
+    taps = math.prod(shape[2:])
+    small = min(shape[:2])
+    # as test_orthogonal: Householder QR orthogonal to O(n·eps64), the Gram product adds n roundings
+    tolerance = 100 * max(shape[:2]) * np.finfo(np.float64).eps * gain**2
+    for tap in np.ndindex(*shape[2:]):
+        q = w[(slice(None), slice(None)) + tap]
+        gram = q.T @ q if shape[0] >= shape[1] else q @ q.T
+        np.testing.assert_allclose(gram, gain**2 / taps * np.eye(small), rtol=0, atol=tolerance / taps)
+    # the taps are independent draws, not one matrix repeated
+    first, last = (w.reshape(shape[0], shape[1], taps)[:, :, i] for i in (0, -1))
+    assert not np.allclose(first, last)
+    # the mean square is exact, not statistical: each tap's min(out, in) rows or columns have
+    # norm gain/√taps, so Σw² = gain²·min(out, in) and E[w²] = gain²/(max(out, in)·taps)
+    assert math.sqrt(np.mean(w**2)) == pytest.approx(init.expected_std(shape), rel=tolerance)
+    # σ_w² = fan_in·Var(W) = gain²·in/max(out, in): gain² for a square C→C kernel
+    fan_in = shape[1] * taps
+    assert fan_in * init.expected_std(shape) ** 2 == pytest.approx(gain**2 * shape[1] / max(shape[:2]), rel=1e-14)
+
+
+def test_orthogonal_per_tap_std_within_sampling_error_in_float32():
+    shape = (32, 32, 3, 3)
+    init = make_init("orthogonal-per-tap", gain=2.0)
+    w = init.sample(shape, np.random.default_rng(3))
+    assert w.dtype == np.float32
+    n = w.size
+    expected = init.expected_std(shape)
+    # the entries' rms is exact up to float32 rounding; the sample std subtracts the mean², whose
+    # size is Var/n, and rounding adds ~eps32: 3/√n bounds the mean's share with a wide margin
+    assert float(w.std()) == pytest.approx(expected, rel=3 / math.sqrt(n) + 10 * np.finfo(np.float32).eps)
+    assert abs(float(w.mean())) < 4 * expected / math.sqrt(n)
+    assert init.bound(shape) == pytest.approx(2.0 / 3.0) and np.abs(w).max() <= init.bound(shape) * (1 + 1e-6)
+
+
+def test_orthogonal_per_tap_on_a_matrix_is_orthogonal():
+    # a 2-D shape is a kernel with one tap: the same draw as `orthogonal` from the same stream
+    for shape in ((8, 5), (5, 8), (6, 6)):
+        a = make_init("orthogonal", gain=1.5).sample(shape, np.random.default_rng(4))
+        b = make_init("orthogonal-per-tap", gain=1.5).sample(shape, np.random.default_rng(4))
+        np.testing.assert_array_equal(a, b)
+
+
+def test_orthogonal_per_tap_is_listed_and_documented():
+    from initcli.schemes import scheme_table
+
+    assert "orthogonal-per-tap" in SCHEME_NAMES and get_scheme("per-tap-orthogonal").name == "orthogonal-per-tap"
+    row = next(r for r in scheme_table() if r["name"] == "orthogonal-per-tap")
+    assert row["formula"] and row["designed_for"] and row["reference"]
+    assert ignored_options("orthogonal-per-tap", mode="fan_in") == ["--mode"]
+    init = make_init("orthogonal-per-tap", gain=1.2)
+    again = init_from_params(init.params())
+    rng = np.random.default_rng
+    np.testing.assert_array_equal(again.sample((4, 4, 3), rng(0)), init.sample((4, 4, 3), rng(0)))
+    with pytest.raises(InitcliError) as info:
+        init.sample((10,), rng(0))
+    assert info.value.option == "--shape"
+
+
+def test_cli_samples_orthogonal_per_tap():
+    import csv
+    import io
+
+    from typer.testing import CliRunner
+
+    from initcli.cli import app
+
+    result = CliRunner().invoke(app, ["sample", "--scheme", "orthogonal-per-tap", "--shape", "16,16,3,3",
+                                      "--format", "csv"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader(io.StringIO(result.stdout)))
+    assert (row["fan_in"], row["fan_out"]) == ("144", "144")
+    assert float(row["expected_std"]) == pytest.approx(1 / 12)  # 1/√(16·9)
+    assert float(row["std"]) == pytest.approx(1 / 12, rel=3 / math.sqrt(16 * 16 * 9) + 1e-6)
