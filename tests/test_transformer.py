@@ -21,26 +21,19 @@ EPS64 = np.finfo(np.float64).eps
 _TORCH_ACT = {"relu": torch.relu, "tanh": torch.tanh, "gelu": lambda x: functional.gelu(x), "linear": lambda x: x}
 
 
-def _torch_forward(stack, act_name, x, cotangent):
-    """The same transformer written with torch ops (softmax, layer_norm, matmul, masked_fill),
-    differentiated by autograd: every sublayer output, the logits and probabilities, the MLP
-    hidden h, and the gradients of each (retain_grad), of the weights and of the input."""
-    shape = stack.shape
+def _torch_block(stream, p, shape, act_name):
+    """One block written with torch ops (softmax, layer_norm, matmul, masked_fill): (its
+    output, a record of the logits, probabilities, MLP hidden h and sublayer outputs, each
+    sublayer output keeping its gradient)."""
     d, heads = shape.width, shape.heads
-    dh = d // heads
-    act = _TORCH_ACT[act_name]
-    params = [{name: torch.tensor(getattr(block, name), requires_grad=True)
-               for name in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2")
-               if getattr(block, name) is not None} for block in stack.blocks]
-    xt = torch.tensor(x, requires_grad=True)
-    seen = []
-    stream = xt
+    dh, t = d // heads, stream.shape[1]
+    record = {}
 
     def ln(z):
         return functional.layer_norm(z, (d,), eps=1e-5)
 
-    def attn(u, p):
-        b, t, _ = u.shape
+    def attn(u):
+        b = u.shape[0]
         q = (u @ p["wq"].T + p["bq"]).reshape(b, t, heads, dh).transpose(1, 2)
         k = (u @ p["wk"].T + p["bk"]).reshape(b, t, heads, dh).transpose(1, 2)
         v = (u @ p["wv"].T + p["bv"]).reshape(b, t, heads, dh).transpose(1, 2)
@@ -49,38 +42,58 @@ def _torch_forward(stack, act_name, x, cotangent):
             logits = logits.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         out = (probs @ v).transpose(1, 2).reshape(b, t, d) @ p["wo"].T + p["bo"]
-        out.retain_grad()
-        return out, logits, probs
+        if out.requires_grad:
+            out.retain_grad()
+        record["logits"], record["probs"], record["attn"] = logits, probs, out
+        return out
 
-    def mlp(v, p):
+    def mlp(v):
         h = v @ p["w1"].T + p["b1"]
-        out = act(h) @ p["w2"].T + p["b2"]
-        out.retain_grad()
-        return out, h
+        out = _TORCH_ACT[act_name](h) @ p["w2"].T + p["b2"]
+        if out.requires_grad:
+            out.retain_grad()
+        record["h"], record["mlp"] = h, out
+        return out
 
     alpha = shape.residual_scale
-    for p in params:
-        record = {}
-        if shape.norm_position == "pre":
-            a, record["logits"], record["probs"] = attn(ln(stream), p)
-            mid = stream + alpha * a if shape.residual else a
-            if "w1" in p:
-                m, record["h"] = mlp(ln(mid), p)
-                out = mid + alpha * m if shape.residual else m
-            else:
-                m, out = None, mid
+    record["mlp"] = None
+    if shape.norm_position == "pre":
+        a = attn(ln(stream))
+        mid = stream + alpha * a if shape.residual else a
+        if "w1" in p:
+            m = mlp(ln(mid))
+            out = mid + alpha * m if shape.residual else m
         else:
-            a, record["logits"], record["probs"] = attn(stream, p)
-            mid = ln(stream + alpha * a if shape.residual else a)
-            if "w1" in p:
-                m, record["h"] = mlp(mid, p)
-                out = ln(mid + alpha * m if shape.residual else m)
-            else:
-                m, out = None, mid
+            out = mid
+    else:
+        a = attn(stream)
+        mid = ln(stream + alpha * a if shape.residual else a)
+        if "w1" in p:
+            m = mlp(mid)
+            out = ln(mid + alpha * m if shape.residual else m)
+        else:
+            out = mid
+    if out.requires_grad:
         out.retain_grad()
-        record |= {"attn": a, "mlp": m, "stream": out}
+    record["stream"] = out
+    return out, record
+
+
+def _torch_params(stack, requires_grad=False):
+    return [{name: torch.tensor(getattr(block, name), requires_grad=requires_grad)
+             for name in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2")
+             if getattr(block, name) is not None} for block in stack.blocks]
+
+
+def _torch_forward(stack, act_name, x, cotangent):
+    """The same transformer in torch, differentiated by autograd: every block's record (see
+    `_torch_block`) with gradients, the parameters' and the input's gradients."""
+    params = _torch_params(stack, requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    seen, stream = [], xt
+    for p in params:
+        stream, record = _torch_block(stream, p, stack.shape, act_name)
         seen.append(record)
-        stream = out
     (stream * torch.tensor(cotangent)).sum().backward()
     return params, xt, seen
 
@@ -321,42 +334,14 @@ def test_same_seed_same_bytes_and_depth_prefix():
 
 
 def _torch_blocks(stack, act_name):
-    """x (T, D) → every block's output, written with torch ops as `_torch_forward` does."""
-    shape = stack.shape
+    """x (T, D) → every block's output, through `_torch_block`."""
+    params = _torch_params(stack)
 
     def run(x):
-        outputs = []
-        stream = x[None]
-        for block in stack.blocks:
-            p = {name: torch.tensor(getattr(block, name)) for name in
-                 ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2")
-                 if getattr(block, name) is not None}
-            d, heads = shape.width, shape.heads
-            dh, t = d // heads, stream.shape[1]
-
-            def attn(u):
-                q = (u @ p["wq"].T + p["bq"]).reshape(1, t, heads, dh).transpose(1, 2)
-                k = (u @ p["wk"].T + p["bk"]).reshape(1, t, heads, dh).transpose(1, 2)
-                v = (u @ p["wv"].T + p["bv"]).reshape(1, t, heads, dh).transpose(1, 2)
-                logits = (q @ k.transpose(-1, -2)) * shape.scale
-                if shape.causal:
-                    logits = logits.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
-                return (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(1, t, d) @ p["wo"].T + p["bo"]
-
-            def ln(z):
-                return functional.layer_norm(z, (d,), eps=1e-5)
-
-            def mlp(v):
-                return _TORCH_ACT[act_name](v @ p["w1"].T + p["b1"]) @ p["w2"].T + p["b2"]
-
-            if shape.norm_position == "pre":
-                mid = stream + attn(ln(stream)) if shape.residual else attn(ln(stream))
-                out = (mid + mlp(ln(mid)) if shape.residual else mlp(ln(mid))) if "w1" in p else mid
-            else:
-                mid = ln(stream + attn(stream) if shape.residual else attn(stream))
-                out = (ln(mid + mlp(mid) if shape.residual else mlp(mid))) if "w1" in p else mid
-            outputs.append(out[0])
-            stream = out
+        outputs, stream = [], x[None]
+        for p in params:
+            stream, _ = _torch_block(stream, p, stack.shape, act_name)
+            outputs.append(stream[0])
         return tuple(outputs)
     return run
 

@@ -92,9 +92,6 @@ class StackOptions:
                 "dtype": self.dtype, "seed": self.seed}
 
 
-ARCHS = ("mlp", "conv", "transformer")
-
-
 @_group
 class ArchOptions:
     """How the layers connect."""
@@ -125,9 +122,11 @@ class ArchOptions:
     kernel: Annotated[Optional[int], typer.Option(
         help="conv: kernel size k along each spatial axis (default 3); fans count C·k^d as `sample --shape` "
              "does.")] = None
-    channels: Annotated[Optional[int], typer.Option(help="conv: channels of every layer (default 16).")] = None
+    channels: Annotated[Optional[int], typer.Option(
+        help="conv: channels of every layer (default 16; 8 for jacobian and train).")] = None
     spatial: Annotated[Optional[str], typer.Option(
-        help="conv: the input's size, one to three axes, e.g. 32 (1-D) or 16,16 (2-D; the default).")] = None
+        help="conv: the input's size, one to three axes, e.g. 32 (1-D) or 16,16 (2-D; the default; 8,8 for "
+             "jacobian, 16 for train).")] = None
     padding: Annotated[Optional[str], typer.Option(
         help="conv: circular (the default; Xiao et al. 2018, where the mean-field theory holds) or zero.")] = None
     heads: Annotated[Optional[int], typer.Option(
@@ -148,13 +147,9 @@ class ArchOptions:
     @property
     def kind(self) -> str:
         """'mlp', 'conv' or 'transformer'."""
-        name = str(self.architecture).strip().lower()
-        if name not in ARCHS:
-            from ..errors import suggest
+        from ..propagation import check_arch
 
-            raise InitcliError("arch", f"unknown architecture '{self.architecture}'{suggest(name, list(ARCHS))}; "
-                                       f"choose from {', '.join(ARCHS)}")
-        return name
+        return check_arch(self.architecture)
 
     @property
     def conv(self) -> bool:

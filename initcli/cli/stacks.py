@@ -257,8 +257,8 @@ def compare(
     max(10, exp(3·sqrt(5·sum 1/n))): the finite-width spread), stable. Every run uses one BLAS
     thread, so the numbers do not depend on --jobs.
     """
-    from ..compare import run_plan
     from ..compare import plan as plan_compare
+    from ..compare import run_plan
     from ..render import MIN_DECADES, log_sparkline, print_table
 
     fmt = output_format(out.fmt)
