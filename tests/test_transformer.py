@@ -371,3 +371,86 @@ def test_jacobian_refuses_sequences_past_the_width_limit():
     with pytest.raises(InitcliError) as error:
         transformer.prepare_jacobian("xavier-normal", "gelu", width=256, seq_len=32)
     assert error.value.param == "seq_len"
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from initcli.cli import app
+
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def test_cli_propagate_writes_the_issue_columns():
+    import csv
+    import io
+
+    result = _cli("propagate", "--arch", "transformer", "--depth", "2", "--batch", "4", "--width", "16",
+                  "--seq-len", "4", "--causal", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["layer"], row["sublayer"]) for row in rows] == [
+        ("1", "attn"), ("1", "mlp"), ("1", "stream"), ("2", "attn"), ("2", "mlp"), ("2", "stream")]
+    for column in ("token_cosine", "attn_entropy", "attn_max", "theory_preact_var", "grad_var"):
+        assert column in rows[0]
+    assert rows[2]["attn_entropy"] == "" and rows[0]["attn_entropy"] != ""
+    no_mlp = _cli("propagate", "--arch", "transformer", "--depth", "1", "--batch", "2", "--mlp-ratio", "0",
+                  "--no-residual", "--norm-position", "post", "--format", "json")
+    assert no_mlp.exit_code == 0, no_mlp.output
+    import json
+
+    doc = json.loads(no_mlp.stdout)
+    assert [row["sublayer"] for row in doc["rows"]] == ["attn", "stream"]
+    assert doc["params"]["residual"] is False and doc["params"]["norm_position"] == "post"
+
+
+def test_cli_propagate_plots_by_block():
+    result = _cli("propagate", "--arch", "transformer", "--depth", "3", "--batch", "4", "--width", "16",
+                  "--seq-len", "4", "--format", "csv", "--plot")
+    assert result.exit_code == 0, result.output
+    assert "stream act_var" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "param"), [
+    (["propagate", "--heads", "2"], "--heads"),
+    (["propagate", "--causal"], "--causal"),
+    (["propagate", "--arch", "conv", "--seq-len", "4"], "--seq-len"),
+    (["propagate", "--arch", "transformer", "--channels", "4"], "--channels"),
+    (["propagate", "--arch", "transformer", "--norm", "layer"], "--norm"),
+    (["propagate", "--arch", "transformer", "--block", "2"], "--block"),
+    (["propagate", "--arch", "transformer", "--residual-init", "gpt2"], "--residual-init"),
+    (["propagate", "--arch", "transformer", "--param", "ntk"], "--param"),
+    (["propagate", "--arch", "transformer", "--sizes", "4,4"], "--sizes"),
+    (["propagate", "--arch", "transformer", "--checkpoint"], "--checkpoint"),
+    (["propagate", "--arch", "transformer", "--no-residual", "--residual-scale", "0.5"], "--residual-scale"),
+    (["propagate", "--arch", "transfomer"], "--arch"),
+    (["coordcheck", "--arch", "transformer"], "--arch"),
+    (["jacobian", "--arch", "transformer", "--width", "512", "--seq-len", "64"], "--seq-len"),
+])
+def test_cli_refuses_what_does_not_apply(args, param):
+    result = _cli(*args, "--format", "csv")
+    assert result.exit_code == 2, result.output
+    assert param in result.stderr and "Traceback" not in result.output
+
+
+def test_cli_compare_judges_transformers():
+    import csv
+    import io
+
+    result = _cli("compare", "--arch", "transformer", "--schemes", "zeros,constant,xavier-normal", "-a", "gelu",
+                  "--depth", "3", "--batch", "8", "--width", "16", "--seq-len", "8", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = {row["scheme"]: row for row in csv.DictReader(io.StringIO(result.stdout))}
+    assert rows["zeros"]["verdict"] == "no-signal"
+    assert rows["constant"]["verdict"] == "symmetric"
+    assert rows["xavier-normal"]["verdict"] == "stable"
+    assert "last_token_cosine" in rows["zeros"] and rows["zeros"]["width"] == "16"
+    collapsed = _cli("compare", "--arch", "transformer", "--schemes", "xavier-uniform", "--no-residual",
+                     "--mlp-ratio", "0", "--depth", "6", "--batch", "8", "--format", "csv")
+    assert next(csv.DictReader(io.StringIO(collapsed.stdout)))["verdict"] == "rank-collapse"
+    peaked = _cli("compare", "--arch", "transformer", "--schemes", "normal", "--std", "1", "--depth", "2",
+                  "--batch", "8", "--format", "csv")
+    assert next(csv.DictReader(io.StringIO(peaked.stdout)))["verdict"] == "entropy-collapse"

@@ -29,6 +29,7 @@ from .options import (
     widths_text,
     write_machine,
 )
+from .stacks import _shape_text
 
 
 @command(app, "train")
@@ -36,24 +37,31 @@ def train_command(
     init: InitOptions,
     arch: ArchOptions,
     out: OutputOptions,
-    task: Annotated[str, typer.Option(help="xor, moons, circles, spiral or regression (generated, no download).")] = (
-        "spiral"),
+    task: Annotated[Optional[str], typer.Option(
+        help="xor, moons, circles, spiral (the default) or regression for the MLP; waves with --arch conv; first "
+             "with --arch transformer (generated, no download).")] = None,
     schemes: Annotated[str, typer.Option(help="Comma list of schemes to train from.")] = (
         "zeros,constant,normal,xavier-normal,he-normal"),
     activation: Activation = "relu",
-    depth: Annotated[Optional[int], typer.Option(help="Hidden layers (default 4).")] = None,
-    width: Annotated[Optional[int], typer.Option(help="Units per hidden layer (default 64).")] = None,
+    depth: Annotated[Optional[int], typer.Option(
+        help="Hidden layers (default 4), conv layers (default 4) or transformer blocks (default 4).")] = None,
+    width: Annotated[Optional[int], typer.Option(
+        help="Units per hidden layer (default 64), or a transformer's width (default 32).")] = None,
     sizes: Annotated[Optional[str], typer.Option(
         help="Hidden widths, e.g. 64,64,32; the task fixes the input and output sizes.")] = None,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.1,
-    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 300,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help="sgd or adam (default: sgd, adam with --arch transformer).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 0.1 for sgd, 0.001 for adam).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Passes over the data (default 300; 100 with --arch conv or transformer).")] = None,
     batch: Annotated[int, typer.Option(help="Mini-batch size; 0, or any size ≥ --samples, is full batch.")] = 128,
     target: Annotated[float, typer.Option(help="Accuracy (R² for regression) that counts as learned, in (0, 1].")] = (
         0.9),
     samples: Annotated[int, typer.Option(
         help="Size of the generated data set: at least 2, and at least one per class.")] = 512,
-    classes: Annotated[Optional[int], typer.Option(help="Spiral arms (default 3).")] = None,
+    classes: Annotated[Optional[int], typer.Option(
+        help="Spiral arms (default 3); waves: frequency bands (default 2); first: the vocabulary (default "
+             "4).")] = None,
     noise: Annotated[Optional[float], typer.Option(
         help="Noise std of the task (each has a default), at most 2**52 ≈ 4.5e15.")] = None,
     curves: Annotated[bool, typer.Option(help="Print per-epoch rows scheme, epoch, loss and the metric instead.")] = (
@@ -62,7 +70,12 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seeds weights, biases, data and batch order (separate streams).")] = 0,
     jobs: Jobs = None,
 ) -> None:
-    """Train the same MLP from each scheme on the same data and seed: does it learn, and how fast?
+    """Train the same network from each scheme on the same data and seed: does it learn, and how fast?
+
+    The network is an MLP, or with --arch conv a conv stack on the waves task (a plane wave's
+    frequency band), with --arch transformer a transformer on the first task (name the
+    sequence's first token, which attention must carry to the pooled read-out), each read
+    out by a linear layer from the mean over positions or tokens.
 
     Columns: final_loss, the final and best score (final_accuracy/best_accuracy for
     classification, final_r2/best_r2 for regression), epochs_to_target (first epoch at
@@ -81,18 +94,28 @@ def train_command(
         from ..errors import InitcliError
 
         raise InitcliError("bias_std", "does not apply to train: its layers start with zero bias")
-    with progress(len(names) * max(epochs, 0), "training") as advance:
-        result = train(
-            names, activation, task=task, samples=samples, classes=classes, noise=noise,
-            sizes=None if sizes is None else parse_int_list(sizes, "sizes"), depth=depth, width=width,
-            optimizer=optimizer, lr=lr, epochs=epochs, batch=None if batch == 0 else batch, target=target,
-            seed=seed, dtype=dtype, jobs=jobs, progress=advance, **arch.domain(), **init.scheme_options(),
-        )
+    if arch.kind != "mlp":
+        result = _train_blocks(names, activation, init, arch, task=task, samples=samples, classes=classes,
+                               noise=noise, depth=depth, width=width, sizes=sizes, optimizer=optimizer, lr=lr,
+                               epochs=epochs, batch=batch, target=target, seed=seed, dtype=dtype, jobs=jobs)
+    else:
+        epochs = 300 if epochs is None else epochs
+        optimizer = "sgd" if optimizer is None else optimizer
+        lr = (0.001 if optimizer.strip().lower() == "adam" else 0.1) if lr is None else lr
+        with progress(len(names) * max(epochs, 0), "training") as advance:
+            result = train(
+                names, activation, task="spiral" if task is None else task, samples=samples, classes=classes,
+                noise=noise, sizes=None if sizes is None else parse_int_list(sizes, "sizes"), depth=depth,
+                width=width, optimizer=optimizer, lr=lr, epochs=epochs, batch=None if batch == 0 else batch,
+                target=target, seed=seed, dtype=dtype, jobs=jobs, progress=advance, **arch.domain(),
+                **init.scheme_options(),
+            )
     warn_ignored(names, init)
     rows, columns = (result.curve_rows(), result.curve_columns) if curves else (result.rows(), result.columns)
     if fmt == "table":
         p = result.params
-        title = (f"{p['task']} · {p['activation']} · hidden {widths_text(p['hidden_sizes'])} · "
+        network = (f"hidden {widths_text(p['hidden_sizes'])}" if "hidden_sizes" in p else _shape_text(p))
+        title = (f"{p['task']} · {p['activation']} · {network} · "
                  f"{p['optimizer']} lr {p['lr']:g} · {p['epochs']} epochs · seed {p['seed']}")
         say_hidden(print_table(rows, columns, title=title, console=stdout_console(), cell_style=_train_style,
                                none_text={"epochs_to_target": "never"}))
@@ -114,6 +137,29 @@ def train_command(
                  "title": "loss"},
                 {"series": curve_series(curve, metric), "xlabel": "epoch", "ylabel": metric, "log": False,
                  "title": metric}], title=title, force=out.force, dpi=out.dpi)
+
+
+def _train_blocks(names, activation, init: InitOptions, arch: ArchOptions, *, task, samples, classes, noise, depth,
+                  width, sizes, optimizer, lr, epochs, batch, target, seed, dtype, jobs):
+    """`train --arch conv|transformer` (`initcli.blocktraining`)."""
+    from ..blocktraining import train as train_blocks
+    from ..errors import InitcliError
+
+    kind = arch.kind
+    if sizes is not None:
+        raise InitcliError("sizes", f"does not apply with --arch {kind}: use --depth"
+                                    + (" and --width" if kind == "transformer" else ", --channels and --spatial"))
+    if width is not None and kind == "conv":
+        raise InitcliError("width", "does not apply with --arch conv: its layers have --channels channels")
+    engine_options = arch.engine_domain()
+    engine_options.pop("arch")
+    engine_options |= {"depth": depth} | ({"width": width} if kind == "transformer" else {})
+    epochs = 100 if epochs is None else epochs
+    with progress(len(names) * max(epochs, 0), "training") as advance:
+        return train_blocks(kind, names, activation, task=task, samples=samples, classes=classes, noise=noise,
+                            optimizer=optimizer, lr=lr, epochs=epochs, batch=None if batch == 0 else batch,
+                            target=target, seed=seed, dtype=dtype, jobs=jobs, progress=advance,
+                            engine_options=engine_options, **init.scheme_options())
 
 
 def _train_style(column: str, value) -> str | None:

@@ -1,0 +1,350 @@
+"""`train --arch conv` and `train --arch transformer`: does this init learn, with convolutions
+or attention? The same experiment as `initcli.training` (same optimizers, loss, score, rows and
+curves), on generated tasks made for each architecture:
+
+- waves (conv): each example is a plane wave sin(2π·k·x_a/S_a + φ) along a random spatial
+  axis a, with a random phase φ, on every channel, plus independent N(0, noise²) per channel
+  and position (default noise 1). The class is the frequency band: class c has k ∈ {2c+1, 2c+2}
+  cycles across the input. With circular padding the wave wraps exactly. Telling bands apart
+  needs the convolutions to compare neighbouring positions: a global mean of the input is 0.
+- first (transformer): sequences of T tokens drawn uniformly from a vocabulary of `classes`
+  (default 4); the class is the first token. Each token is a fixed random vector E[v] plus a
+  fixed random position vector P[t] (both N(0, 1), drawn from the seed, (E + P)/√2), plus
+  N(0, noise²) (default 0). The read-out sees the mean over tokens, so it must be attention
+  that carries position 0's token to the others: a stack whose tokens have collapsed to one
+  direction (rank collapse) cannot learn it.
+
+The network is the engine's stack (`initcli.conv` or `initcli.transformer`), a mean over
+positions or tokens (after a final LayerNorm for pre-LN transformers, as GPT-2's), and a
+linear read-out drawn with the scheme from its own stream. Biases start at 0. Every run is
+on one BLAS thread, so results do not depend on --jobs or the machine's thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checks import _positive_int, check_dtype, check_memory, check_seed
+from .engine import seed_streams
+from .errors import InitcliError, suggest
+from .parallel import check_jobs, run_all
+from .stats import effective_rank
+from .threads import blas_threads_limited
+from .training import (
+    MAX_EPOCHS,
+    OPTIMIZERS,
+    Task,
+    TrainResult,
+    TrainRow,
+    TrainRun,
+    _loss_and_grad,
+    _number_in,
+    _Optimizer,
+    check_noise,
+    check_samples,
+)
+
+TASKS = {"conv": ("waves",), "transformer": ("first",)}
+DEFAULT_TASK = {"conv": "waves", "transformer": "first"}
+DEFAULT_NOISE = {"waves": 1.0, "first": 0.0}
+DEFAULT_CLASSES = {"waves": 2, "first": 4}
+# train's own smaller defaults: a few seconds per scheme on one core (propagate's are larger)
+TRAIN_DEFAULTS = {"conv": {"depth": 4, "channels": 8, "spatial": (16,)},
+                  "transformer": {"depth": 4, "width": 32, "seq_len": 8, "mlp_ratio": 2.0}}
+_READOUT_STREAM = 0x7EAD  # the read-out's own generator: SeedSequence([seed, this])
+
+
+# -- tasks ----------------------------------------------------------------------------------
+
+
+def check_block_task(kind: str, name: str | None, classes: int | None, noise: float | None
+                     ) -> tuple[str, int, float]:
+    key = DEFAULT_TASK[kind] if name is None else str(name).strip().lower()
+    if key not in TASKS[kind]:
+        raise InitcliError("task", f"'{name}' is not a task for --arch {kind}{suggest(key, list(TASKS[kind]))}; "
+                                   f"choose from {', '.join(TASKS[kind])}")
+    classes = DEFAULT_CLASSES[key] if classes is None else classes
+    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 2 <= classes <= 1024:
+        raise InitcliError("classes", f"must be an integer from 2 to 1024, got {classes!r}")
+    noise = check_noise(noise)
+    return key, int(classes), DEFAULT_NOISE[key] if noise is None else noise
+
+
+def check_waves(spatial: Sequence[int], classes: int) -> None:
+    """The top band's 2·classes cycles must stay below the Nyquist limit S/2 on every axis."""
+    highest = 2 * classes
+    if 2 * highest >= min(spatial):
+        raise InitcliError("classes", f"{classes} bands need up to {highest} cycles, more than --spatial "
+                                      f"{min(spatial)} positions can hold (Nyquist: fewer than S/2); use fewer "
+                                      f"classes or a larger --spatial")
+
+
+def make_waves(samples: int, spatial: Sequence[int], channels: int, classes: int, noise: float,
+               rng: np.random.Generator) -> Task:
+    """The waves task: x (samples, *spatial, channels), channels-last, float64."""
+    check_waves(spatial, classes)
+    y = rng.integers(0, classes, samples)
+    cycles = 2 * y + 1 + rng.integers(0, 2, samples)
+    axis = rng.integers(0, len(spatial), samples)
+    phase = rng.uniform(0, 2 * math.pi, samples)
+    x = np.empty((samples, *spatial, channels))
+    grids = np.meshgrid(*[np.arange(n) / n for n in spatial], indexing="ij")
+    for i in range(samples):
+        wave = math.sqrt(2) * np.sin(2 * math.pi * cycles[i] * grids[axis[i]] + phase[i])  # unit variance
+        x[i] = wave[..., None]
+    x += noise * rng.standard_normal(x.shape)
+    x /= math.sqrt(1 + noise * noise)
+    return Task("waves", x, y, classes)
+
+
+def make_first(samples: int, seq_len: int, width: int, classes: int, noise: float,
+               rng: np.random.Generator) -> Task:
+    """The first-token task: x (samples, T, D), float64."""
+    if seq_len < 2:
+        raise InitcliError("seq_len", "the first task needs at least 2 tokens: the first and one to pool with")
+    tokens = rng.integers(0, classes, (samples, seq_len))
+    embedding = rng.standard_normal((classes, width))
+    positions = rng.standard_normal((seq_len, width))
+    x = (embedding[tokens] + positions) / math.sqrt(2)
+    x += noise * rng.standard_normal(x.shape)
+    return Task("first", x, tokens[:, 0].copy(), classes)
+
+
+# -- the network ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockNetwork:
+    """The engine's stack, a mean over positions or tokens, and the read-out."""
+
+    kind: str
+    body: object  # conv.ConvStack or transformer.TransformerStack
+    act: object
+    readout: np.ndarray  # (classes, features)
+    readout_bias: np.ndarray
+
+    @property
+    def final_norm(self) -> bool:
+        return self.kind == "transformer" and self.body.shape.norm_position == "pre"
+
+    @property
+    def parameters(self) -> list[np.ndarray]:
+        if self.kind == "conv":
+            body = [*self.body.weights, *self.body.biases]
+        else:
+            body = [getattr(block, name) for block in self.body.blocks for name in _BLOCK_PARAMS
+                    if getattr(block, name) is not None]
+        return [*body, self.readout, self.readout_bias]
+
+
+_BLOCK_PARAMS = ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2")
+
+
+def _forward(network: BlockNetwork, x: np.ndarray):
+    """(trace, what the pooling read, the final LayerNorm's cache or None, logits)."""
+    if network.kind == "conv":
+        from . import conv
+
+        trace = conv.forward(network.body, network.act, x)
+        out = trace.acts[-1]
+    else:
+        from . import transformer
+
+        trace = transformer.forward(network.body, network.act, x)
+        out = trace[-1].out
+    norm = None
+    if network.final_norm:
+        from .transformer import layer_norm
+
+        out, inv_std = layer_norm(out)
+        norm = (out, inv_std)
+    pooled = out.mean(axis=tuple(range(1, out.ndim - 1)))
+    logits = pooled @ network.readout.T + network.readout_bias
+    return trace, pooled, norm, logits
+
+
+def gradients(network: BlockNetwork, task: Task, rows: np.ndarray) -> tuple[float, float, list[np.ndarray]]:
+    """(loss, score, gradients in the order of `network.parameters`) on the samples `rows`."""
+    x = task.x[rows].astype(network.readout.dtype)
+    trace, pooled, norm, logits = _forward(network, x)
+    loss, score, grad = _loss_and_grad(task, logits.astype(np.float64), rows)
+    grad = grad.astype(logits.dtype)
+    d_readout, d_bias = grad.T @ pooled, grad.sum(axis=0)
+    d_pooled = grad @ network.readout
+    positions = math.prod(x.shape[1:-1])
+    d_out = np.broadcast_to((d_pooled / d_pooled.dtype.type(positions)).reshape(
+        (len(rows),) + (1,) * (x.ndim - 2) + (d_pooled.shape[-1],)), x.shape[:-1] + (d_pooled.shape[-1],)).copy()
+    if norm is not None:
+        from .transformer import layer_norm_backward
+
+        d_out = layer_norm_backward(d_out, *norm)
+    if network.kind == "conv":
+        from . import conv
+
+        grads, _ = conv.backward(network.body, trace, d_out)
+        body = [w for w, _ in grads] + [b for _, b in grads]
+    else:
+        from . import transformer
+
+        grads, _ = transformer.backward(network.body, trace, d_out)
+        body = [g[name] for g, block in zip(grads, network.body.blocks) for name in _BLOCK_PARAMS
+                if getattr(block, name) is not None]
+    return loss, score, [*body, d_readout, d_bias]
+
+
+def _evaluate(network: BlockNetwork, task: Task) -> tuple[float, float, np.ndarray]:
+    _, pooled, _, logits = _forward(network, task.x.astype(network.readout.dtype))
+    loss, score, _ = _loss_and_grad(task, logits.astype(np.float64), np.arange(len(task.x)))
+    return loss, score, pooled
+
+
+def build_network(kind: str, init, act, run, classes: int, seed: int) -> BlockNetwork:
+    """The engine's stack from the seed (as propagate draws it, biases 0) and the read-out."""
+    dtype = run.dtype
+    if kind == "conv":
+        from .conv import build_conv_stack
+
+        body = build_conv_stack(init, run.shape, run.depth, seed=seed, dtype=dtype, arch=run.arch)
+        features = run.shape.channels
+    else:
+        from .transformer import build_transformer
+
+        body = build_transformer(init, run.shape, run.depth, seed=seed, dtype=dtype)
+        features = run.shape.width
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _READOUT_STREAM]))
+    readout = init.sample((classes, features), rng, dtype)
+    return BlockNetwork(kind, body, act, readout, np.zeros(classes, dtype=dtype))
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+def train_block_one(*, kind: str, scheme: str, activation: str, task: str, samples: int, classes: int,
+                    noise: float, engine_options: dict, optimizer: str, lr: float, epochs: int, batch: int,
+                    target: float, seed: int, init_options: dict,
+                    progress: Callable[[int], None] | None = None) -> TrainRun:
+    """Train one scheme; deterministic for a seed (data, weights and batch order), on one
+    BLAS thread. `progress(n)` after every epoch."""
+    with blas_threads_limited(1):
+        return _train_block_one(kind, scheme, activation, task, samples, classes, noise, engine_options, optimizer,
+                                lr, epochs, batch, target, seed, init_options, progress)
+
+
+def _prepare(kind: str, scheme: str, activation: str, engine_options: dict, init_options: dict):
+    if kind == "conv":
+        from .conv import prepare
+    else:
+        from .transformer import prepare
+    return prepare(scheme, activation, theory=False, **engine_options, **init_options)
+
+
+def _make_task(kind, task, samples, classes, noise, run, rng) -> Task:
+    if kind == "conv":
+        return make_waves(samples, run.shape.spatial, run.shape.channels, classes, noise, rng)
+    return make_first(samples, run.shape.seq_len, run.shape.width, classes, noise, rng)
+
+
+def _train_block_one(kind, scheme, activation, task, samples, classes, noise, engine_options, optimizer, lr, epochs,
+                     batch, target, seed, init_options, progress) -> TrainRun:
+    started = time.perf_counter()
+    run = _prepare(kind, scheme, activation, engine_options, init_options)
+    streams = seed_streams(seed)
+    data = _make_task(kind, task, samples, classes, noise, run, streams["inputs"])
+    network = build_network(kind, run.init, run.act, run, classes, seed)
+    params = network.parameters
+    opt = _Optimizer(optimizer, lr, params)
+    curve: list[tuple[float, float]] = []
+    diverged = False
+    with np.errstate(all="ignore"):  # overflow is a result here: the run diverged
+        for epoch in range(epochs):
+            order = streams["order"].permutation(samples) if batch < samples else np.arange(samples)
+            for start in range(0, samples, batch):
+                loss, _, grads = gradients(network, data, order[start:start + batch])
+                if not math.isfinite(loss):
+                    diverged = True
+                    break
+                opt.step(params, grads)
+            loss, score, features = _evaluate(network, data)
+            diverged = diverged or not math.isfinite(loss)
+            curve.append((loss, score))
+            if progress is not None:
+                progress(1)
+            if diverged:
+                curve.extend([(math.nan, math.nan)] * (epochs - epoch - 1))
+                if progress is not None and epoch + 1 < epochs:
+                    progress(epochs - epoch - 1)
+                break
+        rank = effective_rank(features, max_inputs=None)
+    scores = [score for _, score in curve if math.isfinite(score)]
+    reached = next((i + 1 for i, (_, score) in enumerate(curve) if math.isfinite(score) and score >= target), None)
+    row = TrainRow(run.init.name, run.act.name, curve[-1][0], curve[-1][1], max(scores) if scores else math.nan,
+                   reached, diverged, rank, time.perf_counter() - started)
+    return TrainRun(row, tuple(curve))
+
+
+def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-normal", "he-normal"),
+          activation: str = "relu", *, task: str | None = None, samples: int = 512, classes: int | None = None,
+          noise: float | None = None, optimizer: str | None = None, lr: float | None = None, epochs: int = 100,
+          batch: int | None = 128, target: float = 0.9, seed: int = 0, dtype: str = "float32",
+          jobs: int | None = 1, progress: Callable[[int], None] | None = None, engine_options: dict | None = None,
+          **init_options) -> TrainResult:
+    """Train the same conv or transformer network from each scheme on the same generated task
+    and seed. `engine_options` are `conv.prepare`'s or `transformer.prepare`'s (geometry,
+    depth, skips), with train's smaller defaults (`TRAIN_DEFAULTS`) where not given. The
+    optimizer defaults to SGD at lr 0.1 for conv and Adam at 1e-3 for transformers (what
+    each is trained with in practice). Results have the columns of `training.train`."""
+    if kind not in TASKS:
+        raise InitcliError("arch", f"train builds mlp, conv or transformer networks, got '{kind}'")
+    if not schemes:
+        raise InitcliError("schemes", "needs at least one scheme")
+    engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
+    for name, value in TRAIN_DEFAULTS[kind].items():
+        engine_options.setdefault(name, value)
+    optimizer = ("adam" if kind == "transformer" else "sgd") if optimizer is None else optimizer
+    key = str(optimizer).strip().lower()
+    if key not in OPTIMIZERS:
+        raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
+    lr = (1e-3 if key == "adam" else 0.1) if lr is None else lr
+    lr = _number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
+    epochs = _positive_int("epochs", epochs, MAX_EPOCHS)
+    target = _number_in("target", target, "a number in (0, 1]", lambda v: 0 < v <= 1)
+    seed = check_seed(seed)
+    dtype = check_dtype(dtype).name
+    task, classes, noise = check_block_task(kind, task, classes, noise)
+    samples = check_samples(samples, classes)
+    batch = samples if batch is None else min(_positive_int("batch", batch), samples)
+    if kind == "transformer" and engine_options.get("seq_len", 2) < 2:
+        raise InitcliError("seq_len", "the first task needs at least 2 tokens: the first and one to pool with")
+    # every scheme checked, and the largest forward pass (the evaluation, all samples) guarded
+    runs = [_prepare(kind, scheme, activation, dict(engine_options, batch=samples, dtype=dtype), init_options)
+            for scheme in schemes]
+    shape = runs[0].shape
+    if kind == "conv":
+        check_waves(shape.spatial, classes)
+        data_bytes = samples * shape.positions * shape.channels * 8
+    else:
+        data_bytes = samples * shape.seq_len * shape.width * 8
+    jobs = check_jobs(jobs)
+    at_once = min(jobs, len(schemes))
+    # per worker: the evaluation's forward pass over every sample, the data in float64, and the
+    # parameters with their gradients and Adam's moments (inside the estimate's weights, ×4)
+    check_memory(at_once * (runs[0].estimate + data_bytes), dtype=runs[0].dtype,
+                 options=("--samples", "--depth", "--jobs"))
+    common = dict(kind=kind, activation=activation, task=task, samples=samples, classes=classes, noise=noise,
+                  engine_options=dict(engine_options, batch=samples, dtype=dtype), optimizer=key, lr=lr,
+                  epochs=epochs, batch=batch, target=target, seed=seed, init_options=init_options)
+    results = run_all(train_block_one, [dict(common, scheme=scheme) for scheme in schemes], jobs,
+                      on_progress=progress)
+    architecture = {k: v for k, v in runs[0].params.items()
+                    if k not in ("scheme", "mode", "distribution", "gain", "activation", "batch", "bias_std",
+                                 "input_std", "dtype", "seed", "formula")}
+    params = {"schemes": [r.row.scheme for r in results], "activation": results[0].row.activation, "task": task,
+              "metric": "accuracy", "samples": samples, "classes": classes, "noise": float(noise), **architecture,
+              "optimizer": key, "lr": lr, "epochs": epochs, "batch": batch, "target": target, "seed": seed,
+              "dtype": dtype, **{k: v for k, v in init_options.items() if v is not None}}
+    return TrainResult(params, tuple(results))
