@@ -454,3 +454,33 @@ def test_cli_compare_judges_transformers():
     peaked = _cli("compare", "--arch", "transformer", "--schemes", "normal", "--std", "1", "--depth", "2",
                   "--batch", "8", "--format", "csv")
     assert next(csv.DictReader(io.StringIO(peaked.stdout)))["verdict"] == "entropy-collapse"
+
+
+def test_default_run_is_the_same_bytes_on_any_thread_count():
+    """The defaults' largest product is under SINGLE_THREAD_WORK, so the run is pinned to one
+    BLAS thread and its rows do not depend on OPENBLAS_NUM_THREADS."""
+    import subprocess
+    import sys
+
+    run = transformer.prepare("he-normal", "relu")
+    assert transformer.work(run) <= transformer.SINGLE_THREAD_WORK
+    code = ("from initcli import transformer; import json; "
+            "print(json.dumps(transformer.propagate('he-normal', 'relu', depth=2, batch=64).rows()))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**__import__("os").environ, "OPENBLAS_NUM_THREADS": threads}).stdout
+               for threads in ("1", "2")}
+    assert len(outputs) == 1
+
+
+def test_memory_estimate_bounds_the_peak():
+    import tracemalloc
+
+    run = transformer.prepare("xavier-normal", "gelu", depth=2, batch=64, width=64, seq_len=16, mlp_ratio=4,
+                              causal=True)
+    tracemalloc.start()
+    try:
+        transformer.run_prepared(run)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= run.estimate
