@@ -842,3 +842,97 @@ def theory_columns(run: TransformerRun, rows) -> tuple[TheoryColumns, ...]:
         off = "preact" if row.preact_var is not None and parts_ways(row.preact_var, predicted, spread) else ""
         columns.append(TheoryColumns(predicted, None, None, off))
     return tuple(columns)
+
+
+# -- jacobian --arch transformer ------------------------------------------------------------
+
+# Each input is a whole sequence whose Jacobian is (T·D)², so fewer inputs than an MLP's 8 give
+# as many singular values; the default shape (16 tokens × 64) has 1,024 per input and block.
+DEFAULT_JACOBIAN_INPUTS = 2
+
+
+@dataclass(frozen=True)
+class TransformerJacobianRun:
+    """A `jacobian --arch transformer` call with every argument checked."""
+
+    run: TransformerRun
+    inputs: int
+    spectrum: bool
+
+    @property
+    def steps(self) -> int:
+        return self.inputs * self.run.depth
+
+    @property
+    def params(self) -> dict:
+        return {**self.run.params, "inputs": self.inputs, "spectrum": self.spectrum}
+
+
+def estimate_jacobian_bytes(shape: TransformerShape, depth: int, inputs: int, batch: int, dtype) -> int:
+    """The stack and its float64 copy, the batch, one block's trace for n = T·D cotangents
+    (about 10 token arrays of width D, 3 of the MLP's width and 4 attention maps per
+    cotangent), the Jacobians (running, block, product), one SVD's workspace and every
+    singular value."""
+    n = shape.seq_len * shape.width
+    t, d, hidden = shape.seq_len, shape.width, shape.hidden
+    weights = depth * (4 * d * d + 2 * d * hidden) * (np.dtype(dtype).itemsize + 8)
+    per_cotangent = (10 * t * d + 3 * t * hidden + 4 * shape.heads * t * t) * 8
+    kept = depth * inputs * n * 8
+    return (weights + batch * t * d * np.dtype(dtype).itemsize + n * per_cotangent + 3 * n * n * 8
+            + 5 * n * n * 8 + kept + _WORKSPACE)
+
+
+def prepare_jacobian(scheme="xavier-uniform", activation: str = "gelu", *, inputs: int | None = None,
+                     spectrum: bool = False, **options) -> TransformerJacobianRun:
+    """Check a transformer Jacobian run before anything is allocated: T·D at most
+    `jacobian.MAX_JACOBIAN_WIDTH` (one SVD of (T·D)² per block and input), and the memory."""
+    from .jacobian import MAX_JACOBIAN_WIDTH
+
+    batch = _positive_int("batch", options.get("batch", 512))
+    if inputs is None:
+        inputs = min(DEFAULT_JACOBIAN_INPUTS, batch)
+    else:
+        inputs = _positive_int("inputs", inputs)
+        if inputs > batch:
+            raise InitcliError("inputs", f"must be at most --batch ({batch}), got {inputs}: the Jacobian is taken "
+                                         f"at the first --inputs sequences of the batch")
+    options["theory"] = False
+    run = prepare(scheme, activation, **options)
+    n = run.shape.seq_len * run.shape.width
+    if n > MAX_JACOBIAN_WIDTH:
+        raise InitcliError("seq_len", f"the Jacobian of a sequence has --seq-len × --width = {n} rows; up to "
+                                      f"{MAX_JACOBIAN_WIDTH} are accepted (lower --seq-len or --width)")
+    check_memory(estimate_jacobian_bytes(run.shape, run.depth, inputs, run.batch, run.dtype),
+                 options=("--inputs", "--seq-len", "--width", "--depth", "--mlp-ratio"))
+    return TransformerJacobianRun(run, inputs, bool(spectrum))
+
+
+def block_jacobian(block: Block, shape: TransformerShape, act: Activation, x: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(∂y/∂x as an (T·D, T·D) matrix, y) for one block at one sequence x (1, T, D): one
+    backward pass of all T·D unit cotangents against the sequence's trace (broadcast)."""
+    n = shape.seq_len * shape.width
+    trace = block_forward(block, shape, act, x)
+    rows = block_backward(block, shape, trace, np.eye(n).reshape(n, shape.seq_len, shape.width))
+    return rows.reshape(n, n), trace.out
+
+
+def run_jacobian(plan: TransformerJacobianRun, progress: Callable[[int], None] | None = None):
+    """The singular values of ∂y_b/∂x after each block b, for the first `inputs` sequences,
+    in float64 on one BLAS thread: a `jacobian.JacobianResult` with one row per block."""
+    from .jacobian import JacobianResult, _singular_values, _spectrum_stats
+
+    with blas_threads_limited(1), np.errstate(all="ignore"):
+        stack, x, _ = inputs(plan.run)
+        stack64 = stack.astype(np.float64)
+        n = plan.run.shape.seq_len * plan.run.shape.width
+        values = [np.empty((plan.inputs, n)) for _ in range(stack.depth)]
+        for i in range(plan.inputs):
+            xi = x[i:i + 1].astype(np.float64)
+            total = np.eye(n)
+            for b, block in enumerate(stack64.blocks):
+                step, xi = block_jacobian(block, plan.run.shape, plan.run.act, xi)
+                total = step @ total
+                values[b][i] = _singular_values(total[:, None, :], progress)[0]
+    layers = tuple(_spectrum_stats(b + 1, v) for b, v in enumerate(values))
+    return JacobianResult(plan.params, layers, tuple(values) if plan.spectrum else None)
