@@ -45,6 +45,15 @@ class Activation:
     piecewise: bool  # φ or φ' changes form at 0: integrate each half-line separately
     saturated: Callable[[Array], Array] | None = None  # act -> bool mask of the flat region
     negative_slope: float | None = None
+    # (φ(h), φ'(h)) in one pass, for an activation whose two share their costly part (GELU's Φ)
+    fn_and_derivative: Callable[[Array], tuple[Array, Array]] | None = None
+
+    def apply(self, h: Array) -> tuple[Array, Array]:
+        """(φ(h), φ'(h)); the same numbers as fn and derivative called one after the other."""
+        if self.fn_and_derivative is not None:
+            return self.fn_and_derivative(h)
+        act = self.fn(h)
+        return act, self.derivative(h, act)
 
 
 # -- numerically stable pieces ------------------------------------------------------------
@@ -163,6 +172,20 @@ def _gelu_derivative(x: Array, _act: Array) -> Array:
     return _blockwise(_gelu_derivative_kernel, x)
 
 
+def _gelu_and_derivative(x: Array) -> tuple[Array, Array]:
+    """GELU and its derivative from one Φ per block: the erf fit is most of GELU's cost."""
+    act, deriv = np.empty_like(x), np.empty_like(x)
+    flat_in, flat_act, flat_deriv = x.reshape(-1), act.reshape(-1), deriv.reshape(-1)
+    for start in range(0, flat_in.size, _BLOCK):
+        v = flat_in[start:start + _BLOCK].astype(np.float64)
+        cdf = norm_cdf(v)
+        with np.errstate(under="ignore"):
+            pdf = _INV_SQRT_2PI * np.exp(-0.5 * v * v)
+        flat_act[start:start + _BLOCK] = v * cdf
+        flat_deriv[start:start + _BLOCK] = cdf + v * pdf
+    return act, deriv
+
+
 def _elu(x: Array, alpha: float = ELU_ALPHA) -> Array:
     # expm1 only of the non-positive part, so large x never overflows
     return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype, copy=False)
@@ -226,7 +249,7 @@ def _build(negative_slope: float) -> dict[str, Activation]:
                 True,
             ),
             Activation("elu", _elu, _elu_derivative, None, True),
-            Activation("gelu", _gelu, _gelu_derivative, None, False),
+            Activation("gelu", _gelu, _gelu_derivative, None, False, fn_and_derivative=_gelu_and_derivative),
             Activation("silu", lambda x: x * sigmoid(x), _silu_derivative, None, False),
             Activation("softplus", softplus, lambda x, a: sigmoid(x), None, False),
         ]

@@ -270,10 +270,9 @@ def forward(stack: ConvStack, act: Activation, x: np.ndarray, observe: ConvObser
         h = correlate(a, w, before, after, stack.shape.padding)
         if b.any():
             h += b
-        branch = act.fn(h)
+        branch, deriv = act.apply(h)
         if branch is h:  # the identity returns its input; h is observed apart from the branch
             branch = h.copy()
-        deriv = act.derivative(h, branch)
         if not all_finite(h):  # past an overflow relu'(nan) = 0 would report a clean zero
             deriv = np.where(np.isnan(h), np.nan, deriv).astype(deriv.dtype)
         output = block_input + branch * branch.dtype.type(arch.residual_scale) if arch.closes_block(index) else branch
@@ -630,9 +629,9 @@ def jacobian_spectrum(stack: ConvStack, act: Activation, x: np.ndarray, *, spect
                 block_input, block_tangents = a, tangents
             h = correlate(a, w, before, after, shape.padding)
             h += b
-            branch = act.fn(h)
+            branch, deriv = act.apply(h)
             # past an overflow the derivative means nothing (relu'(nan) = 0 would look clean)
-            deriv = np.where(np.isfinite(h), act.derivative(h, branch), np.nan)
+            deriv = np.where(np.isfinite(h), deriv, np.nan)
             through = correlate(tangents.reshape((m * n,) + example), w, before, after, shape.padding)
             through = through.reshape((m, n) + example)
             through *= deriv[:, None]

@@ -268,10 +268,9 @@ def layer_forward(stack: Stack, activation: Activation, index: int, a_prev: np.n
     if b.any():
         h += b
     normed, inv_std = _layer_norm(h) if arch.norm == "layer" else (h, None)
-    branch = activation.fn(normed)
+    branch, deriv = activation.apply(normed)
     if branch is h:  # the identity activation returns its input, which lives in the reused work array
         branch = h.copy()
-    deriv = activation.derivative(normed, branch)
     if not all_finite(h):
         # past an overflow the gradient means nothing: keep nan in it rather than let
         # relu'(nan) = 0 report a clean zero

@@ -317,10 +317,9 @@ def attention_backward(block: Block, shape: TransformerShape, cache: AttnCache, 
 
 def mlp(block: Block, act: Activation, v: np.ndarray) -> MlpCache:
     h = _linear(v, block.w1, block.b1)
-    a = act.fn(h)
+    a, deriv = act.apply(h)
     if a is h:  # the identity returns its input; h is observed apart from φ(h)
         a = h.copy()
-    deriv = act.derivative(h, a)
     if not all_finite(h):  # past an overflow relu'(nan) = 0 would report a clean zero
         deriv = np.where(np.isnan(h), np.nan, deriv).astype(deriv.dtype)
     return MlpCache(v, h, a, deriv, _linear(a, block.w2, block.b2))
