@@ -448,8 +448,11 @@ class LayerRecorder:
         flat = output.reshape(output.shape[0], -1)
         # the units whose symmetry effective_rank reads: a conv layer's channels (channels-last),
         # each (example, position) one input, spread over the batch
-        units = output if output.ndim == 2 else output.reshape(-1, output.shape[-1])
-        units = units[::max(1, len(units) // RANK_INPUTS)]
+        if output.ndim == 2:
+            units = output
+        else:
+            units = output.reshape(-1, output.shape[-1])
+            units = units[::max(1, len(units) // RANK_INPUTS)]
         self.forward_stats[layer - 1] = {
             "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
             "saturated_frac": float(np.count_nonzero(saturated(branch)) / branch.size) if saturated else 0.0,
