@@ -33,20 +33,19 @@ from .checks import _positive_int, check_dtype, check_memory, check_seed
 from .engine import seed_streams
 from .errors import InitcliError, suggest
 from .parallel import check_jobs, run_all
-from .stats import effective_rank
 from .threads import blas_threads_limited
 from .training import (
     MAX_EPOCHS,
     OPTIMIZERS,
     Task,
     TrainResult,
-    TrainRow,
     TrainRun,
     _loss_and_grad,
     _number_in,
     _Optimizer,
     check_noise,
     check_samples,
+    fit,
 )
 
 TASKS = {"conv": ("waves",), "transformer": ("first",)}
@@ -257,34 +256,9 @@ def _train_block_one(kind, scheme, activation, task, samples, classes, noise, en
     data = _make_task(kind, task, samples, classes, noise, run, streams["inputs"])
     network = build_network(kind, run.init, run.act, run, classes, seed)
     params = network.parameters
-    opt = _Optimizer(optimizer, lr, params)
-    curve: list[tuple[float, float]] = []
-    diverged = False
-    with np.errstate(all="ignore"):  # overflow is a result here: the run diverged
-        for epoch in range(epochs):
-            order = streams["order"].permutation(samples) if batch < samples else np.arange(samples)
-            for start in range(0, samples, batch):
-                loss, _, grads = gradients(network, data, order[start:start + batch])
-                if not math.isfinite(loss):
-                    diverged = True
-                    break
-                opt.step(params, grads)
-            loss, score, features = _evaluate(network, data)
-            diverged = diverged or not math.isfinite(loss)
-            curve.append((loss, score))
-            if progress is not None:
-                progress(1)
-            if diverged:
-                curve.extend([(math.nan, math.nan)] * (epochs - epoch - 1))
-                if progress is not None and epoch + 1 < epochs:
-                    progress(epochs - epoch - 1)
-                break
-        rank = effective_rank(features, max_inputs=None)
-    scores = [score for _, score in curve if math.isfinite(score)]
-    reached = next((i + 1 for i, (_, score) in enumerate(curve) if math.isfinite(score) and score >= target), None)
-    row = TrainRow(run.init.name, run.act.name, curve[-1][0], curve[-1][1], max(scores) if scores else math.nan,
-                   reached, diverged, rank, time.perf_counter() - started)
-    return TrainRun(row, tuple(curve))
+    return fit(lambda rows: gradients(network, data, rows), lambda: _evaluate(network, data), params,
+               _Optimizer(optimizer, lr, params), samples=samples, batch=batch, epochs=epochs, order=streams["order"],
+               target=target, names=(run.init.name, run.act.name), started=started, progress=progress)
 
 
 def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-normal", "he-normal"),

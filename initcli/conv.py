@@ -503,29 +503,6 @@ JACOBIAN_SPATIAL = (8, 8)
 JACOBIAN_OPTIONS = ("--inputs", "--channels", "--spatial", "--depth")
 
 
-@dataclass(frozen=True)
-class ConvJacobianRun:
-    """A `jacobian --arch conv` call with every argument checked, as `jacobian.JacobianRun`:
-    `steps` progress steps (one per layer and input) and the params of the run."""
-
-    run: ConvRun
-    inputs: int
-    spectrum: bool
-
-    @property
-    def steps(self) -> int:
-        return self.inputs * self.run.depth
-
-    @property
-    def params(self) -> dict:
-        return {**self.run.params, "inputs": self.inputs, "spectrum": self.spectrum}
-
-    @property
-    def estimate(self) -> int:
-        return estimate_jacobian_bytes(self.run.shape, self.run.depth, self.inputs, self.run.batch, self.run.dtype,
-                                       spectrum=self.spectrum)
-
-
 def estimate_jacobian_bytes(shape: ConvShape, depth: int, inputs: int, batch: int, dtype, *,
                             spectrum: bool = False) -> int:
     """Peak memory of a conv Jacobian run, before anything is allocated: the kernels in their
@@ -545,12 +522,12 @@ def estimate_jacobian_bytes(shape: ConvShape, depth: int, inputs: int, batch: in
 
 
 def prepare_jacobian(scheme: str | Init = "he-normal", activation: str = "relu", *, inputs: int | None = None,
-                     spectrum: bool = False, **options) -> ConvJacobianRun:
+                     spectrum: bool = False, **options):
     """Check every argument of `jacobian --arch conv` (options: `prepare`'s; channels default
     to 8 and spatial to 8×8 here, see JACOBIAN_CHANNELS) and refuse, before allocating, an
     input wider than jacobian.MAX_JACOBIAN_WIDTH (C·positions values) or a run that does not
     fit in memory. `inputs` defaults to min(8, batch)."""
-    from .jacobian import DEFAULT_INPUTS, MAX_JACOBIAN_WIDTH
+    from .jacobian import MAX_JACOBIAN_WIDTH, JacobianRun, check_inputs
 
     options.setdefault("theory", False)
     if options.get("channels") is None:
@@ -558,13 +535,7 @@ def prepare_jacobian(scheme: str | Init = "he-normal", activation: str = "relu",
     if options.get("spatial") is None:
         options["spatial"] = JACOBIAN_SPATIAL
     run = _checked_run(scheme, activation, **options)
-    if inputs is None:
-        inputs = min(DEFAULT_INPUTS, run.batch)
-    else:
-        inputs = _positive_int("inputs", inputs)
-        if inputs > run.batch:
-            raise InitcliError("inputs", f"must be at most --batch ({run.batch}), got {inputs}: the Jacobian is "
-                                         f"taken at the first --inputs of the batch's inputs")
+    inputs = check_inputs(inputs, run.batch)
     shape = run.shape
     n = shape.channels * shape.positions
     if n > MAX_JACOBIAN_WIDTH:
@@ -572,12 +543,12 @@ def prepare_jacobian(scheme: str | Init = "he-normal", activation: str = "relu",
                                        f"{shape.positions} positions = {n} input values, one {n}×{n} SVD per layer "
                                        f"and input; at most {MAX_JACOBIAN_WIDTH} are accepted: lower --channels "
                                        f"or --spatial")
-    plan = ConvJacobianRun(run, inputs, bool(spectrum))
-    check_memory(plan.estimate, options=JACOBIAN_OPTIONS)
-    return plan
+    check_memory(estimate_jacobian_bytes(shape, run.depth, inputs, run.batch, run.dtype, spectrum=bool(spectrum)),
+                 options=JACOBIAN_OPTIONS)
+    return JacobianRun(run, inputs, bool(spectrum))
 
 
-def run_jacobian(plan: ConvJacobianRun, progress: Callable[[int], None] | None = None):
+def run_jacobian(plan, progress: Callable[[int], None] | None = None):
     """Build the stack of a checked run and take its Jacobian spectrum at the first
     `plan.inputs` inputs: a `jacobian.JacobianResult`, one row per conv layer. `progress(n)`
     reports n more steps done, `plan.steps` in all. Float64, on one BLAS thread."""

@@ -168,20 +168,35 @@ def _spectrum_stats(index: int, values: np.ndarray) -> JacobianStats:
 
 @dataclass(frozen=True)
 class JacobianRun:
-    """A `jacobian` call with every argument checked; `steps` is the number of progress
-    steps `run_jacobian` reports (one per layer and input)."""
+    """A `jacobian` call with every argument checked, for any engine's prepared run (it has
+    `depth` and `params`); `steps` is the number of progress steps the run reports (one per
+    layer, or block, and input)."""
 
-    run: object  # propagation._Run
+    run: object  # propagation._Run, conv.ConvRun or transformer.TransformerRun
     inputs: int
     spectrum: bool
 
     @property
     def steps(self) -> int:
-        return self.inputs * (len(self.run.sizes) - 1)
+        return self.inputs * self.run.depth
 
     @property
     def params(self) -> dict:
         return {**self.run.params, "inputs": self.inputs, "spectrum": self.spectrum}
+
+
+def check_inputs(inputs: int | None, batch: int, default: int = DEFAULT_INPUTS) -> int:
+    """The inputs the spectrum is averaged over: `default` (at most `batch`) when None, else a
+    positive integer no larger than `batch` (the Jacobian is taken at the batch's first inputs)."""
+    from .checks import _positive_int
+
+    if inputs is None:
+        return min(default, batch)
+    inputs = _positive_int("inputs", inputs)
+    if inputs > batch:
+        raise InitcliError("inputs", f"must be at most --batch ({batch}), got {inputs}: the Jacobian is taken "
+                                     f"at the first --inputs of the batch's inputs")
+    return inputs
 
 
 def estimate_jacobian_bytes(sizes: Sequence[int], inputs: int, batch: int, dtype, *, spectrum: bool = False) -> int:
@@ -212,13 +227,7 @@ def prepare_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: in
     from .propagation import prepare
 
     batch = _positive_int("batch", options.get("batch", 512))
-    if inputs is None:
-        inputs = min(DEFAULT_INPUTS, batch)
-    else:
-        inputs = _positive_int("inputs", inputs)
-        if inputs > batch:
-            raise InitcliError("inputs", f"must be at most --batch ({batch}), got {inputs}: the Jacobian is "
-                                         f"taken at the first --inputs of the batch's inputs")
+    inputs = check_inputs(inputs, batch)
     if options.get("weights") is None:
         sizes = stack_sizes(options.get("sizes"), options.get("depth"), options.get("width"))
         _check_width(max(sizes), "sizes" if options.get("sizes") is not None else "width")

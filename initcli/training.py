@@ -410,19 +410,34 @@ def _train_one(*, scheme, activation, task, samples, classes, noise, hidden_widt
     params = network.parameters
     opt = _Optimizer(optimizer, lr, params, network.lr_factors(optimizer))
     batch = len(data.x) if batch is None else min(batch, len(data.x))
+    return fit(lambda rows: gradients(network, data, rows), lambda: _evaluate(network, data), params, opt,
+               samples=len(data.x), batch=batch, epochs=epochs, order=streams["order"], target=target,
+               names=(init.name, act.name), started=started, progress=progress)
+
+
+def fit(gradients_of: Callable[[np.ndarray], tuple[float, float, list[np.ndarray]]],
+        evaluate: Callable[[], tuple[float, float, np.ndarray]], params: list[np.ndarray], opt: _Optimizer, *,
+        samples: int, batch: int, epochs: int, order: np.random.Generator, target: float, names: tuple[str, str],
+        started: float, progress: Callable[[int], None] | None = None) -> TrainRun:
+    """The training loop every network shares: mini-batches in the order stream's permutation
+    (none when the batch is the data), one optimizer step each, an evaluation on all the data
+    after every epoch. A non-finite loss ends the run as diverged, its remaining epochs nan.
+    `evaluate()` returns (loss, score, features): the features' effective rank is reported."""
+    import time
+
     curve: list[tuple[float, float]] = []
     diverged = False
     # overflow is a result here (the loss becomes inf/nan: diverged), never a warning
     with np.errstate(all="ignore"):
         for epoch in range(epochs):
-            shuffled = streams["order"].permutation(len(data.x)) if batch < len(data.x) else np.arange(len(data.x))
-            for start in range(0, len(shuffled), batch):
-                loss, _, grads = gradients(network, data, shuffled[start:start + batch])
+            shuffled = order.permutation(samples) if batch < samples else np.arange(samples)
+            for start in range(0, samples, batch):
+                loss, _, grads = gradients_of(shuffled[start:start + batch])
                 if not math.isfinite(loss):
                     diverged = True
                     break
                 opt.step(params, grads)
-            loss, score, features = _evaluate(network, data)
+            loss, score, features = evaluate()
             diverged = diverged or not math.isfinite(loss)
             curve.append((loss, score))
             if progress is not None:
@@ -435,8 +450,8 @@ def _train_one(*, scheme, activation, task, samples, classes, noise, hidden_widt
         rank = effective_rank(features, max_inputs=None)
     scores = [score for _, score in curve if math.isfinite(score)]
     reached = next((i + 1 for i, (_, score) in enumerate(curve) if math.isfinite(score) and score >= target), None)
-    row = TrainRow(init.name, act.name, curve[-1][0], curve[-1][1], max(scores) if scores else math.nan, reached,
-                   diverged, rank, time.perf_counter() - started)
+    row = TrainRow(*names, curve[-1][0], curve[-1][1], max(scores) if scores else math.nan, reached, diverged, rank,
+                   time.perf_counter() - started)
     return TrainRun(row, tuple(curve))
 
 

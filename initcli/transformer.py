@@ -850,23 +850,6 @@ def theory_columns(run: TransformerRun, rows) -> tuple[TheoryColumns, ...]:
 DEFAULT_JACOBIAN_INPUTS = 2
 
 
-@dataclass(frozen=True)
-class TransformerJacobianRun:
-    """A `jacobian --arch transformer` call with every argument checked."""
-
-    run: TransformerRun
-    inputs: int
-    spectrum: bool
-
-    @property
-    def steps(self) -> int:
-        return self.inputs * self.run.depth
-
-    @property
-    def params(self) -> dict:
-        return {**self.run.params, "inputs": self.inputs, "spectrum": self.spectrum}
-
-
 def estimate_jacobian_bytes(shape: TransformerShape, depth: int, inputs: int, batch: int, dtype) -> int:
     """The stack and its float64 copy, the batch, one block's trace for n = T·D cotangents
     (about 10 token arrays of width D, 3 of the MLP's width and 4 attention maps per
@@ -882,19 +865,12 @@ def estimate_jacobian_bytes(shape: TransformerShape, depth: int, inputs: int, ba
 
 
 def prepare_jacobian(scheme="xavier-uniform", activation: str = "gelu", *, inputs: int | None = None,
-                     spectrum: bool = False, **options) -> TransformerJacobianRun:
+                     spectrum: bool = False, **options):
     """Check a transformer Jacobian run before anything is allocated: T·D at most
     `jacobian.MAX_JACOBIAN_WIDTH` (one SVD of (T·D)² per block and input), and the memory."""
-    from .jacobian import MAX_JACOBIAN_WIDTH
+    from .jacobian import MAX_JACOBIAN_WIDTH, JacobianRun, check_inputs
 
-    batch = _positive_int("batch", options.get("batch", 512))
-    if inputs is None:
-        inputs = min(DEFAULT_JACOBIAN_INPUTS, batch)
-    else:
-        inputs = _positive_int("inputs", inputs)
-        if inputs > batch:
-            raise InitcliError("inputs", f"must be at most --batch ({batch}), got {inputs}: the Jacobian is taken "
-                                         f"at the first --inputs sequences of the batch")
+    inputs = check_inputs(inputs, _positive_int("batch", options.get("batch", 512)), DEFAULT_JACOBIAN_INPUTS)
     options["theory"] = False
     run = prepare(scheme, activation, **options)
     n = run.shape.seq_len * run.shape.width
@@ -903,7 +879,7 @@ def prepare_jacobian(scheme="xavier-uniform", activation: str = "gelu", *, input
                                       f"{MAX_JACOBIAN_WIDTH} are accepted (lower --seq-len or --width)")
     check_memory(estimate_jacobian_bytes(run.shape, run.depth, inputs, run.batch, run.dtype),
                  options=("--inputs", "--seq-len", "--width", "--depth", "--mlp-ratio"))
-    return TransformerJacobianRun(run, inputs, bool(spectrum))
+    return JacobianRun(run, inputs, bool(spectrum))
 
 
 def block_jacobian(block: Block, shape: TransformerShape, act: Activation, x: np.ndarray
@@ -916,7 +892,7 @@ def block_jacobian(block: Block, shape: TransformerShape, act: Activation, x: np
     return rows.reshape(n, n), trace.out
 
 
-def run_jacobian(plan: TransformerJacobianRun, progress: Callable[[int], None] | None = None):
+def run_jacobian(plan, progress: Callable[[int], None] | None = None):
     """The singular values of ∂y_b/∂x after each block b, for the first `inputs` sequences,
     in float64 on one BLAS thread: a `jacobian.JacobianResult` with one row per block."""
     from .jacobian import JacobianResult, _singular_values, _spectrum_stats
