@@ -156,13 +156,9 @@ def judge(result) -> tuple[str, str]:
         if verdict is not None:
             return verdict
     if not transformer:  # a transformer's MLP units were judged above
-        dead = max(layers, key=lambda layer: layer.dead_frac)
-        if dead.dead_frac > DEAD_FRAC:
-            return "dead", f"{dead.dead_frac:.0%} of layer {dead.layer}'s units never fire for any input"
-        saturated = max(layers, key=lambda layer: layer.saturated_frac)
-        if saturated.saturated_frac > SATURATED_FRAC:
-            return "saturated", (f"{saturated.saturated_frac:.0%} of layer {saturated.layer}'s activations sit in "
-                                 "the flat part of the activation, where the derivative is near 0")
+        verdict = _dead_or_saturated(layers, "layer {}'s", "input")
+        if verdict is not None:
+            return verdict
     grad_ratio = _ratio(first.grad_var, last.grad_var)
     unit = "block" if transformer else "layer"
     settled = _settled_rate([layer.grad_var for layer in layers])
@@ -185,6 +181,19 @@ def judge(result) -> tuple[str, str]:
                       "a transient near the input")
 
 
+def _dead_or_saturated(rows, owner: str, inputs: str) -> tuple[str, str] | None:
+    """dead: over half a layer's units never fire for any input; saturated: over half its
+    activations sit where the derivative is near 0. `owner` names the layer ("layer {}'s")."""
+    dead = max(rows, key=lambda row: row.dead_frac)
+    if dead.dead_frac > DEAD_FRAC:
+        return "dead", f"{dead.dead_frac:.0%} of {owner.format(dead.layer)} units never fire for any {inputs}"
+    saturated = max(rows, key=lambda row: row.saturated_frac)
+    if saturated.saturated_frac > SATURATED_FRAC:
+        return "saturated", (f"{saturated.saturated_frac:.0%} of {owner.format(saturated.layer)} activations sit in "
+                             "the flat part of the activation, where the derivative is near 0")
+    return None
+
+
 def _judge_transformer(result, depth: int) -> tuple[str, str] | None:
     """The transformer's own verdicts, after overflow and before the gradient trend: no
     gradient to block 1's weights, dead or saturated MLP units, rank and entropy collapse."""
@@ -194,13 +203,9 @@ def _judge_transformer(result, depth: int) -> tuple[str, str] | None:
         return "no-signal", "block 1's weights get no gradient at all: nothing learns"
     mlp = [row for row in rows if row.sublayer == "mlp"]
     if mlp:
-        dead = max(mlp, key=lambda row: row.dead_frac)
-        if dead.dead_frac > DEAD_FRAC:
-            return "dead", f"{dead.dead_frac:.0%} of block {dead.layer}'s MLP units never fire for any token"
-        saturated = max(mlp, key=lambda row: row.saturated_frac)
-        if saturated.saturated_frac > SATURATED_FRAC:
-            return "saturated", (f"{saturated.saturated_frac:.0%} of block {saturated.layer}'s MLP activations sit "
-                                 "in the flat part of the activation, where the derivative is near 0")
+        verdict = _dead_or_saturated(mlp, "block {}'s MLP", "token")
+        if verdict is not None:
+            return verdict
     last = result.stream()[-1]
     if last.token_cosine > RANK_COLLAPSE_COSINE:
         collapsed = next(row.layer for row in result.stream() if row.token_cosine > RANK_COLLAPSE_COSINE)

@@ -124,10 +124,8 @@ def propagate(
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme], arch=arch, weights_file=weights is not None)
     check_outputs(out)
-    if arch.conv:
-        result = _propagate_conv(init, stack, arch, scheme, activation, theory, checkpoint, weights)
-    elif arch.transformer:
-        result = _propagate_transformer(init, stack, arch, scheme, activation, theory, checkpoint, weights)
+    if arch.kind != "mlp":
+        result = _propagate_engine(init, stack, arch, scheme, activation, theory, checkpoint, weights)
     else:
         options = dict(_stack_run(init, stack, arch), activation=activation, theory=theory, checkpoint=checkpoint,
                        weights=weights)
@@ -189,45 +187,25 @@ def _shape_text(p: dict) -> str:
     return "sizes " + ",".join(map(str, p["sizes"]))
 
 
-def _propagate_conv(init: InitOptions, stack: StackOptions, arch: ArchOptions, scheme: str, activation: str,
-                    theory: bool, checkpoint: bool, weights: Optional[str]):
-    """`propagate --arch conv`: the conv engine (`initcli.conv`) with the same option groups."""
-    from ..conv import prepare as prepare_conv
-    from ..conv import run_prepared
+def _propagate_engine(init: InitOptions, stack: StackOptions, arch: ArchOptions, scheme: str, activation: str,
+                      theory: bool, checkpoint: bool, weights: Optional[str]):
+    """`propagate --arch conv|transformer`: that engine (`initcli.conv`, `initcli.transformer`)
+    with the same option groups."""
     from ..errors import InitcliError
+    from ..propagation import engine
 
     if weights is not None:
-        raise InitcliError("weights", "does not apply with --arch conv (weight files hold Linear stacks)")
+        raise InitcliError("weights", f"does not apply with --arch {arch.kind} (weight files hold Linear stacks)")
     if checkpoint:
-        raise InitcliError("checkpoint", "does not apply with --arch conv")
-    options = {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.conv_domain(),
+        raise InitcliError("checkpoint", f"does not apply with --arch {arch.kind}")
+    options = {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.engine_domain(),
                "activation": activation, "theory": theory}
-    options.pop("arch")
-    run = prepare_conv(scheme, **options)
+    domain = engine(options.pop("arch"))
+    run = domain.prepare(scheme, **options)
     if run.estimate >= _MEMORY_REPORT:
         note(f"initcli: this run needs about {run.estimate / 2**30:.2f} GiB of memory")
     with progress(2 * run.depth, "propagating") as advance:
-        return run_prepared(run, advance)
-
-
-def _propagate_transformer(init: InitOptions, stack: StackOptions, arch: ArchOptions, scheme: str, activation: str,
-                           theory: bool, checkpoint: bool, weights: Optional[str]):
-    """`propagate --arch transformer`: the transformer engine (`initcli.transformer`)."""
-    from ..errors import InitcliError
-    from ..transformer import prepare, run_prepared
-
-    if weights is not None:
-        raise InitcliError("weights", "does not apply with --arch transformer (weight files hold Linear stacks)")
-    if checkpoint:
-        raise InitcliError("checkpoint", "does not apply with --arch transformer")
-    options = {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.transformer_domain(),
-               "activation": activation, "theory": theory}
-    options.pop("arch")
-    run = prepare(scheme, **options)
-    if run.estimate >= _MEMORY_REPORT:
-        note(f"initcli: this run needs about {run.estimate / 2**30:.2f} GiB of memory")
-    with progress(2 * run.depth, "propagating") as advance:
-        return run_prepared(run, advance)
+        return domain.run_prepared(run, advance)
 
 
 def _compare_style(column: str, value) -> str | None:
