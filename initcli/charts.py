@@ -391,6 +391,10 @@ def _draw_series(ax, panel: dict) -> None:
         label = s.label + (f" ({reason})" if reason else "")
         ax.plot(list(s.xs), ys, linestyle="--" if s.dashed else "-", marker="." if dots else None,
                 color=f"C{s.group % 10}", label=label, linewidth=1.0 if s.dashed else 1.4)
+    if all(float(x).is_integer() for s in panel["series"] for x in s.xs):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers, blocks and epochs are whole
     if not drawn:
         return
     low, high = min(drawn), max(drawn)
@@ -483,7 +487,11 @@ def _draw_panels(fig, axes, panels: Sequence[dict], title: str) -> None:
             if labels:  # beside its own axes (tight_layout makes room for it)
                 ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
                           fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
+    # a title wider than the figure would run into the legend beside it: wrap it, about 11
+    # characters of a 10-point font to the inch
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, width=max(40, int(fig.get_figwidth() * 11))), fontsize=10)
 
 
 # -- series from result rows ----------------------------------------------------------------
