@@ -629,7 +629,7 @@ def test_orthogonal_per_tap_std_within_sampling_error_in_float32():
     expected = init.expected_std(shape)
     # the entries' rms is exact up to float32 rounding; the sample std subtracts the mean², whose
     # size is Var/n, and rounding adds ~eps32: 3/√n bounds the mean's share with a wide margin
-    assert float(w.std()) == pytest.approx(expected, rel=3 / math.sqrt(n) + 10 * np.finfo(np.float32).eps)
+    assert float(w.std()) == pytest.approx(expected, rel=3 / math.sqrt(n) + 10 * float(np.finfo(np.float32).eps))
     assert abs(float(w.mean())) < 4 * expected / math.sqrt(n)
     assert init.bound(shape) == pytest.approx(2.0 / 3.0) and np.abs(w).max() <= init.bound(shape) * (1 + 1e-6)
 
