@@ -298,6 +298,11 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     runs = [_prepare(kind, scheme, activation, dict(engine_options, batch=samples, dtype=dtype), init_options)
             for scheme in schemes]
     shape = runs[0].shape
+    preset = getattr(shape, "residual_init", None)
+    if preset is not None and preset.residual_scale == 0:
+        raise InitcliError("residual_init", f"{preset.name} trains its branch gain α from 0, but train keeps α "
+                                            "fixed, so the branches would never learn; use it with propagate, "
+                                            "compare or jacobian, or train with gpt2, deepnorm or depth-mup")
     if kind == "conv":
         check_waves(shape.spatial, classes)
         data_bytes = samples * shape.positions * shape.channels * 8

@@ -47,7 +47,7 @@ from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
 from .engine import LAYER_NORM_EPS, seed_streams
 from .errors import InitcliError
-from .schemes import Init, check_weight_scale, gaussian, make_init
+from .schemes import Init, ResidualInit, check_weight_scale, gaussian, make_init
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import THEORY_COLUMNS, TheoryColumns, parts_ways
 from .threads import blas_threads_limited
@@ -82,6 +82,13 @@ class TransformerShape:
     residual: bool = True
     residual_scale: float = 1.0
     logit_scale: str = "sqrt"  # "sqrt": 1/√d_head; "mup": 1/d_head
+    skip_scale: float = 1.0  # s of s·x + α·f(x): DeepNorm's α on the skip
+    # factors on the weights the scheme drew, by matrix name (a residual-init preset's)
+    weight_factors: tuple[tuple[str, float], ...] = ()
+    residual_init: ResidualInit | None = None
+
+    def factor(self, name: str) -> float:
+        return dict(self.weight_factors).get(name, 1.0)
 
     @property
     def d_head(self) -> int:
@@ -104,13 +111,14 @@ class TransformerShape:
         return {"arch": "transformer", "width": self.width, "heads": self.heads, "seq_len": self.seq_len,
                 "mlp_ratio": self.mlp_ratio, "causal": self.causal, "norm_position": self.norm_position,
                 "residual": self.residual, "residual_scale": self.residual_scale,
-                "logit_scale": "1/d_head" if self.logit_scale == "mup" else "1/sqrt(d_head)"}
+                "logit_scale": "1/d_head" if self.logit_scale == "mup" else "1/sqrt(d_head)",
+                **(self.residual_init.params() if self.residual_init is not None else {})}
 
 
 def transformer_shape(width: int | None = None, heads: int | None = None, seq_len: int | None = None,
                       mlp_ratio: float | None = None, *, causal: bool = False, norm_position: str | None = None,
-                      residual: bool | None = None, residual_scale: float = 1.0, param: str | None = None
-                      ) -> TransformerShape:
+                      residual: bool | None = None, residual_scale: float = 1.0, param: str | None = None,
+                      residual_init: str | None = None, depth: int | None = None) -> TransformerShape:
     """Check the transformer options (None: the defaults: width 64, 4 heads, 16 tokens, MLP
     ratio 4, pre-LN, skips on)."""
     width = _positive_int("width", DEFAULT_WIDTH if width is None else width, MAX_SIZE)
@@ -139,8 +147,55 @@ def transformer_shape(width: int | None = None, heads: int | None = None, seq_le
     if name not in ("sp", "mup"):
         raise InitcliError("param", f"with --arch transformer accepts sp or mup (µP's 1/d_head attention "
                                     f"scale), got '{param}'")
-    return TransformerShape(width, heads, seq_len, ratio, bool(causal), position, residual, float(residual_scale),
-                            "mup" if name == "mup" else "sqrt")
+    shape = TransformerShape(width, heads, seq_len, ratio, bool(causal), position, residual, float(residual_scale),
+                             "mup" if name == "mup" else "sqrt")
+    if residual_init is None or str(residual_init).strip().lower() == "none":
+        return shape
+    return with_residual_init(shape, residual_init, norm_position, depth)
+
+
+# What each residual-init preset scales in a transformer block: the matrices that write into the
+# stream (GPT-2's c_proj: W_o and W_2), or DeepNet's β-scaled ones (V, O and the MLP, not Q, K).
+_PRESET_MATRICES = {"gpt2": ("wo", "w2"), "deepnorm": ("wv", "wo", "w1", "w2")}
+_PRESETS_REFUSED = {
+    "fixup": "is for normalisation-free ResNets (Zhang et al. 2019); a transformer block keeps its LayerNorms",
+    "t-fixup": "removes the LayerNorms (Huang et al. 2020), which this engine keeps in every block",
+}
+
+
+def with_residual_init(shape: TransformerShape, name: str, norm_position: str | None,
+                       depth: int | None) -> TransformerShape:
+    """The shape with preset `name`'s constants for `depth` blocks: gpt2 scales W_o and W_2 by
+    1/√(2·n_layer) (Radford et al. 2019: N = 2·n_layer residual layers); deepnorm is post-LN
+    with the skip × (2N)^¼ and W_v, W_o, W_1, W_2 × (8N)^−¼ (Wang et al. 2022, encoder); rezero
+    and skipinit start every branch at α = 0; depth-mup multiplies each branch by 1/√N."""
+    from dataclasses import replace
+
+    from .schemes import get_residual_preset, resolve_residual_init
+
+    preset = get_residual_preset(name)
+    if preset.name in _PRESETS_REFUSED:
+        raise InitcliError("residual_init", f"{preset.name} {_PRESETS_REFUSED[preset.name]}; with --arch "
+                                            f"transformer use gpt2, deepnorm, rezero, skipinit or depth-mup")
+    if not shape.residual:
+        raise InitcliError("residual_init", "needs skip connections (drop --no-residual)")
+    if shape.residual_scale != 1.0:
+        raise InitcliError("residual_scale", f"does not apply with --residual-init {preset.name}, which sets the "
+                                             "branch multiplier itself")
+    if depth is None:
+        raise InitcliError("depth", "a residual-init preset needs the number of blocks")
+    position = shape.norm_position
+    if preset.name == "deepnorm":
+        if norm_position is not None and position != "post":
+            raise InitcliError("norm_position", "must be post with --residual-init deepnorm: DeepNorm is "
+                                                "LN(α·x + f(x)) after each sum")
+        position = "post"
+    constants = resolve_residual_init(preset.name, depth, 1)
+    factor = constants.weight_scales[-1]
+    names = [n for n in _PRESET_MATRICES.get(preset.name, ()) if shape.hidden or n not in MLP_WEIGHTS]
+    return replace(shape, norm_position=position, residual_scale=constants.residual_scale,
+                   skip_scale=constants.skip_scale, weight_factors=tuple((n, factor) for n in names),
+                   residual_init=constants)
 
 
 # -- weights --------------------------------------------------------------------------------
@@ -199,6 +254,8 @@ def build_transformer(init: Init, shape: TransformerShape, depth: int, *, bias_s
         if hidden:
             draws["w1"] = init.sample((hidden, d), streams["weights"], dtype)
             draws["w2"] = init.sample((d, hidden), streams["weights"], dtype)
+        for name, factor in shape.weight_factors:  # a residual-init preset's, on the drawn weights
+            draws[name] = draws[name] * dtype.type(factor)
         for name, size in (("bq", d), ("bk", d), ("bv", d), ("bo", d)) + ((("b1", hidden), ("b2", d)) if hidden
                                                                           else ()):
             draws[name] = (bias_std * gaussian(streams["biases"], (size,))).astype(dtype)
@@ -365,10 +422,12 @@ def block_forward(block: Block, shape: TransformerShape, act: Activation, x: np.
         norms.append((normed, inv_std))
         return normed
 
-    def join(stream, branch):  # the skip, or none
+    skip = x.dtype.type(shape.skip_scale)
+
+    def join(stream, branch):  # s·x + α·f(x), or the branch alone without skips
         if not shape.residual:
             return branch
-        return stream + branch * alpha if alpha != 1 else stream + branch
+        return (stream * skip if skip != 1 else stream) + (branch * alpha if alpha != 1 else branch)
 
     if shape.norm_position == "pre":
         attn = attention(block, shape, norm(x))
@@ -395,8 +454,13 @@ def block_backward(block: Block, shape: TransformerShape, trace: BlockTrace, gra
         normed, inv_std = norms.pop()
         return layer_norm_backward(g, normed, inv_std)
 
+    skip = grad.dtype.type(shape.skip_scale)
+
     def branch_grad(g):
         return g * alpha if shape.residual and alpha != 1 else g
+
+    def skip_grad(g):
+        return g * skip if skip != 1 else g
 
     if shape.norm_position == "pre":
         d_mid = grad
@@ -405,12 +469,12 @@ def block_backward(block: Block, shape: TransformerShape, trace: BlockTrace, gra
             if on_sublayer is not None:
                 on_sublayer("mlp", d_branch)
             d_v = unnorm(mlp_backward(block, trace.mlp, d_branch, grads))
-            d_mid = grad + d_v if shape.residual else d_v
+            d_mid = skip_grad(grad) + d_v if shape.residual else d_v
         d_branch = branch_grad(d_mid)
         if on_sublayer is not None:
             on_sublayer("attn", d_branch)
         d_u = unnorm(attention_backward(block, shape, trace.attn, d_branch, grads))
-        return d_mid + d_u if shape.residual else d_u
+        return skip_grad(d_mid) + d_u if shape.residual else d_u
     d_mid = grad
     if trace.mlp is not None:
         d_sum = unnorm(grad)
@@ -418,13 +482,13 @@ def block_backward(block: Block, shape: TransformerShape, trace: BlockTrace, gra
         if on_sublayer is not None:
             on_sublayer("mlp", d_branch)
         d_v = mlp_backward(block, trace.mlp, d_branch, grads)
-        d_mid = d_sum + d_v if shape.residual else d_v
+        d_mid = skip_grad(d_sum) + d_v if shape.residual else d_v
     d_sum = unnorm(d_mid)
     d_branch = branch_grad(d_sum)
     if on_sublayer is not None:
         on_sublayer("attn", d_branch)
     d_x = attention_backward(block, shape, trace.attn, d_branch, grads)
-    return d_sum + d_x if shape.residual else d_x
+    return skip_grad(d_sum) + d_x if shape.residual else d_x
 
 
 def forward(stack: TransformerStack, act: Activation, x: np.ndarray,
@@ -720,7 +784,8 @@ def check_init(init: Init) -> None:
 def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, width: int | None = None,
             heads: int | None = None, seq_len: int | None = None, mlp_ratio: float | None = None,
             causal: bool = False, norm_position: str | None = None, residual: bool | None = None,
-            residual_scale: float = 1.0, param: str | None = None, depth: int | None = None, batch: int = 512,
+            residual_scale: float = 1.0, param: str | None = None, residual_init: str | None = None,
+            depth: int | None = None, batch: int = 512,
             bias_std: float = 0.0, input_std: float = 1.0, dtype: str = "float32", seed: int = 0,
             theory: bool = True, sizes=None, **init_options) -> TransformerRun:
     """Check a transformer run's arguments (memory guard included), allocating nothing.
@@ -735,9 +800,10 @@ def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, 
         init = make_init(scheme, activation=activation, **init_options)
         act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
     check_init(init)
-    shape = transformer_shape(width, heads, seq_len, mlp_ratio, causal=causal, norm_position=norm_position,
-                              residual=residual, residual_scale=residual_scale, param=param)
     depth = _positive_int("depth", DEFAULT_DEPTH if depth is None else depth, MAX_DEPTH)
+    shape = transformer_shape(width, heads, seq_len, mlp_ratio, causal=causal, norm_position=norm_position,
+                              residual=residual, residual_scale=residual_scale, param=param,
+                              residual_init=residual_init, depth=depth)
     batch = _positive_int("batch", batch, MAX_SIZE)
     np_dtype = check_dtype(dtype)
     bias_std = check_weight_scale("bias_std", bias_std)
@@ -795,13 +861,14 @@ def predicted_logit_var(run: TransformerRun, block: int) -> float:
     sigma_sq = shape.width * std * std  # fan_in·Var(W)
     m = run.input_std * run.input_std if shape.norm_position == "post" and block == 1 else 1.0
     bias_var = run.bias_std * run.bias_std
-    side = sigma_sq * m + bias_var
-    return shape.scale * shape.scale * shape.d_head * side * side
+    query = sigma_sq * shape.factor("wq") ** 2 * m + bias_var
+    key = sigma_sq * shape.factor("wk") ** 2 * m + bias_var
+    return shape.scale * shape.scale * shape.d_head * query * key
 
 
 def predicted_hidden_var(run: TransformerRun) -> float:
     """E[h²] of the MLP's hidden pre-activations: σ_1²·1 + σ_b² (its input is LayerNorm's)."""
-    std = run.init.expected_std((run.shape.hidden, run.shape.width))
+    std = run.init.expected_std((run.shape.hidden, run.shape.width)) * run.shape.factor("w1")
     return run.shape.width * std * std + run.bias_std * run.bias_std
 
 

@@ -118,6 +118,7 @@ def test_results_do_not_depend_on_jobs():
     (["--arch", "conv", "--classes", "8"], "--classes"),
     (["--arch", "transformer", "--seq-len", "1"], "--seq-len"),
     (["--task", "first"], "--task"),
+    (["--arch", "transformer", "--residual-init", "rezero"], "--residual-init"),
 ])
 def test_cli_refuses_what_does_not_apply(args, param):
     result = CliRunner().invoke(app, ["train", *args, "--epochs", "1", "--format", "csv"], env=ENV)

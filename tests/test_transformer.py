@@ -55,22 +55,22 @@ def _torch_block(stream, p, shape, act_name):
         record["h"], record["mlp"] = h, out
         return out
 
-    alpha = shape.residual_scale
+    alpha, skip = shape.residual_scale, shape.skip_scale
     record["mlp"] = None
     if shape.norm_position == "pre":
         a = attn(ln(stream))
-        mid = stream + alpha * a if shape.residual else a
+        mid = skip * stream + alpha * a if shape.residual else a
         if "w1" in p:
             m = mlp(ln(mid))
-            out = mid + alpha * m if shape.residual else m
+            out = skip * mid + alpha * m if shape.residual else m
         else:
             out = mid
     else:
         a = attn(stream)
-        mid = ln(stream + alpha * a if shape.residual else a)
+        mid = ln(skip * stream + alpha * a if shape.residual else a)
         if "w1" in p:
             m = mlp(mid)
-            out = ln(mid + alpha * m if shape.residual else m)
+            out = ln(skip * mid + alpha * m if shape.residual else m)
         else:
             out = mid
     if out.requires_grad:
@@ -117,11 +117,15 @@ CASES = [  # (norm_position, causal, residual, mlp_ratio, activation)
 ]
 
 
-@pytest.mark.parametrize(("position", "causal", "residual", "ratio", "activation"), CASES)
-def test_every_statistic_matches_torch_autograd(position, causal, residual, ratio, activation):
+@pytest.mark.parametrize(("position", "causal", "residual", "ratio", "activation", "preset"), [
+    case + (None,) for case in CASES] + [("post", True, True, 2.0, "gelu", "deepnorm"),
+                                         ("pre", False, True, 2.0, "relu", "gpt2"),
+                                         ("pre", True, True, 1.0, "tanh", "depth-mup")])
+def test_every_statistic_matches_torch_autograd(position, causal, residual, ratio, activation, preset):
     init = make_init("xavier-normal", activation=activation)
+    scale = 0.7 if residual and preset is None else 1.0
     shape = transformer.transformer_shape(16, 4, 6, ratio, causal=causal, norm_position=position,
-                                          residual=residual, residual_scale=0.7 if residual else 1.0)
+                                          residual=residual, residual_scale=scale, residual_init=preset, depth=2)
     stack = transformer.build_transformer(init, shape, 2, bias_std=0.1, seed=3, dtype="float64")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5, 6, 16))
@@ -202,6 +206,70 @@ def test_broadcast_backward_gives_the_jacobian_rows():
     for i in range(3):
         _, single = transformer.backward(stack, traces, cotangents[i:i + 1], keep_grads=False)
         np.testing.assert_allclose(batched[i], single[0], rtol=_tol(stack), atol=_tol(stack))
+
+
+# -- residual-init presets --------------------------------------------------------------------
+
+
+def test_presets_scale_the_matrices_their_papers_name():
+    """gpt2: W_o and W_2 × 1/√(2·n_layer) (GPT-2's c_proj); deepnorm: W_v, W_o, W_1, W_2 ×
+    (8N)^−¼, the skip × (2N)^¼, post-LN; the other matrices are the scheme's own draws."""
+    init = make_init("xavier-normal")
+    base_shape = transformer.transformer_shape(16, 2, 4, 2.0)
+    base = transformer.build_transformer(init, base_shape, 3, seed=5)
+    for preset, scaled, factor in (("gpt2", {"wo", "w2"}, 1 / math.sqrt(6)),
+                                   ("deepnorm", {"wv", "wo", "w1", "w2"}, 24 ** -0.25)):
+        shape = transformer.transformer_shape(16, 2, 4, 2.0, residual_init=preset, depth=3)
+        stack = transformer.build_transformer(init, shape, 3, seed=5)
+        for mine, theirs in zip(stack.blocks, base.blocks):
+            for name in ("wq", "wk", "wv", "wo", "w1", "w2"):
+                expected = getattr(theirs, name) * (np.float32(factor) if name in scaled else np.float32(1))
+                np.testing.assert_array_equal(getattr(mine, name), expected, err_msg=f"{preset} {name}")
+    deepnorm = transformer.transformer_shape(16, 2, 4, 2.0, residual_init="deepnorm", depth=3)
+    assert deepnorm.norm_position == "post" and deepnorm.skip_scale == pytest.approx(6 ** 0.25)
+    with pytest.raises(InitcliError) as error:
+        transformer.transformer_shape(16, 2, 4, 2.0, norm_position="pre", residual_init="deepnorm", depth=3)
+    assert error.value.param == "norm_position"
+    for refused in ("fixup", "t-fixup"):
+        with pytest.raises(InitcliError) as error:
+            transformer.transformer_shape(16, 2, 4, 2.0, residual_init=refused, depth=3)
+        assert error.value.param == "residual_init"
+    with pytest.raises(InitcliError) as error:
+        transformer.transformer_shape(16, 2, 4, 2.0, residual=False, residual_init="gpt2", depth=3)
+    assert error.value.param == "residual_init"
+
+
+@pytest.mark.parametrize("preset", ["rezero", "skipinit"])
+def test_zero_branch_presets_make_every_block_the_identity(preset):
+    """α = 0: the stream passes every block unchanged and its Jacobian is the identity (every
+    singular value 1), whatever the weights."""
+    plan = transformer.prepare_jacobian("normal", "gelu", std=1.0, residual_init=preset, depth=3, width=8, heads=2,
+                                        seq_len=4, batch=2, spectrum=True)
+    result = transformer.run_jacobian(plan)
+    for values in result.singular_values:
+        np.testing.assert_allclose(values, 1.0, rtol=0, atol=0)
+    run = transformer.prepare("normal", "gelu", std=1.0, residual_init=preset, depth=3, width=8, heads=2, seq_len=4,
+                              batch=4, dtype="float64")
+    _, x, _ = transformer.inputs(run)
+    stream = transformer.run_prepared(run).stream()
+    assert all(row.act_var == pytest.approx(np.var(x), rel=1e-12) for row in stream)
+
+
+def test_presets_keep_the_pre_ln_stream_from_growing_with_depth():
+    """Without a preset each pre-LN block adds about one unit branch variance to the stream,
+    so over 24 blocks it grows some twentyfold. gpt2's 1/√(2·n_layer) on the output
+    projections divides each block's addition by 2·n_layer and depth-µP's 1/√N branch
+    multiplier by N: both end within twice the input's variance. DeepNorm's post-LN keeps it at
+    one exactly, up to LayerNorm's ε."""
+    def last_stream(preset):
+        result = transformer.propagate("xavier-normal", "gelu", residual_init=preset, depth=24, width=32, heads=4,
+                                       seq_len=8, batch=16, mlp_ratio=2, theory=False, seed=2)
+        return result.stream()[-1].act_var
+
+    assert last_stream(None) > 10
+    assert last_stream("gpt2") < 2
+    assert last_stream("depth-mup") < 2
+    assert last_stream("deepnorm") == pytest.approx(1, abs=1e-4)
 
 
 # -- theory ---------------------------------------------------------------------------------
@@ -421,7 +489,8 @@ def test_cli_propagate_plots_by_block():
     (["propagate", "--arch", "transformer", "--channels", "4"], "--channels"),
     (["propagate", "--arch", "transformer", "--norm", "layer"], "--norm"),
     (["propagate", "--arch", "transformer", "--block", "2"], "--block"),
-    (["propagate", "--arch", "transformer", "--residual-init", "gpt2"], "--residual-init"),
+    (["propagate", "--arch", "transformer", "--residual-init", "fixup"], "--residual-init"),
+    (["propagate", "--arch", "transformer", "--residual-init", "gpt2", "--no-residual"], "--residual-init"),
     (["propagate", "--arch", "transformer", "--param", "ntk"], "--param"),
     (["propagate", "--arch", "transformer", "--sizes", "4,4"], "--sizes"),
     (["propagate", "--arch", "transformer", "--checkpoint"], "--checkpoint"),

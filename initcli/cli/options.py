@@ -106,7 +106,8 @@ class ArchOptions:
         help="none, or layer: LayerNorm between each Linear and its activation.")] = "none"
     residual_init: Annotated[Optional[str], typer.Option(
         help="A residual-init preset over the scheme: fixup, t-fixup, rezero, skipinit, deepnorm, gpt2 or "
-             "depth-mup (see `initcli schemes`). Needs --residual; sets the branch multiplier itself.")] = None
+             "depth-mup (see `initcli schemes`). Needs skip connections; sets the branch multiplier itself. "
+             "With --arch transformer: gpt2, deepnorm (post-LN), rezero, skipinit or depth-mup.")] = None
     param: Annotated[str, typer.Option(
         help="Width parametrization: sp (the scheme as drawn), ntk or mup — per-layer output multipliers, "
              "init variances and (train) learning rates for the input, hidden and readout layers (Yang & Hu "
@@ -206,13 +207,11 @@ class ArchOptions:
         if self.norm.strip().lower() != "none":
             raise InitcliError("norm", "does not apply with --arch transformer: every sublayer has its LayerNorm; "
                                        "--norm-position says where")
-        if self.residual_init is not None:
-            raise InitcliError("residual_init", "does not apply with --arch transformer")
         if self.block != 1:
             raise InitcliError("block", "does not apply with --arch transformer: a block is attention and MLP")
         return {"arch": "transformer", "heads": self.heads, "seq_len": self.seq_len, "causal": self.causal,
                 "mlp_ratio": self.mlp_ratio, "norm_position": self.norm_position, "residual": self.skips,
-                "residual_scale": self.residual_scale, "param": self.param}
+                "residual_scale": self.residual_scale, "param": self.param, "residual_init": self.residual_init}
 
     def engine_domain(self) -> dict:
         """The keywords of the chosen architecture's engine (the `arch` key names it)."""
