@@ -23,18 +23,16 @@ EPS64 = np.finfo(np.float64).eps
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
 
 
-def _torch_stack(stack, act_name, x, cotangent):
-    """The same stack in torch, float64: output, per-layer h and ∂L/∂h, and every gradient."""
+def _torch_layers(stack, act_name, a, ws, bs, on_preact=None):
+    """Run torch tensor `a` (batch, C, *spatial) through the stack's layers with torch's conv,
+    float64: every layer's output a_l; on_preact(h) sees each pre-activation."""
     torch = pytest.importorskip("torch")
     functional = torch.nn.functional
     dims = stack.shape.dims
     conv_fn = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}[dims]
     act = {"tanh": torch.tanh, "relu": torch.relu, "linear": lambda t: t}[act_name]
     before, after = stack.shape.pads
-    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    ws = [torch.tensor(w, dtype=torch.float64, requires_grad=True) for w in stack.weights]
-    bs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in stack.biases]
-    a, block_input, hs = xt, xt, []
+    block_input, outputs = a, []
     for index, (w, b) in enumerate(zip(ws, bs), start=1):
         if stack.arch.opens_block(index):
             block_input = a
@@ -44,9 +42,26 @@ def _torch_stack(stack, act_name, x, cotangent):
             with warnings.catch_warnings():  # torch notes that even kernels pad a copy: so do we
                 warnings.simplefilter("ignore", UserWarning)
                 h = conv_fn(a, w, b, padding="same")
+        if on_preact is not None:
+            on_preact(h)
+        a = block_input + stack.arch.residual_scale * act(h) if stack.arch.closes_block(index) else act(h)
+        outputs.append(a)
+    return outputs
+
+
+def _torch_stack(stack, act_name, x, cotangent):
+    """The same stack in torch, float64: output, per-layer h and ∂L/∂h, and every gradient."""
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ws = [torch.tensor(w, dtype=torch.float64, requires_grad=True) for w in stack.weights]
+    bs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in stack.biases]
+    hs = []
+
+    def keep(h):
         h.retain_grad()
         hs.append(h)
-        a = block_input + stack.arch.residual_scale * act(h) if stack.arch.closes_block(index) else act(h)
+
+    a = _torch_layers(stack, act_name, xt, ws, bs, keep)[-1]
     (a * torch.tensor(cotangent, dtype=torch.float64)).sum().backward()
     return a, hs, ws, bs, xt
 
@@ -273,29 +288,11 @@ def test_cli_compare_and_jacobian_take_conv():
 def _torch_layer_outputs(stack, act_name):
     """x ↦ (a_1, …, a_L) for one example in torch's (C, *spatial) layout, float64."""
     torch = pytest.importorskip("torch")
-    functional = torch.nn.functional
-    dims = stack.shape.dims
-    conv_fn = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}[dims]
-    act = {"tanh": torch.tanh, "relu": torch.relu, "linear": lambda t: t}[act_name]
-    before, after = stack.shape.pads
     ws = [torch.tensor(w, dtype=torch.float64) for w in stack.weights]
     bs = [torch.tensor(b, dtype=torch.float64) for b in stack.biases]
 
     def outputs(x):
-        a = block_input = x[None]
-        result = []
-        for index, (w, b) in enumerate(zip(ws, bs), start=1):
-            if stack.arch.opens_block(index):
-                block_input = a
-            if stack.shape.padding == "circular":
-                h = conv_fn(functional.pad(a, (before, after) * dims, mode="circular"), w, b)
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    h = conv_fn(a, w, b, padding="same")
-            a = block_input + stack.arch.residual_scale * act(h) if stack.arch.closes_block(index) else act(h)
-            result.append(a[0])
-        return tuple(result)
+        return tuple(a[0] for a in _torch_layers(stack, act_name, x[None], ws, bs))
 
     return torch, outputs
 

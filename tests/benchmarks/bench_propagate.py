@@ -27,6 +27,7 @@ import time
 import tracemalloc
 
 import numpy as np
+from timing import median_times  # tests/benchmarks/timing.py, beside this script
 
 from initcli.activations import get_activation
 from initcli.propagation import build_stack, estimate_bytes, measure, propagate
@@ -114,18 +115,6 @@ def make_torch(depth, width, batch, *, with_init):
             stats.append((h.grad.var().item(), w.grad.var().item(), w.std().item()))
         return stats
     return run
-
-
-def median_times(functions, repeats):
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():  # interleaved, so drift hits all alike
-            if fn is None:
-                continue
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) if t else None for name, t in times.items()}
 
 
 def peak_memory(depth, width, batch):

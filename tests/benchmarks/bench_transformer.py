@@ -29,12 +29,11 @@ import io
 import math
 import os
 import pstats
-import statistics
-import time
 import tracemalloc
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
+from timing import median_times  # tests/benchmarks/timing.py, beside this script
 
 from initcli import transformer
 from initcli.threads import blas_threads, blas_threads_limited
@@ -248,18 +247,6 @@ def check_torch(run, torch_step):
 
 
 # -- timing, memory, profile ---------------------------------------------------------------
-
-
-def median_times(functions, repeats):
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():  # interleaved, so drift hits all alike
-            if fn is None:
-                continue
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) if t else None for name, t in times.items()}
 
 
 def peak_memory(options):
