@@ -553,3 +553,18 @@ def test_memory_estimate_bounds_the_peak():
     finally:
         tracemalloc.stop()
     assert peak <= run.estimate
+
+
+def test_cli_compare_figure_has_a_token_cosine_panel(tmp_path, monkeypatch):
+    """compare --save-plot draws act_var, grad_var and, for transformers, token_cosine."""
+    import matplotlib.figure
+
+    panels = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *args, **kwargs: panels.append([ax.get_title() for ax in fig.axes
+                                                                    if ax.get_visible()]))
+    target = tmp_path / "c.png"
+    result = _cli("compare", "--arch", "transformer", "--schemes", "xavier-normal", "--depth", "2", "--batch", "4",
+                  "--width", "16", "--seq-len", "4", "--save-plot", str(target), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert panels == [["act_var", "grad_var", "token_cosine"]]

@@ -278,9 +278,13 @@ def compare(
             for column, series in panels:
                 show(log_chart(series, width=chart_width(chart_console()), title=f"{column} · {title}"))
         if out.save_plot:
-            save_figure(out.save_plot, [{"series": series, "xlabel": "layer", "ylabel": column, "log": True,
-                                         "title": column} for column, series in panels],
-                        title=title, force=out.force, dpi=out.dpi)
+            unit = "block" if arch.transformer else "layer"
+            figure = [{"series": series, "xlabel": unit, "ylabel": column, "log": True, "title": column}
+                      for column, series in panels]
+            if arch.transformer:  # rank collapse: the tokens' mean cosine, on its own 0–1 scale
+                figure.append({"series": per_run_series(result.runs, "token_cosine"), "xlabel": unit,
+                               "ylabel": "token_cosine", "log": False, "title": "token_cosine"})
+            save_figure(out.save_plot, figure, title=title, force=out.force, dpi=out.dpi)
 
 
 def _profile_rows(run):
