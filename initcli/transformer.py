@@ -593,8 +593,9 @@ def token_cosine(x: np.ndarray) -> float:
 def _pooled(arrays) -> tuple[float, float]:
     """Mean and variance over the entries of several arrays together."""
     total = sum(a.size for a in arrays)
-    mean = sum(moments(a)[0] * a.size for a in arrays) / total
-    second = sum((moments(a)[1] + moments(a)[0] ** 2) * a.size for a in arrays) / total
+    parts = [(moments(a), a.size) for a in arrays]
+    mean = sum(m * size for (m, _), size in parts) / total
+    second = sum((v + m * m) * size for (m, v), size in parts) / total
     return mean, max(second - mean * mean, 0.0)
 
 
