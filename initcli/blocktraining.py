@@ -294,8 +294,8 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     batch = samples if batch is None else min(_positive_int("batch", batch), samples)
     if kind == "transformer" and engine_options.get("seq_len", 2) < 2:
         raise InitcliError("seq_len", "the first task needs at least 2 tokens: the first and one to pool with")
-    # every scheme checked, and the largest forward pass (the evaluation, all samples) guarded
-    runs = [_prepare(kind, scheme, activation, dict(engine_options, batch=samples, dtype=dtype), init_options)
+    # every scheme checked (on a batch of one: the memory is guarded below, naming train's options)
+    runs = [_prepare(kind, scheme, activation, dict(engine_options, batch=1, dtype=dtype), init_options)
             for scheme in schemes]
     shape = runs[0].shape
     preset = getattr(shape, "residual_init", None)
@@ -312,8 +312,13 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     at_once = min(jobs, len(schemes))
     # per worker: the evaluation's forward pass over every sample, the data in float64, and the
     # parameters with their gradients and Adam's moments (inside the estimate's weights, ×4)
-    check_memory(at_once * (runs[0].estimate + data_bytes), dtype=runs[0].dtype,
-                 options=("--samples", "--depth", "--jobs"))
+    shrink = ("--channels", "--spatial") if kind == "conv" else ("--width", "--seq-len", "--mlp-ratio")
+    # the largest forward pass is the evaluation's, over every sample
+    from .propagation import engine
+
+    evaluation = engine(kind).estimate_bytes(shape, runs[0].depth, samples, runs[0].dtype)
+    check_memory(at_once * (evaluation + data_bytes), dtype=runs[0].dtype,
+                 options=("--samples", "--depth") + shrink + ("--jobs",))
     common = dict(kind=kind, activation=activation, task=task, samples=samples, classes=classes, noise=noise,
                   engine_options=dict(engine_options, batch=samples, dtype=dtype), optimizer=key, lr=lr,
                   epochs=epochs, batch=batch, target=target, seed=seed, init_options=init_options)

@@ -143,3 +143,12 @@ def test_cli_trains_a_transformer_and_writes_the_train_columns():
     assert rows[0]["scheme"] == "he-normal" and "final_accuracy" in rows[0]
 
 
+
+
+@pytest.mark.parametrize("kind", ["conv", "transformer"])
+def test_memory_refusal_names_trains_own_options(kind):
+    """The evaluation's forward pass holds every sample: a run too large for memory is refused
+    before any work, naming --samples (train's --batch is the mini-batch, not what is too big)."""
+    result = CliRunner().invoke(app, ["train", "--arch", kind, "--samples", "10000000", "--format", "csv"], env=ENV)
+    assert result.exit_code == 2, result.output
+    assert "--samples" in result.stderr and "--batch" not in result.stderr
