@@ -312,13 +312,14 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     at_once = min(jobs, len(schemes))
     # per worker: the evaluation's forward pass over every sample, the data in float64, and the
     # parameters with their gradients and Adam's moments (inside the estimate's weights, ×4)
-    shrink = ("--channels", "--spatial") if kind == "conv" else ("--width", "--seq-len", "--mlp-ratio")
-    # the largest forward pass is the evaluation's, over every sample
+    # the largest forward pass is the evaluation's, over every sample: --samples is its batch
     from .propagation import engine
 
-    evaluation = engine(kind).estimate_bytes(shape, runs[0].depth, samples, runs[0].dtype)
+    domain = engine(kind)
+    evaluation = domain.estimate_bytes(shape, runs[0].depth, samples, runs[0].dtype)
+    shrink = tuple(option for option in domain.MEMORY_OPTIONS if option != "--batch")
     check_memory(at_once * (evaluation + data_bytes), dtype=runs[0].dtype,
-                 options=("--samples", "--depth") + shrink + ("--jobs",))
+                 options=("--samples",) + shrink + ("--jobs",))
     common = dict(kind=kind, activation=activation, task=task, samples=samples, classes=classes, noise=noise,
                   engine_options=dict(engine_options, batch=samples, dtype=dtype), optimizer=key, lr=lr,
                   epochs=epochs, batch=batch, target=target, seed=seed, init_options=init_options)

@@ -531,7 +531,7 @@ def per_run_series(runs, column: str) -> list[Series]:
     series = []
     for group, run in enumerate(runs):
         label = f"{run.params['scheme']}+{run.params['activation']}"
-        rows = run.stream() if run.params.get("arch") == "transformer" else run.layers
+        rows = run.per_layer()
         series.append(Series(label, [layer.layer for layer in rows], [getattr(layer, column) for layer in rows],
                              group=group))
     return series

@@ -119,16 +119,9 @@ def widths(params: dict) -> list[int]:
     return list(params["sizes"])
 
 
-def _judged_layers(result) -> tuple:
-    """The rows a verdict reads: every layer, or a transformer's stream rows."""
-    if result.params.get("arch") == "transformer":
-        return result.stream()
-    return result.layers
-
-
 def judge(result) -> tuple[str, str]:
     """(verdict, reason) for one propagate run (MLP, conv or transformer)."""
-    layers = _judged_layers(result)
+    layers = result.per_layer()
     first, last = layers[0], layers[-1]
     depth = len(layers)
     bound = drift_bound(widths(result.params))
@@ -234,7 +227,7 @@ def _settled_rate(values: Sequence[float]) -> float:
 
 
 def _row(result) -> CompareRow:
-    layers = _judged_layers(result)
+    layers = result.per_layer()
     sizes = widths(result.params)
     verdict, reason = judge(result)
     transformer = result.params.get("arch") == "transformer"
@@ -289,15 +282,12 @@ def plan(schemes: Sequence[str], activations: Sequence[str] = ("relu",), *, jobs
     jobs = check_jobs(jobs)
     calls = tuple({"scheme": scheme, "activation": activation, **options} for activation in activations
                   for scheme in schemes)
-    prepare_run = engine(kind).prepare
-    result = ComparePlan(calls, tuple(prepare_run(**{k: v for k, v in call.items() if k != "arch"})
+    domain = engine(kind)
+    result = ComparePlan(calls, tuple(domain.prepare(**{k: v for k, v in call.items() if k != "arch"})
                                       for call in calls), jobs, len(schemes))
     largest = max(run.estimate for run in result.runs)
-    shrink = {"mlp": ("--batch", "--width", "--depth", "--sizes"),
-              "conv": ("--batch", "--depth", "--channels", "--spatial"),
-              "transformer": ("--batch", "--depth", "--width", "--seq-len", "--mlp-ratio")}[kind]
     check_memory(result.at_once * largest, dtype=result.runs[0].dtype,
-                 options=shrink + (("--jobs",) if result.at_once > 1 else ()))
+                 options=domain.MEMORY_OPTIONS + (("--jobs",) if result.at_once > 1 else ()))
     return result
 
 

@@ -50,7 +50,7 @@ MAX_SPATIAL_DIMS = 3
 DEFAULT_CHANNELS = 16
 DEFAULT_SPATIAL = (16, 16)
 DEFAULT_KERNEL = 3
-CONV_OPTIONS = ("--batch", "--depth", "--channels", "--spatial")  # what makes a conv run smaller
+MEMORY_OPTIONS = ("--batch", "--depth", "--channels", "--spatial")  # what makes a conv run smaller
 # im2col copies at most this much of the batch at a time: small enough to stay in a core's L2
 # cache (the copy then costs ~half of a 16 MiB chunk's on a 4 MiB-L2 Xeon), large enough for
 # an efficient GEMM (thousands of rows)
@@ -386,7 +386,7 @@ def prepare(scheme: str | Init = "he-normal", activation: str = "relu", **option
     `schemes.make_init`'s keywords. `sizes` and `width` are refused: a conv layer's width is
     its channels."""
     run = _checked_run(scheme, activation, **options)
-    check_memory(run.estimate, dtype=run.dtype, options=CONV_OPTIONS)
+    check_memory(run.estimate, dtype=run.dtype, options=MEMORY_OPTIONS)
     return run
 
 

@@ -110,6 +110,10 @@ class PropagateResult:
     def overflowed(self) -> bool:
         return self.forward_overflow_layer is not None or self.backward_overflow_layer is not None
 
+    def per_layer(self) -> tuple[LayerStats, ...]:
+        """One row per layer: what verdicts and profiles read (every row here)."""
+        return self.layers
+
 
 # -- memory guard ---------------------------------------------------------------------------
 
@@ -335,6 +339,7 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
 
 
 ARCHS = ("mlp", "conv", "transformer")
+MEMORY_OPTIONS = STACK_OPTIONS  # what makes an MLP run smaller, as each engine module names its own
 
 
 def check_arch(arch: str | None) -> str:
@@ -350,8 +355,9 @@ def check_arch(arch: str | None) -> str:
 
 def engine(kind: str):
     """The module that builds and measures an architecture's stacks: each has `prepare`
-    (checks, allocating nothing; its run has `estimate` and `params`), `run_prepared` and
-    `propagate`. This module itself for 'mlp'."""
+    (checks, allocating nothing; its run has `estimate`, `depth` and `params`), `run_prepared`,
+    `propagate` and MEMORY_OPTIONS (the options that make a run smaller). This module itself
+    for 'mlp'."""
     import importlib
 
     return importlib.import_module({"mlp": "initcli.propagation", "conv": "initcli.conv",

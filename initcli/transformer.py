@@ -60,7 +60,7 @@ DEFAULT_MLP_RATIO = 4.0  # Vaswani et al. 2017: d_ff = 4·d_model
 DEFAULT_DEPTH = 6
 MAX_MLP_RATIO = 64.0
 # the options that make a transformer run smaller, named when it does not fit in memory
-TRANSFORMER_OPTIONS = ("--batch", "--depth", "--width", "--seq-len", "--mlp-ratio")
+MEMORY_OPTIONS = ("--batch", "--depth", "--width", "--seq-len", "--mlp-ratio")
 SUBLAYERS = ("attn", "mlp", "stream")
 _WORKSPACE = 4 << 20
 # schemes that cannot draw these weights, or that need the MLP engine
@@ -736,6 +736,10 @@ class TransformerResult:
         """The stream rows, one per block."""
         return tuple(row for row in self.layers if row.sublayer == "stream")
 
+    def per_layer(self) -> tuple[SublayerStats, ...]:
+        """One row per block, what verdicts and profiles read: the stream rows."""
+        return self.stream()
+
 
 def estimate_bytes(shape: TransformerShape, depth: int, batch: int, dtype) -> int:
     """Peak memory before anything is allocated: the weights; per block the kept arrays of
@@ -810,7 +814,7 @@ def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, 
     bias_std = check_weight_scale("bias_std", bias_std)
     input_std = check_weight_scale("input_std", input_std)
     seed = check_seed(seed)
-    check_memory(estimate_bytes(shape, depth, batch, np_dtype), dtype=np_dtype, options=TRANSFORMER_OPTIONS)
+    check_memory(estimate_bytes(shape, depth, batch, np_dtype), dtype=np_dtype, options=MEMORY_OPTIONS)
     return TransformerRun(init, act, shape, depth, batch, bias_std, input_std, np_dtype, seed, bool(theory))
 
 

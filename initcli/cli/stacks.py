@@ -198,12 +198,10 @@ def _propagate_engine(init: InitOptions, stack: StackOptions, arch: ArchOptions,
         raise InitcliError("weights", f"does not apply with --arch {arch.kind} (weight files hold Linear stacks)")
     if checkpoint:
         raise InitcliError("checkpoint", f"does not apply with --arch {arch.kind}")
-    options = {**stack.domain(), **init.scheme_options(), "bias_std": init.bias_std, **arch.engine_domain(),
-               "activation": activation, "theory": theory}
+    options = _engine_run(init, stack, arch)
     domain = engine(options.pop("arch"))
-    run = domain.prepare(scheme, **options)
-    if run.estimate >= _MEMORY_REPORT:
-        note(f"initcli: this run needs about {run.estimate / 2**30:.2f} GiB of memory")
+    run = domain.prepare(scheme, activation=activation, theory=theory, **options)
+    _report_estimate(run.estimate)
     with progress(2 * run.depth, "propagating") as advance:
         return domain.run_prepared(run, advance)
 
@@ -260,7 +258,7 @@ def compare(
         unit = "block" if arch.transformer else "layer"
         # each row on its own log scale, at least MIN_DECADES tall: a row's shape is what it shows
         profiles = {f"{column} by {unit}\n(log, ≥{MIN_DECADES:g} decades a row)":
-                    [log_sparkline([getattr(layer, column) for layer in _profile_rows(run)]) for run in result.runs]
+                    [log_sparkline([getattr(layer, column) for layer in run.per_layer()]) for run in result.runs]
                     for column in ("act_var", "grad_var")}
         hidden = print_table(rows, columns, title=f"{shape} · batch {p['batch']} · {p['dtype']} · seed {p['seed']}",
                              cell_style=_compare_style, priority=COMPARE_PRIORITY, extra_columns=profiles,
@@ -285,11 +283,6 @@ def compare(
                 figure.append({"series": per_run_series(result.runs, "token_cosine"), "xlabel": unit,
                                "ylabel": "token_cosine", "log": False, "title": "token_cosine"})
             save_figure(out.save_plot, figure, title=title, force=out.force, dpi=out.dpi)
-
-
-def _profile_rows(run):
-    """The rows a compare profile draws: every layer, or a transformer's stream rows."""
-    return run.stream() if run.params.get("arch") == "transformer" else run.layers
 
 
 def _print_reasons(rows: list[dict]) -> None:

@@ -51,7 +51,8 @@ def train_command(
         help="Hidden widths, e.g. 64,64,32; the task fixes the input and output sizes.")] = None,
     optimizer: Annotated[Optional[str], typer.Option(
         help="sgd or adam (default: sgd, adam with --arch transformer).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 0.1 for sgd, 0.001 for adam).")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="Learning rate (default 0.1; with --arch conv or transformer, 0.001 for adam).")] = None,
     epochs: Annotated[Optional[int], typer.Option(
         help="Passes over the data (default 300; 100 with --arch conv or transformer).")] = None,
     batch: Annotated[int, typer.Option(help="Mini-batch size; 0, or any size ≥ --samples, is full batch.")] = 128,
@@ -101,7 +102,7 @@ def train_command(
     else:
         epochs = 300 if epochs is None else epochs
         optimizer = "sgd" if optimizer is None else optimizer
-        lr = (0.001 if optimizer.strip().lower() == "adam" else 0.1) if lr is None else lr
+        lr = 0.1 if lr is None else lr  # the MLP's default for either optimizer, as before --arch
         with progress(len(names) * max(epochs, 0), "training") as advance:
             result = train(
                 names, activation, task="spiral" if task is None else task, samples=samples, classes=classes,
