@@ -10,7 +10,6 @@ land between creating it and knowing its name.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import tempfile
@@ -135,7 +134,7 @@ def atomic_output(path: str | os.PathLike, param: str, *, force: bool = False,
                 tmp.flush()
                 os.fsync(tmp.fileno())
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS):
+            if exc.filename is None or exc.filename == tmp_name:  # our file, not one the writer read
                 raise InitcliError(param, f"could not write '{target}': {_why(exc)}; "
                                           "it was left as it was") from None
             raise
@@ -145,7 +144,11 @@ def atomic_output(path: str | os.PathLike, param: str, *, force: bool = False,
         with held():
             if not force and os.path.lexists(target):  # appeared while we worked
                 raise InitcliError(param, f"'{target}' already exists; pass --force to overwrite it")
-            os.replace(tmp_name, target)
+            try:
+                os.replace(tmp_name, target)
+            except OSError as exc:
+                raise InitcliError(param, f"could not write '{target}': {_why(exc)}; "
+                                          "it was left as it was") from None
             _pending.discard(tmp_name)
     except BaseException:
         with suppress(OSError):

@@ -279,7 +279,14 @@ def prepare(
     input_std = check_weight_scale("input_std", input_std)
     seed = check_seed(seed)
     needed = estimate_bytes(sizes, batch, np_dtype, checkpoint=checkpoint, arch=arch)
-    check_memory(needed, dtype=np_dtype)
+    if declared is None:
+        check_memory(needed, dtype=np_dtype)
+    else:  # the file fixes the sizes: only --batch is the user's to lower, or the file is too large
+        try:
+            check_memory(needed, options=("--batch",))
+        except InitcliError as exc:
+            raise InitcliError("weights", f"'{weights}' declares {declared.nbytes / 2**30:.1f} GiB of arrays; "
+                                          f"{exc.message}") from None
     loaded = None
     if declared is not None:
         from .weightfile import load_npz

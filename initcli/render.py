@@ -14,12 +14,15 @@ decades tall, so that a flat profile looks flat; `log_scale_header` names the sc
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
+
+from .text import printable
 
 FORMATS = ("auto", "table", "csv", "json")
 SPARK = "▁▂▃▄▅▆▇█"
@@ -110,7 +113,7 @@ def table_cell(column: str, value: Any, none_text: Mapping[str, str] | None = No
     """A table cell's text: format_number, and None as "-" (or none_text[column])."""
     if _plain(value) is None:
         return (none_text or {}).get(column, NONE_TEXT)
-    return format_number(value)
+    return printable(format_number(value))
 
 
 # -- profiles on a log scale -----------------------------------------------------------------
@@ -320,6 +323,33 @@ def _safe_file(stream):
     return _AsciiFallbackStream(stream) if _encoding_lacks_glyphs(stream) else stream
 
 
+@functools.cache
+def _escaping_console_class():
+    """rich's Console, but print() shows control characters in plain strings and Text as
+    escapes (text.printable): names and notes read from a user's file reach it, and rich
+    passes ESC through. Tables built here escape their own cells. Built on first use, so
+    importing this module does not import rich."""
+    from rich.console import Console
+    from rich.text import Text
+
+    class EscapingConsole(Console):
+        def print(self, *objects, **options):
+            safe = []
+            for item in objects:
+                if isinstance(item, str):
+                    item = printable(item)
+                elif isinstance(item, Text) and printable(item.plain) != item.plain:
+                    item = Text(printable(item.plain), style=item.style)
+                safe.append(item)
+            super().print(*safe, **options)
+
+    return EscapingConsole
+
+
+def _console(**kwargs):
+    return _escaping_console_class()(**kwargs)
+
+
 def stdout_console():
     """The console tables (and terminal charts) go to on stdout.
 
@@ -328,31 +358,27 @@ def stdout_console():
     Forced into a pipe or file: PIPE_TABLE_WIDTH wide, so rich does not cut it to 80 columns.
     stdout closed: output is discarded. An encoding without the glyphs: ASCII stand-ins.
     """
-    from rich.console import Console
-
     stream = sys.stdout
     file = _safe_file(stream)
     if not _isatty(stream):
-        return Console(file=file, width=PIPE_TABLE_WIDTH, highlight=False)
-    console = Console(file=file, highlight=False)
+        return _console(file=file, width=PIPE_TABLE_WIDTH, highlight=False)
+    console = _console(file=file, highlight=False)
     if console.width < MIN_TABLE_WIDTH:
-        console = Console(file=file, width=MIN_TABLE_WIDTH, highlight=False)
+        console = _console(file=file, width=MIN_TABLE_WIDTH, highlight=False)
     return console
 
 
 def stderr_console():
     """The console for diagnostics: stderr, discarded when stderr is closed, ASCII stand-ins
     for an encoding without the glyphs."""
-    from rich.console import Console
-
     stream = sys.stderr
     if stream is None:
-        return Console(file=_Discard(), highlight=False)
+        return _console(file=_Discard(), highlight=False)
     file = _safe_file(stream)
     # file=None follows sys.stderr (test runners swap it)
-    console = Console(stderr=True, highlight=False) if file is stream else Console(file=file, highlight=False)
+    console = _console(stderr=True, highlight=False) if file is stream else _console(file=file, highlight=False)
     if console.width < MIN_NOTE_WIDTH:  # COLUMNS=0 would print nothing at all
-        console = Console(file=file, width=MIN_NOTE_WIDTH, highlight=False)
+        console = _console(file=file, width=MIN_NOTE_WIDTH, highlight=False)
     return console
 
 
@@ -479,7 +505,7 @@ def print_table(rows: list[dict], columns: Sequence[str], *, title: str | None =
         cells.extend(Text(extra_columns[name][index], style="cyan") for name in extras)
         table.add_row(*cells)
     if title:
-        console.print(Text(title, style="bold"), soft_wrap=True)
+        console.print(Text(printable(title), style="bold"), soft_wrap=True)
     console.print(table)
     return [c for c in columns if c not in shown]
 

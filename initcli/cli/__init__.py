@@ -55,7 +55,7 @@ class _OneLineErrors(TyperGroup):
         except BrokenPipeError:
             code = _closed_pipe()
         except OSError as exc:
-            code = _fail(f"cannot write the output: {exc.strerror or exc}")
+            code = _fail(_os_error_line(exc))
             _silence_stdout()
         finally:
             remove_pending()
@@ -70,13 +70,24 @@ def _say(line: str) -> None:
     """A line on stderr; nowhere when stderr is closed (never onto stdout, whose bytes are data)."""
     if sys.stderr is None:
         return
+    from ..text import printable
+
     with suppress(OSError, ValueError):  # stderr went away: nowhere left to say it
-        print(line, file=sys.stderr, flush=True)
+        print(printable(line), file=sys.stderr, flush=True)
 
 
 def _fail(message: str) -> int:
     _say(f"initcli: error: {' '.join(message.split())}")
     return 2
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError no command turned into its own line: the file it names (read or written,
+    which only the command knows), else the output stream, the one file without a name."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        return f"'{os.fsdecode(exc.filename)}': {why}"
+    return f"cannot write the output: {why}"
 
 
 def _print_help(text: str) -> int:
