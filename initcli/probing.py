@@ -648,10 +648,12 @@ def run_probe(target: str, *, kwargs: dict | str | None = None, input_shape: Seq
               dtype: str = "float32", device: str = "cpu", seed: int = 0, train_mode: bool = False,
               modules: str | None = None, max_depth: int | None = None, reinit: Sequence[str] | None = None,
               activation: str = "relu", bias_std: float = 0.0, init_options: dict | None = None,
-              progress: Callable[[int], None] | None = None, available: int | None = None):
+              progress: Callable[[int], None] | None = None, available: int | None = None,
+              fix: Callable | None = None):
     """`initcli probe`: build the model from `target`, draw its inputs, check the memory,
     and probe it (once as built, or once per `reinit` scheme on re-initialised copies).
-    Returns a ProbeResult, or a ProbeComparison for several schemes."""
+    Returns a ProbeResult, or a ProbeComparison for several schemes; with `fix` (probe
+    --fix, `initcli.fixing`), what fix(model, args, params=…, **probe options) returns."""
     torch = _torch("target")
     kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) or kwargs is None else kwargs
     np_dtype = check_dtype(dtype)
@@ -704,11 +706,13 @@ def run_probe(target: str, *, kwargs: dict | str | None = None, input_shape: Seq
         with torch.no_grad():
             for b, s in saved:
                 b.copy_(s)
-    check_memory(needed * (2 if inits else 1), available, dtype=np_dtype,
+    check_memory(needed * (2 if inits or fix else 1), available, dtype=np_dtype,
                  options=("--batch", "--input-shape", "--seq-len"))
     params = {"target": target, "kwargs": kwargs, **source, "dtype": np_dtype.name, "device": device}
     options = dict(seed=seed, train_mode=train_mode, modules=modules, max_depth=max_depth,
                    channels_last=tokens is not None if example is None else None, progress=progress)
+    if fix is not None:
+        return fix(model, args, params=params, **options)
     if not inits:
         return probe(model, args, params=params, **options)
     runs = []
