@@ -18,6 +18,7 @@ when it is made, naming the option at fault, rather than overflowing while drawi
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,6 +69,17 @@ class Scheme:
     value: float | None = None  # a constant preset's fixed value (ones: 1); None: --value
     default_std: float = 1.0  # --std when not given
 
+
+GPT2_INIT_STD = 0.02  # GPT-2's initializer_range
+GPT2_DEFAULT_N_LAYER = 12  # GPT-2 small
+
+
+def gpt2_residual_std(n_layer: int) -> float:
+    """GPT-2's residual projections: 0.02/√(2·n_layer) (two residual adds per block)."""
+    return GPT2_INIT_STD / math.sqrt(2 * n_layer)
+
+
+GPT2_RESIDUAL_STD = gpt2_residual_std(GPT2_DEFAULT_N_LAYER)
 
 GLOROT = "Glorot & Bengio 2010, Understanding the difficulty of training deep feedforward neural networks"
 HE = "He et al. 2015, Delving Deep into Rectifiers"
@@ -137,6 +149,10 @@ SCHEMES: tuple[Scheme, ...] = (
            formula="N(0, 0.02²) (--std to change; GPT-2's residual projections: --std 0.02/√(2·n_layer))",
            designed_for="transformers (GPT-2, BERT: initializer_range 0.02)",
            reference="Radford et al. 2019, Language Models are Unsupervised Multitask Learners; Devlin et al. 2019"),
+    Scheme("gpt2-residual", "fixed", "normal", default_std=GPT2_RESIDUAL_STD,
+           formula="N(0, (0.02/√(2·n_layer))²): gpt2-residual(n_layer=N); n_layer 12 (GPT-2 small) by default",
+           designed_for="the output projections of pre-LN transformer blocks (GPT-2's c_proj)",
+           reference="Radford et al. 2019, Language Models are Unsupervised Multitask Learners (section 2.3)"),
     Scheme("timm-trunc-normal", "trunc-normal", aliases=("vit",), default_std=0.02,
            formula="trunc_normal_(std=0.02) with torch's absolute cut-offs ±2, i.e. ±100σ: a plain N(0, 0.02²)",
            designed_for="vision transformers (timm, ViT)",
@@ -149,7 +165,11 @@ SCHEME_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 
 
 def get_scheme(name: str) -> Scheme:
-    """The preset called `name` or one of its aliases (`xavier`, `kaiming`, `glorot_uniform`…)."""
+    """The preset called `name` or one of its aliases (`xavier`, `kaiming`, `glorot_uniform`…);
+    a spelling with options, `NAME(key=value,...)`, names its preset (the options are checked
+    here and applied by `make_init`)."""
+    if "(" in name or ")" in name:
+        name, _ = parse_scheme_spec(name)
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in _BY_NAME:
@@ -159,6 +179,72 @@ def get_scheme(name: str) -> Scheme:
             f"choose from {', '.join(SCHEME_NAMES)} (or an alias: {', '.join(_ALIASES)})",
         )
     return _BY_NAME[key]
+
+
+# NAME(key=value,...): the options a reading of `inspect` prints, so that every reading is a
+# valid --scheme. `a` is He's leaky slope (torch's kaiming a); n_layer is gpt2-residual's.
+SPEC_KEYS = ("gain", "mode", "distribution", "a", "negative_slope", "value", "std", "limit", "mean", "low", "high",
+             "sparsity", "groups", "n_layer")
+_SPEC = re.compile(r"^\s*([A-Za-z0-9_\-.]+)\s*\((.*)\)\s*$")
+_GAIN_WORDS = {"sqrt2": math.sqrt(2), "sqrt(2)": math.sqrt(2), "√2": math.sqrt(2)}
+
+
+def _spec_number(key: str, text: str, spec: str) -> float:
+    """A number as readings print them: 0.02, 1e-06, 5/3, sqrt2."""
+    word = text.strip().lower()
+    if word in _GAIN_WORDS:
+        return _GAIN_WORDS[word]
+    try:
+        if "/" in word:
+            top, bottom = word.split("/", 1)
+            return float(top) / float(bottom)
+        return float(word)
+    except (ValueError, ZeroDivisionError):
+        raise InitcliError("scheme", f"'{spec}': {key}={text} is not a number (such as 0.02, 1e-06, 5/3 or "
+                                     "sqrt2)") from None
+
+
+def parse_scheme_spec(spec: str) -> tuple[str, dict]:
+    """'he-normal(mode=fan_out,a=0.1)' -> ('he-normal', {'mode': 'fan_out', 'activation':
+    'leaky-relu', 'negative_slope': 0.1}): `make_init`'s keywords. A bare name has no options."""
+    text = str(spec)
+    found = _SPEC.match(text)
+    if found is None:
+        if "(" in text or ")" in text:
+            raise InitcliError("scheme", f"'{text}' is not NAME or NAME(key=value,...), e.g. he-normal(mode=fan_out)")
+        return text, {}
+    name, body = found.group(1), found.group(2).strip()
+    options: dict = {}
+    for item in (part.strip() for part in body.split(",")) if body else ():
+        key, sep, value = item.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or not value.strip():
+            raise InitcliError("scheme", f"'{text}': '{item}' is not key=value")
+        if key not in SPEC_KEYS:
+            raise InitcliError("scheme", f"'{text}': unknown option '{key}'{suggest(key, list(SPEC_KEYS))}; "
+                                         f"options are {', '.join(SPEC_KEYS)}")
+        value = value.strip()
+        if key in ("mode", "distribution"):
+            parsed = value
+        elif key == "groups" or key == "n_layer":
+            if not value.isdecimal() or int(value) < 1 or len(value) > 9:
+                raise InitcliError("scheme", f"'{text}': {key} must be a positive integer, got {value}")
+            parsed = int(value)
+        else:
+            parsed = _spec_number(key, value, text)
+        if key in ("a", "negative_slope"):
+            options["activation"] = "leaky-relu"
+            key = "negative_slope"
+        if key in options:
+            raise InitcliError("scheme", f"'{text}' gives {key} twice")
+        options[key] = parsed
+    if "n_layer" in options:
+        if name.strip().lower().replace("_", "-") != "gpt2-residual":
+            raise InitcliError("scheme", f"'{text}': n_layer is an option of gpt2-residual only")
+        if "std" in options:
+            raise InitcliError("scheme", f"'{text}': give n_layer or std, not both")
+        options["std"] = gpt2_residual_std(options.pop("n_layer"))
+    return name, options
 
 
 def _axes(param: str, axes: int | Sequence[int]) -> tuple[int, ...]:
@@ -840,6 +926,27 @@ def make_init(
     An init whose weights could exceed float32's range (weights are drawn in float32) is
     refused, naming the option at fault and the largest value it may take.
     """
+    if isinstance(scheme, str) and ("(" in scheme or ")" in scheme):
+        # options spelled in the name (as inspect prints readings): they fill what the caller left at
+        # its default; the same option given twice with two values is refused
+        scheme, spelled = parse_scheme_spec(scheme)
+        given = {"gain": gain, "mode": mode, "distribution": distribution, "activation": activation,
+                 "negative_slope": negative_slope, "value": value, "std": std, "limit": limit, "mean": mean,
+                 "low": low, "high": high, "sparsity": sparsity, "groups": groups}
+        defaults = {"gain": 1.0, "activation": "relu", "negative_slope": DEFAULT_NEGATIVE_SLOPE}
+        for key, spelled_value in spelled.items():
+            current = given[key]
+            if key == "activation":
+                activation = spelled_value
+                continue
+            if current is not None and current != defaults.get(key, None) and current != spelled_value:
+                raise InitcliError(key, f"is {current} but the scheme '{scheme}(…)' gives {key}={spelled_value}; "
+                                        "give it once")
+            given[key] = spelled_value
+        gain, mode, distribution, negative_slope = given["gain"], given["mode"], given["distribution"], \
+            given["negative_slope"]
+        value, std, limit, mean, low, high = (given[k] for k in ("value", "std", "limit", "mean", "low", "high"))
+        sparsity, groups = given["sparsity"], given["groups"]
     preset = scheme if isinstance(scheme, Scheme) else get_scheme(scheme)
     negative_slope = check_number("negative_slope", negative_slope, nonnegative=False)
     act = get_activation(activation, negative_slope)

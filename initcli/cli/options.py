@@ -317,8 +317,11 @@ def parse_axis_list(text: str, param: str) -> list[int]:
 
 
 def parse_name_list(text: str, param: str) -> list[str]:
-    """'relu, tanh' -> ['relu', 'tanh']; empty items are refused."""
-    items = [item.strip() for item in text.split(",")]
+    """'relu, tanh' -> ['relu', 'tanh']; empty items are refused. Commas inside parentheses
+    belong to one item: 'he-normal(mode=fan_out,a=0.1),xavier' is two schemes."""
+    import re
+
+    items = [item.strip() for item in re.split(r",(?![^()]*\))", text)]
     if not all(items):
         raise InitcliError(param, f"must be a comma list of names such as relu,tanh; got '{text}'")
     return items
