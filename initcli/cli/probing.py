@@ -76,6 +76,14 @@ def probe(
         help="Comma list of schemes: re-initialise a copy's Linear, Conv and Embedding weights with each "
              "(torch-layout fans, --gain, --mode, --distribution, --bias-std) before probing.")] = None,
     activation: Activation = "relu",
+    fix: Annotated[Optional[str], typer.Option(
+        help="lsuv or rescale: repair a copy's init, probe it again and show the verdicts before and after. lsuv "
+             "(Mishkin & Matas 2015) rescales each weighted module in forward order until its output variance on "
+             "this batch is 1; rescale sets each weight's std to gain/√fan_in for the activation that follows "
+             "it (no data).")] = None,
+    save: Annotated[Optional[str], typer.Option(
+        help="With --fix: write the fixed model's state_dict to this .safetensors file "
+             "(model.load_state_dict(safetensors.torch.load_file(path))).")] = None,
 ) -> None:
     """Probe your own PyTorch model: propagate's per-layer numbers for every module.
 
@@ -86,11 +94,14 @@ def probe(
     signal-propagation plots. Verdicts follow `initcli compare`'s rules.
     """
     from ..errors import InitcliError
+    from ..fixing import fixer
     from ..probing import COMPARE_PROBE_COLUMNS, ProbeComparison, run_probe
     from ..render import log_bars, log_scale_header, print_table
+    from .fixing import check_fix_options, show_fix
 
     fmt = output_format(out.fmt)
-    check_outputs(out)
+    check_fix_options(fix, save, out, reinit=reinit)
+    check_outputs(out, (save, "save", (".safetensors",)))
     typed = given()
     init_names = {"gain", "mode", "distribution", "negative_slope", "value", "std", "mean", "limit", "low", "high",
                   "sparsity", "groups", "in_axis", "out_axis", "batch_axis", "bias_std", "activation"}
@@ -105,7 +116,10 @@ def probe(
         result = run_probe(target, kwargs=kwargs, input_shape=shape, batch=batch, input_std=input_std, tokens=tokens,
                            seq_len=seq_len, dtype=dtype, device=device, seed=seed, train_mode=train_mode,
                            modules=modules, max_depth=max_depth, reinit=schemes, activation=activation,
-                           bias_std=init.bias_std, init_options=options, progress=advance)
+                           bias_std=init.bias_std, init_options=options, progress=advance,
+                           fix=None if fix is None else fixer(fix, save=save, force=out.force))
+    if fix is not None:
+        return show_fix(result, fmt, target, seed)
     if isinstance(result, ProbeComparison):
         rows = result.rows()
         if fmt == "table":
