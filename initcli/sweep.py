@@ -36,13 +36,23 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from itertools import chain, islice, product
 
 import numpy as np
 
 from .errors import InitcliError
+from .executors import (  # noqa: F401 - the executors' names, as this module gave them before
+    CONNECT_SECONDS,
+    DaskExecutor,
+    LocalExecutor,
+    check_scheduler,
+    connect,
+    make_executor,
+    probe,
+)
 from .propagation import check_memory
 
 COORDINATES = ("sigma_w", "sigma_b", "depth", "width", "batch", "scheme", "activation", "seed")
@@ -57,8 +67,8 @@ SUMMARY = ("first_act_var", "last_act_var", "first_grad_var", "last_grad_var", "
 MEASURED = ("xi_q", "xi_c", "xi_grad")
 THEORY = ("theory_q_star", "theory_chi", "theory_xi_c", "theory_xi_q", "theory_xi_grad", "theory_phase")
 TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "samples": 512, "batch": 128}
-CONNECT_SECONDS = 5  # how long a --scheduler may take to answer before the sweep gives up
-MAX_POINTS = 10_000_000
+MAX_POINTS = 10_000_000  # streamed to a results file (--out); held for stdout up to MAX_KEPT_ROWS
+MAX_KEPT_ROWS = 200_000  # a row is about 2 KiB as Python objects
 MAX_AXIS = 100_000
 DEFAULTS = {"sigma_b": [0.0], "depth": [10], "width": [256], "batch": [512], "activation": ["relu"]}
 
@@ -223,9 +233,10 @@ def point_seed(point: Point) -> int:
     return ((high << 32) | low) >> 1
 
 
-def grid(axes: dict[str, Sequence], seeds: int = 1, base_seed: int = 0) -> list[Point]:
+def grid(axes: dict[str, Sequence], seeds: int = 1, base_seed: int = 0) -> Grid:
     """Every point of the product of `axes` (values per axis name) times `seeds` replicas,
-    in a fixed order: the order rows come out in."""
+    in a fixed order: the order rows come out in. The points are made as they are read
+    (see `Grid`), so a grid of millions costs nothing until it runs."""
     from .propagation import check_seed
 
     known = COORDINATES[:-1] + ARCH_AXES
@@ -252,14 +263,60 @@ def grid(axes: dict[str, Sequence], seeds: int = 1, base_seed: int = 0) -> list[
     # an axis not given is one None: the points keep the coordinates (and seeds) of before
     arch = {name: values.get(name) or [None] for name in ARCH_AXES}
     weights = [(s, None) for s in values.get("sigma_w") or []] + [(None, s) for s in values.get("scheme") or []]
-    total = len(weights) * seeds * math.prod(len(values[n]) for n in ("sigma_b", "depth", "width", "batch", "activation"))
-    total *= math.prod(len(v) for v in arch.values())
-    if total > MAX_POINTS:
-        raise InitcliError(None, f"the grid has {total:,} points; at most {MAX_POINTS:,} are accepted")
-    return [Point(sigma_w, sigma_b, depth, width, batch, scheme, activation, base_seed + replica, residual_init, param)
-            for sigma_w, scheme in weights for sigma_b in values["sigma_b"] for depth in values["depth"]
-            for width in values["width"] for batch in values["batch"] for activation in values["activation"]
-            for residual_init in arch["residual_init"] for param in arch["param"] for replica in range(seeds)]
+    made = Grid((tuple(weights), *(tuple(values[n]) for n in ("sigma_b", "depth", "width", "batch", "activation")),
+                 *(tuple(arch[n]) for n in ARCH_AXES), tuple(range(base_seed, base_seed + seeds))))
+    if len(made) > MAX_POINTS:
+        raise InitcliError(None, f"the grid has {len(made):,} points; at most {MAX_POINTS:,} are accepted")
+    return made
+
+
+class Grid(Sequence):
+    """The points of a product of axes, made when read: point i is found from i alone (the
+    axes as digits, the seed fastest), so a grid holds its axes, never its points. Slices and
+    sums are lists."""
+
+    def __init__(self, axes: tuple[tuple, ...]) -> None:
+        # axes: (σ_w, scheme) pairs, σ_b, depth, width, batch, activation, residual_init, param, seed
+        self.axes = axes
+        self._length = math.prod(len(values) for values in axes)
+
+    def __len__(self) -> int:
+        return self._length
+
+    @staticmethod
+    def _point(values: tuple) -> Point:
+        (sigma_w, scheme), sigma_b, depth, width, batch, activation, residual_init, param, seed = values
+        return Point(sigma_w, sigma_b, depth, width, batch, scheme, activation, seed, residual_init, param)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError("grid index out of range")
+        index %= len(self)
+        values = []
+        for axis in reversed(self.axes):
+            index, digit = divmod(index, len(axis))
+            values.append(axis[digit])
+        return self._point(tuple(reversed(values)))
+
+    def __iter__(self) -> Iterator[Point]:
+        return map(self._point, product(*self.axes))
+
+    def first_replicas(self) -> Iterator[Point]:
+        """One point per setting: the replicas differ only in their seed."""
+        return map(self._point, product(*self.axes[:-1], self.axes[-1][:1]))
+
+    def __add__(self, other) -> list[Point]:
+        return [*self, *other]
+
+    def __radd__(self, other) -> list[Point]:
+        return [*other, *self]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
 
 
 def _check_arch_value(name: str, value) -> str:
@@ -326,7 +383,7 @@ def check_points(points: Sequence[Point], options: dict, at_once: int = 1) -> No
     seen = set()
     largest = 0
     dtype = None
-    for point in points:
+    for point in points.first_replicas() if isinstance(points, Grid) else points:
         if "train" in options and (point.residual or point.param not in (None, "sp")
                                    or options.get("propagate", {}).keys() & {"residual", "block", "norm"}):
             raise InitcliError("train", "does not apply with --residual-init, --param, --residual, --block or "
@@ -429,12 +486,12 @@ def approach_scale(values: Sequence[float], target: float | None, eps: float) ->
 
 def measure_point(point: Point, options: dict) -> dict:
     """The row of one point (without error handling: see `run_point`)."""
-    from .compare import _row
+    from .compare import compare_row
     from .propagation import propagate
 
     call = _call(point, options)
     result = propagate(**call)
-    summary = asdict(_row(result))
+    summary = asdict(compare_row(result))
     # mean-field theory here is the plain MLP's: none for residual or normalised stacks
     plain = not call.get("residual") and str(call.get("norm") or "none").lower() == "none"
     sigma_w = effective_sigma_w(point) if plain else math.nan
@@ -489,158 +546,17 @@ def run_batch(points: Sequence[tuple[int, Point]], options: dict,
 # -- executors ----------------------------------------------------------------------------------
 
 
-def batches(indexed: Sequence[tuple[int, Point]], workers: int, size: int | None = None) -> list[list]:
-    """Points cut into tasks: about 4 per worker, so a slow task does not hold the end back,
-    and at most 64 points each, so a finished task reaches the file soon."""
+def batches(indexed: Iterable[tuple[int, Point]], workers: int, size: int | None = None,
+            count: int | None = None) -> Iterator[list]:
+    """Points cut into tasks, as they are read: about 4 per worker of the `count` points (all of
+    `indexed` when not given), so a slow task does not hold the end back, and at most 64 points
+    each, so a finished task reaches the file soon."""
     if size is None:
-        size = max(1, min(64, math.ceil(len(indexed) / (4 * workers))))
-    return [list(indexed[i:i + size]) for i in range(0, len(indexed), size)]
-
-
-@dataclass
-class LocalExecutor:
-    """Processes on this machine (`initcli.parallel.run_all`: spawn, one BLAS thread each)."""
-
-    jobs: int = 1
-
-    @property
-    def workers(self) -> int:
-        return self.jobs
-
-    @property
-    def here(self) -> int:
-        """Runs that go at once on this machine: what the memory guard multiplies by."""
-        return self.jobs
-
-    def run(self, tasks: list[list], options: dict, on_rows: Callable[[list[dict]], None],
-            on_progress: Callable[[int], None] | None = None) -> None:
-        from .parallel import run_all
-
-        run_all(run_batch, [{"points": task, "options": options} for task in tasks], self.jobs,
-                on_result=on_rows, on_progress=on_progress)
-
-
-@dataclass
-class DaskExecutor:
-    """dask.distributed: a running scheduler (`scheduler` = tcp://host:port) or, without one,
-    a local cluster of `jobs` worker processes with one thread each. A task whose worker is
-    lost is rerun by the scheduler; one that raises is retried `retries` times."""
-
-    scheduler: str | None = None
-    jobs: int = 1
-    retries: int = 2
-
-    @property
-    def workers(self) -> int:
-        return self.jobs
-
-    @property
-    def here(self) -> int:
-        """A local cluster's workers all run here; a scheduler's run on their own machines,
-        each of which must hold one run, which is all this machine can check."""
-        return self.jobs if self.scheduler is None else 1
-
-    def run(self, tasks: list[list], options: dict, on_rows: Callable[[list[dict]], None],
-            on_progress: Callable[[int], None] | None = None) -> None:
-        from .optional import require
-
-        distributed = require("distributed", "executor", "sweep --executor dask")
-        cluster = None
-        try:
-            if self.scheduler is None:
-                cluster = distributed.LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
-                                                   dashboard_address=None, silence_logs=40)
-                client = distributed.Client(cluster)
-            else:
-                client = connect(distributed, self.scheduler)
-            try:
-                futures = client.map(run_batch, tasks, options=options, retries=self.retries, pure=False)
-                for future in distributed.as_completed(futures):
-                    rows = future.result()
-                    on_rows(rows)
-                    if on_progress is not None:
-                        on_progress(len(rows))
-            finally:
-                client.close()
-        finally:
-            if cluster is not None:
-                cluster.close()
-
-
-def check_scheduler(address: str) -> tuple[str, int] | None:
-    """A scheduler address checked before any work: (host, port) for tcp:// (or no protocol,
-    which Dask reads as tcp), None for the protocols left to Dask (tls://, ucx://, …)."""
-    from urllib.parse import urlsplit
-
-    protocol, _, rest = str(address).strip().rpartition("://")
-    if protocol not in ("", "tcp"):
-        return None
-    try:
-        parts = urlsplit("//" + rest)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host = port = None
-    if not host or port is None or parts.path or parts.query:
-        raise InitcliError("scheduler", f"must be an address such as tcp://host:8786, got '{address}'")
-    return host, port
-
-
-def probe(address: str, seconds: float | None = None) -> None:
-    """Refuse a tcp:// scheduler address that nothing answers at, at once: Dask's client
-    would retry a refused connection until its timeout."""
-    import socket
-
-    seconds = CONNECT_SECONDS if seconds is None else seconds
-    where = check_scheduler(address)
-    if where is None:
-        return
-    try:
-        socket.create_connection(where, timeout=seconds).close()
-    except OSError as exc:
-        why = exc.strerror or (f"no answer in {seconds:g} s" if isinstance(exc, TimeoutError) else type(exc).__name__)
-        raise InitcliError("scheduler", f"cannot reach the Dask scheduler at {address}: {why}") from None
-
-
-def connect(distributed, address: str):
-    """A dask.distributed Client of the scheduler at `address`, or one InitcliError within
-    about 2·CONNECT_SECONDS. Dask's own timeout covers the TCP connection only: a server
-    that accepts it and never answers Dask's handshake would hold the client forever, so it
-    is made in a thread that is given up on (left to die with the connection)."""
-    import threading
-
-    probe(address)
-    made: dict = {}
-
-    def make() -> None:
-        try:
-            made["client"] = distributed.Client(address, timeout=f"{CONNECT_SECONDS}s")
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-            made["error"] = exc
-
-    thread = threading.Thread(target=make, name="initcli-dask-connect", daemon=True)
-    thread.start()
-    thread.join(2 * CONNECT_SECONDS)
-    if thread.is_alive() or isinstance(made.get("error"), OSError):  # OSError: Dask's connect timeout
-        raise InitcliError("scheduler", f"no Dask scheduler answered at {address} within "
-                                        f"{2 * CONNECT_SECONDS} s")
-    if "error" in made:  # another server's bytes read as a Dask message length ask for exabytes
-        raise InitcliError("scheduler", f"something answers at {address}, but not a Dask scheduler")
-    return made["client"]
-
-
-def make_executor(name: str = "local", *, jobs: int | None = None, scheduler: str | None = None):
-    from .parallel import check_jobs
-
-    key = str(name).strip().lower()
-    if key == "local":
-        if scheduler is not None:
-            raise InitcliError("scheduler", "only applies with --executor dask")
-        return LocalExecutor(check_jobs(jobs))
-    if key == "dask":
-        if scheduler is not None:
-            check_scheduler(scheduler)
-        return DaskExecutor(scheduler, check_jobs(jobs))
-    raise InitcliError("executor", f"unknown executor '{name}'; choose from local, dask")
+        count = len(indexed) if count is None else count
+        size = max(1, min(64, math.ceil(count / (4 * workers))))
+    indexed = iter(indexed)
+    while task := list(islice(indexed, size)):
+        yield task
 
 
 # -- the results file ---------------------------------------------------------------------------
@@ -805,26 +721,32 @@ class SweepResult:
     columns: tuple[str, ...]
     skipped: int = 0  # points already in the results file
     errors: int = 0
+    ran: int = 0  # points run: len(rows), unless the rows were not kept (see `sweep`)
 
 
 def sweep(points: Sequence[Point], *, executor=None, options: dict | None = None, out: str | None = None,
           progress: Callable[[int], None] | None = None, batch_size: int | None = None,
-          params: dict | None = None) -> SweepResult:
+          params: dict | None = None, keep_rows: bool = True) -> SweepResult:
     """Run every point (those not already in `out`) and return the rows in grid order.
 
     `options`: {"propagate": extra propagate keywords (dtype, input_std, …), "train": `train_options(…)`
     to train every point too}. Rows reach `out` as tasks finish. The memory guard counts the
-    runs that go at once on this machine (`executor.here`)."""
+    runs that go at once on this machine (`executor.here`). Points are read from `points` as
+    tasks are sent, a few per worker at a time; with `keep_rows` False (and `out`), rows go to
+    the file only, so that no part of a sweep grows with the grid."""
     options = dict(options or {})
     executor = executor or LocalExecutor(1)
     header = columns(options["train"]["metric"] if "train" in options else None,
                      points[0].arch_axes if points else ())
+    if keep_rows and len(points) > MAX_KEPT_ROWS:
+        raise InitcliError("out", f"the grid has {len(points):,} points; rows are kept in memory for the output up to "
+                                  f"{MAX_KEPT_ROWS:,}: give --out FILE.csv to stream them to a file")
     check_points(points, options, executor.here)
     settings = settings_text(options)
     results = results_file(out, header) if out is not None else None
-    indexed = [(i, p) for i, p in enumerate(points) if results is None or (*p.key, settings) not in results.done]
-    skipped = len(points) - len(indexed)
+    todo = ((i, p) for i, p in enumerate(points) if results is None or (*p.key, settings) not in results.done)
     collected: list[dict] = []
+    counts = {"ran": 0, "errors": 0}
 
     def on_rows(rows: list[dict]) -> None:
         rows = sorted(rows, key=lambda row: row["_index"])
@@ -832,13 +754,21 @@ def sweep(points: Sequence[Point], *, executor=None, options: dict | None = None
             row["settings"] = settings
         if results is not None:
             results.append(rows)
-        collected.extend(rows)
+        counts["ran"] += len(rows)
+        counts["errors"] += sum(1 for row in rows if row["error"])
+        if keep_rows:
+            collected.extend(rows)
 
-    if indexed:
-        executor.run(batches(indexed, executor.workers, batch_size), options, on_rows, progress)
+    first = next(todo, None)
+    if first is not None:
+        # the points left, as the old eager list had them: the grid less those of this run in the file
+        count = len(points) - (0 if results is None else sum(1 for key in results.done if key[-1] == settings))
+        tasks = batches(chain([first], todo), executor.workers, batch_size, count=max(1, count))
+        executor.run(run_batch, ({"points": task, "options": options} for task in tasks), on_rows, progress,
+                     connect_seconds=CONNECT_SECONDS)
     collected.sort(key=lambda row: row["_index"])
     rows = tuple({c: row.get(c) for c in header} for row in collected)
-    return SweepResult(params or {}, rows, header, skipped, sum(1 for row in rows if row["error"]))
+    return SweepResult(params or {}, rows, header, len(points) - counts["ran"], counts["errors"], counts["ran"])
 
 
 # -- heatmaps -------------------------------------------------------------------------------

@@ -344,10 +344,11 @@ def sweep(
               **propagate_options, "points": len(points),
               **({} if training is None else {"train": {k: v for k, v in training.items() if v is not None}})}
     with progress(len(points), "sweeping") as advance:
-        result = run_sweep(points, executor=runner, options=options, out=results, progress=advance, params=params)
+        result = run_sweep(points, executor=runner, options=options, out=results, progress=advance, params=params,
+                           keep_rows=results is None)  # with --out, rows stream to the file only
     rows = list(result.rows)
     if results is not None:
-        note(f"initcli: {len(rows)} points written to {results}"
+        note(f"initcli: {result.ran} points written to {results}"
              + (f"; {result.skipped} were already there" if result.skipped else ""))
     elif fmt == "table":
         from ..render import print_table
@@ -358,7 +359,7 @@ def sweep(
     else:
         write_machine(fmt, "sweep", result.params, rows, result.columns)
     if result.errors:
-        warn(f"{result.errors} of {len(rows)} points failed: see their error column")
+        warn(f"{result.errors} of {result.ran} points failed: see their error column")
     if pair is None:
         return
     source = rows
