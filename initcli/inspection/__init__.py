@@ -26,7 +26,7 @@ from .readers import Source, natural_key, open_source
 COLUMNS = ("name", "role", "shape", "layout", "fan_in", "fan_out", "mean", "std", "kurtosis", "max_abs_z",
            "zero_frac", "match", "expected_std", "std_ratio", "p_value", "verdict", "note")
 LAYOUTS = ("auto", "torch", "keras")
-VERDICTS = ("ok", "unusual", "suspicious")
+VERDICTS = ("ok", "unusual", "suspicious", "trained")
 P_VALUE_UNUSUAL = 1e-6  # a KS p-value below this: the matched family does not describe the values
 FAR_RATIO = 2.0  # a std this far (either way) from the nearest scheme is suspicious, nearer unusual
 EMBEDDING_UNIT = 0.5  # an embedding at std above this beside matrices at 0.02-like stds is flagged
@@ -103,71 +103,148 @@ class InspectResult:
         return [t.row() for t in self.tensors]
 
 
-def inspect(path: str | os.PathLike | Source, *, layout: str = "auto", activation: str = "relu", negative_slope: float = 0.01,
-            n_layer: int | None = None, progress: Callable[[int], None] | None = None) -> InspectResult:
+def inspect(path: str | os.PathLike | Source, *, layout: str = "auto", activation: str | None = None,
+            negative_slope: float = 0.01, n_layer: int | None = None,
+            progress: Callable[[int], None] | None = None) -> InspectResult:
     """Read every tensor of a weight file (.safetensors or a folder of shards, .npz/.npy,
     .pt/.pth/.bin state_dicts, .onnx) and say which init explains each.
 
-    layout: torch (out, in, *kernel), keras (*kernel, in, out), or auto (each tensor read both
-    ways, keeping the reading a scheme explains; where both do, the one most of the file's
-    tensors need). activation: the one the mean-field chain summary assumes. n_layer: GPT-2's
-    residual projections are 0.02/√(2·n_layer); inferred from the names when not given.
+    layout: torch (out, in, *kernel), keras (*kernel, in, out), or auto (torch for PyTorch
+    files and Hugging Face folders, except HF Conv1D's (in, out) matrices; otherwise each
+    tensor read both ways, keeping the reading a scheme explains; where both do, the one most
+    of the file's tensors need). activation: the one the chain summary assumes (None: the
+    config.json's hidden_act when there is one, else relu). n_layer: GPT-2's residual
+    projections are 0.02/√(2·n_layer); from config.json or the names when not given.
     `progress(k)` is called after each tensor with k = 1. `path` may also be an open
     `readers.Source` (left open).
     """
-    from ..activations import get_activation
-
     if layout not in LAYOUTS:
         raise InitcliError("layout", f"must be one of {', '.join(LAYOUTS)}, got '{layout}'")
-    act = get_activation(activation, negative_slope)
     if n_layer is not None and (isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer < 1):
         raise InitcliError("n_layer", f"must be a positive integer, got {n_layer!r}")
     owned = not isinstance(path, Source)
     source = open_source(path) if owned else path
     try:
-        evidence = _examine_all(source, layout, n_layer, progress)
-        source_format, n_layer_used = source.format, n_layer or matching.infer_n_layer(e.name for e in source.entries)
+        config = getattr(source, "config", None)
+        config = config if isinstance(config, dict) else None
+        act, act_reason = _activation(activation, negative_slope, config)
+        names = [e.name for e in source.entries]
+        n_layer_used = n_layer or _config_int(config, "n_layer", "num_hidden_layers", "num_layers") \
+            or matching.infer_n_layer(names)
+        evidence = _examine_all(source, layout, n_layer_used, progress, config)
+        source_format = source.format
+        skipped = tuple(getattr(source, "skipped", ()) or ())
     finally:
         if owned:
             source.close()
     path = source.path
-    preferred = _preferred_layout(evidence, layout)
-    reports = [_report(e, preferred) for e in evidence]
+    preferred = _preferred_layout(evidence, layout, source_format, config)
+    context = _context(evidence, config)
+    reports = [_report(e, preferred, context) for e in evidence]
     reports = _file_level_notes(reports)
-    summary = _summarise(reports, evidence, act)
+    summary = _summarise(reports, evidence, act, act_reason, context, skipped)
     params = {"path": str(path), "format": source_format, "layout": layout, "preferred_layout": preferred,
               "activation": act.name, "n_layer": n_layer_used, "tensors": len(reports),
-              "subsample": matching.SUBSAMPLE}
+              "subsample": matching.SUBSAMPLE, "trained": context.trained}
+    if config is not None and config.get("model_type"):
+        params["model_type"] = str(config["model_type"])
     if act.name == "leaky-relu":
         params["negative_slope"] = negative_slope
     return InspectResult(tuple(reports), summary, params)
 
 
-def _examine_all(source: Source, layout: str, n_layer: int | None, progress) -> list[matching.Evidence]:
+def _config_int(config: dict | None, *keys: str) -> int | None:
+    for key in keys:
+        value = (config or {}).get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+# config.json's activation names -> initcli's
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu",
+                   "quick_gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu", "tanh": "tanh",
+                   "sigmoid": "sigmoid", "selu": "selu", "elu": "elu", "leaky_relu": "leaky-relu"}
+
+
+def _activation(activation: str | None, negative_slope: float, config: dict | None):
+    """The activation the chains assume, and why."""
+    from ..activations import get_activation
+
+    if activation is not None:
+        return get_activation(activation, negative_slope), "as given"
+    for key in ("hidden_act", "hidden_activation", "activation_function", "hidden_activation_function",
+                "feed_forward_proj"):
+        value = (config or {}).get(key)
+        if isinstance(value, str):
+            name = _HF_ACTIVATIONS.get(value.lower().removeprefix("gated-"))
+            if name:
+                return get_activation(name, negative_slope), f"config.json's {key} {value}"
+    return get_activation("relu", negative_slope), "assumed: the file does not say; --activation to change"
+
+
+def _layouts(entry, layout: str, source_format: str, config: dict | None) -> tuple[str, ...]:
+    """The layouts to read a tensor in: what the file's producer stores when it is known (an
+    ONNX op's hint; HF Conv1D's (in, out); torch for PyTorch files and HF folders), else both."""
+    if layout != "auto":
+        return (layout,)
+    hint = getattr(entry, "layout_hint", None) or matching.conv1d_layout(entry.name, config)
+    if hint in ("torch", "keras"):
+        return (hint,)
+    if source_format == "torch" or config is not None:
+        return ("torch",)
+    return _layouts_for(entry.shape, ("torch", "keras"))
+
+
+def _examine_all(source: Source, layout: str, n_layer: int | None, progress, config) -> list[matching.Evidence]:
     entries = sorted(source.entries, key=lambda e: natural_key(e.name))
-    roles = matching.assign_roles(entries)
+    roles = matching.assign_roles(entries, config)
     shapes = {e.name: e.shape for e in entries}
-    if n_layer is None:
-        n_layer = matching.infer_n_layer(shapes)
-    layouts = ("torch", "keras") if layout == "auto" else (layout,)
-    found = []
-    for entry in entries:
+    known = _known_stds(config)
+    extra = tuple(matching.Candidate(f"normal(std={s:.6g})", "normal", s, "from config.json (initializer_range, or "
+                                     "d_model^−½)", complexity=0) for s in known if s != matching.GPT2_STD)
+    layouts_of = {e.name: _layouts(e, layout, source.format, config) for e in entries}
+
+    def one(entry, more=()) -> matching.Evidence:
         role = roles[entry.name]
         if entry.dtype == "object":  # an .npz member that only pickle could read: never read it
             e = matching.Evidence(entry.name, "other", entry.shape, entry.dtype, None)
             e.notes.append("object array: not read (it would need pickle, which initcli never runs)")
-            found.append(e)
-            continue
+            return e
         array = source.read(entry.name)
-        bias_fan = {lay: matching.bias_fan_in(entry.name, shapes, lay) for lay in layouts} if role == "bias" else {}
+        lays = layouts_of[entry.name]
+        bias_fan = {lay: matching.bias_fan_in(entry.name, shapes, lay) for lay in lays} if role == "bias" else {}
         if role == "bias" and not any(bias_fan.values()):
             bias_fan = {}
-        found.append(matching.examine(entry.name, role, array, entry.dtype, layouts=_layouts_for(entry.shape, layouts),
-                                      n_layer=n_layer, bias_fan=bias_fan))
+        found = matching.examine(entry.name, role, array, entry.dtype, layouts=lays, n_layer=n_layer,
+                                 bias_fan=bias_fan, extra=extra + tuple(more),
+                                 hidden=matching.recurrent_hidden(entry.name, shapes))
         del array
+        return found
+
+    evidence = []
+    for entry in entries:
+        evidence.append(one(entry))
         if progress is not None:
             progress(1)
-    return found
+    # the file's own conventions, read from the tensors no scheme explained: read those again
+    conventions = matching.infer_conventions(evidence, known)
+    if conventions:
+        by_name = {e.name: e for e in entries}
+        evidence = [one(by_name[e.name], conventions[e.name]) if e.name in conventions else e for e in evidence]
+    return evidence
+
+
+def _known_stds(config: dict | None) -> tuple[float, ...]:
+    out = []
+    for key in ("initializer_range", "init_std", "initializer_std"):
+        value = (config or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 10:
+            out.append(float(value))
+    width = _config_int(config, "d_model", "hidden_size", "n_embd")
+    if width:  # T5's factor rules: N(0, d_model^−½) for its tables and heads
+        out.append(width ** -0.5)
+    return tuple(dict.fromkeys(out))
 
 
 def _layouts_for(shape, layouts):
@@ -177,10 +254,13 @@ def _layouts_for(shape, layouts):
     return layouts
 
 
-def _preferred_layout(evidence, layout: str) -> str:
-    """auto: the layout that the tensors explained in only one reading need most (torch on a tie)."""
+def _preferred_layout(evidence, layout: str, source_format: str = "", config: dict | None = None) -> str:
+    """auto: torch for PyTorch files and HF folders; otherwise the layout that the tensors
+    explained in only one reading need most (torch on a tie)."""
     if layout != "auto":
         return layout
+    if source_format == "torch" or config is not None:
+        return "torch"
     votes = Counter()
     for e in evidence:
         explained = [lay for lay, r in e.readings.items() if r.matches]
@@ -192,6 +272,8 @@ def _preferred_layout(evidence, layout: str) -> str:
 def _choose(e: matching.Evidence, preferred: str) -> matching.Reading | None:
     if not e.readings:
         return None
+    if len(e.readings) == 1:
+        return next(iter(e.readings.values()))
     if preferred in e.readings and e.readings[preferred].matches:
         return e.readings[preferred]
     explained = [r for r in e.readings.values() if r.matches]
@@ -204,14 +286,142 @@ def _shape_text(shape) -> str:
     return "x".join(map(str, shape)) if shape else "scalar"
 
 
-def _report(e: matching.Evidence, preferred: str) -> TensorReport:
+# -- what a zero or a tiny tensor does, by where it sits ------------------------------------------
+
+_HEADS = {"head", "heads", "classifier", "lm_head", "score", "logits", "last_linear", "output_layer", "qa_outputs",
+          "fc_out", "cls_head", "proj_head"}
+# the last layer of a residual branch (attention's output projection, the MLP's second layer,
+# a bottleneck's last conv): at zero, the block starts as the identity
+_BRANCH_ENDS = {"out_proj", "o_proj", "c_proj", "down_proj", "fc2", "proj", "wo", "o", "w2", "w3", "pwconv2",
+                "linear_2", "linear2", "post_proj", "conv3", "dense_4h_to_h", "out", "output", "mlp_out"}
+EXPLODING = 100.0  # a trained tensor's std this many times its role's median: exploding
+
+
+def _module(name: str) -> list[str]:
+    parts = name.split(".")
+    return parts[:-1] if len(parts) > 1 else parts
+
+
+def is_head(name: str) -> bool:
+    module = _module(name)
+    leaf = module[-1] if module else ""
+    if leaf in _HEADS or any(part in ("head", "classifier") for part in module[:-1]):
+        return True
+    return leaf == "fc" and not any(part.isdigit() for part in module)
+
+
+def is_branch_end(name: str) -> bool:
+    module = _module(name)
+    leaf = module[-1] if module else ""
+    if leaf in _BRANCH_ENDS:
+        return True
+    # HF BERT-style: ...layer.N.output.dense / attention.output.dense
+    return leaf == "dense" and len(module) >= 2 and module[-2] == "output"
+
+
+@dataclass(frozen=True)
+class FileContext:
+    """What the file as a whole says about each row's verdict."""
+
+    trained: bool
+    trained_text: str
+    adds_one: bool  # the norms compute (1 + w)·x̂ (Gemma): a norm weight at 0 is a unit scale
+    last_norms: frozenset  # the last norm of each residual block (zero_init_residual zeroes it)
+    typical_std: dict  # role -> median std
+
+
+def _context(evidence, config: dict | None) -> FileContext:
+    weights = [e for e in evidence if e.role in matching.WEIGHT_ROLES and e.stats is not None
+               and e.stats.used >= matching.MIN_ELEMENTS and e.constant is None and e.stats.finite]
+    unmatched = [e for e in weights if not any(r.matches for r in e.readings.values())]
+    # trained weights stay within an order of magnitude of their init; absurd stds are not training
+    plausible = [e for e in unmatched if any(r.nearest_ratio and 0.1 <= r.nearest_ratio <= 10
+                                             for r in e.readings.values())]
+    trained = len(weights) >= 2 and 2 * len(plausible) >= len(weights)
+    text = ""
+    if trained:
+        kurtoses = sorted(e.stats.kurtosis for e in unmatched if math.isfinite(e.stats.kurtosis))
+        tail = f"; median excess kurtosis {kurtoses[len(kurtoses) // 2]:.2g}" if kurtoses else ""
+        text = (f"these weights look trained: {len(unmatched)} of {len(weights)} weight tensors match no init "
+                f"scheme{tail}; rows say `trained` unless something is broken (NaN/inf, dead units, exploding norms)")
+    norms = [e for e in evidence if e.role == "norm_scale"]
+    model_type = str((config or {}).get("model_type", "")).lower()
+    adds_one = "gemma" in model_type or (
+        len(norms) >= 2 and all(e.constant == 0 for e in norms)
+        and not any(e.role == "norm_shift" for e in evidence))
+    typical: dict = {}
+    for role in matching.WEIGHT_ROLES:
+        stds = sorted(e.stats.std for e in weights if e.role == role)
+        if stds:
+            typical[role] = stds[len(stds) // 2]
+    return FileContext(trained, text, adds_one, frozenset(_last_norms(norms)), typical)
+
+
+def _last_norms(norms) -> set[str]:
+    """Norm weights named <stem><k> (bn1, bn2, bn3) inside a numbered block: the highest k of
+    each block is its last norm."""
+    import re
+
+    best: dict = {}
+    for e in norms:
+        module = _module(e.name)
+        if len(module) < 2 or not any(part.isdigit() for part in module[:-1]):
+            continue
+        found = re.fullmatch(r"([a-z_]*?)(\d+)", module[-1])
+        if not found:
+            continue
+        key = (".".join(module[:-1]), found.group(1))
+        k = int(found.group(2))
+        if key not in best or k > best[key][0]:
+            best[key] = (k, e.name)
+    return {name for k, name in best.values() if k >= 2}
+
+
+def _zero_note(e: matching.Evidence, c: float, context: FileContext) -> tuple[str, str]:
+    """(verdict, note) for a tensor whose every element is c."""
+    role, name = e.role, e.name
+    if role in matching.WEIGHT_ROLES:
+        if context.trained:
+            return "suspicious", "all zeros after training: dead" if c == 0 else "a constant after training"
+        if c == 0 and is_head(name):
+            return "ok", ("zero-initialised head: the model starts at zero output; its gradient (input × error) "
+                          "is not zero, so it learns")
+        if c == 0 and is_branch_end(name):
+            return "ok", "last layer of a residual branch at zero: the block starts as the identity"
+        return "suspicious", ("all zeros: never breaks symmetry (its units feed later layers)" if c == 0 else
+                              "a constant: every unit computes the same function, symmetry never breaks")
+    if role == "norm_scale":
+        if c == 1:
+            return "ok", ""
+        if c == 0 and context.adds_one:
+            return "ok", "the norm computes (1 + w)·x̂ (Gemma-style RMSNorm): w = 0 is a unit scale"
+        if c == 0 and name in context.last_norms:
+            return "ok", "last norm of a residual block at zero (zero_init_residual): the branch starts as identity"
+        if context.trained:
+            return "trained", f"norm scale at {c:g}"
+        return "unusual", f"norm scale at {c:g}, not 1"
+    if role == "layer_scale":
+        return "ok", f"layer scale γ = {c:g}: each branch starts scaled by {c:g} (near the identity)" \
+            if abs(c) < 1 else ""
+    if role in ("token", "table") and c == 0:
+        return "ok", ("a learned token at zero: the same start for every input" if role == "token" else
+                      "a bias table at zero: attention starts without a positional bias")
+    if role in ("bias", "norm_shift") and c != 0:
+        return ("trained" if context.trained else "unusual"), f"a constant {c:g}, not zero"
+    return "ok", ""
+
+
+def _report(e: matching.Evidence, preferred: str, context: FileContext | None = None) -> TensorReport:
+    context = context or FileContext(False, "", False, frozenset(), {})
     s = e.stats
     notes = list(e.notes)
     reading = _choose(e, preferred)
     match, expected, ratio, p_value, verdict = "", None, None, None, "ok"
+    broken = False  # NaN/inf, dead units, exploding: suspicious even in a trained file
+    off = False  # nothing explains it, or not as drawn: unusual/suspicious fresh, `trained` trained
     layout = reading.layout if reading is not None else ""
     fan_in = fan_out = None
-    if e.role in ("linear", "conv"):
+    if e.role in ("linear", "conv", "recurrent"):
         lay = layout or preferred
         fan_in, fan_out = matching.reading_fans(e.shape, lay)
         layout = lay
@@ -222,16 +432,14 @@ def _report(e: matching.Evidence, preferred: str) -> TensorReport:
     elif e.constant is not None:
         c = e.constant
         match = "zeros" if c == 0 else ("ones" if c == 1 else f"constant(value={c:.6g})")
-        if e.role in ("linear", "conv", "embedding"):
-            verdict = "suspicious"
-            notes.append("all zeros: never breaks symmetry" if c == 0 else
-                         "a constant: every unit computes the same function, symmetry never breaks")
-        elif e.role == "norm_scale" and c != 1:
-            verdict = "unusual"
-            notes.append(f"norm scale at {c:g}, not 1")
-        elif e.role in ("bias", "norm_shift") and c != 0:
-            verdict = "unusual"
-            notes.append(f"a constant {c:g}, not zero")
+        verdict, why = _zero_note(e, c, context)
+        if why:
+            notes.append(why)
+        broken = verdict == "suspicious"
+    elif e.role == "other" and matching.is_state_space(e.name) and not (reading is not None and reading.matches):
+        notes.append("a state-space parameter set by formula (Mamba's A = −(1…N), Δ bias, skip D), not drawn")
+    elif e.abstained:
+        pass
     elif reading is not None and reading.matches:
         match = "|".join(reading.matches)
         expected, p_value = reading.expected_std, reading.p_value
@@ -240,29 +448,44 @@ def _report(e: matching.Evidence, preferred: str) -> TensorReport:
         if len(reading.matches) > 1:
             notes.append(f"{len(reading.matches)} readings give this std and family")
         if p_value is not None and p_value < P_VALUE_UNUSUAL:
-            verdict = "unusual"
+            verdict, off = "unusual", True
             notes.append(f"KS test rejects {reading.matches[0]} (p = {p_value:.2g}): not drawn from it as is")
         if e.role == "norm_scale":
-            verdict = "unusual"
+            verdict, off = "unusual", True
             notes.append("norm scale is not 1")
     elif s.used and reading is not None:
+        off = True
         if reading.nearest_ratio is not None:
             ratio = reading.nearest_ratio
             far = ratio > FAR_RATIO or ratio < 1 / FAR_RATIO
-            verdict = "suspicious" if far and e.role in ("linear", "conv", "embedding") else "unusual"
+            verdict = "suspicious" if far and e.role in matching.WEIGHT_ROLES else "unusual"
             notes.append(f"std {s.std:.4g} matches no scheme; nearest {reading.nearest} (std ratio {ratio:.3g})")
         else:
             verdict = "unusual"
             notes.append("matches no scheme")
     elif s.used and e.role == "norm_scale":
-        verdict = "unusual"
+        verdict, off = "unusual", True
         notes.append("norm scale is not 1")
     if s is not None and not s.finite:
-        verdict = "suspicious"
-    if s is not None and s.used and e.constant is None and s.max_abs_z > matching.outlier_threshold(s.n - s.nonfinite) \
-            and not (reading is not None and reading.exact):
-        verdict = "suspicious"
+        verdict, broken = "suspicious", True
+    if s is not None and s.used and e.constant is None and not s.clamped \
+            and s.max_abs_z > matching.outlier_threshold(s.n - s.nonfinite) and not (reading is not None and reading.exact):
+        if not context.trained:
+            verdict = "suspicious"
+        off = True
         notes.append(f"outliers: |w − mean| reaches {s.max_abs_z:.3g}σ")
+    dead = e.dead.get(layout or preferred, 0) if e.dead else 0
+    if dead and e.role in ("linear", "conv", "recurrent"):
+        units = "filters" if e.role == "conv" else "rows"
+        verdict, broken = "suspicious", True
+        notes.append(f"{dead} dead {units}: all-zero weights (their units output a constant)")
+    if context.trained and s is not None and s.used and e.role in context.typical_std and e.constant is None:
+        typical = context.typical_std[e.role]
+        if typical > 0 and s.std > EXPLODING * typical:
+            verdict, broken = "suspicious", True
+            notes.append(f"exploding: std {s.std:.3g} is {s.std / typical:.3g}× the file's median {e.role} std")
+    if context.trained and not broken and (off or verdict in ("unusual", "suspicious")):
+        verdict = "trained"
     stat = (lambda v: None if s is None or not s.used or v is None or (isinstance(v, float) and math.isnan(v))
             else v)
     return TensorReport(
@@ -286,7 +509,7 @@ def _file_level_notes(reports: list[TensorReport]) -> list[TensorReport]:
     typical = stds[len(stds) // 2]
     out = []
     for r in reports:
-        if r.role == "embedding" and r.std and r.std > EMBEDDING_UNIT and typical < SMALL_STD:
+        if r.role == "embedding" and r.std and r.std > EMBEDDING_UNIT and typical < SMALL_STD and r.verdict == "ok":
             note = f"embedding at std {r.std:.3g} feeds matrices at std ~{typical:.2g}"
             r = replace(r, verdict="suspicious", note="; ".join(filter(None, [r.note, note])))
         out.append(r)
@@ -295,45 +518,96 @@ def _file_level_notes(reports: list[TensorReport]) -> list[TensorReport]:
 
 # -- summary ----------------------------------------------------------------------------------------
 
+ABSTAINED = "(abstained)"
+NO_MATCH = "(no match)"
 
-def _summarise(reports: list[TensorReport], evidence, act) -> Summary:
-    counts = Counter(r.match.split("|")[0] if r.match else "(no match)" for r in reports if r.role != "other"
-                     or r.match)
+
+def _count_key(r: TensorReport) -> str | None:
+    if r.match:
+        return r.match.split("|")[0]
+    if r.role == "other" and r.std is None:
+        return None  # not a weight (integers, buffers)
+    if r.std is None or "too few" in r.note or "set by formula" in r.note:
+        return ABSTAINED
+    return NO_MATCH
+
+
+def _summarise(reports: list[TensorReport], evidence, act, act_reason: str = "",
+               context: FileContext | None = None, skipped: tuple = ()) -> Summary:
+    counts = Counter(key for key in map(_count_key, reports) if key is not None)
     suspicious = tuple((r.name, r.note) for r in reports if r.verdict == "suspicious")
     unusual = tuple((r.name, r.note) for r in reports if r.verdict == "unusual")
-    chains = tuple(_chain(group, act) for group in _find_chains(reports, evidence))
-    lines = [f"{len(reports)} tensors: " + ", ".join(f"{n} {m}" for m, n in counts.most_common())]
-    if suspicious:
-        lines.append(f"{len(suspicious)} suspicious: " + "; ".join(f"{n} ({t})" for n, t in suspicious[:10])
-                     + (" …" if len(suspicious) > 10 else ""))
-    else:
-        lines.append("nothing suspicious")
+    chains = tuple(_chain(group, act, act_reason) for group in _find_chains(reports, evidence))
+    matched = [(m, n) for m, n in counts.most_common() if m not in (ABSTAINED, NO_MATCH)]
+    lines = [f"{len(reports)} tensors: " + (", ".join(f"{n} {m}" for m, n in matched) or "none matched")]
+    if counts[NO_MATCH] or counts[ABSTAINED]:
+        lines.append(f"{counts[NO_MATCH]} match no scheme; {counts[ABSTAINED]} abstained (too few elements, "
+                     "empty, or set by formula)")
+    others = sum(1 for r in reports if _count_key(r) is None)
+    if others:
+        lines.append(f"{others} not weights (integer tensors, buffers): not matched")
+    if context is not None and context.trained:
+        lines.append(context.trained_text)
+    for label, rows in (("suspicious", suspicious), ("unusual", unusual)):
+        if rows:
+            lines.append(f"{len(rows)} {label}: " + "; ".join(f"{n} ({t})" for n, t in rows[:10])
+                         + (" …" if len(rows) > 10 else ""))
+    if not suspicious and not unusual:
+        trained = sum(1 for r in reports if r.verdict == "trained")
+        lines.append("nothing suspicious or unusual" + (f" ({trained} trained rows)" if trained else ""))
+    if skipped:
+        reasons = Counter(reason for _, reason in skipped)
+        lines.append(f"skipped {len(skipped)} entries that are not the model's weights: "
+                     + "; ".join(f"{n} {reason}" for reason, n in reasons.most_common()))
     lines.extend(c.text for c in chains)
     return Summary(tuple(counts.most_common()), suspicious, unusual, chains, tuple(lines))
 
 
+def _chain_slot(name: str) -> tuple[str, str, int] | None:
+    """(parent, stem, index) of a Sequential-style layer: 'mlp.3.weight' -> ('mlp', '', 3),
+    'mlp.fc2.weight' -> ('mlp', 'fc', 2). Other names (q/k/v, up/down projections) have no
+    known data flow."""
+    import re
+
+    module = _module(name)
+    if not module or not name.endswith(".weight"):
+        return None
+    found = re.fullmatch(r"([a-z_]*?)_?(\d+)", module[-1])
+    if not found:
+        return None
+    return ".".join(module[:-1]), found.group(1), int(found.group(2))
+
+
 def _find_chains(reports, evidence) -> list[list[tuple[TensorReport, float]]]:
-    """Runs of 2-D linear matrices, in model order, each one's fan_in the previous one's fan_out."""
-    chains, current = [], []
+    """Runs of 2-D linear matrices where the data flow is known: consecutive layers of one
+    Sequential-style prefix (mlp.0, mlp.2 …; fc1, fc2 …), each one's fan_in the previous one's
+    fan_out. Attention's parallel projections and layers across a residual add have no such
+    names and are never chained."""
+    groups: dict = {}
     for r, e in zip(reports, evidence):
         if r.role != "linear" or e.stats is None or not e.stats.used or not e.stats.finite or r.fan_in is None:
-            if r.role in ("linear", "conv", "embedding"):
+            continue
+        slot = _chain_slot(r.name)
+        if slot is None:
+            continue
+        weight_var = e.stats.std * e.stats.std + e.stats.mean * e.stats.mean  # floats: inf, never OverflowError
+        groups.setdefault(slot[:2], []).append((slot[2], r, weight_var))
+    chains = []
+    for _, members in sorted(groups.items()):
+        members.sort(key=lambda item: item[0])
+        current: list = []
+        for _, r, v in members:
+            if current and current[-1][0].fan_out != r.fan_in:
                 if len(current) >= 2:
                     chains.append(current)
                 current = []
-            continue
-        weight_var = e.stats.std * e.stats.std + e.stats.mean * e.stats.mean  # floats: inf, never OverflowError
-        if current and current[-1][0].fan_out != r.fan_in:
-            if len(current) >= 2:
-                chains.append(current)
-            current = []
-        current.append((r, weight_var))
-    if len(current) >= 2:
-        chains.append(current)
+            current.append((r, v))
+        if len(current) >= 2:
+            chains.append(current)
     return chains
 
 
-def _chain(group, act) -> Chain:
+def _chain(group, act, act_reason: str = "") -> Chain:
     from ..theory import mean_field, phi_sq
 
     sizes = [group[0][0].fan_in] + [r.fan_out for r, _ in group]
@@ -355,7 +629,9 @@ def _chain(group, act) -> Chain:
         mean_factor = math.inf if any(f == math.inf for f in factors) else math.nan
     sigma = [layer.sigma_w2 for layer in layers]
     var_text = _var_text(sigma)
-    head = f"these {len(layers)} Linear layers ({layers[0].name} … {layers[-1].name}) at {var_text} under {act.name}"
+    why = f" ({act_reason})" if act_reason else ""
+    head = (f"these {len(layers)} Linear layers ({layers[0].name} … {layers[-1].name}) at {var_text} under "
+            f"{act.name}{why}")
     if not product > 0:
         text = f"{head} stop the forward signal (a zero matrix): ×{product:.3g} over the chain"
     else:

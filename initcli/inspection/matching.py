@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..schemes import TRUNCATED_NORMAL_STD, TRUNCATION_BOUND, make_init
+from ..schemes import TRUNC_NORMAL_HIGH, TRUNCATED_NORMAL_STD, TRUNCATION_BOUND, gpt2_residual_std, make_init
 
 Z_ACCEPT = 4.0  # standard errors within which a reading is accepted (two-sided 6e-5 per test)
 SUBSAMPLE = 1 << 20  # statistics on at most this many elements (a deterministic subsample)
@@ -39,9 +39,24 @@ SLOPES = (0.0, 0.1, 0.2, 0.3)
 FAMILIES = ("uniform", "normal", "truncated-normal")
 GPT2_STD = 0.02  # GPT-2 / BERT initializer_range (Radford et al. 2019; Devlin et al. 2019)
 KERAS_EMBEDDING_LIMIT = 0.05  # Keras Embedding's default RandomUniform(-0.05, 0.05)
-ROLES = ("linear", "conv", "embedding", "norm_scale", "norm_shift", "bias", "other")
-_EMBED = re.compile(r"(embed|(^|[._])(wte|wpe|emb|tok_embeddings|word_embeddings|position_embeddings)([._]|$))",
+ROLES = ("linear", "conv", "embedding", "recurrent", "norm_scale", "norm_shift", "bias", "layer_scale", "token",
+         "table", "other")
+WEIGHT_ROLES = ("linear", "conv", "embedding", "recurrent")  # matrices whose units feed later layers
+# name patterns real checkpoints use (HF transformers, timm, torchvision, Keras)
+_EMBED = re.compile(r"(embed|(^|[._])(wte|wpe|emb|shared|tok_embeddings|word_embeddings|position_embeddings)([._]|$))",
                     re.IGNORECASE)
+_TOKEN = re.compile(r"(^|[._])(cls_token|dist_token|mask_token|reg_token|register_tokens|pos_embed|pos_embedding|"
+                    r"position_embedding|position_embeddings|absolute_pos_embed|query_tokens|latents|codevectors|"
+                    r"[a-z_]*_token|[a-z_]*_tokens)$", re.IGNORECASE)
+_TABLE = re.compile(r"(relative_position_bias_table|relative_attention_bias|rel_pos|rel_pos_[hw]|position_bias|"
+                    r"final_logits_bias|attention_biases)", re.IGNORECASE)
+_LAYER_SCALE = re.compile(r"(^|[._])(layer_scale[a-z0-9_]*|ls[0-9]?|gamma_[0-9]|lambda[0-9_]*|ls_gamma)([._]|$)",
+                          re.IGNORECASE)
+_RECURRENT = re.compile(r"(^|\.)(weight|bias)_(ih|hh|hr)_l[0-9]+(_reverse)?$")
+_KERAS_RECURRENT = re.compile(r"recurrent_kernel$")
+# HF's Conv1D (GPT-2 family) stores (in, out); these model types use it
+CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt", "imagegpt", "decision_transformer", "gpt2-medium")
+_CONV1D_NAMES = re.compile(r"(^|\.)(c_attn|c_fc|c_proj|q_attn)\.weight$")
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -124,34 +139,102 @@ def _stem(name: str) -> tuple[str, str]:
     return head, last
 
 
-def assign_roles(entries) -> dict[str, str]:
-    """role by rank, shape and name: rank ≥ 3 conv; rank 2 embedding (by name) or linear;
-    rank 1 `*.weight`/gamma/scale a norm scale, `*.bias` a bias when its `*.weight` has rank ≥ 2
-    and a norm shift when it has rank 1; non-float tensors and BatchNorm buffers other."""
+_WEIGHT_NAMES = ("weight", "kernel", "w", "filter", "filters")
+# state-space parameters set by formula, not drawn: Mamba's S4D-real A (log 1…N per channel),
+# its Δ bias (softplus⁻¹ of a log-uniform Δ) and its skip D (ones)
+_SSM = re.compile(r"(^|\.)(A_log|A|D|dt_bias)$|(^|\.)dt_proj\.bias$")
+_NORM_MODULE = re.compile(r"(norm|(^|[._])(ln|bn|gn)[0-9_]*$|layernorm|batchnorm|groupnorm)", re.IGNORECASE)
+
+
+def is_state_space(name: str) -> bool:
+    return bool(_SSM.search(name))
+
+
+def _leaf(name: str) -> str:
+    return _stem(name)[1].split(":")[0]  # Keras names end in ':0'
+
+
+def assign_roles(entries, config: dict | None = None) -> dict[str, str]:
+    """Each tensor's role, from its name patterns and its shape together (an `Entry.role_hint`
+    from the reader, e.g. an ONNX op, wins):
+    - recurrent: torch's weight_ih/hh_lN, Keras's recurrent_kernel (their biases: bias);
+    - table: relative-position bias tables, T5's relative_attention_bias, final_logits_bias;
+    - token: cls/dist/mask/register tokens, position embeddings held as a parameter;
+    - layer_scale: layer_scale*, ls1/ls2, lambda_1 (rank 1, or (C,1,1)), and a rank-1 gamma
+      without a beta or bias beside it;
+    - conv: rank ≥ 3 `*.weight`/`*.kernel`; other rank-≥3 parameters are `other`;
+    - rank 2: embedding when the name says so (embed, wte, shared…) and no bias sits beside it
+      (a Linear named `*embed*` keeps its fans), bias when the name ends in bias, else linear;
+    - rank 1: norm_scale (weight, gamma, scale), norm_shift (a bias beside a rank-1 weight,
+      beta) or bias;
+    - other: non-float tensors, BatchNorm buffers, state-space parameters set by formula."""
     shapes = {e.name: e.shape for e in entries}
     roles = {}
     for e in entries:
         head, last = _stem(e.name)
+        leaf = _leaf(e.name)
         rank = len(e.shape)
-        floating = _is_float_dtype(e.dtype)
-        if not floating or last in _BUFFERS or rank == 0:
+        hint = getattr(e, "role_hint", None)
+        siblings = {w: shapes.get(f"{head}.{w}") for w in ("weight", "gamma", "kernel", "w", "bias", "beta")} \
+            if head else {}
+        if not _is_float_dtype(e.dtype) or leaf in _BUFFERS or rank == 0:
             roles[e.name] = "other"
+        elif hint in ROLES:
+            roles[e.name] = hint
+        elif _SSM.search(e.name):
+            roles[e.name] = "other"
+        elif _RECURRENT.search(e.name):
+            roles[e.name] = "recurrent" if leaf.startswith("weight") else "bias"
+        elif _KERAS_RECURRENT.search(leaf):
+            roles[e.name] = "recurrent"
+        elif _TABLE.search(e.name):
+            roles[e.name] = "table"
+        elif _TOKEN.search(leaf):
+            roles[e.name] = "token"
+        elif _is_layer_scale(e.name, e.shape, head, leaf, siblings):
+            roles[e.name] = "layer_scale"
         elif rank >= 3:
-            roles[e.name] = "conv"
+            roles[e.name] = "conv" if leaf in _WEIGHT_NAMES or not head else "other"
         elif rank == 2:
-            roles[e.name] = "embedding" if _EMBED.search(e.name) else "linear"
-        elif last in ("weight", "gamma", "scale", "g"):
-            roles[e.name] = "norm_scale"
-        elif last in ("bias", "beta", "b"):
-            sibling = next((shapes[f"{head}.{w}"] for w in ("weight", "gamma", "kernel", "w")
-                            if f"{head}.{w}" in shapes), None) if head else None
-            if sibling is not None and len(sibling) == 1 or last == "beta":
-                roles[e.name] = "norm_shift"
-            else:
+            if leaf.endswith("bias"):
                 roles[e.name] = "bias"
+            elif head and leaf not in _WEIGHT_NAMES and not _EMBED.search(leaf):
+                roles[e.name] = "other"
+            elif _EMBED.search(e.name) and siblings.get("bias") is None and not e.name.startswith("lm_head"):
+                roles[e.name] = "embedding"
+            else:
+                roles[e.name] = "linear"
+        elif leaf in ("bias", "beta", "b") or leaf.endswith("_bias"):
+            sibling = next((siblings[w] for w in ("weight", "gamma", "kernel", "w") if siblings.get(w) is not None),
+                           None)
+            roles[e.name] = "norm_shift" if sibling is not None and len(sibling) == 1 or leaf == "beta" else "bias"
+        elif leaf in ("weight", "gamma", "scale", "g"):
+            roles[e.name] = "norm_scale"
         else:
             roles[e.name] = "other"
     return roles
+
+
+def _is_layer_scale(name: str, shape, head: str, leaf: str, siblings: dict) -> bool:
+    squeezed = [d for d in shape if d != 1]
+    if len(squeezed) > 1 or not shape:
+        return False
+    if _LAYER_SCALE.search(name) and not _NORM_MODULE.search(head.rpartition(".")[2] if head else ""):
+        return True
+    # timm's ConvNeXt/CaiT `gamma` (C,): a scale with no shift beside it is not a norm
+    return leaf == "gamma" and len(shape) == 1 and siblings.get("beta") is None and siblings.get("bias") is None \
+        and not _NORM_MODULE.search(head.rpartition(".")[2] if head else "")
+
+
+def conv1d_layout(name: str, config: dict | None) -> str | None:
+    """'keras' for the (in, out) matrices of HF's Conv1D (GPT-2's c_attn, c_fc, c_proj), known
+    from config.json's model_type or, without one, from those names; else None."""
+    if not _CONV1D_NAMES.search(name):
+        return None
+    model_type = str((config or {}).get("model_type", "")).lower()
+    if config and model_type and model_type not in CONV1D_MODEL_TYPES:
+        return None
+    return "keras"
 
 
 def _is_float_dtype(dtype: str) -> bool:
@@ -198,6 +281,8 @@ class Stats:
     std: float
     kurtosis: float
     max_abs_z: float
+    trimmed: int = 0  # extreme values left out of the moments (a handful; see `measure`)
+    clamped: int = 0  # values at exactly ±2: torch's trunc_normal_ clamp at its default bounds
 
 
 def _full_pass(flat: np.ndarray) -> tuple[int, float, float, int]:
@@ -229,12 +314,49 @@ def subsample(flat: np.ndarray, name: str, cap: int | None = None) -> np.ndarray
     return np.asarray(flat[index], dtype=np.float64)
 
 
+def _count_at(flat: np.ndarray, value: float) -> int:
+    return sum(int(np.count_nonzero(np.abs(np.asarray(flat[i:i + CHUNK], dtype=np.float32)) == value))
+               for i in range(0, flat.size, CHUNK))
+
+
+def _trim(sample: np.ndarray) -> tuple[np.ndarray, int]:
+    """The sorted sample without a handful of extreme values: those beyond the outlier
+    threshold in units of a robust σ (IQR/1.349, the normal's; a uniform's IQR gives 0.74× its
+    σ, so the cut is further out for it), kept only when they are at most max(4, n/10⁵). A real
+    heavy tail has many more and is left whole (its kurtosis is the finding)."""
+    n = sample.size
+    if n < 1000:
+        return sample, 0
+    q1, median, q3 = sample[n // 4], sample[n // 2], sample[(3 * n) // 4]
+    sigma = (q3 - q1) / 1.349
+    if not sigma > 0:
+        return sample, 0
+    reach = outlier_threshold(n) * sigma
+    lo, hi = np.searchsorted(sample, median - reach, "left"), np.searchsorted(sample, median + reach, "right")
+    extreme = lo + (n - hi)
+    if 0 < extreme <= max(4, n // 100_000):
+        return sample[lo:hi], int(extreme)
+    return sample, 0
+
+
 def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
-    """The tensor's statistics and the (finite, sorted) sample they were computed on."""
+    """The tensor's statistics and the (finite, sorted) sample they were computed on.
+
+    A handful of extreme values do not decide the family: they are left out of the moments
+    (`trimmed`) and still reported by max_abs_z. Values at exactly ±2 far out in a small-std
+    tensor are torch's trunc_normal_ clamp (its default bounds a = −2, b = 2, reached when the
+    erfinv of its float32 uniform hits ±1, about once in 2²⁴ draws): counted as `clamped`."""
     flat = array.reshape(-1)
     nonfinite, lo, hi, zeros = _full_pass(flat)
     sample = subsample(flat, name)
     sample = np.sort(sample[np.isfinite(sample)])
+    sample, trimmed = _trim(sample)
+    clamped = 0
+    if sample.size and max(abs(lo), abs(hi)) == TRUNC_NORMAL_HIGH and \
+            max(abs(sample[0]), abs(sample[-1])) < TRUNC_NORMAL_HIGH / 10:
+        clamped = _count_at(flat, TRUNC_NORMAL_HIGH)
+        if clamped > max(4, flat.size // 100_000):
+            clamped = 0
     n = flat.size
     if sample.size == 0:
         return Stats(n, 0, False, nonfinite, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan,
@@ -253,12 +375,15 @@ def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
         if m2 > 0 and math.isfinite(m2):
             m4 = float(np.mean(square * square))
             kurtosis = m4 / m2 / m2 - 3 if math.isfinite(m4) else math.nan
-            max_abs_z = max(abs(hi / unit - mean), abs(lo / unit - mean)) / std
+            if clamped:  # the clamp's ±2 is not the distribution's tail: the sample's extremes are
+                max_abs_z = max(abs(sample[-1] / unit - mean), abs(sample[0] / unit - mean)) / std
+            else:
+                max_abs_z = max(abs(hi / unit - mean), abs(lo / unit - mean)) / std
         else:
             kurtosis, max_abs_z = math.nan, (0.0 if m2 == 0 else math.nan)
     mean, std = mean * unit, std * unit
     return Stats(n, int(sample.size), nonfinite == 0, nonfinite, lo, hi, zeros / max(n - nonfinite, 1), mean, std,
-                 kurtosis, max_abs_z), sample
+                 kurtosis, max_abs_z, trimmed, clamped), sample
 
 
 def outlier_threshold(n: int) -> float:
@@ -349,10 +474,29 @@ def as_matrix(array: np.ndarray, layout: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A reading: its name (a valid --scheme), its family, its std; `mean` for the fixed
+    conventions that are not centred (U(0, b)); `complexity` the options a user must have
+    chosen to get it (None: counted from the name), for ordering readings by plausibility."""
+
     name: str
     family: str
     expected_std: float
     note: str = ""
+    mean: float = 0.0
+    complexity: int | None = None
+
+    @property
+    def cost(self) -> int:
+        if self.complexity is not None:
+            return self.complexity
+        # every option is a choice; a leaky slope is a choice about the activation too
+        return self.name.count("=") + (1 if "a=" in self.name else 0)
+
+
+# Readings are ordered by Σz² + PRIOR_PER_OPTION · options (an information criterion: each
+# option a user had to choose costs as much as a fitted parameter in AIC), so plain He comes
+# before He with a leaky slope of 0.1 unless the data clearly prefer the slope.
+PRIOR_PER_OPTION = 2.0
 
 
 def _named(scheme: str, options: list[str]) -> str:
@@ -395,19 +539,33 @@ def scaling_candidates(shape: tuple[int, ...]) -> list[Candidate]:
     return out
 
 
-def fixed_candidates(n_layer: int | None) -> list[Candidate]:
+def fixed_candidates(n_layer: int | None, extra: tuple[Candidate, ...] = ()) -> list[Candidate]:
     """The fixed-std conventions: N(0, 0.02) (GPT-2, BERT; timm's trunc_normal_(std=0.02) cuts at
     ±2 absolute, i.e. 100σ, and is the same normal), GPT-2's residual projections
-    0.02/√(2·n_layer), N(0, 1) (nn.Embedding) and Keras's embedding U(±0.05)."""
+    0.02/√(2·n_layer), N(0, 1) (nn.Embedding) and Keras's embedding U(±0.05); `extra`: the
+    file's own conventions (config.json's initializer_range, stds shared by many tensors)."""
     out = [Candidate("normal(std=0.02)", "normal", _expected("gpt2", (1,)),
-                     "GPT-2/BERT N(0, 0.02); timm's trunc_normal_(std=0.02) cuts at ±2 = 100σ: the same normal"),
-           Candidate("normal(std=1)", "normal", 1.0, "N(0, 1): nn.Embedding's default"),
+                     "GPT-2/BERT N(0, 0.02); timm's trunc_normal_(std=0.02) cuts at ±2 = 100σ: the same normal",
+                     complexity=0),
+           Candidate("normal(std=1)", "normal", 1.0, "N(0, 1): nn.Embedding's default", complexity=0),
            Candidate(f"uniform(limit={KERAS_EMBEDDING_LIMIT:g})", "uniform",
-                     _expected("uniform", (1,), limit=KERAS_EMBEDDING_LIMIT), "Keras Embedding's default")]
+                     _expected("uniform", (1,), limit=KERAS_EMBEDDING_LIMIT), "Keras Embedding's default", complexity=1)]
     if n_layer:
-        out.append(Candidate(f"gpt2-residual(n_layer={n_layer})", "normal", GPT2_STD / math.sqrt(2 * n_layer),
-                             "GPT-2 residual projection 0.02/√(2·n_layer)"))
+        out.append(Candidate(f"gpt2-residual(n_layer={n_layer})", "normal", gpt2_residual_std(n_layer),
+                             "GPT-2 residual projection 0.02/√(2·n_layer)", complexity=0))
+    known = {c.name for c in out}
+    out.extend(c for c in extra if c.name not in known)
     return out
+
+
+def recurrent_candidates(shape: tuple[int, ...], hidden: int | None) -> list[Candidate]:
+    """torch's LSTM/GRU/RNN draw every weight (and bias) from U(±1/√hidden_size), whatever
+    the fans; written as the uniform scheme that gives it."""
+    if not hidden:
+        return []
+    limit = 1 / math.sqrt(hidden)
+    return [Candidate(f"uniform(limit={limit:.6g})", "uniform", limit / math.sqrt(3),
+                      f"torch's LSTM/GRU/RNN default U(±1/√hidden_size), hidden_size {hidden}", complexity=0)]
 
 
 # -- matching ------------------------------------------------------------------------------------------
@@ -424,6 +582,7 @@ class Reading:
     expected_std: float | None = None
     p_value: float | None = None
     score: float = math.inf  # the best candidate's Σz² (inf: nothing explains it)
+    family: str = ""  # the best candidate's family
     nearest: str = ""
     nearest_ratio: float | None = None
     notes: tuple[str, ...] = ()
@@ -442,6 +601,8 @@ class Evidence:
     readings: dict = field(default_factory=dict)  # layout -> Reading
     notes: list = field(default_factory=list)
     constant: float | None = None  # every element equals this (zeros included)
+    dead: dict = field(default_factory=dict)  # layout -> output units whose weights are all zero
+    abstained: str = ""  # why no scheme was tried (too few elements)
 
 
 def _z_scores(stats: Stats, candidate: Candidate) -> tuple[float, float, float]:
@@ -450,7 +611,7 @@ def _z_scores(stats: Stats, candidate: Candidate) -> tuple[float, float, float]:
     rel_se = math.sqrt((kurtosis + 2) / (4 * n))
     z_std = (stats.std / candidate.expected_std - 1) / rel_se
     z_kurt = (stats.kurtosis - kurtosis) / math.sqrt(kurtosis_var / n)
-    z_mean = stats.mean / (candidate.expected_std / math.sqrt(n))
+    z_mean = (stats.mean - candidate.mean) / (candidate.expected_std / math.sqrt(n))
     return z_std, z_kurt, z_mean
 
 
@@ -474,14 +635,15 @@ def match_candidates(stats: Stats, sample: np.ndarray, candidates: list[Candidat
                     nearest, nearest_ratio = candidate.name, ratio
     if not scored:
         return Reading(layout, *fans, nearest=nearest, nearest_ratio=nearest_ratio)
-    # exact ties (the same std, e.g. Xavier and LeCun on a square matrix): the plainest name first
-    scored.sort(key=lambda item: (item[0], item[1].name.count("=")))
+    # by plausibility: the fit plus a cost per option chosen (exact ties, the same std, e.g. Xavier
+    # and LeCun on a square matrix: the plainest name first)
+    scored.sort(key=lambda item: (item[0] + PRIOR_PER_OPTION * item[1].cost, item[1].cost))
     names = tuple(dict.fromkeys(c.name for _, c in scored))
     best = scored[0][1]
-    p = ks_p_value(sample, family_cdf(best.family, best.expected_std))
+    p = ks_p_value(sample - best.mean, family_cdf(best.family, best.expected_std))
     notes = (best.note,) if best.note else ()
     return Reading(layout, *fans, matches=names, expected_std=best.expected_std, p_value=p, score=scored[0][0],
-                   nearest=best.name, nearest_ratio=stats.std / best.expected_std, notes=notes)
+                   family=best.family, nearest=best.name, nearest_ratio=stats.std / best.expected_std, notes=notes)
 
 
 def _dtype_eps(dtype: str) -> float:
@@ -497,10 +659,33 @@ def _dtype_eps(dtype: str) -> float:
     return 2.0**-24
 
 
+def dead_units(array: np.ndarray, layout: str) -> int:
+    """Output units (rows of an (out, in) matrix, filters of a conv) whose weights are all zero."""
+    if array.ndim < 2:
+        return 0
+    out_axis = 0 if layout == "torch" else array.ndim - 1
+    moved = np.moveaxis(np.asarray(array), out_axis, 0).reshape(array.shape[out_axis], -1)
+    return int(np.count_nonzero(~np.any(moved != 0, axis=1)))
+
+
+def recurrent_hidden(name: str, shapes: dict) -> int | None:
+    """hidden_size of a torch RNN/LSTM/GRU parameter: weight_hh_lN is (gates·hidden, hidden),
+    or (gates·hidden, proj_size) beside a weight_hr_lN of (proj_size, hidden)."""
+    if not _RECURRENT.search(name):
+        return None
+    projection = shapes.get(re.sub(r"(weight|bias)_(ih|hh|hr)_l", "weight_hr_l", name))
+    if projection is not None and len(projection) == 2:
+        return int(projection[1])
+    recurrent = shapes.get(re.sub(r"(weight|bias)_(ih|hh|hr)_l", "weight_hh_l", name))
+    return int(recurrent[1]) if recurrent is not None and len(recurrent) == 2 else None
+
+
 def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tuple[str, ...],
-            n_layer: int | None, bias_fan: dict) -> Evidence:
+            n_layer: int | None, bias_fan: dict, extra: tuple[Candidate, ...] = (),
+            hidden: int | None = None) -> Evidence:
     """Measure one tensor and read it in each layout of `layouts` (bias_fan: layout -> the
-    fan_in of the weight a bias belongs to)."""
+    fan_in of the weight a bias belongs to; extra: the file's own conventions; hidden: the
+    hidden_size of the recurrent layer it belongs to)."""
     shape = tuple(int(d) for d in array.shape)
     evidence = Evidence(name, role, shape, dtype, None)
     if array.dtype.kind not in "f" or role == "other" and not _is_float_dtype(dtype):
@@ -513,38 +698,48 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
         return evidence
     stats, sample = measure(array, name)
     evidence.stats = stats
-    if stats.used < stats.n - stats.nonfinite:
-        evidence.notes.append(f"statistics on a subsample of {stats.used:,} of {stats.n:,} elements")
+    if stats.used + stats.trimmed < stats.n - stats.nonfinite:
+        evidence.notes.append(f"statistics on a subsample of {stats.used + stats.trimmed:,} of {stats.n:,} elements")
     if not stats.finite:
         evidence.notes.append(f"{stats.nonfinite:,} NaN/inf values (statistics on the finite ones)")
+    if stats.clamped:
+        evidence.notes.append(f"{stats.clamped} value{'s' if stats.clamped > 1 else ''} at exactly ±2: torch's "
+                              "trunc_normal_ clamp at its default bounds, left out")
+    elif stats.trimmed:
+        evidence.notes.append(f"{stats.trimmed} extreme value{'s' if stats.trimmed > 1 else ''} left out of the "
+                              "moments")
     if stats.used and stats.minimum == stats.maximum:
         evidence.constant = stats.minimum
         return evidence
     if stats.used == 0:
         return evidence
+    if role in WEIGHT_ROLES and stats.zero_frac > 0:
+        evidence.dead = {layout: dead_units(array, layout) for layout in layouts}
     if 0 < stats.used < MIN_ELEMENTS:
         evidence.notes.append(f"{stats.used} elements: too few to tell a scheme")
+        evidence.abstained = "too few elements"
         return evidence
     for layout in layouts:
-        if role in ("linear", "conv"):
+        if role in ("linear", "conv", "recurrent"):
             fans = reading_fans(shape, layout)
             reading = _structured(array, stats, role, layout, dtype, fans, shape)
             if reading is None:
-                candidates = scaling_candidates(torch_shape(shape, layout)) + fixed_candidates(n_layer)
+                candidates = recurrent_candidates(shape, hidden) if role == "recurrent" else []
+                candidates += scaling_candidates(torch_shape(shape, layout)) + fixed_candidates(n_layer, extra)
                 reading = match_candidates(stats, sample, candidates, layout, fans)
         elif role == "embedding":
-            candidates = fixed_candidates(n_layer) + scaling_candidates(shape)
+            candidates = fixed_candidates(n_layer, extra) + scaling_candidates(shape)
             reading = match_candidates(stats, sample, candidates, "", (None, None))
         elif role == "bias":
             fan = bias_fan.get(layout)
-            candidates = fixed_candidates(None)
-            if fan:  # torch's default bias: U(±1/√fan_in), fan_in of its weight
+            candidates = recurrent_candidates(shape, hidden) + fixed_candidates(None, extra)
+            if fan and not hidden:  # torch's default bias: U(±1/√fan_in), fan_in of its weight
                 candidates.insert(0, Candidate("torch-default", "uniform", 1 / math.sqrt(3 * fan)))
             reading = match_candidates(stats, sample, candidates, "", (fan, None))
         else:
-            reading = match_candidates(stats, sample, fixed_candidates(None), "", (None, None))
+            reading = match_candidates(stats, sample, fixed_candidates(None, extra), "", (None, None))
         evidence.readings[layout] = reading
-        if role not in ("linear", "conv"):
+        if role not in ("linear", "conv", "recurrent"):
             break  # the other roles do not depend on the layout
     return evidence
 
@@ -586,3 +781,216 @@ def infer_n_layer(names) -> int | None:
         return None
     best = max(blocks.values(), key=len)
     return len(best) if len(best) >= 2 else None
+
+
+# -- the file's own conventions ---------------------------------------------------------------------
+
+MIN_SHARED = 3  # tensors that must share one std before it counts as the file's convention
+
+
+def _short_number(value: float, tolerance: float) -> float:
+    """The number with the fewest significant digits (1 to 6) within `tolerance` of value."""
+    if abs(value) <= tolerance:
+        return 0.0
+    for digits in range(1, 7):
+        rounded = float(f"{value:.{digits - 1}e}")
+        if abs(rounded - value) <= tolerance:
+            return rounded
+    return float(f"{value:.6e}")
+
+
+def _pooled(group) -> tuple[int, float, float, float]:
+    """(elements, mean, std, excess kurtosis) pooled over tensors, weighted by elements used."""
+    total = sum(e.stats.used for e in group)
+    mean = sum(e.stats.used * e.stats.mean for e in group) / total
+    var = sum(e.stats.used * (e.stats.std**2 + (e.stats.mean - mean) ** 2) for e in group) / total
+    kurt = sum(e.stats.used * e.stats.kurtosis for e in group) / total
+    return total, mean, math.sqrt(var), kurt
+
+
+def _fitting_family(kurtosis: float, n: int) -> str | None:
+    fits = [(abs(kurtosis - k) / math.sqrt(v / n), f) for f, (k, v) in FAMILY_MOMENTS.items()]
+    z, family = min(fits)
+    return family if z <= Z_ACCEPT else None
+
+
+def convention_candidate(n: int, mean: float, std: float, family: str, note: str,
+                         known: tuple[float, ...] = (), extremes: tuple[float, float] | None = None) -> Candidate:
+    """The scheme spelling of a convention read from the file: normal(std=s), normal with a
+    mean, the truncated normal, uniform(limit=L) or uniform(low=a,high=b); each number the
+    shortest within a tenth of the pooled standard error (or a known value, e.g. config.json's
+    initializer_range, where that fits)."""
+    kurtosis = FAMILY_MOMENTS[family][0]
+    se = std * math.sqrt((kurtosis + 2) / (4 * n))
+    centred = abs(mean) <= Z_ACCEPT * std / math.sqrt(n)
+    known_fit = next((k for k in known if abs(k - std) <= 3 * se), None)
+    if family == "uniform":
+        # a uniform's ends are known to about (high − low)/n from the extremes
+        half = math.sqrt(3) * std
+        lo, hi = extremes if extremes is not None else (mean - half, mean + half)
+        tolerance = 4 * (hi - lo) / n if extremes is not None else math.sqrt(3) * se / 10
+        if centred:
+            limit = _short_number(max(-lo, hi), tolerance) if known_fit is None else math.sqrt(3) * known_fit
+            return Candidate(f"uniform(limit={limit:.6g})", "uniform", limit / math.sqrt(3), note, complexity=0)
+        low = _short_number(lo, tolerance)
+        high = _short_number(hi, tolerance)
+        return Candidate(f"uniform(low={low:.6g},high={high:.6g})", "uniform", (high - low) / math.sqrt(12), note,
+                         mean=(low + high) / 2, complexity=0)
+    s = known_fit if known_fit is not None else _short_number(std, se / 10)
+    options = [] if centred else [f"mean={_short_number(mean, std / math.sqrt(n) / 10):.6g}"]
+    options.append(f"std={s:.6g}")
+    if family == "truncated-normal":
+        options.append("distribution=truncated-normal")
+    m = 0.0 if centred else float(options[0].split("=")[1])
+    return Candidate(f"normal({','.join(options)})", family, s, note, mean=m, complexity=0)
+
+
+def _block_index(name: str) -> tuple[str, int] | None:
+    """(template, index) for a name with a block index: 'h.3.attn.w' -> ('h.{}.attn.w', 3)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit() and i > 0:
+            return ".".join(parts[:i] + ["{}"] + parts[i + 1:]), int(part)
+    return None
+
+
+def infer_conventions(evidence, known: tuple[float, ...] = ()) -> dict:
+    """Conventions read from the file itself, for the tensors no scheme explained: name ->
+    candidates to read it again with.
+
+    - a fixed std: at least MIN_SHARED tensors whose stds (and means) agree within their
+      standard errors and whose pooled kurtosis fits one family share one convention
+      (normal(std=s), s from the file; `known` values, e.g. initializer_range, preferred);
+    - a depth-scaled std: the tensors of one name template over ≥ 3 block indices whose std
+      falls with the index as a power law s_l = c·(l+1)^p (BEiT's 0.02/√(2(l+1))): each
+      gets normal(std=s_l), and the note says the law."""
+    loose = [e for e in evidence if e.stats is not None and e.stats.used >= MIN_ELEMENTS and e.constant is None
+             and not e.abstained and e.role not in ("norm_scale", "norm_shift") and e.stats.finite
+             and not any(r.matches for r in e.readings.values()) and math.isfinite(e.stats.kurtosis)
+             and 1e-30 < e.stats.std < 1e30]  # far outside any init: squares would overflow
+    found: dict = {}
+    for template_group in _depth_groups(loose):
+        found.update(template_group)
+    found.update(_gain_conventions([e for e in loose if e.name not in found]))
+    remaining = sorted((e for e in loose if e.name not in found), key=lambda e: -e.stats.used)
+    while remaining:
+        seed = remaining[0]
+        group = [e for e in remaining if _agree(seed, e)]
+        remaining = [e for e in remaining if e not in group]
+        if len(group) < MIN_SHARED:
+            continue
+        n, mean, std, kurt = _pooled(group)
+        family = _fitting_family(kurt, n)
+        if family is None:
+            continue
+        note = f"a convention of this file: {len(group)} tensors share this std, which no fan formula gives"
+        if any(abs(k - std) <= 3 * std * math.sqrt(0.5 / n) for k in known):
+            note = f"config.json's initializer_range; {len(group)} tensors share it"
+        extremes = (min(e.stats.minimum for e in group), max(e.stats.maximum for e in group))
+        n_min = min(e.stats.n for e in group)
+        candidate = convention_candidate(n_min, mean, std, family, note, known, extremes)
+        for e in group:
+            found[e.name] = (candidate,)
+    for e in loose:  # one tensor at a round std (1, 2 or 5 × 10^k): a value someone chose by hand
+        if e.name in found:
+            continue
+        family = _fitting_family(e.stats.kurtosis, e.stats.used)
+        if family is None or family == "uniform":
+            continue
+        se = e.stats.std * math.sqrt(0.5 / e.stats.used)
+        s = _short_number(e.stats.std, Z_ACCEPT * se)
+        if f"{s:.0e}"[0] in "125" and float(f"{s:.0e}") == s:
+            found[e.name] = (convention_candidate(e.stats.used, e.stats.mean, s, family,
+                                                  f"N(0, {s:g}²): a round std chosen by hand", (s,)),)
+    return found
+
+
+def _agree(a, b) -> bool:
+    """Two tensors' stds and means agree within Z_ACCEPT combined standard errors."""
+    sa, sb = a.stats, b.stats
+    rel = math.sqrt(0.5 / sa.used + 0.5 / sb.used + 0.3 / sa.used + 0.3 / sb.used)  # allows a lighter tail
+    if abs(math.log(sa.std / sb.std)) > Z_ACCEPT * rel:
+        return False
+    se_mean = math.hypot(sa.std / math.sqrt(sa.used), sb.std / math.sqrt(sb.used))
+    return abs(sa.mean - sb.mean) <= Z_ACCEPT * se_mean
+
+
+def _depth_groups(loose):
+    by_template: dict = {}
+    for e in loose:
+        found = _block_index(e.name)
+        if found is not None:
+            by_template.setdefault(found[0], []).append((found[1], e))
+    for template, members in sorted(by_template.items()):
+        members.sort(key=lambda item: item[0])
+        if len({i for i, _ in members}) < 3 or len({i for i, _ in members}) < len(members):
+            continue
+        x = np.log(np.array([i + 1 for i, _ in members], dtype=np.float64))
+        y = np.log(np.array([e.stats.std for _, e in members]))
+        slope, intercept = np.polyfit(x, y, 1)
+        # a power that reads as a simple fraction (−1/2, −1/4, −1) is the law's, if it fits
+        power = round(float(slope) * 4) / 4
+        if power == 0 or abs(power - slope) > 0.1:
+            continue
+        c = float(np.exp(np.mean(y - power * x)))
+        group = {}
+        for i, e in members:
+            expected = c * (i + 1) ** power
+            rel_se = math.sqrt(0.5 / e.stats.used)
+            if abs(e.stats.std / expected - 1) > Z_ACCEPT * rel_se:
+                group = {}
+                break
+            family = _fitting_family(e.stats.kurtosis, e.stats.used) or "normal"
+            law = f"depth-scaled: std = {c:.4g}·(l+1)^{power:g} over the {len(members)} layers of {template}"
+            s = _short_number(expected, expected * rel_se / 10)
+            name = f"normal(std={s:.6g}{',distribution=truncated-normal' if family == 'truncated-normal' else ''})"
+            if family == "uniform":
+                name = f"uniform(limit={_short_number(math.sqrt(3) * expected, expected * rel_se / 10):.6g})"
+            group[e.name] = (Candidate(name, family, s if family != "uniform" else
+                                       float(name[len("uniform(limit="):-1]) / math.sqrt(3), law, complexity=0),)
+        if group:
+            yield group
+
+
+_GAIN_BASES = (("xavier", "fan_avg", ""), ("lecun", "fan_in", ""), ("lecun", "fan_out", "mode=fan_out"))
+
+
+def _gain_conventions(loose) -> dict:
+    """A fan formula with one gain no table has (Funnel's Xavier × 1/√2): at least MIN_SHARED
+    matrices of at least two different fans whose std over the formula's gives one gain."""
+    matrices = [e for e in loose if e.role in ("linear", "conv") and len(e.shape) >= 2]
+    found: dict = {}
+    for base, mode, mode_label in _GAIN_BASES:
+        rows = []
+        for e in matrices:
+            if e.name in found:
+                continue
+            family = _fitting_family(e.stats.kurtosis, e.stats.used)
+            if family is None:
+                continue
+            fan_in, fan_out = reading_fans(e.shape, "torch")
+            n = {"fan_avg": (fan_in + fan_out) / 2, "fan_in": fan_in, "fan_out": fan_out}[mode]
+            rows.append((e.stats.std * math.sqrt(n), e, family, (fan_in, fan_out)))
+        while rows:
+            gain, seed, family, _ = max(rows, key=lambda row: row[1].stats.used)
+            group = [row for row in rows if row[2] == family and
+                     abs(math.log(row[0] / gain)) <= Z_ACCEPT * math.sqrt(0.5 / row[1].stats.used + 0.5 / seed.stats.used)]
+            rows = [row for row in rows if row not in group]
+            fans = {row[3] for row in group}
+            if len(group) < MIN_SHARED or len(fans) < 2:
+                continue
+            total = sum(row[1].stats.used for row in group)
+            pooled = math.sqrt(sum(row[1].stats.used * row[0] ** 2 for row in group) / total)
+            g = _short_number(pooled, pooled * math.sqrt(0.5 / total) / 10)
+            dist = {"uniform": "uniform", "normal": "normal", "truncated-normal": "normal"}[family]
+            options = [mode_label, "distribution=truncated-normal" if family == "truncated-normal" else "",
+                       f"gain={g:.6g}"]
+            scheme = f"{base}-{dist}"
+            name = _named(scheme, options)
+            note = (f"a convention of this file: {len(group)} matrices of {len(fans)} shapes follow {scheme} "
+                    f"with gain {g:.4g}")
+            for _, e, _, _ in group:
+                expected = make_init(scheme, mode=mode, gain=g, distribution=family).expected_std(
+                    torch_shape(e.shape, "torch"))
+                found[e.name] = (Candidate(name, family, expected, note, complexity=0),)
+    return found
