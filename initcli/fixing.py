@@ -268,6 +268,10 @@ class _running:
         return False
 
 
+def _names(model) -> dict:
+    return {module: (name or "(model)") for name, module in model.named_modules()}
+
+
 def _weight_std(weight) -> float:
     return math.sqrt(max(moments(weight.detach().cpu().numpy())[1], 0.0))
 
@@ -321,13 +325,14 @@ def _output_variance(model, module, args) -> float:
     return measured[0] if measured else math.nan
 
 
-def lsuv(model, args: tuple, *, train_mode: bool, names: dict, tol: float = DEFAULT_TOL,
+def lsuv(model, args: tuple, *, train_mode: bool, names: dict | None = None, tol: float = DEFAULT_TOL,
          max_iter: int = DEFAULT_MAX_ITER) -> tuple[tuple[LayerFix, ...], set[int]]:
     """Rescale `model`'s weighted modules in place, in forward order, each until its output
     variance on `args` is within `tol` of 1 (at most `max_iter` rescalings). Returns what was
     done to each module and the ids of the weights rescaled."""
     torch = _torch()
     tol, max_iter = check_lsuv_limits(tol, max_iter)
+    names = names or _names(model)
     ordered, _ = _call_order(model, args, train_mode)
     tied = _tied(model)
     layers, fixed = [], set()
@@ -367,10 +372,11 @@ def lsuv(model, args: tuple, *, train_mode: bool, names: dict, tol: float = DEFA
     return tuple(layers), fixed
 
 
-def rescale(model, args: tuple, *, train_mode: bool, names: dict) -> tuple[tuple[LayerFix, ...], set[int]]:
+def rescale(model, args: tuple, *, train_mode: bool, names: dict | None = None) -> tuple[tuple[LayerFix, ...], set[int]]:
     """Set each weighted module's weight std to gain/√fan_in in place (see the module
     docstring). Returns what was done to each module and the ids of the weights rescaled."""
     torch = _torch()
+    names = names or _names(model)
     ordered, followers = _call_order(model, args, train_mode)
     tied = _tied(model)
     layers, fixed = [], set()
@@ -414,21 +420,22 @@ def fix_and_probe(model, args: tuple, *, fix: str, params: dict, save: str | Non
     fix = check_fix(fix)
     before = probe(model, args, params=params, **probe_options)
     fixed = copy.deepcopy(model)
-    names = {m: (n or "(model)") for n, m in fixed.named_modules()}
+    names = _names(fixed)
     limits = {"tol": tol, "max_iter": max_iter} if fix == "lsuv" else {}
     layers, rescaled = FIXERS[fix](fixed, args, train_mode=probe_options.get("train_mode", False), names=names,
                                    **limits)
     run_params = {**params, "fix": fix, **({"lsuv_tol": tol, "lsuv_max_iter": max_iter} if fix == "lsuv" else {})}
     after = probe(fixed, args, params=run_params, **probe_options)
     if save is not None:
-        save_state_dict(fixed, save, force=force, metadata={"initcli_fix": fix, "initcli_target": str(
-            params.get("target", ""))})
+        save_state_dict(fixed, save, force=force)
     return FixResult({**after.params, "save": save}, fix, before, after, layers, _untouched(fixed, rescaled))
 
 
-def save_state_dict(model, path: str, *, force: bool = False, metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(model, path: str, *, force: bool = False) -> None:
     """Write `model.state_dict()` to a .safetensors file, whole or not at all. Tied tensors are
-    written once per name (so `load_state_dict(load_file(path))` finds every key)."""
+    written once per name (so `load_state_dict(load_file(path))` finds every key). The only
+    metadata is {"format": "pt"}: safetensors writes metadata in hash order, which differs from
+    process to process, and the same command must give the same bytes."""
     torch = _torch()
     from .files import atomic_output
     from .optional import require
@@ -440,7 +447,7 @@ def save_state_dict(model, path: str, *, force: bool = False, metadata: dict[str
             raise InitcliError("save", f"the model's state_dict holds '{name}', a {type(value).__name__}: a "
                                        ".safetensors file holds tensors only")
         tensors[name] = value.detach().to("cpu").contiguous().clone()
-    data = safetensors_torch.save(tensors, metadata={"format": "pt", **(metadata or {})})
+    data = safetensors_torch.save(tensors, metadata={"format": "pt"})
     with atomic_output(path, "save", force=force, suffix=SAVE_SUFFIXES) as handle:
         handle.write(data)
 
