@@ -120,7 +120,9 @@ class Profile:
     """The units of one network in execution order, and how to read them: `bound` is the
     finite-width drift bound (`drift_bound`), `noun` what a judged unit is called ("layer",
     "block"), `sample` what dead units never fire for ("input", "token"), `overflow_at` where
-    the run saw values leave `dtype`'s range (None: read from the units)."""
+    the run saw values leave `dtype`'s range (None: read from the units), `zero_head` the
+    head known to start at zero output (the units were measured with a unit cotangent at its
+    input), None when there is none or it is to be read from the head's statistics."""
 
     units: tuple[Unit, ...]
     bound: float
@@ -128,6 +130,7 @@ class Profile:
     sample: str = "input"
     dtype: str = "float32"
     overflow_at: str | None = None
+    zero_head: str | None = None
 
     def role(self, *roles: str) -> tuple[Unit, ...]:
         return tuple(unit for unit in self.units if unit.role in roles)
@@ -205,9 +208,11 @@ def judge(profile: Profile) -> Verdict:
     """The verdict on a profile (see the module docstring for the rules, in order)."""
     judged = profile.judged
     names = tuple(unit.name for unit in judged)
+    notes: list[str] = []  # on deliberate designs, after the reason
+    design: dict = {}  # the numbers the notes rest on
 
     def verdict(word: str, template: str, **values) -> Verdict:
-        return _verdict(word, template, values, names)
+        return _verdict(word, template, {**values, **design}, names, notes)
 
     first_units = [u for u in profile.units if u.role not in ("head", "inner")]
     if first_units and 0 < first_units[0].effective_rank <= SYMMETRY_RANK:
@@ -224,33 +229,24 @@ def judge(profile: Profile) -> Verdict:
     if not judged:
         return verdict("stable", "no {noun} to judge", noun=profile.noun)
     first, last = judged[0], judged[-1]
+    zero_head = _design_notes(profile, notes, design)
     if last.act_var == 0:
         return verdict("no-signal", "{owner} activations are the same for every input (variance 0): the output cannot "
                                     "depend on the input", owner=last.owner, last_act_var=last.act_var)
-    heads = profile.role("head")
-    zero_head = bool(heads) and heads[-1].act_var == 0 and heads[-1].weight_grad_var > 0
-    notes = []
-    if zero_head:
-        notes.append(f"{heads[-1].name} starts at zero output and its weights get a gradient: a zero-initialised "
-                     "head, a design choice")
-    zero_branches = [u for u in profile.role("branch") if u.act_var == 0 and u.weight_grad_var != 0]
-    if zero_branches:
-        notes.append(f"{len(zero_branches)} branch{'es' if len(zero_branches) > 1 else ''} from "
-                     f"{zero_branches[0].name} start at zero output (each block the identity at init), a design choice")
     gradients_wait = zero_head and all(u.grad_var == 0 for u in judged)
     if gradients_wait:
-        notes.append(f"the gradient reaches the {profile.noun}s once {heads[-1].name} moves; activations judged")
+        notes.append(f"the gradient reaches the {profile.noun}s once the head moves: activations judged")
     elif first.grad_var == 0:
         return verdict("no-signal", "{name} gets no gradient at all: nothing learns", name=first.name,
                        first_grad_var=first.grad_var)
-    if first.weight_grad_var == 0 and not gradients_wait:
+    elif first.weight_grad_var == 0:
         return verdict("no-signal", "{owner} weights get no gradient at all: nothing learns", owner=first.owner,
                        first_weight_grad_var=first.weight_grad_var)
     found = _dead_or_saturated(profile) or _collapsed(profile)
     if found is None:
         found = _trend(profile, gradients_wait)
     word, template, values = found
-    return _verdict(word, template, values, names, notes)
+    return verdict(word, template, **values)
 
 
 def _verdict(word: str, template: str, values: dict, names: tuple[str, ...], notes: Sequence[str] = ()) -> Verdict:
@@ -261,6 +257,30 @@ def _verdict(word: str, template: str, values: dict, names: tuple[str, ...], not
     return Verdict(word, reason, names, numbers)
 
 
+def _design_notes(profile: Profile, notes: list[str], design: dict) -> bool:
+    """Add notes on deliberate zero-output designs (and the numbers they rest on) and say
+    whether the head is one: a head known or seen to start at zero output while its weights
+    get a gradient; branches that do."""
+    heads = profile.role("head")
+    zero_head = bool(heads) and heads[-1].act_var == 0 and heads[-1].weight_grad_var > 0
+    if profile.zero_head is not None:
+        zero_head = True
+        notes.append(f"{profile.zero_head} starts at zero output, a design: judged up to its input")
+    elif zero_head:
+        design.update(head_act_var=heads[-1].act_var, head_weight_grad_var=heads[-1].weight_grad_var)
+        notes.append(f"{heads[-1].name} starts at zero output and its weights get a gradient: a zero-initialised "
+                     "head, a design")
+    elif heads:
+        notes.append(f"judged up to the head, {heads[0].name}")
+    branches = profile.role("branch")
+    zero = [u for u in branches if u.act_var == 0 and u.weight_grad_var != 0]
+    if zero:
+        design.update(zero_branches=len(zero), branches=len(branches))
+        notes.append(f"{len(zero)} of {len(branches)} branches start at zero output ({zero[0].name} first) and their "
+                     "weights get a gradient: a zero-initialised design, the stream passes them unchanged")
+    return zero_head
+
+
 def _largest(units: Sequence[Unit], column: str) -> Unit | None:
     """The first unit with the largest finite value of `column`."""
     present = [u for u in units if _finite(getattr(u, column))]
@@ -268,7 +288,8 @@ def _largest(units: Sequence[Unit], column: str) -> Unit | None:
 
 
 def _dead_or_saturated(profile: Profile):
-    dead = _largest(profile.units, "dead_frac")
+    # a unit whose output is 0 everywhere is a zero-initialised design, not dead units
+    dead = _largest([u for u in profile.units if u.act_var != 0], "dead_frac")
     if dead is not None and dead.dead_frac > DEAD_FRAC:
         return "dead", "{dead_frac:.0%} of {owner} units never fire for any {sample}", dict(
             dead_frac=dead.dead_frac, limit=DEAD_FRAC, owner=dead.owner, sample=profile.sample)
@@ -383,9 +404,10 @@ def _value(x) -> float:
 
 def propagate_profile(result) -> Profile:
     """The profile of a propagate run (MLP, conv or transformer): an MLP's or conv stack's
-    layers; a transformer's stream rows (one per block, judged) with each block's attention
-    and MLP outputs as branches. The run's recorded overflow layer, if any, is where it
-    overflowed."""
+    layers, up to a last layer narrower than the one before (a head, as `modules_profile`
+    reads one); a transformer's stream rows (one per block, judged) with each block's
+    attention and MLP outputs as branches. The run's recorded overflow layer, if any, is where
+    it overflowed."""
     params = result.params
     transformer = params.get("arch") == "transformer"
     where = result.forward_overflow_layer or result.backward_overflow_layer
@@ -396,9 +418,16 @@ def propagate_profile(result) -> Profile:
     if transformer:
         units = tuple(_sublayer_unit(row, result.layers) for row in result.layers)
     else:
-        units = tuple(Unit(f"layer {row.layer}", "layer", row.act_var, row.grad_var, row.weight_grad_var,
-                           row.dead_frac, row.saturated_frac, row.effective_rank) for row in result.per_layer())
-    return Profile(units, drift_bound(run_widths(params)), noun="block" if transformer else "layer",
+        layers = result.per_layer()
+        sizes = run_widths(params)
+        # a last layer narrower than the one before is a head: the gradient below it is
+        # fan_out/fan_in of what it is above, a change of shape, not of depth
+        head = len(layers) >= 3 and sizes[-1] < sizes[-2]
+        units = tuple(Unit(f"layer {row.layer}", "head" if head and i == len(layers) - 1 else "layer", row.act_var,
+                           row.grad_var, row.weight_grad_var, row.dead_frac, row.saturated_frac, row.effective_rank)
+                      for i, row in enumerate(layers))
+    judged_widths = run_widths(params)[:len(units) if any(u.role == "head" for u in units) else None]
+    return Profile(units, drift_bound(judged_widths), noun="block" if transformer else "layer",
                    sample="token" if transformer else "input", dtype=params["dtype"],
                    overflow_at=None if where is None else f"layer {where}")
 
@@ -460,66 +489,96 @@ def repeated_blocks(rows: Sequence) -> list:
     return max(outermost, key=len) if outermost else []
 
 
-def modules_profile(rows: Sequence, *, channels_last: bool = False, dtype: str = "float32") -> Profile:
+def _probe_fields(rows: Sequence) -> bool:
+    """Whether the rows say themselves what they are (probe's `kind`, `width`, `size`)."""
+    return bool(rows) and all(hasattr(row, "kind") for row in rows)
+
+
+def modules_profile(rows: Sequence, *, channels_last: bool = False, dtype: str = "float32",
+                    zero_head: str | None = None) -> Profile:
     """The profile of probed modules (probe's ModuleStats, in execution order).
 
-    With repeated blocks (`repeated_blocks`): their outputs are the stream, judged; rows with
-    a `branch_var` are branches; weighted modules before the first block are the stem, after
-    the last block the head. Without: the weighted modules, up to the head: the 2-D outputs
-    after the last conv-like (3-D or more) output, or in an all-2-D stack the last module when
-    it is narrower than the one before. Other rows count for dead and saturated units only.
+    Each row's kind ("block", "weighted", "norm", "other"), channels (`width`) and values per
+    input (`size`) are read from the row when it has them, else inferred: repeated blocks by
+    `repeated_blocks`, weighted modules as those with a weight_std that are not norms, channels
+    from the output shape (dim 1, or the last with `channels_last` and for 2-D outputs).
 
-    The gradient statistic is grad_var × the unit's entries per input / the first judged
-    unit's: under fan-in scaling a layer keeps the gradient's squared norm per input whatever
-    its widths, strides or channels (fan_out·Var(W) = n_out/n_in), so this reads depth, not
-    shapes; the first judged unit keeps its own grad_var. Each judged unit's channels are its
-    width in the drift bound."""
+    `zero_head` names a module known to start at zero output (its weights all zero): it and
+    what follows it are the head, the rest is judged up to its input, and the reason notes the
+    design. With two or more repeated blocks before it, their outputs are the stream, judged;
+    rows with a `branch_var` are branches; weighted modules before the first block are the
+    stem, after the last block the head. Otherwise the weighted modules, up to the head: the
+    2-D outputs after the last conv-like (3-D or more) output, or in an all-2-D stack the last
+    module when it is narrower than the one before. Other rows count for dead and saturated
+    units only.
+
+    The gradient statistic is grad_var × the unit's values per input / the first judged unit's:
+    under fan-in scaling a layer keeps the gradient's squared norm per input whatever its
+    widths, strides or channels (fan_out·Var(W) = n_out/n_in), so this reads depth, not shapes;
+    the first judged unit keeps its own grad_var. Each judged unit's channels are its width in
+    the drift bound."""
     measured = [row for row in rows if row.output_shape != "-"]
-    blocks = repeated_blocks(measured)
-    role: dict[int, str] = {}
+    told = _probe_fields(measured)
+
+    def width(row) -> int:
+        return max(int(row.width), 1) if told else max(_channels(row.output_shape, channels_last), 1)
+
+    def size(row) -> int:
+        return max(int(row.size), 1) if told else _per_input(row.output_shape)
+
+    def weighted(row) -> bool:
+        return row.kind == "weighted" if told else _weighted(row)
+
+    names = [row.module for row in measured]
+    cut = names.index(zero_head) if zero_head in names and names.index(zero_head) > 0 else len(measured)
+    body, after = measured[:cut], measured[cut:]
+    blocks = ([row for row in body if row.kind == "block"] if told else repeated_blocks(body))
+    if len(blocks) < 2:
+        blocks = []
+    role: dict[int, str] = {id(row): "head" if weighted(row) or row.module == zero_head else "inner"
+                            for row in after}
     if blocks:
         block_ids = {id(row) for row in blocks}
-        first_inside = next(i for i, row in enumerate(measured)
+        first_inside = next(i for i, row in enumerate(body)
                             if row.module == blocks[0].module or row.module.startswith(blocks[0].module + "."))
-        last_block = max(i for i, row in enumerate(measured) if id(row) in block_ids)
-        for i, row in enumerate(measured):
+        last_block = max(i for i, row in enumerate(body) if id(row) in block_ids)
+        for i, row in enumerate(body):
             if id(row) in block_ids:
                 role[id(row)] = "stream"
             elif getattr(row, "branch_var", None) is not None:
                 role[id(row)] = "branch"
-            elif i < first_inside and _weighted(row):
+            elif i < first_inside and weighted(row):
                 role[id(row)] = "stem"
-            elif i > last_block and _weighted(row):
+            elif i > last_block and weighted(row):
                 role[id(row)] = "head"
     else:
-        weighted = [row for row in measured if _weighted(row)] or measured
+        layers = [row for row in body if weighted(row)] or body
         head: list = []
-        spatial = [i for i, row in enumerate(weighted) if len(_dims(row.output_shape)) >= 3]
+        spatial = [i for i, row in enumerate(layers) if len(_dims(row.output_shape)) >= 3]
         if spatial:
-            head = weighted[spatial[-1] + 1:]
-        elif len(weighted) >= 3 and (_channels(weighted[-1].output_shape, channels_last)
-                                     < _channels(weighted[-2].output_shape, channels_last)):
-            head = weighted[-1:]
+            head = layers[spatial[-1] + 1:]
+        elif len(layers) >= 3 and width(layers[-1]) < width(layers[-2]):
+            head = layers[-1:]
         head_ids = {id(row) for row in head}
-        for row in weighted:
+        for row in layers:
             role[id(row)] = "head" if id(row) in head_ids else "layer"
-        for row in measured:
+        for row in body:
             if getattr(row, "branch_var", None) is not None and id(row) not in role:
                 role[id(row)] = "branch"
     judged = [row for row in measured if role.get(id(row)) in JUDGED_ROLES]
-    scale_base = _per_input(judged[0].output_shape) if judged else 1
+    base = size(judged[0]) if judged else 1
     units = []
     for row in measured:
         kind = role.get(id(row), "inner")
-        grad = row.grad_var * _per_input(row.output_shape) / scale_base if kind in JUDGED_ROLES else row.grad_var
+        grad = row.grad_var * size(row) / base if kind in JUDGED_ROLES else row.grad_var
         units.append(Unit(row.module, kind, row.act_var, grad, row.weight_grad_var, row.dead_frac,
                           row.saturated_frac, row.effective_rank, _value(getattr(row, "token_cosine", None)),
                           _value(getattr(row, "attn_max", None)), _value(getattr(row, "attn_entropy", None))))
-    widths = [_channels(row.output_shape, channels_last) for row in judged]
-    return Profile(tuple(units), drift_bound([0] + [max(w, 1) for w in widths]),
-                   noun="block" if blocks else "layer", dtype=dtype)
+    return Profile(tuple(units), drift_bound([0] + [width(row) for row in judged]),
+                   noun="block" if blocks else "layer", dtype=dtype, zero_head=zero_head if after else None)
 
 
-def judge_modules(rows: Sequence, *, channels_last: bool = False, dtype: str = "float32") -> Verdict:
+def judge_modules(rows: Sequence, *, channels_last: bool = False, dtype: str = "float32",
+                  zero_head: str | None = None) -> Verdict:
     """probe's verdict: `judge(modules_profile(rows, ...))`."""
-    return judge(modules_profile(rows, channels_last=channels_last, dtype=dtype))
+    return judge(modules_profile(rows, channels_last=channels_last, dtype=dtype, zero_head=zero_head))
