@@ -157,3 +157,50 @@ def test_gelu_in_one_pass_is_bit_identical_to_fn_then_derivative():
         act, deriv = gelu.apply(x)
         assert act.dtype == deriv.dtype == dtype
         assert np.array_equal(act, gelu.fn(x)) and np.array_equal(deriv, gelu.derivative(x, act))
+
+
+def test_float32_gelu_and_derivative_keep_float32_accuracy_down_the_left_tail():
+    """float32 GELU is computed in float32 (x·Φ(x) with Φ(−|x|) = e^{−x²/2}·R(|x|)); it must stay
+    within a few float32 roundings of the exact values from math.erfc, relatively, down to
+    x = −14, where Φ(x) ≈ 8e-45: the 1 + erf(x/√2) form would give 0 from x ≈ −5.5 on."""
+    gelu = get_activation("gelu")
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.linspace(-14, 14, 140_001), -np.logspace(-7, math.log10(14), 20_001),
+                        rng.standard_normal(20_000) * 3]).astype(np.float32)
+    act, deriv = gelu.apply(x)
+    assert act.dtype == deriv.dtype == np.float32
+    exact = x.astype(np.float64)  # every float32 is a float64: the references see the same inputs
+    cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in exact])
+    pdf = np.exp(-0.5 * exact * exact) / math.sqrt(2 * math.pi)
+    eps = float(np.finfo(np.float32).eps)
+    # Roundings: e^{−x²/2} is two float32 exps and a product (x² split so that its rounding does
+    # not grow with x²: ≤ 3 eps), R(|x|) its fit (4e-8, a third of eps) and a degree-9 Horner
+    # scheme in t ∈ (0, 1] (≤ 2 eps), then two or three products and a difference: 8 eps
+    # bounds x·Φ(x) relatively; φ'(x) = Φ(x) + x·φ(x) passes through 0 near x = −0.75, so its
+    # error is bounded relative to the size of what it adds, Φ(x) + |x|·φ(x). Below float32's
+    # normal range (x < −13) values are multiples of 2^−149, and |x|·Φ(−|x|) multiplies the
+    # spacing of Φ's subnormals by up to 14: 16·2^−149 absolute.
+    rtol, atol = 8 * eps, 16 * 2.0**-149
+    want_act = exact * cdf
+    want_deriv = cdf + exact * pdf
+    act_error = np.abs(act - want_act) / (rtol * np.abs(want_act) + atol)
+    deriv_error = np.abs(deriv - want_deriv) / (rtol * (cdf + np.abs(exact) * pdf) + atol)
+    assert act_error.max() <= 1, f"gelu at x = {x[act_error.argmax()]}: {act_error.max():.2f} × the bound"
+    assert deriv_error.max() <= 1, f"gelu' at x = {x[deriv_error.argmax()]}: {deriv_error.max():.2f} × the bound"
+    # the far left tail relatively, where 1 + erf cancels: Φ(−10) = 7.6e-24
+    tail = (exact <= -10) & (np.abs(want_act) > 1e-36)
+    assert tail.sum() > 1000
+    assert np.max(np.abs(act[tail] / want_act[tail] - 1)) <= rtol
+    assert np.max(np.abs(deriv[tail] / want_deriv[tail] - 1)) <= rtol
+
+
+def test_float32_gelu_of_non_finite_and_huge_inputs_is_x_times_phi():
+    """The float32 path gives what x·Φ(x) and Φ(x) + x·φ(x) give in float64: gelu(+inf) = inf,
+    gelu(−inf) = nan (−inf·0), nan stays nan, and values near float32's largest are exact."""
+    gelu = get_activation("gelu")
+    x = np.array([np.inf, -np.inf, np.nan, 3e38, -3e38, 1e20, -1e20, 0.0, -0.0, 1.0], dtype=np.float32)
+    act, deriv = gelu.apply(x)
+    want_act, want_deriv = gelu.apply(x.astype(np.float64))
+    np.testing.assert_array_equal(act, want_act.astype(np.float32))
+    np.testing.assert_allclose(deriv, want_deriv.astype(np.float32), rtol=8 * np.finfo(np.float32).eps)
+    assert np.isnan(deriv[:3]).all()
