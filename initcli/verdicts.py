@@ -271,7 +271,7 @@ def _design_notes(profile: Profile, notes: list[str], design: dict) -> bool:
         notes.append(f"{heads[-1].name} starts at zero output and its weights get a gradient: a zero-initialised "
                      "head, a design")
     elif heads:
-        notes.append(f"judged up to the head, {heads[0].name}")
+        notes.append(f"judged up to the head ({heads[0].name})")
     branches = profile.role("branch")
     zero = [u for u in branches if u.act_var == 0 and u.weight_grad_var != 0]
     if zero:
