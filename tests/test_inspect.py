@@ -206,8 +206,12 @@ def test_torch_modules_default_init(tmp_path):
     torch.save(Block().state_dict(), path)
     result = inspect(path)
     by_name = {t.name: t for t in result.tensors}
-    for name in ("fc1.weight", "fc2.weight", "fc3.weight", "conv.weight", "fc1.bias", "fc2.bias", "fc3.bias"):
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight", "conv.weight"):
         assert "torch-default" in by_name[name].match.split("|"), (name, by_name[name].match)
+        assert by_name[name].verdict == "ok"
+    # torch's default bias U(±1/√fan_in), spelled as the scheme that samples it on a 1-D shape
+    for name, fan_in in (("fc1.bias", 32), ("fc2.bias", 128), ("fc3.bias", 128)):
+        assert f"uniform(limit={1 / math.sqrt(fan_in):.6g})" in by_name[name].match.split("|"), by_name[name].match
         assert by_name[name].verdict == "ok"
     assert by_name["embed.weight"].role == "embedding"
     assert by_name["embed.weight"].match.split("|")[0] == "normal(std=1)"

@@ -139,7 +139,8 @@ def _stem(name: str) -> tuple[str, str]:
     return head, last
 
 
-_WEIGHT_NAMES = ("weight", "kernel", "w", "filter", "filters")
+_WEIGHT_NAMES = ("weight", "kernel", "w", "filter", "filters", "in_proj_weight", "q_proj_weight", "k_proj_weight",
+                 "v_proj_weight")  # the last four: nn.MultiheadAttention's packed projections
 # state-space parameters set by formula, not drawn: Mamba's S4D-real A (log 1…N per channel),
 # its Δ bias (softplus⁻¹ of a log-uniform Δ) and its skip D (ones)
 _SSM = re.compile(r"(^|\.)(A_log|A|D|dt_bias)$|(^|\.)dt_proj\.bias$")
@@ -244,8 +245,9 @@ def _is_float_dtype(dtype: str) -> bool:
 
 def bias_fan_in(name: str, entries_by_name: dict, layout: str) -> int | None:
     """The fan_in of the weight a bias belongs to (torch's default bias is U(±1/√fan_in))."""
-    head, _ = _stem(name)
-    for w in ("weight", "kernel", "w"):
+    head, last = _stem(name)
+    weights = ("weight", "kernel", "w") + ((last.removesuffix("bias") + "weight",) if last.endswith("_bias") else ())
+    for w in weights:
         shape = entries_by_name.get(f"{head}.{w}")
         if shape is not None and len(shape) >= 2:
             return reading_fans(shape, layout)[0]
@@ -734,7 +736,9 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
             fan = bias_fan.get(layout)
             candidates = recurrent_candidates(shape, hidden) + fixed_candidates(None, extra)
             if fan and not hidden:  # torch's default bias: U(±1/√fan_in), fan_in of its weight
-                candidates.insert(0, Candidate("torch-default", "uniform", 1 / math.sqrt(3 * fan)))
+                candidates.insert(0, Candidate(f"uniform(limit={1 / math.sqrt(fan):.6g})", "uniform",
+                                               1 / math.sqrt(3 * fan), f"torch's default bias U(±1/√fan_in), fan_in "
+                                               f"{fan}", complexity=0))
             reading = match_candidates(stats, sample, candidates, "", (fan, None))
         else:
             reading = match_candidates(stats, sample, fixed_candidates(None, extra), "", (None, None))
@@ -809,9 +813,11 @@ def _pooled(group) -> tuple[int, float, float, float]:
 
 
 def _fitting_family(kurtosis: float, n: int) -> str | None:
-    fits = [(abs(kurtosis - k) / math.sqrt(v / n), f) for f, (k, v) in FAMILY_MOMENTS.items()]
-    z, family = min(fits)
-    return family if z <= Z_ACCEPT else None
+    fits = {f: abs(kurtosis - k) / math.sqrt(v / n) for f, (k, v) in FAMILY_MOMENTS.items()}
+    family = min(fits, key=fits.get)
+    if fits["normal"] <= 2:  # few draws tell the families apart poorly: the plain normal unless excluded
+        family = "normal"
+    return family if fits[family] <= Z_ACCEPT else None
 
 
 def convention_candidate(n: int, mean: float, std: float, family: str, note: str,
@@ -871,7 +877,11 @@ def infer_conventions(evidence, known: tuple[float, ...] = ()) -> dict:
     found: dict = {}
     for template_group in _depth_groups(loose):
         found.update(template_group)
-    found.update(_gain_conventions([e for e in loose if e.name not in found]))
+    # matrices read only with a tabled gain (3/4, 5/3) may follow the file's own gain instead
+    tabled = [e for e in evidence if e.role in ("linear", "conv") and e.stats is not None and e.constant is None
+              and e.stats.used >= MIN_ELEMENTS and e.readings
+              and all(r.matches and not r.exact and "gain=" in r.matches[0] for r in e.readings.values())]
+    found.update(_gain_conventions([e for e in loose if e.name not in found] + tabled))
     remaining = sorted((e for e in loose if e.name not in found), key=lambda e: -e.stats.used)
     while remaining:
         seed = remaining[0]
@@ -925,6 +935,9 @@ def _depth_groups(loose):
         members.sort(key=lambda item: item[0])
         if len({i for i, _ in members}) < 3 or len({i for i, _ in members}) < len(members):
             continue
+        _, _, pooled_std, _ = _pooled([e for _, e in members])
+        if all(abs(e.stats.std / pooled_std - 1) <= Z_ACCEPT * math.sqrt(0.5 / e.stats.used) for _, e in members):
+            continue  # one std explains every layer: no depth law
         x = np.log(np.array([i + 1 for i, _ in members], dtype=np.float64))
         y = np.log(np.array([e.stats.std for _, e in members]))
         slope, intercept = np.polyfit(x, y, 1)

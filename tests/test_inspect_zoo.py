@@ -1,0 +1,394 @@
+"""`initcli inspect` on checkpoints as their libraries ship them: Hugging Face models built from
+small configs by their own init code and saved with save_pretrained (safetensors + config.json),
+plain torch models that follow torchvision's and timm's documented conventions (timm and
+torchvision are not installable here), an LSTM, trunc_normal_'s ±2 clamp, and a trained
+network. Every tensor must read as its library documents it (std and family), with no false
+alarm, and every reading printed must be a --scheme that samples to its expected_std."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from initcli.inspection import inspect, matching
+from initcli.sampling import sample
+from initcli.schemes import make_init
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+init = torch.nn.init
+
+BUFFERS = [(r"(running_mean|running_var|num_batches_tracked)$", "buffer", None)]
+KURTOSIS = {"normal": 0.0, "uniform": -1.2, "truncated-normal": -0.63}
+
+
+def _family(reading: str) -> str:
+    if "truncated-normal" in reading:
+        return "truncated-normal"
+    if "uniform" in reading or reading == "torch-default":
+        return "uniform"
+    return "normal"
+
+
+def _check(result, rules) -> None:
+    """Each tensor against the first rule whose pattern matches its name: ('zeros'|'ones'|
+    'abstain', None), ('constant', value) or (family, documented std). The reading's
+    expected_std is within 3% of the documented std, or within 4 standard errors of a sample
+    std where the tensor is too small for 3% (SE = √((κ+2)/(4n))); no false alarm."""
+    assert result.tensors
+    for t in result.tensors:
+        kind, std = next((kind, std) for pattern, kind, std in BUFFERS + rules if re.search(pattern, t.name))
+        assert t.verdict == "ok", (t.name, t.match, t.note)
+        if kind == "buffer":
+            assert t.role == "other"
+        elif kind in ("zeros", "ones"):
+            assert t.match == kind, (t.name, t.match)
+        elif kind == "abstain":
+            assert t.match == "", (t.name, t.match)
+        elif kind == "constant":
+            assert t.match == f"constant(value={std:.6g})", (t.name, t.match)
+        else:
+            n = math.prod(int(d) for d in t.shape.split("x"))
+            documented = std(t) if callable(std) else std
+            first = t.match.split("|")[0]
+            assert _family(first) == kind, (t.name, t.match)
+            tolerance = max(0.03, 4 * math.sqrt((KURTOSIS[kind] + 2) / (4 * n)))
+            assert t.expected_std == pytest.approx(documented, rel=tolerance), (t.name, t.match)
+
+
+def _fans(t) -> tuple[int, int]:
+    return t.fan_in, t.fan_out
+
+
+# -- Hugging Face -----------------------------------------------------------------------------------
+
+D, FF, LAYERS, HEADS, VOCAB = 64, 256, 3, 4, 500
+
+
+def _hf_models():
+    transformers = pytest.importorskip("transformers")
+    t = transformers
+    return {
+        "bert": t.BertForMaskedLM(t.BertConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=2,
+                                               num_attention_heads=HEADS, intermediate_size=FF,
+                                               max_position_embeddings=64)),
+        "gpt2": t.GPT2LMHeadModel(t.GPT2Config(vocab_size=VOCAB, n_embd=D, n_layer=LAYERS, n_head=HEADS,
+                                               n_positions=64, bos_token_id=0, eos_token_id=0)),
+        "llama": t.LlamaForCausalLM(t.LlamaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=2,
+                                                  num_attention_heads=HEADS, num_key_value_heads=2,
+                                                  intermediate_size=FF, max_position_embeddings=64)),
+        "t5": t.T5ForConditionalGeneration(t.T5Config(vocab_size=VOCAB, d_model=D, d_kv=16, d_ff=FF, num_layers=2,
+                                                      num_heads=HEADS)),
+        "gemma": t.GemmaForCausalLM(t.GemmaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=2,
+                                                  num_attention_heads=HEADS, num_key_value_heads=1, head_dim=16,
+                                                  intermediate_size=FF)),
+        "funnel": t.FunnelModel(t.FunnelConfig(vocab_size=VOCAB, d_model=D, n_head=HEADS, d_head=16, d_inner=FF,
+                                               block_sizes=[1, 1], num_decoder_layers=1)),
+        "mamba": t.MambaForCausalLM(t.MambaConfig(vocab_size=VOCAB, hidden_size=D, state_size=8,
+                                                  num_hidden_layers=2)),
+        "convnext": t.ConvNextForImageClassification(t.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1],
+                                                                      num_stages=2, num_labels=10,
+                                                                      layer_scale_init_value=1e-6)),
+    }
+
+
+@pytest.fixture(scope="module")
+def hf_zoo(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("hf")
+    results = {}
+    for name, model in _hf_models().items():
+        model.save_pretrained(folder / name)
+        results[name] = inspect(folder / name)
+    return results
+
+
+def _xavier(t):
+    return math.sqrt(2 / (t.fan_in + t.fan_out))
+
+
+NORMS = [(r"(norm|LayerNorm|ln_\w+|ln_f)\.weight$", "ones", None), (r"(norm|LayerNorm|ln_\w+|ln_f)\.bias$", "zeros", None)]
+HF_RULES = {
+    # BERT, Llama: every Linear and Embedding N(0, initializer_range = 0.02), biases 0
+    "bert": NORMS + [(r"\.bias$", "zeros", None), (r".", "normal", 0.02)],
+    "llama": NORMS + [(r".", "normal", 0.02)],
+    # GPT-2: N(0, 0.02), c_proj N(0, 0.02/√(2·n_layer)); Conv1D stores (in, out)
+    "gpt2": NORMS + [(r"\.bias$", "zeros", None), (r"c_proj\.weight$", "normal", 0.02 / math.sqrt(2 * LAYERS)),
+                     (r".", "normal", 0.02)],
+    # T5 (factor 1): q N(0, (d_model·d_kv)^−½), k/v/wi N(0, d_model^−½), o N(0, (heads·d_kv)^−½),
+    # wo N(0, d_ff^−½), relative_attention_bias N(0, d_model^−½), shared N(0, 1)
+    "t5": [(r"layer_norm\.weight$", "ones", None), (r"\.q\.weight$", "normal", (D * 16) ** -0.5),
+           (r"\.(k|v|wi)\.weight$", "normal", D**-0.5), (r"\.o\.weight$", "normal", (HEADS * 16) ** -0.5),
+           (r"\.wo\.weight$", "normal", FF**-0.5), (r"relative_attention_bias", "normal", D**-0.5),
+           (r"shared", "normal", 1.0)],
+    # Gemma: N(0, 0.02); its RMSNorm computes (1 + w)·x̂ and starts at w = 0
+    "gemma": [(r"norm\.weight$", "zeros", None), (r".", "normal", 0.02)],
+    # Funnel: Linear N(0, 1/√(fan_in + fan_out)) (Xavier × 1/√2), bias 0; r_* and seg_embed
+    # U(0, initializer_range = 0.1); word embeddings N(0, 1)
+    "funnel": NORMS + [(r"\.bias$", "zeros", None), (r"(r_\w+|seg_embed)$", "uniform", 0.1 / math.sqrt(12)),
+                       (r"word_embeddings", "normal", 1.0), (r".", "normal", lambda t: _xavier(t) / math.sqrt(2))],
+    # Mamba: in/x_proj and embeddings N(0, initializer_range = 0.1); conv1d, out_proj torch's
+    # default; dt_proj.weight U(±time_step_rank^−½) (= torch's default here); A_log, D, the Δ
+    # bias set by formula
+    "mamba": [(r"norm\w*\.weight$", "ones", None), (r"mixer\.D$", "ones", None), (r"conv1d\.bias$", "zeros", None),
+              (r"(A_log|dt_proj\.bias)$", "abstain", None), (r"(in_proj|x_proj)\.weight$|embeddings", "normal", 0.1),
+              (r"dt_proj\.weight$", "uniform", 0.5 / math.sqrt(3)),
+              (r".", "uniform", lambda t: 1 / math.sqrt(3 * t.fan_in))],
+    # ConvNeXt: Linear and Conv N(0, 0.02), biases 0, layer scale 1e-6
+    "convnext": NORMS + [(r"downsampling_layer\.0\.weight$", "ones", None), (r"layer_scale", "constant", 1e-6), (r"\.bias$", "zeros", None), (r".", "normal", 0.02)],
+}
+
+
+@pytest.mark.parametrize("model", list(HF_RULES))
+def test_hugging_face_zoo_reads_as_documented(hf_zoo, model):
+    result = hf_zoo[model]
+    _check(result, HF_RULES[model])
+    assert not result.summary.suspicious and not result.summary.unusual
+    assert "nothing suspicious or unusual" in "\n".join(result.summary.lines)
+    assert not result.params["trained"]
+
+
+def test_hugging_face_structure(hf_zoo):
+    gpt2 = {t.name: t for t in hf_zoo["gpt2"].tensors}
+    # Conv1D's (in, out) is known from config.json's model_type: the fans are not swapped
+    c_fc = gpt2["transformer.h.0.mlp.c_fc.weight"]
+    assert (c_fc.layout, c_fc.fan_in, c_fc.fan_out) == ("keras", D, 4 * D)
+    # T5's `shared` and relative-position tables are not Linear layers
+    t5 = {t.name: t for t in hf_zoo["t5"].tensors}
+    assert t5["shared.weight"].role == "embedding"
+    assert t5["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].role == "table"
+    # no chain across attention's parallel projections or a residual add; Gemma's norm note
+    for name in ("bert", "gpt2", "llama", "t5", "gemma"):
+        assert not hf_zoo[name].summary.chains, name
+    gemma = {t.name: t for t in hf_zoo["gemma"].tensors}
+    assert "1 + w" in gemma["model.norm.weight"].note
+    # the activation a chain assumes is said, and why (Funnel's FFN: linear_1 → gelu → linear_2)
+    chain = hf_zoo["funnel"].summary.chains[0]
+    assert chain.activation == "gelu" and "hidden_act" in chain.text
+
+
+# -- torchvision / timm conventions in plain torch ------------------------------------------------------
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv3, self.bn3 = nn.Conv2d(16, channels, 1, bias=False), nn.BatchNorm2d(channels)
+
+
+def resnet_like():
+    """torchvision ResNet: convs kaiming_normal_(mode='fan_out', relu), BN 1/0, and with
+    zero_init_residual the last BN of each block at 0; fc keeps nn.Linear's default."""
+    model = nn.Module()
+    model.conv1, model.bn1 = nn.Conv2d(3, 64, 7, bias=False), nn.BatchNorm2d(64)
+    model.layer1 = nn.Sequential(Bottleneck(64), Bottleneck(64))
+    model.fc = nn.Linear(64, 100)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    for block in model.layer1:
+        init.zeros_(block.bn3.weight)
+    return model
+
+
+def vgg_like():
+    """torchvision VGG/MobileNet heads: Linear N(0, 0.01), bias 0."""
+    model = nn.Module()
+    model.features = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3))
+    model.classifier = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                                     nn.Linear(256, 100))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            init.normal_(m.weight, 0, 0.01)
+            init.zeros_(m.bias)
+    return model
+
+
+def vit_like():
+    """torchvision ViT: conv_proj trunc_normal_(std=√(1/fan_in)), class token 0, position
+    embedding N(0, 0.02), MLP xavier_uniform_ weights and N(0, 1e-6) biases, attention as
+    nn.MultiheadAttention, and the head at zero."""
+    width = 64
+    model = nn.Module()
+    model.conv_proj = nn.Conv2d(3, width, 8, 8)
+    init.trunc_normal_(model.conv_proj.weight, std=math.sqrt(1 / (3 * 64)))
+    init.zeros_(model.conv_proj.bias)
+    model.class_token = nn.Parameter(torch.zeros(1, 1, width))
+    model.pos_embedding = nn.Parameter(torch.empty(1, 17, width).normal_(std=0.02))
+    model.layers = nn.ModuleList()
+    for _ in range(3):
+        layer = nn.Module()
+        layer.ln_1, layer.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        layer.self_attention = nn.MultiheadAttention(width, 4)
+        layer.mlp = nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Dropout(), nn.Linear(256, width))
+        for m in layer.mlp:
+            if isinstance(m, nn.Linear):
+                init.xavier_uniform_(m.weight)
+                init.normal_(m.bias, std=1e-6)
+        model.layers.append(layer)
+    model.head = nn.Linear(width, 100)
+    init.zeros_(model.head.weight)
+    init.zeros_(model.head.bias)
+    return model
+
+
+def convnext_like():
+    """timm ConvNeXt: convs and Linears trunc_normal_(std=0.02), biases 0, layer scale gamma
+    (C,) at 1e-6; a zero-initialised head as timm's Mixer."""
+    model = nn.Module()
+    model.stem = nn.Conv2d(3, 64, 4, 4)
+    model.blocks = nn.ModuleList()
+    for _ in range(2):
+        block = nn.Module()
+        block.conv_dw = nn.Conv2d(64, 64, 7, padding=3, groups=64)
+        block.norm = nn.LayerNorm(64)
+        block.mlp = nn.Module()
+        block.mlp.fc1, block.mlp.fc2 = nn.Linear(64, 256), nn.Linear(256, 64)
+        block.gamma = nn.Parameter(torch.full((64,), 1e-6))
+        model.blocks.append(block)
+    model.head = nn.Module()
+    model.head.fc = nn.Linear(64, 100)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            init.trunc_normal_(m.weight, std=0.02)
+            init.zeros_(m.bias)
+    init.zeros_(model.head.fc.weight)
+    return model
+
+
+def lstm_like():
+    """torch's LSTM default: every weight and bias U(±1/√hidden_size)."""
+    model = nn.Module()
+    model.rnn = nn.LSTM(32, 48, num_layers=2)
+    model.gru = nn.GRU(16, 40)
+    return model
+
+
+TORCH_RULES = {
+    "resnet": [(r"bn3\.weight$", "zeros", None), (r"bn\d\.weight$", "ones", None), (r"bn\d\.bias$", "zeros", None),
+               (r"fc\.weight$", "uniform", 1 / math.sqrt(3 * 64)), (r"fc\.bias$", "uniform", 1 / math.sqrt(3 * 64)),
+               (r"conv\d\.weight$", "normal", lambda t: math.sqrt(2 / t.fan_out))],
+    "vgg": [(r"\.bias$", "zeros", None), (r"features", "normal", lambda t: math.sqrt(2 / t.fan_out)),
+            (r"classifier", "normal", 0.01)],
+    "vit": [(r"ln_\d\.weight$", "ones", None), (r"(ln_\d\.|in_proj_|out_proj\.)bias$|^head|conv_proj\.bias|class_token",
+                                                  "zeros", None),
+            (r"conv_proj\.weight$", "normal", math.sqrt(1 / 192)), (r"pos_embedding", "normal", 0.02),
+            (r"mlp\.\d\.bias$", "normal", 1e-6), (r"mlp\.\d\.weight$|in_proj_weight", "uniform", _xavier),
+            (r"out_proj\.weight$", "uniform", lambda t: 1 / math.sqrt(3 * t.fan_in))],
+    "convnext": [(r"norm\.weight$", "ones", None), (r"\.bias$|head", "zeros", None), (r"gamma", "constant", 1e-6),
+                 (r".", "normal", 0.02)],
+    "lstm": [(r"rnn\.", "uniform", 1 / math.sqrt(3 * 48)), (r"gru\.", "uniform", 1 / math.sqrt(3 * 40))],
+}
+TORCH_MODELS = {"resnet": resnet_like, "vgg": vgg_like, "vit": vit_like, "convnext": convnext_like, "lstm": lstm_like}
+
+
+@pytest.fixture(scope="module")
+def torch_zoo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("torch")
+    results = {}
+    for i, (name, build) in enumerate(TORCH_MODELS.items()):
+        torch.manual_seed(i)
+        path = folder / f"{name}.pt"
+        torch.save(build().state_dict(), path)
+        results[name] = inspect(path)
+    return results
+
+
+@pytest.mark.parametrize("model", list(TORCH_RULES))
+def test_torchvision_and_timm_conventions(torch_zoo, model):
+    result = torch_zoo[model]
+    _check(result, TORCH_RULES[model])
+    assert not result.summary.suspicious and not result.summary.unusual
+
+
+def test_intentional_zeros_say_what_they_do(torch_zoo):
+    resnet = {t.name: t for t in torch_zoo["resnet"].tensors}
+    assert "zero_init_residual" in resnet["layer1.0.bn3.weight"].note
+    vit = {t.name: t for t in torch_zoo["vit"].tensors}
+    assert "zero output" in vit["head.weight"].note and "learns" in vit["head.weight"].note
+    assert vit["class_token"].role == "token"
+    convnext = {t.name: t for t in torch_zoo["convnext"].tensors}
+    assert convnext["blocks.0.gamma"].role == "layer_scale" and "identity" in convnext["blocks.0.gamma"].note
+    lstm = {t.name: t for t in torch_zoo["lstm"].tensors}
+    assert lstm["rnn.weight_hh_l0"].role == "recurrent" and lstm["rnn.weight_hh_l0"].fan_in == 48
+
+
+def test_a_zero_matrix_inside_the_network_is_still_suspicious(tmp_path):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    init.zeros_(model[2].weight)
+    path = tmp_path / "mlp.pt"
+    torch.save(model.state_dict(), path)
+    by_name = {t.name: t for t in inspect(path).tensors}
+    assert by_name["2.weight"].verdict == "suspicious" and "never breaks symmetry" in by_name["2.weight"].note
+
+
+def test_trunc_normal_clamp_does_not_reject_the_family(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(8)
+    w = rng.normal(0, 0.02, (1024, 1024)).astype(np.float32)
+    w[5, 7], w[900, 3] = 2.0, -2.0  # trunc_normal_'s clamp at its default bounds a = −2, b = 2
+    path = tmp_path / "clamp.safetensors"
+    save_file({"blocks.0.mlp.fc1.weight": w}, str(path))
+    (t,) = inspect(path).tensors
+    assert t.match.split("|")[0] == "normal(std=0.02)" and t.verdict == "ok", (t.match, t.note)
+    assert "clamp" in t.note
+
+
+def test_trained_checkpoint_is_said_once(tmp_path):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(32, 96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 10))
+    teacher = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 10))
+    x = torch.randn(1024, 32)
+    y = teacher(x).argmax(1).detach()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for step in range(120):  # SGD steps: enough to move every matrix off its init family
+        batch = slice((step * 64) % 1024, (step * 64) % 1024 + 64)
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        optimiser.step()
+    path = tmp_path / "trained.pt"
+    torch.save(model.state_dict(), path)
+    result = inspect(path)
+    assert result.params["trained"]
+    assert sum("look trained" in line for line in result.summary.lines) == 1
+    assert {t.verdict for t in result.tensors} <= {"ok", "trained"}
+    assert sum(t.verdict == "trained" for t in result.tensors) >= 3
+    # a broken tensor in a trained file is still suspicious
+    state = model.state_dict()
+    state["2.weight"][7] = 0.0
+    state["4.weight"][0, 0] = float("nan")
+    torch.save(state, path)
+    by_name = {t.name: t for t in inspect(path).tensors}
+    assert by_name["2.weight"].verdict == "suspicious" and "dead" in by_name["2.weight"].note
+    assert by_name["4.weight"].verdict == "suspicious"
+
+
+def test_every_reading_samples_to_its_expected_std(hf_zoo, torch_zoo):
+    """Each reading printed is a --scheme (parsed as `sample --scheme` parses it): the first one
+    samples, in the tensor's torch-layout shape, to the row's expected_std; every one is valid."""
+    checked = set()
+    for result in list(hf_zoo.values()) + list(torch_zoo.values()):
+        for t in result.tensors:
+            if not t.match:
+                continue
+            shape = tuple(int(d) for d in t.shape.split("x"))
+            shape = matching.torch_shape(shape, t.layout or "torch")
+            for i, reading in enumerate(t.match.split("|")):
+                if (reading, shape, i == 0) in checked:
+                    continue
+                checked.add((reading, shape, i == 0))
+                init_ = make_init(reading)
+                if i == 0 and t.expected_std:
+                    drawn = sample(reading, shape=list(shape))
+                    assert drawn.rows()[0]["expected_std"] == pytest.approx(t.expected_std, rel=1e-4), (t.name, reading)
+                elif len(shape) >= 2 or init_.kind in ("zeros", "constant", "fixed", "trunc-normal"):
+                    init_.expected_std(shape)
+    assert len(checked) > 50
