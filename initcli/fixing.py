@@ -284,12 +284,13 @@ def _tied(model) -> dict[int, list[str]]:
     return {key: value for key, value in names.items() if len(value) > 1}
 
 
-def _untouched(model, fixed: set[int]) -> tuple[str, ...]:
-    """Matrices and kernels (parameters of 2 or more dimensions) that no fixer rescaled."""
+def _untouched(model, weighted: set[int]) -> tuple[str, ...]:
+    """Matrices and kernels (parameters of 2 or more dimensions) of no weighted module the fixer
+    went through (ids in `weighted`)."""
     owners = {}
     for module_name, module in model.named_modules():
         for param_name, parameter in module.named_parameters(recurse=False):
-            if parameter.ndim >= 2 and parameter.is_floating_point() and id(parameter) not in fixed:
+            if parameter.ndim >= 2 and parameter.is_floating_point() and id(parameter) not in weighted:
                 owners.setdefault(id(parameter), f"{module_name + '.' if module_name else ''}{param_name} "
                                                  f"({type(module).__name__})")
     return tuple(owners.values())
@@ -329,13 +330,13 @@ def lsuv(model, args: tuple, *, train_mode: bool, names: dict | None = None, tol
          max_iter: int = DEFAULT_MAX_ITER) -> tuple[tuple[LayerFix, ...], set[int]]:
     """Rescale `model`'s weighted modules in place, in forward order, each until its output
     variance on `args` is within `tol` of 1 (at most `max_iter` rescalings). Returns what was
-    done to each module and the ids of the weights rescaled."""
+    done to each module (in that order) and the ids of their weights."""
     torch = _torch()
     tol, max_iter = check_lsuv_limits(tol, max_iter)
     names = names or _names(model)
     ordered, _ = _call_order(model, args, train_mode)
     tied = _tied(model)
-    layers, fixed = [], set()
+    layers = []
     with _running(model, train_mode):
         for module in ordered:
             weight = module.weight
@@ -365,21 +366,20 @@ def lsuv(model, args: tuple, *, train_mode: bool, names: dict | None = None, tol
                     weight.mul_(1 / math.sqrt(var))
                 used += 1
                 var = _output_variance(model, module, args)
-            if used:
-                fixed.add(id(weight))
             layers.append(LayerFix(**base, weight_std_after=_weight_std(weight), act_var_before=first,
                                    act_var_after=var, iterations=used, status=status))
-    return tuple(layers), fixed
+    return tuple(layers), {id(module.weight) for module in ordered}
 
 
 def rescale(model, args: tuple, *, train_mode: bool, names: dict | None = None) -> tuple[tuple[LayerFix, ...], set[int]]:
     """Set each weighted module's weight std to gain/√fan_in in place (see the module
-    docstring). Returns what was done to each module and the ids of the weights rescaled."""
+    docstring). Returns what was done to each module (in forward order) and the ids of their
+    weights."""
     torch = _torch()
     names = names or _names(model)
     ordered, followers = _call_order(model, args, train_mode)
     tied = _tied(model)
-    layers, fixed = [], set()
+    layers = []
     for module in ordered:
         weight = module.weight
         std = _weight_std(weight)
@@ -396,10 +396,9 @@ def rescale(model, args: tuple, *, train_mode: bool, names: dict | None = None) 
         else:
             with torch.no_grad():
                 weight.mul_(target / std)
-            fixed.add(id(weight))
             status, used = "rescaled", 1
         layers.append(LayerFix(**base, weight_std_after=_weight_std(weight), iterations=used, status=status))
-    return tuple(layers), fixed
+    return tuple(layers), {id(module.weight) for module in ordered}
 
 
 def _tied_status(names: Sequence[str], module: str) -> str:
@@ -422,13 +421,13 @@ def fix_and_probe(model, args: tuple, *, fix: str, params: dict, save: str | Non
     fixed = copy.deepcopy(model)
     names = _names(fixed)
     limits = {"tol": tol, "max_iter": max_iter} if fix == "lsuv" else {}
-    layers, rescaled = FIXERS[fix](fixed, args, train_mode=probe_options.get("train_mode", False), names=names,
+    layers, weighted = FIXERS[fix](fixed, args, train_mode=probe_options.get("train_mode", False), names=names,
                                    **limits)
     run_params = {**params, "fix": fix, **({"lsuv_tol": tol, "lsuv_max_iter": max_iter} if fix == "lsuv" else {})}
     after = probe(fixed, args, params=run_params, **probe_options)
     if save is not None:
         save_state_dict(fixed, save, force=force)
-    return FixResult({**after.params, "save": save}, fix, before, after, layers, _untouched(fixed, rescaled))
+    return FixResult({**after.params, "save": save}, fix, before, after, layers, _untouched(fixed, weighted))
 
 
 def save_state_dict(model, path: str, *, force: bool = False) -> None:

@@ -250,7 +250,10 @@ def test_save_to_an_unwritable_path_fails_before_any_work(models, tmp_path):
         assert not mark.exists(), path  # the model was never built
         assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ok.safetensors"]  # no partial file
-    assert not list((tmp_path / "no_such_folder").parent.glob("*.tmp"))
+    written = good.read_bytes()
+    result = run(*mlp_args(models, scale=10.0), "--fix", "lsuv", "--save", good, "--force", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert good.read_bytes() != written  # --force: lsuv's weights replace rescale's
 
 
 REFUSED = [(["--save", "x.safetensors"], "--save"),  # --save without --fix
@@ -326,10 +329,36 @@ def test_rescale_keeps_tied_and_zero_weights():
     torch.nn.init.zeros_(zero.weight)  # a zero-initialised layer is a choice
     model = torch.nn.Sequential(embedding, torch.nn.Linear(32, 32), torch.nn.ReLU(), zero, head)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    layers, rescaled = rescale(model, (torch.randint(0, 50, (4, 7)),), train_mode=False)
+    layers, _ = rescale(model, (torch.randint(0, 50, (4, 7)),), train_mode=False)
     statuses = {layer.module: layer.status for layer in layers}
     assert statuses["1"] == "rescaled" and statuses["3"] != "rescaled" and statuses["4"] != "rescaled"
     assert torch.equal(model.state_dict()["0.weight"], before["0.weight"])
     assert torch.equal(model.state_dict()["3.weight"], before["3.weight"])
     assert not torch.equal(model.state_dict()["1.weight"], before["1.weight"])
-    assert rescaled == {id(model[1].weight)}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.Conv2d(8, 12, 3, groups=4),  # in/groups·kernel = 2·9
+    lambda: torch.nn.ConvTranspose2d(8, 6, 4, stride=2),  # in·kernel/stride² = 8·16/4
+    lambda: torch.nn.ConvTranspose2d(8, 6, 3, stride=2, groups=2),  # (in/groups)·kernel/stride² = 4·9/4
+], ids=["grouped-conv", "conv-transpose", "grouped-conv-transpose"])
+def test_fan_in_is_the_number_of_inputs_one_output_sums(make):
+    from initcli.fixing import fan_in
+
+    module = make().double()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        # unit inputs, weights ±1: an output is a signed sum of its taps' inputs, of variance
+        # exactly the number of taps; over the positions away from the edges (whole stride
+        # periods) their mean number is the fan-in
+        signs = torch.randint(0, 2, module.weight.shape, generator=generator, dtype=torch.float64) * 2 - 1
+        module.weight.copy_(signs)
+        module.bias.zero_()
+        y = module(torch.randn(64, 8, 20, 20, generator=generator, dtype=torch.float64))
+    inner = y[:, :, 4:4 + 12, 4:4 + 12]  # 12 positions: whole periods of stride 2
+    # random signs leave different channels uncorrelated; within a channel an output shares
+    # inputs with the outputs within 2k−1 positions: that many fewer independent samples
+    overlap = math.prod(2 * k - 1 for k in module.kernel_size)
+    tolerance = 5 * math.sqrt(2 * overlap / inner.numel())
+    assert abs(inner.var().item() / fan_in(module) - 1) <= tolerance, (inner.var().item(), fan_in(module), tolerance)
+    assert tolerance < 0.3

@@ -51,7 +51,8 @@ def show_fix(result, fmt: str, target: str, seed: int) -> None:
     summary = f"initcli: --fix {result.fix} rescaled {result.rescaled} of {len(result.layers)} weighted modules"
     note(summary + "".join(f"; {layer.module}: {layer.status}" for layer in others))
     if result.untouched:
-        note(f"initcli: not weighted modules, left as they were: {', '.join(result.untouched)}")
+        note(f"initcli: matrices no Linear, Conv or Conv1D call reached, left as they were: "
+             f"{', '.join(result.untouched)}")
     note(f"initcli: verdict: {result.before.verdict} → {result.after.verdict} — {result.after.reason}")
     if result.params.get("save") is not None:
         note(f"initcli: saved the fixed state_dict to {result.params['save']}")
