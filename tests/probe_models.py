@@ -91,3 +91,220 @@ def not_a_module():
 
 
 NOT_CALLABLE = 5
+
+
+# -- architectures as their libraries build them -------------------------------------------------
+# Plain-torch copies of torchvision's ResNet and VisionTransformer at small sizes (torchvision
+# cannot be installed here), with the inits their documentation and source state: ResNet's
+# convs kaiming_normal_(fan_out, relu), BatchNorm weight 1 and bias 0, the fc torch's default;
+# ViT's patch conv truncated normal std √(1/fan_in), class token 0, position embedding
+# N(0, 0.02²), MLP weights xavier_uniform_ and biases N(0, 1e-6²), the head all zero.
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision's resnet18 layout (stem, layer1…layer4 of two BasicBlocks, pool, fc)."""
+
+    def __init__(self, widths=(8, 16, 32, 64), blocks: int = 2, classes: int = 10, norm: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = widths[0]
+        for i, planes in enumerate(widths, start=1):
+            stage = [BasicBlock(inplanes, planes, 1 if i == 1 else 2)] + [BasicBlock(planes, planes)
+                                                                           for _ in range(blocks - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*stage))
+            inplanes = planes
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet(scale: float = 1.0):
+    model = ResNet()
+    _scale_weights(model, scale)
+    return model
+
+
+class MLPBlock(nn.Sequential):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, dim), nn.Dropout(0.1))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.normal_(m.bias, std=1e-6)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=0.1, batch_first=True)
+        self.dropout = nn.Dropout(0.1)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, hidden)
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + self.dropout(y)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, tokens: int, dim: int, depth: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, tokens, dim).normal_(std=0.02))
+        self.dropout = nn.Dropout(0.1)
+        from collections import OrderedDict
+
+        self.layers = nn.Sequential(OrderedDict((f"encoder_layer_{i}", EncoderBlock(dim, heads, hidden))
+                                                for i in range(depth)))
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.ln(self.layers(self.dropout(x + self.pos_embedding)))
+
+
+class VisionTransformer(nn.Module):
+    """torchvision's VisionTransformer layout: conv_proj patches, a class token, encoder blocks,
+    the class token's features into a zero-initialised head."""
+
+    def __init__(self, image: int = 16, patch: int = 4, dim: int = 32, depth: int = 4, heads: int = 2,
+                 hidden: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.patch, self.dim = patch, dim
+        self.conv_proj = nn.Conv2d(3, dim, patch, patch)
+        fan_in = 3 * patch * patch
+        nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
+        nn.init.zeros_(self.conv_proj.bias)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = Encoder((image // patch) ** 2 + 1, dim, depth, heads, hidden)
+        self.heads = nn.Sequential()
+        self.heads.add_module("head", nn.Linear(dim, classes))
+        nn.init.zeros_(self.heads.head.weight)
+        nn.init.zeros_(self.heads.head.bias)
+
+    def forward(self, x):
+        x = self.conv_proj(x).flatten(2).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.heads(self.encoder(x)[:, 0])
+
+
+def vit(scale: float = 1.0):
+    model = VisionTransformer()
+    _scale_weights(model, scale)
+    return model
+
+
+def deep_relu(width: int = 64, depth: int = 16, init: str = "xavier", scale: float = 1.0) -> nn.Sequential:
+    """Linear → ReLU × depth, no norm: xavier_normal_ (Var 1/n, half of what ReLU needs) or
+    kaiming_normal_ (Var 2/n, He et al. 2015)."""
+    layers = []
+    for _ in range(depth):
+        linear = nn.Linear(width, width)
+        if init == "xavier":
+            nn.init.xavier_normal_(linear.weight)
+        else:
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.ReLU()]
+    model = nn.Sequential(*layers)
+    _scale_weights(model, scale)
+    return model
+
+
+def _scale_weights(model: nn.Module, scale: float) -> None:
+    """Every weight matrix or kernel × scale (the broken variants)."""
+    if scale == 1.0:
+        return
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if param.ndim >= 2 and ("weight" in name) and "Norm" not in type(module).__name__:
+                    param.mul_(scale)
+
+
+class Counting(nn.Module):
+    """A forward that replaces a buffer (`self.calls = self.calls + 1`) and bumps another in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros(4))
+
+    def forward(self, x):
+        self.calls = self.calls + 1
+        self.seen.add_(x.detach().mean(0))
+        return self.fc(x)
+
+
+def counting():
+    return Counting()
+
+
+def on_meta():
+    with torch.device("meta"):
+        return nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+
+
+def empty_example():
+    return nn.Sequential(nn.Linear(4, 4)), torch.zeros(0, 4)
+
+
+def unseeded(width: int = 16) -> nn.Sequential:
+    """Draws from torch's global generator without seeding it, as most model builders do."""
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+
+
+class DictOutput(nn.Module):
+    """Returns {"features": …, "logits": …} in that order: probe must take the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.classifier = nn.Linear(16, 3)
+
+    def forward(self, x):
+        features = self.body(x)
+        return {"features": features, "logits": self.classifier(features)}
+
+
+def dict_output():
+    return DictOutput()
+
+
+def bad_example():
+    """An example input of 5 features for a model taking 4."""
+    return nn.Sequential(nn.Linear(4, 8)), torch.randn(3, 5)

@@ -96,8 +96,14 @@ def test_small_conv_net_statistics_over_batch_channels_and_positions():
     per_channel = y.transpose(1, 0, 2, 3).reshape(8, -1)
     assert _close(rows["0"].channel_mean_sq, float(np.mean(per_channel.mean(axis=1) ** 2)), 1e-5)
     assert _close(rows["0"].channel_var, float(np.mean(per_channel.var(axis=1))), 1e-5)
+    # the default, train-mode statistics: BatchNorm normalises each channel by its batch
+    # statistics, v_c / (v_c + ε) of variance per channel
+    var_c = per_channel.var(axis=1)
+    assert _close(rows["1"].channel_var, float(np.mean(var_c / (var_c + 1e-5))), 1e-5)
+    assert result.params["train_mode"] is True
     # eval mode: BatchNorm with its initial running statistics (mean 0, var 1) is x/√(1+ε)
-    assert _close(rows["1"].act_var, rows["0"].act_var / (1 + 1e-5), 1e-5)
+    evaluated = {r.module: r for r in probe(model, x, train_mode=False).modules}
+    assert _close(evaluated["1"].act_var, rows["0"].act_var / (1 + 1e-5), 1e-5)
     assert all(math.isfinite(r.grad_var) for r in result.modules)
     assert result.columns == PROBE_COLUMNS
 

@@ -66,8 +66,13 @@ def probe(
     device: Annotated[str, typer.Option(help="cpu, or cuda when torch sees one.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seeds inputs, cotangent and --reinit weights (separate streams).")] = 0,
     train_mode: Annotated[bool, typer.Option(
-        "--train-mode", help="Run in train mode (dropout on, BatchNorm on batch statistics); default eval. "
-                             "The model's buffers are put back afterwards.")] = False,
+        "--train-mode/--eval-mode",
+        help="--train-mode (the default): normalisation layers on batch statistics, as at the first training "
+             "step, everything else in eval mode (dropout off); --eval-mode: the whole model in eval mode "
+             "(BatchNorm on its running statistics). The model's buffers are put back afterwards.")] = True,
+    output: Annotated[Optional[str], typer.Option(
+        help="Which output to backpropagate from when the model returns a dict, ModelOutput or tuple: a key "
+             "(logits) or an index (0); default: logits, else the first floating tensor that is not a loss.")] = None,
     modules: Annotated[Optional[str], typer.Option(
         help="Comma list of glob patterns on module names (e.g. 'layer1.*,fc'): only these get a row.")] = None,
     max_depth: Annotated[Optional[int], typer.Option(
@@ -116,15 +121,17 @@ def probe(
         result = run_probe(target, kwargs=kwargs, input_shape=shape, batch=batch, input_std=input_std, tokens=tokens,
                            seq_len=seq_len, dtype=dtype, device=device, seed=seed, train_mode=train_mode,
                            modules=modules, max_depth=max_depth, reinit=schemes, activation=activation,
-                           bias_std=init.bias_std, init_options=options, progress=advance,
+                           bias_std=init.bias_std, init_options=options, output=output, progress=advance,
                            fix=None if fix is None else fixer(fix, save=save, force=out.force))
     if fix is not None:
         return show_fix(result, fmt, target, seed)
     if isinstance(result, ProbeComparison):
         rows = result.rows()
+        _say_run(result.runs[0].params)
         if fmt == "table":
             say_hidden(print_table(rows, [c for c in COMPARE_PROBE_COLUMNS if c != "reason"],
-                                   title=f"{target} · {len(rows)} schemes · seed {seed}", cell_style=_style,
+                                   title=f"{target} · {len(rows)} schemes · seed {seed} · "
+                                         f"{_run_text(result.runs[0].params)}", cell_style=_style,
                                    priority=SUMMARY_PRIORITY, console=stdout_console()))
             for row in rows:
                 stdout_console().print(f"{row['scheme']}: {row['verdict']} — {row['reason']}", highlight=False,
@@ -134,20 +141,39 @@ def probe(
         runs = result.runs
     else:
         rows = result.rows()
+        _say_run(result.params)
         if fmt == "table":
             bars = {log_scale_header(column, values): log_bars(values)
                     for column, values in (("act_var", [r["act_var"] for r in rows]),
                                            ("grad_var", [r["grad_var"] for r in rows]))}
             title = f"{target}" + (f" · reinit {result.params['reinit']}" if "reinit" in result.params else "")
-            say_hidden(print_table(rows, result.columns, title=f"{title} · seed {seed}", cell_style=_style,
+            say_hidden(print_table(rows, result.columns, title=f"{title} · seed {seed} · {_run_text(result.params)}",
+                                   cell_style=_style,
                                    priority=PROBE_PRIORITY, extra_columns=bars, console=stdout_console()))
         else:
             write_machine(fmt, "probe", result.params, rows, result.columns, verdict=result.verdict,
-                          reason=result.reason)
+                          reason=result.reason, judged=list(result.judged))
         note(f"initcli: verdict: {result.verdict} — {result.reason}")
         runs = (result,)
     if out.plot or out.save_plot:
         _plots(out, runs, target)
+
+
+def _run_text(params: dict) -> str:
+    """Which question the run answered: the mode and the output backpropagated from."""
+    mode = "train-mode statistics" if params.get("train_mode") else "eval mode"
+    return f"{mode} · output {params.get('output')}"
+
+
+def _say_run(params: dict) -> None:
+    """On stderr whatever the format: the mode, the output, and what --reinit left alone."""
+    mode = ("train-mode statistics (normalisation on batch statistics, dropout off)" if params.get("train_mode")
+            else "eval mode (running statistics)")
+    note(f"initcli: probed in {mode}; backpropagated from output '{params.get('output')}'"
+         + (f"; {params['zero_head']} starts at zero: a unit cotangent on its input too" if "zero_head" in params
+            else ""))
+    if params.get("reinit_untouched"):
+        note("initcli: --reinit left as built: " + ", ".join(params["reinit_untouched"]))
 
 
 def _plots(out: OutputOptions, runs, target: str) -> None:
