@@ -79,10 +79,14 @@ def inspect_command(
     if propagate and (isinstance(batch, bool) or batch < 1 or batch > 1 << 20):
         raise InitcliError("batch", f"must be a positive integer of at most {1 << 20}, got {batch}")
     check_outputs(out)
-    with open_source(path) as source, progress(len(source.entries), "inspecting") as advance:
-        result = inspect(source, layout=layout, activation=activation, negative_slope=negative_slope,
-                         n_layer=n_layer, progress=advance)
+    with open_source(path) as source:
+        if tensor is not None:  # a glob that names nothing is refused before the work
+            _check_glob(tensor, [e.name for e in source.entries], source.path)
+        with progress(len(source.entries), "inspecting") as advance:
+            result = inspect(source, layout=layout, activation=activation, negative_slope=negative_slope,
+                             n_layer=n_layer, progress=advance)
     rows = result.rows()
+    drawn = _chosen(result, tensor) if out.plot or out.save_plot else None
     engine = _propagate(path, result, activation, negative_slope, batch, seed) if propagate else None
     if fmt == "table":
         p = result.params
@@ -111,8 +115,32 @@ def inspect_command(
                 note(_engine_title(chain, batch, seed) + ": preact_var by layer "
                      + ", ".join(f"{r['preact_var']:.3g}" for r in layer_rows)
                      + "; grad_var " + ", ".join(f"{r['grad_var']:.3g}" for r in layer_rows))
-    if out.plot or out.save_plot:
-        _charts(path, result, tensor, out)
+    if drawn is not None:
+        _charts(path, result, drawn, out)
+
+
+def _check_glob(pattern: str, names: list[str], path: str) -> None:
+    import fnmatch
+
+    from ..errors import InitcliError
+
+    if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+        raise InitcliError("tensor", f"'{pattern}' names no tensor of '{path}' (a glob on the tensors' names, "
+                                     f"e.g. '*.weight')")
+
+
+def _check_propagate_memory(result, batch: int) -> None:
+    """The engine's peak for the chain --propagate will run, before anything is allocated."""
+    import numpy as np
+
+    from ..checks import check_memory
+    from ..propagation import estimate_bytes
+
+    if not result.summary.chains:
+        return
+    chain = max(result.summary.chains, key=lambda c: len(c.layers))  # the one propagate_chain runs
+    sizes = [chain.layers[0].fan_in] + [layer.fan_out for layer in chain.layers]
+    check_memory(estimate_bytes(sizes, batch, np.dtype(np.float32)), options=("--batch",))
 
 
 def _propagate(path, result, activation, negative_slope, batch, seed):
@@ -120,6 +148,7 @@ def _propagate(path, result, activation, negative_slope, batch, seed):
 
     from ..inspection import propagate_chain
 
+    _check_propagate_memory(result, batch)
     found = propagate_chain(path, result, activation=activation, negative_slope=negative_slope, batch=batch, seed=seed)
     if found is None:
         note("--propagate: no chain of connecting 2-D matrices in this file")
@@ -133,14 +162,9 @@ def _engine_title(chain, batch: int, seed: int) -> str:
             f"no biases) · {chain.activation} · batch {batch} · seed {seed}")
 
 
-def _charts(path: str, result, pattern: str | None, out: OutputOptions) -> None:
+def _chosen(result, pattern: str | None) -> list:
+    """The tensors to draw, checked before anything is printed."""
     import fnmatch
-
-    import numpy as np
-
-    from ..charts import histogram_chart, save_figure
-    from ..inspection import density_for
-    from ..inspection.readers import open_source
 
     chosen = [t for t in result.tensors if t.std and (pattern is None or fnmatch.fnmatchcase(t.name, pattern))]
     if pattern is None:
@@ -151,10 +175,20 @@ def _charts(path: str, result, pattern: str | None, out: OutputOptions) -> None:
         from ..errors import InitcliError
 
         raise InitcliError("tensor", f"'{pattern}' names no tensor with values to draw")
+    return chosen
+
+
+def _charts(path: str, result, chosen: list, out: OutputOptions) -> None:
+
+    from ..charts import histogram_chart, save_figure
+    from ..inspection import density_for, matching
+    from ..inspection.readers import open_source
+
     panels = []
     with open_source(path) as source:
         for t in chosen:
-            values = np.asarray(source.read(t.name), dtype=np.float64).ravel()
+            # the histogram of the subsample the statistics used: a huge tensor is never copied whole
+            values = matching.subsample(source.read(t.name).reshape(-1), t.name)
             density = density_for(t)
             title = f"{t.name} · {t.shape} · std {t.std:.4g} · {t.match.split('|')[0] or 'no match'}"
             if out.plot:

@@ -207,9 +207,9 @@ def _examine_all(source: Source, layout: str, n_layer: int | None, progress, con
 
     def one(entry, more=()) -> matching.Evidence:
         role = roles[entry.name]
-        if entry.dtype == "object":  # an .npz member that only pickle could read: never read it
+        if entry.dtype == "object" or entry.unreadable:  # pickle-only .npz member, or values numpy lacks
             e = matching.Evidence(entry.name, "other", entry.shape, entry.dtype, None)
-            e.notes.append("object array: not read (it would need pickle, which initcli never runs)")
+            e.notes.append(entry.unreadable or "object array: not read (it would need pickle, which initcli never runs)")
             return e
         array = source.read(entry.name)
         lays = layouts_of[entry.name]
