@@ -246,8 +246,10 @@ def _call_order(model, args, train_mode: bool) -> tuple[list, dict]:
 
 
 class _running:
-    """The model in train or eval mode for a forward pass; its training flags and buffers (a
-    BatchNorm's running statistics) put back afterwards."""
+    """The model in train or eval mode for a forward pass, as the probe runs it (train mode:
+    normalisation on batch statistics, dropout off, so that every pass sees the same
+    function); its training flags and buffers (a BatchNorm's running statistics) put back
+    afterwards."""
 
     def __init__(self, model, train_mode: bool) -> None:
         self.model, self.train_mode = model, bool(train_mode)
@@ -256,6 +258,10 @@ class _running:
         self.flags = {m: m.training for m in self.model.modules()}
         self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
         self.model.train(self.train_mode)
+        torch = _torch()
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                module.eval()
         return self
 
     def __exit__(self, *_exc):
@@ -277,11 +283,14 @@ def _weight_std(weight) -> float:
 
 
 def _tied(model) -> dict[int, list[str]]:
-    """{id(parameter): its names} for parameters reachable under more than one name."""
-    names: dict[int, list[str]] = {}
-    for name, parameter in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(parameter), []).append(name)
-    return {key: value for key, value in names.items() if len(value) > 1}
+    """{id(parameter): its name in each module holding it} for parameters held by more than one
+    module (a module reachable under two names holds its weight alone)."""
+    owners: dict[int, dict[int, str]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, parameter in module.named_parameters(recurse=False):
+            name = f"{module_name}.{param_name}" if module_name else param_name
+            owners.setdefault(id(parameter), {}).setdefault(id(module), name)
+    return {key: list(found.values()) for key, found in owners.items() if len(found) > 1}
 
 
 def _untouched(model, weighted: set[int]) -> tuple[str, ...]:

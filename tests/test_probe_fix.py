@@ -362,3 +362,25 @@ def test_fan_in_is_the_number_of_inputs_one_output_sums(make):
     tolerance = 5 * math.sqrt(2 * overlap / inner.numel())
     assert abs(inner.var().item() / fan_in(module) - 1) <= tolerance, (inner.var().item(), fan_in(module), tolerance)
     assert tolerance < 0.3
+
+
+def test_lsuv_in_train_mode_leaves_running_statistics_and_flags_as_they_were():
+    from initcli.fixing import lsuv
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.5), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+    model.eval()
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    layers, _ = lsuv(model, (x,), train_mode=True)
+    assert [layer.status for layer in layers] == ["rescaled", "rescaled"]
+    for name, value in buffers.items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert not any(m.training for m in model.modules())
+    # dropout off while measuring: the second conv's output variance is 1 on the batch, pass after pass
+    model.train()
+    model[3].eval()
+    with torch.no_grad():
+        y = model[:5](x).double()
+    assert abs(y.var(unbiased=False).item() - 1) <= DEFAULT_TOL
