@@ -36,7 +36,9 @@ import hashlib
 import io
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import chain, islice, product
@@ -562,6 +564,19 @@ def batches(indexed: Iterable[tuple[int, Point]], workers: int, size: int | None
 # -- the results file ---------------------------------------------------------------------------
 
 
+@contextmanager
+def _csv_fields_up_to(size: int) -> Iterator[None]:
+    """The csv module's field limit (128 KiB unless set) raised to `size`, the length of the text
+    read, which no field can exceed: a long error message is a field like any other, and the
+    text is in memory already."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(min(max(before, size + 1), sys.maxsize))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
 class ResultsFile:
     """A CSV file that rows are appended to as tasks finish, whole lines only: each batch is
     one write of complete lines, then fsync, so a killed sweep leaves at worst a partial last
@@ -592,16 +607,17 @@ class ResultsFile:
         if not lines:
             self._append(self._lines([self.header]))
             return
-        reader = csv.reader(io.StringIO(lines))
-        header = next(reader)
-        if header != self.header:
-            raise InitcliError("out", f"'{self.path}' holds other columns than this sweep writes; "
-                                      "give another --out file")
-        key = [header.index(c) for c in key_columns(header)]
-        for fields_ in reader:
-            if len(fields_) == len(header):
-                self.done.add(tuple(fields_[i] for i in key))
-                self.kept += 1
+        with _csv_fields_up_to(len(lines)):
+            reader = csv.reader(io.StringIO(lines))
+            header = next(reader)
+            if header != self.header:
+                raise InitcliError("out", f"'{self.path}' holds other columns than this sweep writes; "
+                                          "give another --out file")
+            key = [header.index(c) for c in key_columns(header)]
+            for fields_ in reader:
+                if len(fields_) == len(header):
+                    self.done.add(tuple(fields_[i] for i in key))
+                    self.kept += 1
 
     @staticmethod
     def _lines(rows: Iterable[Sequence]) -> bytes:
@@ -671,6 +687,7 @@ class ParquetResults:
         self.tables: list = []
         self.done: set[tuple[str, ...]] = set()
         self.kept = 0
+        remove_stale_temporaries(self.path)
         if os.path.exists(self.path):
             try:
                 table = pa.parquet.read_table(self.path)
@@ -679,10 +696,24 @@ class ParquetResults:
             if table.schema.names != self.header:
                 raise InitcliError("out", f"'{self.path}' holds other columns than this sweep writes; "
                                           "give another --out file")
-            self.tables.append(table.cast(self.schema))
+            table = self._typed(table)
+            self.tables.append(table)
             for values in zip(*(table.column(c).to_pylist() for c in key_columns(self.header))):
                 self.done.add(tuple(_cell(v) for v in values))
             self.kept = table.num_rows
+
+    def _typed(self, table):
+        """The file's columns as this sweep writes them, or one line naming the first that is not."""
+        pa = _pyarrow()
+        columns = []
+        for field in self.schema:
+            column = table.column(field.name)
+            try:
+                columns.append(column.cast(field.type))
+            except (pa.ArrowException, TypeError, ValueError):
+                raise InitcliError("out", f"'{self.path}' holds a {field.name} column of type {column.type}, "
+                                          f"where this sweep writes {field.type}; give another --out file") from None
+        return pa.table(columns, schema=self.schema)
 
     def append(self, rows: Sequence[dict]) -> None:
         if not rows:
@@ -693,10 +724,68 @@ class ParquetResults:
         batch = pa.table({c: pa.array([_plain_cell(row.get(c)) for row in rows], type=self.schema.field(c).type)
                           for c in self.header}, schema=self.schema)
         with (atomic_output(self.path, "out", force=True, suffix=".parquet") as handle,
-              pa.parquet.ParquetWriter(handle, self.schema) as writer):
+              _owned(handle), pa.parquet.ParquetWriter(handle, self.schema) as writer):
             for table in [*self.tables, batch]:
                 writer.write_table(table, row_group_size=max(1, table.num_rows))
         self.tables.append(batch)
+
+
+@contextmanager
+def _owned(handle) -> Iterator[None]:
+    """A lock on a temporary file while it is written: a resuming sweep removes the temporaries
+    that no one holds (see `remove_stale_temporaries`). The kernel drops the lock with the
+    process, however it dies."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: nothing marks the file, and nothing is removed
+        yield
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    yield
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Remove what a killed rewrite of the results file `path` left: regular files in its folder
+    named as `files.atomic_output` names its temporaries (.NAME.XXXXXXXX.tmp, the random part
+    as `tempfile.mkstemp` makes it) that no live process holds locked (`_owned`). Other files
+    are never touched; where locks cannot be read (not POSIX), nothing is removed."""
+    import re
+    import stat
+    from pathlib import Path
+
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
+    try:
+        names = [name for name in os.listdir(folder) if pattern.fullmatch(name)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        candidate = folder / name
+        try:
+            fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:  # gone already, a link, or not ours to read
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live sweep is writing it
+                continue
+            try:
+                os.unlink(candidate)
+                removed.append(str(candidate))
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _plain_cell(value):
@@ -906,6 +995,6 @@ def read_results(path: str) -> list[dict]:
     if str(path).lower().endswith(".parquet"):
         table = _pyarrow().parquet.read_table(path)
         return [{c: str(_cell(v)) for c, v in row.items()} for row in table.to_pylist()]
-    with open(path, newline="") as stream:
+    with open(path, newline="") as stream, _csv_fields_up_to(os.fstat(stream.fileno()).st_size):
         return list(csv.DictReader(stream))
 
