@@ -30,7 +30,7 @@ INSPECT_PRIORITY = ("name", "match", "verdict", "std", "expected_std", "std_rati
 
 def _inspect_style(column: str, value) -> str | None:
     if column == "verdict":
-        return {"ok": "green", "unusual": "yellow", "suspicious": "bold red"}.get(value)
+        return {"ok": "green", "unusual": "yellow", "suspicious": "bold red", "trained": "cyan"}.get(value)
     return None
 
 
@@ -53,6 +53,9 @@ def inspect_command(
     seed: Annotated[int, typer.Option(help="--propagate: seeds the inputs and the cotangent.")] = 0,
     tensor: Annotated[Optional[str], typer.Option(
         help="With --plot/--save-plot: the tensors to draw, a glob on their names (e.g. '*.mlp.*').")] = None,
+    against: Annotated[Optional[str], typer.Option(
+        help="The weight file this one started from (its init): adds delta_norm_ratio (‖W − W₀‖/‖W₀‖) and "
+             "std_change (std/std₀ − 1) per tensor.")] = None,
 ) -> None:
     """Say which init explains each tensor of a weight file, without running its code.
 
@@ -79,12 +82,21 @@ def inspect_command(
     if propagate and (isinstance(batch, bool) or batch < 1 or batch > 1 << 20):
         raise InitcliError("batch", f"must be a positive integer of at most {1 << 20}, got {batch}")
     check_outputs(out)
+    if against is not None:
+        with open_source(against):
+            pass  # the file it is compared with is checked before any work
+    # the chains' activation: as given, else config.json's, else relu (the summary says which)
+    chain_activation = activation if "activation" in given() else None
     with open_source(path) as source:
         if tensor is not None:  # a glob that names nothing is refused before the work
             _check_glob(tensor, [e.name for e in source.entries], source.path)
         with progress(len(source.entries), "inspecting") as advance:
-            result = inspect(source, layout=layout, activation=activation, negative_slope=negative_slope,
+            result = inspect(source, layout=layout, activation=chain_activation, negative_slope=negative_slope,
                              n_layer=n_layer, progress=advance)
+    if against is not None:
+        from ..inspection import with_changes
+
+        result = with_changes(result, path, against)
     rows = result.rows()
     drawn = _chosen(result, tensor) if out.plot or out.save_plot else None
     engine = _propagate(path, result, activation, negative_slope, batch, seed) if propagate else None

@@ -98,9 +98,92 @@ class InspectResult:
     summary: Summary
     params: dict
     columns: tuple[str, ...] = COLUMNS
+    changes: tuple = ()  # with `against`: one Change per tensor (its row's AGAINST_COLUMNS)
 
     def rows(self) -> list[dict]:
-        return [t.row() for t in self.tensors]
+        if not self.changes:
+            return [t.row() for t in self.tensors]
+        return [t.row() | c.row() for t, c in zip(self.tensors, self.changes)]
+
+
+AGAINST_COLUMNS = ("delta_norm_ratio", "std_change")
+
+
+@dataclass(frozen=True)
+class Change:
+    """A tensor against the same tensor of the file it started from: ‖W − W₀‖/‖W₀‖ (the
+    relative update µP reasons about) and std/std₀ − 1. None where the other file has no
+    tensor of that name and shape."""
+
+    delta_norm_ratio: float | None
+    std_change: float | None
+
+    def row(self) -> dict:
+        return {"delta_norm_ratio": self.delta_norm_ratio, "std_change": self.std_change}
+
+
+def compare_tensors(current, start) -> Change:
+    """‖W − W₀‖/‖W₀‖ and std/std₀ − 1 over every element, in float64, CHUNK at a time (inf
+    where W₀ is all zeros and W is not; nan where non-finite values meet)."""
+    import numpy as np
+
+    flat, flat0 = current.reshape(-1), start.reshape(-1)
+    sums = np.zeros(6)  # Σd², Σw0², Σw, Σw², Σw0, n
+    with np.errstate(all="ignore"):
+        for i in range(0, flat.size, matching.CHUNK):
+            w = np.asarray(flat[i:i + matching.CHUNK], dtype=np.float64)
+            w0 = np.asarray(flat0[i:i + matching.CHUNK], dtype=np.float64)
+            d = w - w0
+            sums += (d @ d, w0 @ w0, w.sum(), w @ w, w0.sum(), w.size)
+        n = sums[5]
+        var = max(sums[3] / n - (sums[2] / n) ** 2, 0.0)
+        var0 = max((sums[1] - sums[4] ** 2 / n) / n, 0.0)
+        ratio = math.sqrt(sums[0]) / math.sqrt(sums[1]) if sums[1] > 0 else (0.0 if sums[0] == 0 else math.inf)
+        change = math.sqrt(var) / math.sqrt(var0) - 1 if var0 > 0 else (0.0 if var == 0 else math.inf)
+    return Change(float(ratio), float(change))
+
+
+def with_changes(result: InspectResult, path: str | os.PathLike | Source, start: str | os.PathLike) -> InspectResult:
+    """`result` (of `inspect(path)`) with each tensor compared with the same tensor of `start`,
+    the file it was initialised as: the columns AGAINST_COLUMNS and a summary line."""
+    from dataclasses import replace
+
+    changes = []
+    owned = not isinstance(path, Source)
+    current = open_source(path) if owned else path
+    try:
+        with open_source(start) as origin:
+            shapes = {e.name: e.shape for e in origin.entries}
+            mine = {e.name: e for e in current.entries}
+            for t in result.tensors:
+                entry = mine.get(t.name)
+                usable = entry is not None and shapes.get(t.name) == entry.shape and t.std is not None \
+                    and getattr(entry, "unreadable", None) is None and entry.dtype != "object"
+                changes.append(compare_tensors(current.read(t.name), origin.read(t.name)) if usable
+                               else Change(None, None))
+            missing = sum(1 for name in shapes if name not in mine)
+    finally:
+        if owned:
+            current.close()
+    compared = [(t.name, c.delta_norm_ratio) for t, c in zip(result.tensors, changes)
+                if c.delta_norm_ratio is not None and math.isfinite(c.delta_norm_ratio)]
+    lines = list(result.summary.lines)
+    if compared:
+        ranked = sorted(compared, key=lambda item: item[1])
+        median = ranked[len(ranked) // 2][1]
+        top = ranked[-1]
+        lines.append(f"against {start}: {len(compared)} tensors compared, median ‖ΔW‖/‖W₀‖ {median:.3g}, largest "
+                     f"{top[1]:.3g} ({top[0]})" + (f"; {missing} tensors only in {start}" if missing else ""))
+    else:
+        lines.append(f"against {start}: no tensor of the same name and shape to compare")
+    summary = replace(result.summary, lines=tuple(lines))
+    params = result.params | {"against": str(start)}
+    return InspectResult(result.tensors, summary, params, result.columns + AGAINST_COLUMNS, tuple(changes))
+
+
+def inspect_against(path: str | os.PathLike, start: str | os.PathLike, **options) -> InspectResult:
+    """`inspect(path, **options)` compared tensor by tensor with `start` (see `with_changes`)."""
+    return with_changes(inspect(path, **options), path, start)
 
 
 def inspect(path: str | os.PathLike | Source, *, layout: str = "auto", activation: str | None = None,
@@ -207,9 +290,10 @@ def _examine_all(source: Source, layout: str, n_layer: int | None, progress, con
 
     def one(entry, more=()) -> matching.Evidence:
         role = roles[entry.name]
-        if entry.dtype == "object" or entry.unreadable:  # pickle-only .npz member, or values numpy lacks
+        unreadable = getattr(entry, "unreadable", None)
+        if entry.dtype == "object" or unreadable:  # pickle-only .npz member, or values numpy lacks
             e = matching.Evidence(entry.name, "other", entry.shape, entry.dtype, None)
-            e.notes.append(entry.unreadable or "object array: not read (it would need pickle, which initcli never runs)")
+            e.notes.append(unreadable or "object array: not read (it would need pickle, which initcli never runs)")
             return e
         array = source.read(entry.name)
         lays = layouts_of[entry.name]
