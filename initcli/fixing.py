@@ -53,7 +53,7 @@ class LayerFix:
 
     module: str
     type: str
-    fan_in: float
+    fan_in: int | float
     activation: str | None  # rescale: the activation whose gain was used
     gain: float | None  # rescale
     weight_std_before: float
@@ -148,20 +148,22 @@ def is_weighted(module) -> bool:
     return is_hf_conv1d(module)
 
 
-def fan_in(module) -> float:
-    """The number of inputs each output of the module sums over."""
+def fan_in(module) -> int | float:
+    """The number of inputs each output of the module sums over (on average over positions,
+    for a transposed convolution)."""
     torch = _torch()
     weight = module.weight
     if is_hf_conv1d(module):
-        return float(weight.shape[0])
+        return int(weight.shape[0])
     if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
         # weight (in, out/groups, *kernel): an output position is reached by kernel/stride taps
         # of each of the group's in/groups channels
         taps = math.prod(weight.shape[2:]) / math.prod(module.stride)
-        return weight.shape[0] / module.groups * max(taps, 1.0)
+        fans = weight.shape[0] / module.groups * max(taps, 1.0)
+        return int(fans) if fans.is_integer() else fans
     if isinstance(module, torch.nn.modules.conv._ConvNd):
-        return float(weight.shape[1] * math.prod(weight.shape[2:]))
-    return float(weight.shape[1])
+        return int(weight.shape[1] * math.prod(weight.shape[2:]))
+    return int(weight.shape[1])
 
 
 def _activation_kind(module) -> str | None:
