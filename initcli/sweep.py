@@ -305,9 +305,12 @@ class Grid(Sequence):
     def __iter__(self) -> Iterator[Point]:
         return map(self._point, product(*self.axes))
 
-    def first_replicas(self) -> Iterator[Point]:
-        """One point per setting: the replicas differ only in their seed."""
-        return map(self._point, product(*self.axes[:-1], self.axes[-1][:1]))
+    def to_check(self) -> Iterator[Point]:
+        """The points whose checks decide every point's, in grid order: the replicas differ only
+        in their seed, and σ_w and σ_b matter to the checks only through bounds (finite, ≥ 0, the
+        dtype's range, zero biases for fixup) that their smallest and largest values decide."""
+        weights, sigma_b, *middle, seeds = self.axes
+        return map(self._point, product(_ends(weights, 0), _ends(sigma_b), *middle, seeds[:1]))
 
     def __add__(self, other) -> list[Point]:
         return [*self, *other]
@@ -319,6 +322,17 @@ class Grid(Sequence):
         return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
 
     __hash__ = None
+
+
+def _ends(values: tuple, part: int | None = None) -> tuple:
+    """The smallest and largest of `values` (or of their `part`, where it is a number), in
+    their order; a value whose part is not a number (a scheme name) stays."""
+    numbers = [v if part is None else v[part] for v in values]
+    numbers = [n for n in numbers if n is not None]
+    if not numbers:
+        return values
+    low, high = min(numbers), max(numbers)
+    return tuple(v for v in values if (v if part is None else v[part]) in (None, low, high))
 
 
 def _check_arch_value(name: str, value) -> str:
@@ -385,7 +399,7 @@ def check_points(points: Sequence[Point], options: dict, at_once: int = 1) -> No
     seen = set()
     largest = 0
     dtype = None
-    for point in points.first_replicas() if isinstance(points, Grid) else points:
+    for point in points.to_check() if isinstance(points, Grid) else points:
         if "train" in options and (point.residual or point.param not in (None, "sp")
                                    or options.get("propagate", {}).keys() & {"residual", "block", "norm"}):
             raise InitcliError("train", "does not apply with --residual-init, --param, --residual, --block or "
