@@ -176,6 +176,3 @@ def run_plan(planned: ComparePlan, progress: Callable[[int], None] | None = None
               "activations": list(dict.fromkeys(run.params["activation"] for run in runs)),
               **{k: v for k, v in first.items() if k not in ("scheme", "activation", "mode", "distribution")}}
     return CompareResult(params, comparisons, runs)
-
-
-_row = compare_row  # the committed sweep.py imports this name until its switch to compare_row lands

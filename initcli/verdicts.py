@@ -49,19 +49,24 @@ transformer propagate run) or `modules_profile(rows, ...)` (probe).
 
 API for probe (`initcli.probing`):
     from .verdicts import judge_modules
-    verdict = judge_modules(rows, channels_last=channels_last, dtype=dtype_name)
-    verdict.verdict, verdict.reason   # what ProbeResult holds today
-    verdict.units, verdict.count      # the module names judged, in order, and how many
-    verdict.numbers                   # e.g. numbers["grad_ratio"], numbers["bound"]
-`rows` are probe's `ModuleStats` in execution order (anything with their attributes: module,
-type, output_shape, act_var, grad_var, weight_std, weight_grad_var, dead_frac,
-saturated_frac, effective_rank and, optionally, branch_var, token_cosine, attn_max,
-attn_entropy). Include one row per repeated block's output (modules whose names differ only
-by an index: `blocks.3`, `layer.7`, `h.11`, `features.5`, `encoder_layer_2`): their run is
-the residual stream that is judged (see `modules_profile`). Without such rows the weighted
-modules (Linear, Conv…; not norms) are judged, up to the head. probe's summary row should
-take first/last values from the rows named by `verdict.units[0]` and `verdict.units[-1]`,
-so its columns describe the units the verdict judged.
+    verdict = judge_modules(rows, channels_last=channels_last, dtype=dtype_name, zero_head=zero_head)
+    verdict.verdict, verdict.reason   # what ProbeResult holds
+    verdict.units, verdict.count      # the module names judged, in execution order, and how many
+    verdict.numbers                   # what the rule compared: numbers["grad_ratio"], ["bound"], …
+`rows` are probe's `ModuleStats` in execution order: anything with the attributes module,
+type, output_shape ("-" when not measured), act_var, grad_var, weight_std, weight_grad_var,
+dead_frac, saturated_frac, effective_rank; optionally branch_var (None except on branch
+rows), token_cosine, attn_max, attn_entropy (nan when absent). When every measured row also
+has `kind` ("block" for a repeated block's output, "weighted" for a module holding a weight
+matrix or kernel, anything else otherwise), `width` (channels) and `size` (values per
+input), they are used as given; else they are inferred (`repeated_blocks`, the weight_std,
+the output shape with `channels_last`). Two or more block rows make the residual stream the
+judged units. `zero_head` names a module that starts at zero output (all-zero weights),
+measured with a unit cotangent sent into its input: it and what follows are the head. For
+the summary row, take first/last values from the rows named `verdict.units[0]` and
+`verdict.units[-1]`, so its columns describe the units the verdict judged.
+`numbers["max_branch_ratio"]`, when there are branches, is the largest variance a branch adds
+over the variance of the stream it joins (THEORY.md "Residual streams": each block adds α²·V).
 """
 
 from __future__ import annotations
@@ -230,6 +235,9 @@ def judge(profile: Profile) -> Verdict:
         return verdict("stable", "no {noun} to judge", noun=profile.noun)
     first, last = judged[0], judged[-1]
     zero_head = _design_notes(profile, notes, design)
+    branch_ratio = _branch_ratio(profile)
+    if branch_ratio is not None:
+        design["max_branch_ratio"] = branch_ratio
     if last.act_var == 0:
         return verdict("no-signal", "{owner} activations are the same for every input (variance 0): the output cannot "
                                     "depend on the input", owner=last.owner, last_act_var=last.act_var)
@@ -279,6 +287,20 @@ def _design_notes(profile: Profile, notes: list[str], design: dict) -> bool:
         notes.append(f"{len(zero)} of {len(branches)} branches start at zero output ({zero[0].name} first) and their "
                      "weights get a gradient: a zero-initialised design, the stream passes them unchanged")
     return zero_head
+
+
+def _branch_ratio(profile: Profile) -> float | None:
+    """The largest ratio of a branch's output variance to the variance of the stream it joins
+    (the previous block's output, or the stem's for the first block); None without both."""
+    entering, ratios = None, []
+    for unit in profile.units:
+        if unit.role in ("stream", "stem"):
+            entering = unit.act_var
+        elif unit.role == "branch" and entering is not None:
+            value = ratio(unit.act_var, entering)
+            if not math.isnan(value):
+                ratios.append(value)
+    return max(ratios) if ratios else None
 
 
 def _largest(units: Sequence[Unit], column: str) -> Unit | None:

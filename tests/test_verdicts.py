@@ -278,6 +278,7 @@ def test_a_residual_stream_is_judged_between_blocks():
     assert [u.name for u in profile.role("branch")] == [f"blocks.{i}.attn" for i in range(6)]
     assert [u.name for u in profile.role("head")] == ["head"] and [u.name for u in profile.role("stem")] == ["embed"]
     assert profile.bound == drift_bound([0] + [64] * 6)  # the stream's channels, the last axis of (B, T, D)
+    assert verdict.numbers["max_branch_ratio"] == 0.5  # block 0's attention adds 0.5 to the embedding's 1
     check_consistent(verdict)
 
 
