@@ -939,7 +939,7 @@ def make_init(
             if key == "activation":
                 activation = spelled_value
                 continue
-            if current is not None and current != defaults.get(key, None) and current != spelled_value:
+            if current is not None and current != defaults.get(key) and current != spelled_value:
                 raise InitcliError(key, f"is {current} but the scheme '{scheme}(…)' gives {key}={spelled_value}; "
                                         "give it once")
             given[key] = spelled_value

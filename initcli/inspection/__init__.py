@@ -520,8 +520,6 @@ def _report(e: matching.Evidence, preferred: str, context: FileContext | None = 
         if why:
             notes.append(why)
         broken = verdict == "suspicious"
-    elif e.role == "other" and matching.is_state_space(e.name) and not (reading is not None and reading.matches):
-        notes.append("a state-space parameter set by formula (Mamba's A = −(1…N), Δ bias, skip D), not drawn")
     elif e.abstained:
         pass
     elif reading is not None and reading.matches:
@@ -606,28 +604,30 @@ ABSTAINED = "(abstained)"
 NO_MATCH = "(no match)"
 
 
-def _count_key(r: TensorReport) -> str | None:
+def _count_key(r: TensorReport, e: matching.Evidence) -> str | None:
     if r.match:
         return r.match.split("|")[0]
     if r.role == "other" and r.std is None:
         return None  # not a weight (integers, buffers)
-    if r.std is None or "too few" in r.note or "set by formula" in r.note:
+    if r.std is None or e.abstained:
         return ABSTAINED
     return NO_MATCH
 
 
 def _summarise(reports: list[TensorReport], evidence, act, act_reason: str = "",
                context: FileContext | None = None, skipped: tuple = ()) -> Summary:
-    counts = Counter(key for key in map(_count_key, reports) if key is not None)
+    keys = [_count_key(r, e) for r, e in zip(reports, evidence)]
+    counts = Counter(key for key in keys if key is not None)
     suspicious = tuple((r.name, r.note) for r in reports if r.verdict == "suspicious")
     unusual = tuple((r.name, r.note) for r in reports if r.verdict == "unusual")
     chains = tuple(_chain(group, act, act_reason) for group in _find_chains(reports, evidence))
     matched = [(m, n) for m, n in counts.most_common() if m not in (ABSTAINED, NO_MATCH)]
     lines = [f"{len(reports)} tensors: " + (", ".join(f"{n} {m}" for m, n in matched) or "none matched")]
     if counts[NO_MATCH] or counts[ABSTAINED]:
-        lines.append(f"{counts[NO_MATCH]} match no scheme; {counts[ABSTAINED]} abstained (too few elements, "
-                     "empty, or set by formula)")
-    others = sum(1 for r in reports if _count_key(r) is None)
+        reasons = Counter(e.abstained or "no values" for e, key in zip(evidence, keys) if key == ABSTAINED)
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        lines.append(f"{counts[NO_MATCH]} match no scheme; {counts[ABSTAINED]} abstained" + (f" ({why})" if why else ""))
+    others = keys.count(None)
     if others:
         lines.append(f"{others} not weights (integer tensors, buffers): not matched")
     if context is not None and context.trained:

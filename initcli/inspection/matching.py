@@ -152,7 +152,7 @@ def is_state_space(name: str) -> bool:
 
 
 def _leaf(name: str) -> str:
-    return _stem(name)[1].split(":")[0]  # Keras names end in ':0'
+    return _stem(name)[1].split(":")[0].rpartition("/")[2]  # Keras names: 'lstm/lstm_cell/kernel:0'
 
 
 def assign_roles(entries, config: dict | None = None) -> dict[str, str]:
@@ -665,9 +665,18 @@ def dead_units(array: np.ndarray, layout: str) -> int:
     """Output units (rows of an (out, in) matrix, filters of a conv) whose weights are all zero."""
     if array.ndim < 2:
         return 0
-    out_axis = 0 if layout == "torch" else array.ndim - 1
-    moved = np.moveaxis(np.asarray(array), out_axis, 0).reshape(array.shape[out_axis], -1)
-    return int(np.count_nonzero(~np.any(moved != 0, axis=1)))
+    units = array.shape[0 if layout == "torch" else -1]
+    # a block of rows at a time: a memory-mapped or bf16 (readers.Widened) tensor is never copied whole
+    rows = array.reshape(units, -1) if layout == "torch" else array.reshape(-1, units)
+    step = max(1, CHUNK // max(rows.shape[1], 1))
+    alive = np.zeros(units, bool)
+    for start in range(0, rows.shape[0], step):
+        nonzero = np.asarray(rows[start:start + step]) != 0
+        if layout == "torch":
+            alive[start:start + step] = nonzero.any(axis=1)
+        else:
+            alive |= nonzero.any(axis=0)
+    return int(units - np.count_nonzero(alive))
 
 
 def recurrent_hidden(name: str, shapes: dict) -> int | None:
@@ -714,6 +723,17 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
         evidence.constant = stats.minimum
         return evidence
     if stats.used == 0:
+        return evidence
+    if role == "bias" and stats.minimum == 0 and stats.maximum == 1 and shape[0] % 4 == 0:
+        quarters = np.asarray(array, dtype=np.float64).reshape(4, -1)
+        if np.all(quarters == quarters[:, :1]) and list(quarters[:, 0]) == [0, 1, 0, 0]:
+            evidence.notes.append("Keras's unit_forget_bias: the forget gate's quarter at 1, the others at 0 (the "
+                                  "LSTM starts remembering)")
+            evidence.abstained = "set by formula"
+            return evidence
+    if role == "other" and is_state_space(name):
+        evidence.notes.append("a state-space parameter set by formula (Mamba's A = −(1…N), Δ bias, skip D), not drawn")
+        evidence.abstained = "set by formula"
         return evidence
     if role in WEIGHT_ROLES and stats.zero_frac > 0:
         evidence.dead = {layout: dead_units(array, layout) for layout in layouts}
