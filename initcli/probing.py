@@ -73,7 +73,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checks import check_dtype, check_memory, check_seed
-from .compare import DEAD_FRAC, SATURATED_FRAC, SYMMETRY_RANK, _ratio, _settled_rate, drift_bound
 from .engine import seed_streams
 from .errors import InitcliError, suggest
 from .schemes import check_weight_scale, gaussian, make_init
@@ -810,111 +809,40 @@ def probe(model, inputs, *, seed: int = 0, train_mode: bool = True, modules: str
                   "modules": modules, "max_depth": max_depth, **(params or {})}
     if zero_head is not None:
         run_params["zero_head"] = zero_head
-    verdict, reason, judged = judge(rows, zero_head=zero_head)
+    dtype_name = next((str(a.dtype).removeprefix("torch.") for a in float_args), None) or next(
+        (str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()), "float32")
+    verdict, reason, judged = judge(rows, zero_head=zero_head, dtype=dtype_name)
     return ProbeResult(run_params, rows, verdict, reason, judged)
 
 
 # -- verdicts ------------------------------------------------------------------------------------
 
 
-def judged_units(rows: Sequence[ModuleStats], zero_head: str | None = None) -> tuple[list[ModuleStats], str]:
-    """(the rows whose trend the verdict reads, what they are): the repeated blocks' outputs
-    (the residual stream) when there are two or more, else the modules holding a weight matrix
-    or kernel up to the head, else every row; read up to a zero-initialised head, which is
-    left out."""
-    upto = _up_to_head(rows, zero_head)
-    blocks = [r for r in upto if r.kind == "block" and r.output_shape != "-"]
-    if len(blocks) >= 2:
-        return blocks, "blocks"
-    weighted = [r for r in upto if r.kind == "weighted" and r.output_shape != "-"]
-    # up to the head: the 2-D outputs after the last conv-like one (pooling, then a classifier),
-    # or the last module of an all-2-D stack when it is narrower than the one before
-    spatial = [i for i, r in enumerate(weighted) if r.output_shape.count("x") >= 2]
-    if spatial:
-        weighted = weighted[:spatial[-1] + 1]
-    elif len(weighted) >= 3 and weighted[-1].width < weighted[-2].width:
-        weighted = weighted[:-1]
-    if weighted:
-        return weighted, "weighted modules"
-    return [r for r in upto if r.output_shape != "-"] or list(upto), "modules"
+def judge(rows: Sequence[ModuleStats], zero_head: str | None = None,
+          dtype: str = "float32") -> tuple[str, str, tuple[str, ...]]:
+    """(verdict, reason, names of the modules judged): the one rule set of compare and sweep
+    (`initcli.verdicts`) on the probed rows. Every row carries its kind (a repeated block's
+    output, a weighted module, a norm), channels and values per input, so the repeated
+    blocks' outputs are the judged residual stream, else the weighted modules up to the head;
+    `zero_head` names a head that starts at zero output, judged up to its input."""
+    from .verdicts import judge_modules
 
-
-def _up_to_head(rows: Sequence[ModuleStats], zero_head: str | None) -> list[ModuleStats]:
-    names = [r.module for r in rows]
-    if zero_head is None or zero_head not in names or names.index(zero_head) == 0:
-        return list(rows)
-    return list(rows[:names.index(zero_head)])
-
-
-def _named(units: Sequence[ModuleStats], what: str) -> str:
-    if len(units) == 1:
-        return f"the 1 {what.removesuffix('s')} {units[0].module}"
-    return f"the {len(units)} {what} {units[0].module} … {units[-1].module}"
-
-
-def judge(rows: Sequence[ModuleStats], zero_head: str | None = None) -> tuple[str, str, tuple[str, ...]]:
-    """(verdict, reason, names of the modules judged): compare's rules on a probe, over
-    `judged_units` — symmetric (the first weighted module's outputs move together), overflow,
-    no-signal, dead (over half a module's channels 0 for every input; a module whose output is
-    0 everywhere is a zero-initialised design, not dead units), saturated, then the trend:
-    exploding or vanishing when the settled per-unit rate of the gradient's variance or of the
-    activations' variance, compounded over the units, passes the finite-width bound of their
-    widths."""
-    upto = _up_to_head(rows, zero_head)
-    units, what = judged_units(rows, zero_head)
-    judged = tuple(r.module for r in units)
-    design = (f"; {zero_head} starts at zero output (all-zero weights), a design: judged up to its input, with a "
-              "unit cotangent there too") if zero_head is not None and len(upto) < len(rows) else ""
-    weighted = [r for r in upto if r.kind == "weighted"] or list(units)
-    first, last = weighted[0], upto[-1]
-    if 0 < first.effective_rank <= SYMMETRY_RANK:
-        return "symmetric", (f"{first.module}'s outputs move together (effective rank {first.effective_rank:.3g}): "
-                             "identical units get identical updates and never separate"), judged
-    measured = [r for r in rows if r.output_shape != "-"]
-    bad = next((r for r in measured if math.isinf(r.act_var) or math.isinf(r.grad_var) or math.isnan(r.act_var)),
-               None)
-    if bad is not None:
-        return "overflow", f"values grew past the dtype's range at {bad.module}", judged
-    if last.act_var == 0:
-        return "no-signal", (f"{last.module}'s output is the same for every input: it cannot depend on the "
-                             f"input{design}"), judged
-    if first.grad_var == 0:
-        return "no-signal", f"{first.module} gets no gradient at all: nothing learns{design}", judged
-    alive = [r for r in upto if r.act_var > 0 and not math.isnan(r.dead_frac)]
-    dead = max(alive, key=lambda r: r.dead_frac, default=None)
-    if dead is not None and dead.dead_frac > DEAD_FRAC:
-        return "dead", f"{dead.dead_frac:.0%} of {dead.module}'s channels are 0 for every input{design}", judged
-    saturating = [r for r in upto if not math.isnan(r.saturated_frac)]
-    saturated = max(saturating, key=lambda r: r.saturated_frac, default=None)
-    if saturated is not None and saturated.saturated_frac > SATURATED_FRAC:
-        return "saturated", (f"{saturated.saturated_frac:.0%} of {saturated.module}'s outputs sit in the flat part "
-                             f"of the activation{design}"), judged
-    grads = [r.grad_var for r in units if math.isfinite(r.grad_var)]
-    acts = [r.act_var for r in units if math.isfinite(r.act_var)]
-    span = _named(units, what)
-    if len(grads) < 2:
-        return "stable", f"too few {what} with a gradient to see a trend ({span}){design}", judged
-    bound = drift_bound([0] + [max(r.width, 1) for r in units])
-    unit = {"blocks": "block", "weighted modules": "weighted module"}.get(what, "module")
-    settled = _settled_rate(grads)
-    grad_step = math.inf if settled == 0 else 1 / settled  # per unit going down
-    act_step = _settled_rate(acts)  # per unit going up
-    grad_total = grad_step ** (len(grads) - 1)
-    act_total = act_step ** (len(acts) - 1)
-    if grad_total > bound:
-        return "exploding", (f"gradient grows ×{grad_step:.3g} per {unit} going down: ×{grad_total:.3g} over {span}, "
-                             f"beyond the finite-width bound ×{bound:.3g}{design}"), judged
-    if act_total > bound:
-        return "exploding", (f"activation variance grows ×{act_step:.3g} per {unit} going up: ×{act_total:.3g} over "
-                             f"{span}, beyond the finite-width bound ×{bound:.3g}{design}"), judged
-    if grad_total < 1 / bound:
-        return "vanishing", (f"gradient shrinks ×{grad_step:.3g} per {unit} going down: ×{grad_total:.3g} over "
-                             f"{span}, beyond the finite-width bound ×{bound:.3g}{design}"), judged
-    return "stable", (f"gradient changes ×{grad_total:.3g} and activation variance ×{act_total:.3g} over {span}, "
-                      f"within the finite-width bound ×{bound:.3g}{design}"), judged
+    verdict = judge_modules(rows, dtype=dtype, zero_head=zero_head)
+    units = tuple(verdict.units)
+    if not units:
+        named = ""
+    elif len(units) <= 2:
+        named = f"; judged {len(units)} module{'s' if len(units) == 2 else ''}: {', '.join(units)}"
+    else:
+        named = f"; judged {len(units)} modules: {units[0]} … {units[-1]}"
+    return verdict.verdict, verdict.reason + named, units
 
 
 def summary_row(result: ProbeResult) -> dict:
+    """compare's summary columns over the modules the verdict judged (first and last values from
+    the first and last judged rows)."""
+    from .verdicts import ratio
+
     rows = result.modules
     judged = set(result.judged)
     units = [r for r in rows if r.module in judged] or list(rows)
@@ -926,7 +854,7 @@ def summary_row(result: ProbeResult) -> dict:
     return {"scheme": result.params.get("reinit", "(as built)"), "modules": len(rows),
             "first_act_var": units[0].act_var, "last_act_var": units[-1].act_var,
             "first_grad_var": units[0].grad_var, "last_grad_var": units[-1].grad_var,
-            "grad_ratio": _ratio(units[0].grad_var, units[-1].grad_var),
+            "grad_ratio": ratio(units[0].grad_var, units[-1].grad_var),
             "max_saturated_frac": extreme(max, "saturated_frac"), "max_dead_frac": extreme(max, "dead_frac"),
             "min_effective_rank": extreme(min, "effective_rank"), "last_input_cosine": rows[-1].input_cosine,
             "verdict": result.verdict, "reason": result.reason}

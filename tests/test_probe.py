@@ -143,6 +143,7 @@ def test_token_model():
     assert rows[0]["output_shape"] == "5x7x32"
     # LayerNorm over the last (feature) axis: each position's features have mean 0, variance 1
     assert abs(rows[1]["act_mean"]) < 1e-6 and abs(rows[1]["act_var"] - 1) < 1e-4
+    assert rows[1]["weight_std"] == 1.0  # a LayerNorm's row shows its scale (torch starts it at 1), not std 0
     assert rows[1]["channel_mean_sq"] < 1  # channels last for tokens: per-feature means, not per-position
     assert all(math.isfinite(r["grad_var"]) and r["grad_var"] > 0 for r in rows)
 
@@ -203,12 +204,37 @@ def test_modules_and_max_depth_select_rows():
     ([f"{MODELS}:mlp", "--input-shape", "32", "--reinit", "he-nromal"], "he-normal"),
     ([f"{MODELS}:mlp", "--tokens", "5"], "--seq-len"),
     ([f"{MODELS}:mlp", "--input-shape", "32", "--device", "tpu"], "--device"),
+    # the option (or the example) that gave the input the model refused
+    ([f"{MODELS}:mlp", "--tokens", "5", "--seq-len", "3"], "--tokens"),
+    ([f"{MODELS}:bad_example"], "example"),
+    ([f"{MODELS}:dict_output", "--input-shape", "8", "--output", "logit"], "--output"),
+    # issue 22: a model on the meta device; an example of 0 samples is refused before any statistics
+    ([f"{MODELS}:on_meta", "--input-shape", "4"], "meta device"),
+    ([f"{MODELS}:empty_example"], "0 samples"),
 ])
 def test_bad_input_is_one_line_exit_2(args, option):
     result = run("probe", *args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("initcli: error:") and option in lines[0], lines
+
+
+def test_errors_blame_the_input_that_was_used():
+    result = run("probe", f"{MODELS}:bad_example")
+    assert "--input-shape" not in result.stderr
+    result = run("probe", f"{MODELS}:mlp", "--tokens", "5", "--seq-len", "3")
+    assert "--input-shape" not in result.stderr
+
+
+def test_every_buffer_restored_replaced_or_bumped():
+    model = probe_models.counting()
+    calls, seen = model.calls, model.seen
+    x = draw_inputs(seed=0, dtype="float32", batch=8, input_shape=(4,))
+    probe(model, x)
+    # the forward rebinds `calls` to a new tensor and adds into `seen`: both are put back
+    assert model.calls is calls and model.seen is seen
+    assert model.calls.item() == 0 and not model.seen.any()
+    assert dict(model.named_buffers()).keys() == {"calls", "seen"}
 
 
 def test_broken_module_reports_its_import_error(tmp_path):

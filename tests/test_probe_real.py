@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 import probe_models  # noqa: E402
 
-from initcli.probing import draw_inputs, probe, reinit_copy, weight_plan  # noqa: E402
+from initcli.probing import draw_inputs, probe, reinit_copy  # noqa: E402
 
 MODELS = str(Path(__file__).with_name("probe_models.py"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,18 +81,23 @@ def test_hugging_face_default_init_is_stable_judged_on_its_blocks(hf, name):
     assert result.verdict == "stable", result.reason
     # the residual stream between blocks is what is judged, named in the reason
     assert result.judged == blocks
-    assert "4 blocks" in result.reason and blocks[0] in result.reason
+    assert f"judged 4 modules: {blocks[0]} … {blocks[-1]}" in result.reason
     # the logits, not the first tensor of the ModelOutput, and in train mode by default
     assert result.params["output"] == "logits" and result.params["train_mode"] is True
     assert result.modules[-1].output_shape in (f"{BATCH}x{SEQ}x{VOCAB}", f"{BATCH}x3")
 
 
-def test_post_ln_bert_with_weights_x10_is_vanishing(hf):
-    # post-LN: each block divides the stream's gradient by the std of x + branch(x), which ×10
-    # weights make large (Xiong et al. 2020: post-LN gradients shrink going down)
-    result = probe(_built(hf["bert"], 10.0), _tokens())
-    assert result.verdict == "vanishing", result.reason
-    assert result.judged == tuple(BLOCKS["bert"].format(i) for i in range(4))
+def test_gpt2_without_its_layernorms_and_weights_x10_is_exploding(hf):
+    # pre-LN blocks keep a branch's input at unit scale whatever the stream's; without ln_1/ln_2
+    # each ×10 branch adds more than the stream holds, and its Jacobian multiplies the gradient
+    model = _built(hf["gpt2"], 10.0)
+    for block in model.transformer.h:
+        block.ln_1, block.ln_2 = torch.nn.Identity(), torch.nn.Identity()
+    result = probe(model, _tokens())
+    assert result.verdict == "exploding", result.reason
+    assert result.judged == tuple(BLOCKS["gpt2"].format(i) for i in range(4))
+    # with its LayerNorms, ×10 is still stable: each branch sees a normalised stream
+    assert probe(_built(hf["gpt2"], 10.0), _tokens()).verdict == "stable"
 
 
 def test_resnet_default_init_stable_in_train_mode_judged_on_its_blocks():
@@ -107,6 +112,17 @@ def test_resnet_default_init_stable_in_train_mode_judged_on_its_blocks():
     assert abs(rows["bn1"].channel_var - 1) < 1e-3
     # a norm's weight_std column holds its scale's mean (1 as torchvision sets it), not 0
     assert rows["bn1"].weight_std == 1.0
+
+
+@pytest.mark.parametrize("scale, broken", [(10.0, "exploding"), (0.1, "vanishing")])
+def test_resnet_weights_scaled_broken_in_eval_mode_not_under_batch_statistics(scale, broken):
+    # eval mode: an untouched BatchNorm is the identity (running mean 0, var 1), so each conv's
+    # ×scale compounds, ×scale² in variance per conv; on batch statistics every BatchNorm divides
+    # the scale out again (the conv–BN pair does not depend on the conv's scale)
+    model = _built(probe_models.resnet, scale)
+    x = draw_inputs(seed=0, dtype="float32", batch=8, input_shape=(3, 64, 64))
+    assert probe(model, x, train_mode=False).verdict == broken
+    assert probe(model, x).verdict == "stable"
 
 
 def test_vit_zero_head_is_a_design_not_no_signal():
@@ -210,6 +226,7 @@ def test_output_by_name_default_logits():
 
 def test_reinit_redraws_hf_conv1d_and_lists_what_it_leaves(hf):
     from initcli import make_init
+    from initcli.probing import weight_plan
 
     model = _built(hf["gpt2"])
     plan, untouched = weight_plan(model)
