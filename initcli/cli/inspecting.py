@@ -82,9 +82,12 @@ def inspect_command(
     if propagate and (isinstance(batch, bool) or batch < 1 or batch > 1 << 20):
         raise InitcliError("batch", f"must be a positive integer of at most {1 << 20}, got {batch}")
     check_outputs(out)
-    if against is not None:
-        with open_source(against):
-            pass  # the file it is compared with is checked before any work
+    if against is not None:  # the file it is compared with is checked before any work
+        try:
+            with open_source(against):
+                pass
+        except InitcliError as exc:
+            raise InitcliError("against", exc.message) from None
     # the chains' activation: as given, else config.json's, else relu (the summary says which)
     chain_activation = activation if "activation" in given() else None
     with open_source(path) as source:
