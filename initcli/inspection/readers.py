@@ -254,12 +254,12 @@ def _widen(codes: np.ndarray, kind: str) -> np.ndarray:
     return out
 
 
-class Widened:
+class Widened(np.lib.mixins.NDArrayOperatorsMixin):
     """bf16/fp8 codes seen as a float32 array, widened only where they are indexed: a slice or
     a subsample costs its own size, never the whole tensor's (a 256 MiB bf16 tensor would be
-    512 MiB as float32). `reshape`, `ravel`, indexing, `shape`, `size`, `ndim`, `dtype` behave
-    as numpy's; anything else goes through `np.asarray`, which widens the whole, chunk by chunk
-    into one float32 array."""
+    512 MiB as float32). `reshape`, `ravel`, indexing, `np.moveaxis`/`np.transpose`/`.T` stay
+    lazy; anything else (ufuncs, operators, other numpy functions, `np.asarray`) sees the whole
+    tensor widened chunk by chunk into one float32 array, so it is always right."""
 
     dtype = np.dtype(np.float32)
 
@@ -270,9 +270,13 @@ class Widened:
     size = property(lambda self: self._codes.size)
     ndim = property(lambda self: self._codes.ndim)
     nbytes = property(lambda self: self._codes.size * 4)
+    T = property(lambda self: Widened(self._codes.T, self._kind))
 
     def __len__(self) -> int:
         return len(self._codes)
+
+    def __repr__(self) -> str:
+        return f"Widened({self._kind}, shape={self.shape})"
 
     def reshape(self, *shape, **kwargs) -> Widened:
         return Widened(self._codes.reshape(*shape, **kwargs), self._kind)
@@ -296,6 +300,26 @@ class Widened:
 
     def astype(self, dtype, copy=True):
         return np.asarray(self, dtype=dtype)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(_plain(x) for x in inputs)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(_plain(x) for x in kwargs["out"])
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func in (np.moveaxis, np.transpose, np.swapaxes) and args and args[0] is self:
+            return Widened(func(self._codes, *args[1:], **kwargs), self._kind)
+        return func(*(_plain(a) for a in args), **{k: _plain(v) for k, v in kwargs.items()})
+
+
+def _plain(value):
+    """A Widened (or a list or tuple holding some) as numpy arrays."""
+    if isinstance(value, Widened):
+        return np.asarray(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Widened) for v in value):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 # -- memory ------------------------------------------------------------------------------------------
