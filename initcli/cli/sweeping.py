@@ -275,62 +275,101 @@ def sweep(
     coordinates and runs on one BLAS thread, so the rows do not depend on --executor, --jobs
     or the order.
     """
-    from ..errors import InitcliError
-    from ..sweep import (
-        check_heatmap_axes,
-        columns,
-        grid,
-        heatmap_metric,
-        key_columns,
-        make_executor,
-        settings_text,
-        train_options,
-    )
+    from ..sweep import grid, make_executor
     from ..sweep import sweep as run_sweep
     from .options import given
 
     fmt = output_format(out.fmt)
     typed = given()
+    _check_option_use(typed, train, executor, scheduler)
+    check_outputs(out)
+    if results is not None:
+        _check_results_path(results, out.save_plot)
+    axes = {"sigma_w": _axis(sigma_w, "sigma_w"), "sigma_b": _axis(sigma_b, "sigma_b"), "depth": _axis(depth, "depth"),
+            "width": _axis(width, "width"), "batch": _axis(batch, "batch"), "scheme": _axis(scheme, "scheme"),
+            "activation": _axis(activation, "activation"), "residual_init": _axis(residual_init, "residual_init"),
+            "param": _axis(param, "param")}
+    training = _training(train, axes, epochs=epochs, lr=lr, optimizer=optimizer, samples=samples,
+                         train_batch=train_batch, plain=not residual and block == 1 and norm.strip().lower() == "none")
+    heat = _heatmap_choice(heatmap, metric, out, typed, axes, seeds, training)
+    points = grid(axes, seeds, seed)
+    runner = make_executor(executor, jobs=jobs, scheduler=scheduler)
+    options = _run_options(dtype, input_std, residual, block, norm, training)
+    params = {"axes": {k: v for k, v in axes.items() if v is not None}, "seeds": seeds, "seed": seed,
+              **options["propagate"], "points": len(points),
+              **({} if training is None else {"train": {k: v for k, v in training.items() if v is not None}})}
+    with progress(len(points), "sweeping") as advance:
+        result = run_sweep(points, executor=runner, options=options, out=results, progress=advance, params=params,
+                           keep_rows=results is None)  # with --out, rows stream to the file only
+    _report(result, fmt, results, len(points))
+    if heat is not None:
+        _draw(heat, out, heatmap, list(result.rows), results, points, options, result.columns)
+
+
+def _check_option_use(typed, train: Optional[str], executor: str, scheduler: Optional[str]) -> None:
+    """Options given where they would be ignored."""
+    from ..errors import InitcliError
+
     if train is None:
         stray = [name for name in _TRAIN_OPTIONS if name in typed]
         if stray:
             raise InitcliError(stray[0], "only applies with --train TASK")
     if executor.strip().lower() != "dask" and scheduler is not None:
         raise InitcliError("scheduler", "only applies with --executor dask")
-    check_outputs(out)
-    if results is not None:  # appended to and resumed, so an existing file is expected
-        from ..sweep import check_results_path
 
-        if out.save_plot is not None and os.path.abspath(results) == os.path.abspath(out.save_plot):
-            raise InitcliError("out", f"is the same file as --save-plot ('{results}')")
-        check_results_path(results)
-    axes = {"sigma_w": _axis(sigma_w, "sigma_w"), "sigma_b": _axis(sigma_b, "sigma_b"), "depth": _axis(depth, "depth"),
-            "width": _axis(width, "width"), "batch": _axis(batch, "batch"), "scheme": _axis(scheme, "scheme"),
-            "activation": _axis(activation, "activation"), "residual_init": _axis(residual_init, "residual_init"),
-            "param": _axis(param, "param")}
-    training = None if train is None else train_options(train, epochs, lr=lr, optimizer=optimizer, samples=samples,
-                                                        batch=None if train_batch == 0 else train_batch)
-    if training is not None and (residual or block != 1 or norm.strip().lower() != "none"
-                                 or any(v != "none" for v in axes["residual_init"] or [])
-                                 or any(v != "sp" for v in axes["param"] or [])):
+
+def _check_results_path(results: str, save_plot: Optional[str]) -> None:
+    """--out is appended to and resumed, so an existing file is expected."""
+    from ..errors import InitcliError
+    from ..sweep import check_results_path
+
+    if save_plot is not None and os.path.abspath(results) == os.path.abspath(save_plot):
+        raise InitcliError("out", f"is the same file as --save-plot ('{results}')")
+    check_results_path(results)
+
+
+def _training(train: Optional[str], axes: dict, *, epochs: int, lr: float, optimizer: str, samples: int,
+              train_batch: int, plain: bool) -> dict | None:
+    """--train's options, checked, for a grid of plain MLPs (`plain`: no --residual, --block or --norm)."""
+    from ..errors import InitcliError
+    from ..sweep import train_options
+
+    if train is None:
+        return None
+    training = train_options(train, epochs, lr=lr, optimizer=optimizer, samples=samples,
+                             batch=None if train_batch == 0 else train_batch)
+    if (not plain or any(v != "none" for v in axes["residual_init"] or [])
+            or any(v != "sp" for v in axes["param"] or [])):
         raise InitcliError("train", "does not apply with --residual-init, --param, --residual, --block or "
                                     "--norm yet: the trained network is a plain MLP")
+    return training
+
+
+def _heatmap_choice(heatmap: Optional[str], metric: str, out: OutputOptions, typed, axes: dict, seeds: int,
+                    training: dict | None) -> tuple[str, str, str] | None:
+    """(rows axis, columns axis, column) of the heatmap to draw, or None; warns that --train's
+    networks start with zero biases when σ_b varies."""
+    from ..errors import InitcliError
+    from ..sweep import check_heatmap_axes, columns, heatmap_metric
+
     header = columns(None if training is None else training["metric"], [k for k in ("residual_init", "param")
                                                                          if axes[k] is not None])
     if training is not None and any(value != 0 for value in axes["sigma_b"]):
         warn("--train starts every network with zero biases, as `initcli train` does: σ_b acts on the "
              "propagate columns only")
-    pair = None
     if heatmap is not None or out.plot or out.save_plot:
         pair = check_heatmap_axes(heatmap) if heatmap is not None else _default_axes(axes, seeds)
         for name in pair:
             if name not in header:
                 raise InitcliError("heatmap", f"{name} is not an axis of this grid: give --{name.replace('_', '-')}")
-        column = heatmap_metric(metric, header)
-    elif "metric" in typed:
+        return pair[0], pair[1], heatmap_metric(metric, header)
+    if "metric" in typed:
         raise InitcliError("metric", "only applies with --heatmap, --plot or --save-plot")
-    points = grid(axes, seeds, seed)
-    runner = make_executor(executor, jobs=jobs, scheduler=scheduler)
+    return None
+
+
+def _run_options(dtype: str, input_std: float, residual: bool, block: int, norm: str, training: dict | None) -> dict:
+    """`sweep.sweep`'s options: propagate's keywords and --train's."""
     propagate_options = {"dtype": dtype, "input_std": input_std}
     # only when they change something, so that the settings cell (part of the resume key) of
     # a plain grid stays what it was
@@ -340,12 +379,11 @@ def sweep(
     options = {"propagate": propagate_options}
     if training is not None:
         options["train"] = training
-    params = {"axes": {k: v for k, v in axes.items() if v is not None}, "seeds": seeds, "seed": seed,
-              **propagate_options, "points": len(points),
-              **({} if training is None else {"train": {k: v for k, v in training.items() if v is not None}})}
-    with progress(len(points), "sweeping") as advance:
-        result = run_sweep(points, executor=runner, options=options, out=results, progress=advance, params=params,
-                           keep_rows=results is None)  # with --out, rows stream to the file only
+    return options
+
+
+def _report(result, fmt: str, results: Optional[str], points: int) -> None:
+    """The rows on stdout (or a line naming the --out file they went to), failures on stderr."""
     rows = list(result.rows)
     if results is not None:
         note(f"initcli: {result.ran} points written to {results}"
@@ -354,26 +392,31 @@ def sweep(
         from ..render import print_table
 
         shown = [c for c in result.columns if c not in ("reason", "run_seed", "settings")]
-        say_hidden(print_table(rows, shown, title=f"sweep · {len(points)} points", priority=SWEEP_PRIORITY,
+        say_hidden(print_table(rows, shown, title=f"sweep · {points} points", priority=SWEEP_PRIORITY,
                                console=stdout_console()))
     else:
         write_machine(fmt, "sweep", result.params, rows, result.columns)
     if result.errors:
         warn(f"{result.errors} of {result.ran} points failed: see their error column")
-    if pair is None:
-        return
+
+
+def _draw(heat: tuple[str, str, str], out: OutputOptions, heatmap: Optional[str], rows: list[dict],
+          results: Optional[str], points, options: dict, row_columns) -> None:
+    """The heatmap in the terminal and/or the --save-plot file, over this run's rows or, with
+    --out, the whole grid's: this run's points and those already in the file."""
+    y_axis, x_axis, column = heat
     source = rows
-    if results is not None:  # the whole grid: this run's points and those already in the file
-        from ..sweep import read_results
+    if results is not None:
+        from ..sweep import key_columns, read_results, settings_text
 
         wanted = {(*p.key, settings_text(options)) for p in points}
-        key = key_columns(result.columns)
+        key = key_columns(row_columns)
         source = [_typed(row) for row in read_results(results) if tuple(row[c] for c in key) in wanted]
     if heatmap is not None and not out.save_plot or out.plot:
-        show(heatmap_lines(source, pair[0], pair[1], column))
+        show(heatmap_lines(source, y_axis, x_axis, column))
     if out.save_plot:
         kinds = ", ".join(sorted({str(r["activation"]) for r in source}))
-        save_heatmap(out.save_plot, source, pair[0], pair[1], column, force=out.force, dpi=out.dpi,
+        save_heatmap(out.save_plot, source, y_axis, x_axis, column, force=out.force, dpi=out.dpi,
                      title=f"sweep · {column} · {kinds} · {len(points)} points")
 
 
