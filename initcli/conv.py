@@ -147,13 +147,18 @@ def _pad(x: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
     return out
 
 
-def _patches(xp: np.ndarray, kernel: int, out: np.ndarray) -> np.ndarray:
-    """im2col: out (b, *spatial, k^d, C) gets, at tap t, the padded input shifted by t. The
-    windows are a strided view of xp (b, *spatial, *k, C), written into `out` by one copy:
-    no loop over positions or taps."""
+def _windows(xp: np.ndarray, kernel: int) -> np.ndarray:
+    """Every window of the padded input as a strided view (B, *spatial, *k, C), made once per
+    correlation: each batch chunk's im2col is then one copy of a slice of it."""
     dims = xp.ndim - 2
-    windows = sliding_window_view(xp, (kernel,) * dims, axis=tuple(range(1, dims + 1)))  # (b, *S, C, *k)
-    np.copyto(out.reshape(out.shape[:-2] + (kernel,) * dims + out.shape[-1:]), np.moveaxis(windows, dims + 1, -1))
+    windows = sliding_window_view(xp, (kernel,) * dims, axis=tuple(range(1, dims + 1)))  # (B, *S, C, *k)
+    return np.moveaxis(windows, dims + 1, -1)
+
+
+def _patches(windows: np.ndarray, start: int, out: np.ndarray) -> np.ndarray:
+    """im2col of examples start… : out (b, *spatial, k^d, C) gets, at tap t, the padded input
+    shifted by t, copied from the window view in one call (no loop over positions or taps)."""
+    np.copyto(out.reshape((out.shape[0],) + windows.shape[1:]), windows[start:start + out.shape[0]])
     return out
 
 
@@ -179,8 +184,9 @@ def correlate(x: np.ndarray, w: np.ndarray, before: int, after: int, padding: st
     out = np.empty((x.shape[0],) + out_spatial + (w.shape[0],), dtype=dtype)
     step = min(x.shape[0], _chunk(out.shape, matrix.shape[0], dtype.itemsize))
     cols = np.empty((step,) + out_spatial + (taps, x.shape[-1]), dtype=x.dtype)
+    windows = _windows(xp, kernel)
     for start in range(0, x.shape[0], step):
-        part = _patches(xp[start:start + step], kernel, cols[:x.shape[0] - start])
+        part = _patches(windows, start, cols[:x.shape[0] - start])
         np.matmul(part.reshape(-1, matrix.shape[0]), matrix, out=out[start:start + step].reshape(-1, matrix.shape[1]))
     return out
 
@@ -195,8 +201,9 @@ def weight_gradient(x: np.ndarray, delta: np.ndarray, w_shape: tuple[int, ...], 
     grad = np.zeros((out_channels, columns), dtype=dtype)
     step = min(x.shape[0], _chunk(delta.shape, columns, dtype.itemsize))
     cols = np.empty((step,) + delta.shape[1:-1] + (taps, x.shape[-1]), dtype=x.dtype)
+    windows = _windows(xp, kernel)
     for start in range(0, x.shape[0], step):
-        part = _patches(xp[start:start + step], kernel, cols[:x.shape[0] - start])
+        part = _patches(windows, start, cols[:x.shape[0] - start])
         grad += delta[start:start + step].reshape(-1, out_channels).T @ part.reshape(-1, columns)
     # back from the (O, k…, C) column order to torch's (O, C, k…)
     return np.moveaxis(grad.reshape((out_channels,) + tuple(w_shape[2:]) + (x.shape[-1],)), -1, 1).copy()
@@ -421,8 +428,20 @@ def _checked_run(scheme: str | Init = "he-normal", activation: str = "relu", *, 
     return ConvRun(init, act, shape, depth, batch, bias_std, input_std, np_dtype, seed, bool(theory), arch)
 
 
-# Products up to this many multiply-adds run on one BLAS thread, as in `propagation`.
+# Products up to this many multiply-adds run on one BLAS thread, as in `propagation`. A conv
+# layer's products are made one im2col chunk at a time, so the product that counts is a
+# chunk's: at the defaults 7 examples (4.1e6 multiply-adds), where a second thread made a
+# 20-layer run 15 times slower on a busy two-core machine (40 s against 2.6 s).
 SINGLE_THREAD_WORK = 1 << 25
+
+
+def work(run: ConvRun) -> int:
+    """Multiply-adds of the largest single product: one im2col chunk (examples × positions
+    rows of C·k^d columns) times the C kernels."""
+    shape = run.shape
+    examples = min(run.batch, _chunk((run.batch,) + shape.spatial + (shape.channels,), shape.fan,
+                                     run.dtype.itemsize))
+    return examples * shape.positions * shape.fan * shape.channels
 
 
 def inputs(run: ConvRun) -> tuple[ConvStack, np.ndarray, np.ndarray]:
@@ -458,9 +477,7 @@ def run_prepared(run: ConvRun, progress: Callable[[int], None] | None = None):
 
     from .propagation import PropagateResult
 
-    shape = run.shape
-    small = run.batch * shape.positions * shape.channels * shape.fan <= SINGLE_THREAD_WORK
-    with blas_threads_limited(1) if small else nullcontext():
+    with blas_threads_limited(1) if work(run) <= SINGLE_THREAD_WORK else nullcontext():
         stack, x, cotangent = inputs(run)
         layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
     result = PropagateResult(run.params, layers, forward_overflow, backward_overflow)
