@@ -54,6 +54,9 @@ SE_FACTOR = 3.0  # and within 3 standard errors of 0
 ROW_COLUMNS = ("layer", "step", "width", "depth", "seed", "l1")
 SUMMARY_COLUMNS = ("layer", "step", "against", "width", "depth", "points", "slope", "slope_se", "predicted",
                    "verdict")
+# a user's model (`--module`) has its own depth: no depth column, which would always be empty
+MODULE_ROW_COLUMNS = tuple(c for c in ROW_COLUMNS if c != "depth")
+MODULE_SUMMARY_COLUMNS = tuple(c for c in SUMMARY_COLUMNS if c != "depth")
 MAX_STEPS = 10_000
 
 
@@ -87,11 +90,19 @@ class CoordResult:
     rows: tuple[CoordRow, ...]
     slopes: tuple[Slope, ...]
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return MODULE_ROW_COLUMNS if "module" in self.params else ROW_COLUMNS
+
+    @property
+    def summary_columns(self) -> tuple[str, ...]:
+        return MODULE_SUMMARY_COLUMNS if "module" in self.params else SUMMARY_COLUMNS
+
     def row_dicts(self) -> list[dict]:
-        return [asdict(row) for row in self.rows]
+        return [{k: v for k, v in asdict(row).items() if k in self.columns} for row in self.rows]
 
     def summary_rows(self) -> list[dict]:
-        return [asdict(slope) for slope in self.slopes]
+        return [{k: v for k, v in asdict(slope).items() if k in self.summary_columns} for slope in self.slopes]
 
 
 def fit_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -358,22 +369,56 @@ def _build(factory, target: str, call: dict, width_arg: str, user_kwargs: bool):
                        call_param="kwargs" if user_kwargs else "module", type_param="module")
 
 
-def _param_groups(model, optimizer: str, lr: float, target: str) -> tuple[list, bool]:
-    """(what torch's optimizer is given, whether the model chose it): the groups of the model's
-    `initcli_param_groups(optimizer, lr)` method when it has one — how a model states per-layer
-    learning rates such as µP's, which a plain module cannot express — else every parameter at
-    `lr`."""
+def _param_groups(model, optimizer: str, lr: float, target: str) -> tuple[list, str]:
+    """(what torch's optimizer is given, where it came from): the groups of the model's
+    `initcli_param_groups(optimizer, lr)` method when it has one ("model") — how a model states
+    per-layer learning rates such as µP's, which a plain module cannot express; mup's groups
+    ("mup") when mup's `set_base_shapes` gave every parameter an `infshape`; else every
+    parameter at `lr` ("one")."""
     from .probing import _one_line
 
     method = getattr(model, PARAM_GROUPS_ATTRIBUTE, None)
     if method is None:
-        return list(model.parameters()), False
+        params = list(model.parameters())
+        if params and all(hasattr(p, "infshape") for p in params):
+            return _mup_groups(params, optimizer, lr, target), "mup"
+        return params, "one"
     try:
         groups = list(method(optimizer, lr))
     except Exception as exc:  # the user's code
         raise InitcliError("module", f"{target}'s model: {PARAM_GROUPS_ATTRIBUTE}('{optimizer}', {lr:g}) failed: "
                                      f"{_one_line(exc)}") from None
-    return groups, True
+    return groups, "model"
+
+
+def _mup_groups(params, optimizer: str, lr: float, target: str) -> list[dict]:
+    """The learning rates mup's MuAdam and MuSGD give parameters carrying mup's `infshape`
+    (Yang et al. 2022, Table 3; mup's optim.py): Adam divides a matrix-like parameter's (two
+    infinite dimensions) rate by its width multiplier; SGD multiplies a vector-like one's (one
+    infinite dimension) by its width multiplier and divides a matrix-like one's by its fan-in
+    over fan-out multiplier; the rest keep `lr`."""
+    from .probing import _one_line
+
+    rates: dict[float, list] = {}
+    try:
+        for p in params:
+            shape = p.infshape
+            infinite = shape.ninf()
+            if infinite > 2:
+                raise InitcliError("module", f"{target}'s model: mup states no learning rate for a parameter with "
+                                             f"{infinite} infinite dimensions")
+            if optimizer == "adam":
+                factor = 1 / shape.width_mult() if infinite == 2 else 1.0
+            else:
+                factor = (shape.width_mult() if infinite == 1
+                          else 1 / shape.fanin_fanout_mult_ratio() if infinite == 2 else 1.0)
+            rates.setdefault(float(factor), []).append(p)
+    except InitcliError:
+        raise
+    except Exception as exc:  # an infshape that is not mup's
+        raise InitcliError("module", f"{target}'s model: its parameters' infshape (mup's set_base_shapes) cannot "
+                                     f"be read: {_one_line(exc)}") from None
+    return [{"params": group, "lr": lr * factor} for factor, group in rates.items()]
 
 
 def _meta_parameters(factory, call: dict, torch) -> int | None:
@@ -389,9 +434,14 @@ def _meta_parameters(factory, call: dict, torch) -> int | None:
 
 
 def _leaf_names(model) -> dict:
-    """{leaf module: name} in `named_modules` order; a model with no children is '(model)'."""
+    """{module: name} of the modules that get rows, in `named_modules` order: the leaves, and
+    the repeated blocks (probe's `repeated_blocks`: their outputs are a transformer's or
+    ResNet's residual stream); a model with no children is '(model)'."""
+    from .probing import repeated_blocks
+
+    blocks = repeated_blocks(model)
     return {module: name or "(model)" for name, module in model.named_modules()
-            if next(module.children(), None) is None}
+            if next(module.children(), None) is None or module in blocks}
 
 
 def _as_args(inputs, torch, torch_dtype) -> tuple:
@@ -434,7 +484,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
             label = f"{label}#{calls[label]}"  # a module called twice: two rows, as probe names them
         seen.append((label, float(tensor.detach().abs().mean(dtype=torch.float64))))
 
-    groups, chosen = _param_groups(model, optimizer, lr, target)
+    groups, source = _param_groups(model, optimizer, lr, target)
     try:
         opt = (torch.optim.Adam(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS) if optimizer == "adam"
                else torch.optim.SGD(groups, lr=lr))
@@ -442,7 +492,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
         raise InitcliError("module", f"cannot train {target}'s model with {optimizer}: {_one_line(exc)}") from None
     handles = [module.register_forward_hook(record) for module in names]
     rows: list[CoordRow] = []
-    target_tensor, used = None, {"param_groups": "model" if chosen else "one"}
+    target_tensor, used = None, {"param_groups": source}
     try:
         for step in range(steps + 1):
             seen.clear()
@@ -498,9 +548,12 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
 
     Training is torch's Adam (betas 0.9, 0.999, eps 1e-8) or SGD (no momentum) at one learning
     rate `lr` for every parameter, unless the model has a method `initcli_param_groups(optimizer,
-    lr)` returning torch parameter groups (how a model states µP's per-layer rates). Every leaf
-    module's mean |output| (forward hooks, removed afterwards) is a row before each step; the
-    rows' depth is None. Slopes as the built-in path's, with no predicted exponent."""
+    lr)` returning torch parameter groups (how a model states µP's per-layer rates), or was
+    built with mup's `set_base_shapes` (mup's MuAdam/MuSGD rates, `_mup_groups`); params'
+    `param_groups` says which ("model", "mup", "one"). Every leaf module's and every repeated
+    block's (the residual stream's) mean |output| (forward hooks, removed afterwards) is a row
+    before each step; the rows' depth is None and left out of the columns. Slopes as the
+    built-in path's, with no predicted exponent."""
     torch = _torch()
     from .probing import MAX_SHAPE_ELEMENTS, _one_line, estimate_bytes, parse_kwargs
 

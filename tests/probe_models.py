@@ -308,3 +308,59 @@ def dict_output():
 def bad_example():
     """An example input of 5 features for a model taking 4."""
     return nn.Sequential(nn.Linear(4, 8)), torch.randn(3, 5)
+
+
+# -- models for coordcheck --module (tests/test_coordcheck.py) ------------------------------------
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        nn.init.kaiming_normal_(self.fc.weight, nonlinearity="relu")
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        return x + torch.relu(self.fc(x)) / math.sqrt(2)
+
+
+def residual_blocks(width: int, depth: int = 3) -> nn.Sequential:
+    """Linear(2, width), `depth` blocks x + ReLU(fc(x))/√2 (modules 1…depth), Linear(width, 1)."""
+    return nn.Sequential(nn.Linear(2, width), *[ResidualBlock(width) for _ in range(depth)], nn.Linear(width, 1))
+
+
+class InfShape:
+    """The three questions mup's optimizers ask of the `infshape` that mup's set_base_shapes
+    attaches to every parameter: how many dimensions grow with width (`ninf`), the width
+    multiplier (`width_mult`: the fan-in's for a matrix), and fan-in over fan-out multiplier."""
+
+    def __init__(self, infinite: int, width_mult: float) -> None:
+        self.infinite, self.mult = infinite, width_mult
+
+    def ninf(self) -> int:
+        return self.infinite
+
+    def width_mult(self) -> float:
+        return self.mult
+
+    def fanin_fanout_mult_ratio(self) -> float:
+        return 1.0  # hidden matrices: both fans grow alike
+
+
+def mup_shaped(width: int, depth: int = 2, base_width: int = 64):
+    """coordcheck_models.MupMLP without its initcli_param_groups, its parameters carrying mup's
+    infshape as set_base_shapes would set it (base width `base_width`): hidden matrices have two
+    infinite dimensions, input weights, biases and the readout's weight one, the readout's bias
+    none."""
+    from coordcheck_models import MupMLP
+
+    class MupShaped(MupMLP):
+        initcli_param_groups = None
+
+    model = MupShaped(width, depth, base_width=base_width)
+    mult = width / base_width
+    hidden = {id(m.weight) for m in list(model.body)[2::2]}
+    for name, param in model.named_parameters():
+        infinite = 2 if id(param) in hidden else 0 if name == "readout.bias" else 1
+        param.infshape = InfShape(infinite, mult)
+    return model

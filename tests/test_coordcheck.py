@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from initcli.cli import app
-from initcli.coordcheck import ROW_COLUMNS, SUMMARY_COLUMNS, coordcheck, fit_slope, verdict
+from initcli.coordcheck import MODULE_ROW_COLUMNS, ROW_COLUMNS, SUMMARY_COLUMNS, coordcheck, fit_slope, verdict
 from initcli.errors import InitcliError
 
 F64_EPS = float(np.finfo(np.float64).eps)
@@ -290,12 +290,50 @@ def test_cli_module_csv_json_and_table():
     result = runner.invoke(app, MODULE_CLI + ["-f", "csv"], env=env)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert tuple(rows[0]) == ROW_COLUMNS and len(rows) == 5 * 2 * 2 and rows[0]["depth"] == ""
+    # a user's model has its own depth: no depth column, which would always be empty
+    assert tuple(rows[0]) == MODULE_ROW_COLUMNS and len(rows) == 5 * 2 * 2 and "depth" not in rows[0]
     document = json.loads(runner.invoke(app, MODULE_CLI + ["-f", "json", "--kwargs", '{"depth": 3}'], env=env).stdout)
     assert document["params"]["kwargs"] == {"depth": 3} and document["params"]["module"].endswith(":mlp")
     assert {s["layer"] for s in document["summary"]} == {str(i) for i in range(7)}
     table = runner.invoke(app, MODULE_CLI + ["-f", "table"], env=env)
     assert table.exit_code == 0 and "log-log slopes" in table.stdout
+    assert "· 1 seed\n" in table.stdout and "1 seeds" not in table.stdout
+    assert "depth" not in document["rows"][0] and "depth" not in document["summary"][0]
+    # one learning rate for every parameter: said on stderr, since a µP model would need its own
+    assert "one learning rate" in result.stderr
+
+
+PROBE_MODELS = str(__import__("pathlib").Path(__file__).with_name("probe_models.py"))
+
+
+def test_torch_repeated_blocks_are_rows():
+    pytest.importorskip("torch")
+    from initcli.coordcheck import coordcheck_module
+
+    result = coordcheck_module(f"{PROBE_MODELS}:residual_blocks", width_arg="width", widths=(16, 32), seeds=1,
+                               steps=1, batch=8)
+    layers = list(dict.fromkeys(r.layer for r in result.rows))
+    # the residual stream after each block, right after the block's own leaves
+    assert layers == ["0", "1.fc", "1", "2.fc", "2", "3.fc", "3", "4"]
+
+
+def test_torch_mup_set_base_shapes_groups_match_explicit_mup_groups():
+    pytest.importorskip("torch")
+    # MuAdam's rates read from mup's infshape (hidden matrices lr/m, the rest lr) are the rates
+    # MupMLP states through initcli_param_groups: the same weights train to the same numbers
+    explicit = _module("mup_mlp", widths=(64, 128), seeds=1, steps=2)
+    shaped = coordcheck_module_from(PROBE_MODELS, "mup_shaped", widths=(64, 128), seeds=1, steps=2)
+    assert shaped.params["param_groups"] == "mup" and explicit.params["param_groups"] == "model"
+    assert shaped.rows == explicit.rows
+    result = runner.invoke(app, ["coordcheck", "--module", f"{PROBE_MODELS}:mup_shaped", "--width-arg", "width",
+                                 "--widths", "64,128", "--seeds", "1", "--steps", "1", "-f", "csv"])
+    assert result.exit_code == 0 and "one learning rate" not in result.stderr
+
+
+def coordcheck_module_from(path, name, **kwargs):
+    from initcli.coordcheck import coordcheck_module
+
+    return coordcheck_module(f"{path}:{name}", width_arg="width", **(TORCH | kwargs))
 
 
 @pytest.mark.parametrize("extra", [

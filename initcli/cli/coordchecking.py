@@ -20,6 +20,7 @@ from .options import (
     check_outputs,
     command,
     given,
+    note,
     output_format,
     parse_int_list,
     progress,
@@ -39,15 +40,22 @@ def _verdict_style(column: str, value) -> str | None:
 
 
 def _l1_table(rows: list[dict], widths: list[int]) -> tuple[list[dict], list[str]]:
-    """Mean l1 over the seeds, one row per (depth, layer, step), one column per width."""
+    """Mean l1 over the seeds, one row per (depth, layer, step), one column per width; no depth
+    column for a --module run (its rows have none)."""
     cells: dict[tuple, dict[int, list[float]]] = {}
     for row in rows:
-        cells.setdefault((row["depth"], row["step"], row["layer"]), {}).setdefault(row["width"], []).append(row["l1"])
-    columns = ["depth", "step", "layer"] + [f"l1 @ {w}" for w in widths]
-    table = [{"depth": depth, "step": step, "layer": layer,
+        cells.setdefault((row.get("depth"), row["step"], row["layer"]), {}).setdefault(row["width"], []).append(
+            row["l1"])
+    depths = any("depth" in row for row in rows)
+    columns = ["depth"] * depths + ["step", "layer"] + [f"l1 @ {w}" for w in widths]
+    table = [{**({"depth": depth} if depths else {}), "step": step, "layer": layer,
               **{f"l1 @ {w}": sum(v[w]) / len(v[w]) for w in widths if w in v}}
              for (depth, step, layer), v in cells.items()]
     return table, columns
+
+
+def _seeds(count: int) -> str:
+    return f"{count} seed{'' if count == 1 else 's'}"
 
 
 @command(app, "coordcheck")
@@ -101,7 +109,9 @@ def coordcheck_command(
     With --module, your model at each width (torch.manual_seed of the point's seed first) is
     trained with torch's optimizer at one --lr for every parameter, unless the model has a
     method initcli_param_groups(optimizer, lr) returning torch parameter groups (per-layer
-    rates such as µP's); rows are every leaf module's mean |output|, depth left empty.
+    rates such as µP's; a model built with mup's set_base_shapes gets mup's MuAdam/MuSGD rates);
+    rows are every leaf module's and every repeated block's (the residual stream's) mean
+    |output|, without a depth column.
     """
     from ..coordcheck import coordcheck
 
@@ -136,7 +146,7 @@ def coordcheck_command(
     warn_ignored([scheme], init)
     p = result.params
     title = (f"{p['scheme']} · {p['activation']} · param {p['param']} · {p['optimizer']} lr {p['lr']:g} · "
-             f"batch {p['batch']} · {p['seeds']} seeds")
+             f"batch {p['batch']} · {_seeds(p['seeds'])}")
     _write(result, fmt, out, summary, title)
 
 
@@ -167,14 +177,16 @@ def _module_command(module: str, *, width_arg, kwargs, input_shape, input_std, w
                                    input_shape=shape, input_std=input_std, dtype=dtype, flat_tol=flat_tol,
                                    progress=advance)
     p = result.params
-    title = (f"{module} · {width_arg} · {p['optimizer']} lr {p['lr']:g}"
-             f"{' (model param groups)' if p['param_groups'] == 'model' else ''} · batch {p['batch']} · "
-             f"{p['seeds']} seeds")
+    groups = {"model": " (model param groups)", "mup": " (mup's param groups)"}.get(p["param_groups"], "")
+    title = f"{module} · {width_arg} · {p['optimizer']} lr {p['lr']:g}{groups} · batch {p['batch']} · {_seeds(p['seeds'])}"
+    if p["param_groups"] == "one":
+        note(f"initcli: every parameter trained at one learning rate ({p['lr']:g}): the model has no "
+             "initcli_param_groups(optimizer, lr) method and was not built with mup's set_base_shapes; a µP model "
+             "needs its per-layer rates from one of them")
     _write(result, fmt, out, summary, title)
 
 
 def _write(result, fmt: str, out, summary: bool, title: str) -> None:
-    from ..coordcheck import ROW_COLUMNS, SUMMARY_COLUMNS
     from ..render import print_table
 
     rows, slopes = result.row_dicts(), result.summary_rows()
@@ -183,12 +195,13 @@ def _write(result, fmt: str, out, summary: bool, title: str) -> None:
         table, columns = _l1_table(rows, p["widths"])
         console = stdout_console()
         say_hidden(print_table(table, columns, title=f"mean |x| · {title}", console=console))
-        say_hidden(print_table(slopes, SUMMARY_COLUMNS, title="log-log slopes", cell_style=_verdict_style,
+        say_hidden(print_table(slopes, result.summary_columns, title="log-log slopes", cell_style=_verdict_style,
                                none_text={"predicted": "—", "slope": "—", "slope_se": "—"}, console=console))
     elif fmt == "csv":
-        write_machine(fmt, "coordcheck", p, slopes if summary else rows, SUMMARY_COLUMNS if summary else ROW_COLUMNS)
+        write_machine(fmt, "coordcheck", p, slopes if summary else rows,
+                      result.summary_columns if summary else result.columns)
     else:
-        write_machine(fmt, "coordcheck", p, rows, ROW_COLUMNS, summary=slopes)
+        write_machine(fmt, "coordcheck", p, rows, result.columns, summary=slopes)
     if out.plot or out.save_plot:
         _plots(result, out, title)
 
