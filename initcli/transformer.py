@@ -266,9 +266,41 @@ def build_transformer(init: Init, shape: TransformerShape, depth: int, *, bias_s
 # -- the pieces -----------------------------------------------------------------------------
 
 
+def _row_sums(x: np.ndarray) -> np.ndarray:
+    """Sums over the last axis, shape (…, 1), by one matrix–vector product: numpy's reductions
+    over a short last axis (64 units, 16 keys) cost ten times more than this read."""
+    d = x.shape[-1]
+    return (x.reshape(-1, d) @ np.ones(d, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))
+
+
+def _row_max(x: np.ndarray) -> np.ndarray:
+    """Maxima over the last axis, shape (…, 1) (nan where a row holds one): column by column
+    while rows are short, where numpy's own reduction is slowest."""
+    if x.shape[-1] > 32:
+        return x.max(axis=-1, keepdims=True)
+    top = x[..., :1].copy()
+    for j in range(1, x.shape[-1]):
+        np.maximum(top, x[..., j:j + 1], out=top)
+    return top
+
+
 def layer_norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x − mean)/√(var + ε) over the last axis, and 1/√(var + ε) (…, 1); torch's LayerNorm
-    without its affine part (biased variance, ε = 1e-5). Moments in float64."""
+    without its affine part (biased variance, ε = 1e-5). The moments are row sums in x's
+    dtype, as torch takes them; where a square overflows that dtype, in float64."""
+    inv_d = x.dtype.type(1 / x.shape[-1])
+    centered = x - _row_sums(x) * inv_d
+    var = _row_sums(np.square(centered)) * inv_d
+    if not np.isfinite(var).all():  # squares past float32's range, or inf and nan in x
+        return _layer_norm64(x)
+    var += x.dtype.type(LAYER_NORM_EPS)
+    inv_std = np.sqrt(var, out=var)
+    np.divide(x.dtype.type(1), inv_std, out=inv_std)
+    centered *= inv_std
+    return centered, inv_std
+
+
+def _layer_norm64(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
     centered = x - mean.astype(x.dtype)
     var = np.mean(np.square(centered, dtype=np.float64), axis=-1, keepdims=True)
@@ -280,9 +312,14 @@ def layer_norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def layer_norm_backward(grad: np.ndarray, normed: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
     """∂L/∂x from ∂L/∂n: r·(g − mean(g) − n·mean(g⊙n)) over the last axis (broadcasts a
     batch of cotangents against one input's normed/inv_std)."""
-    mean_grad = grad.mean(axis=-1, keepdims=True)
-    mean_proj = (grad * normed).mean(axis=-1, keepdims=True)
-    return (grad - mean_grad - normed * mean_proj) * inv_std
+    inv_d = grad.dtype.type(1 / grad.shape[-1])
+    out = grad * normed
+    mean_proj = _row_sums(out) * inv_d
+    np.multiply(normed, mean_proj, out=out)
+    np.subtract(grad, out, out=out)
+    out -= _row_sums(grad) * inv_d
+    out *= inv_std
+    return out
 
 
 def _heads(x: np.ndarray, heads: int) -> np.ndarray:
@@ -304,25 +341,36 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, the row's largest logit subtracted first; -inf (masked)
-    entries get 0. A row whose logits overflowed gives nan, reported as overflow."""
-    top = logits.max(axis=-1, keepdims=True)
-    e = np.exp(logits - top)
-    e /= e.sum(axis=-1, keepdims=True)
+# Logits within ±_EXP_SAFE need no shift before exp: e^60 summed over any sequence stays
+# finite, and e^−60 is a normal float32. Without the shift exp reads each logit exactly.
+_EXP_SAFE = 60.0
+
+
+def _softmax(logits: np.ndarray, top: float, bottom: float) -> np.ndarray:
+    """Softmax over the last axis; -inf (masked) entries get 0. `top` and `bottom` are the
+    largest and smallest logits before masking: within ±_EXP_SAFE, exp is taken as it is;
+    otherwise each row's largest logit is subtracted first. A row whose logits overflowed
+    gives nan, reported as overflow."""
+    if bottom >= -_EXP_SAFE and top <= _EXP_SAFE:
+        e = np.exp(logits)
+    else:
+        e = np.subtract(logits, _row_max(logits))
+        np.exp(e, out=e)
+    e /= _row_sums(e)
     return e
 
 
 @dataclass
 class AttnCache:
     u: np.ndarray  # the sublayer's input
-    q: np.ndarray  # (B, H, T, d_h)
+    q: np.ndarray  # (B, H, T, d_h), views of one (B, T, 3, H, d_h) array
     k: np.ndarray
     v: np.ndarray
     logits: np.ndarray  # (B, H, T, T), masked entries -inf
     probs: np.ndarray
     mixed: np.ndarray  # concat_h(P V): (B, T, D)
     out: np.ndarray
+    logits_top: float = math.nan  # the largest logit: nan or +inf when they overflowed
 
 
 @dataclass
@@ -334,42 +382,62 @@ class MlpCache:
     out: np.ndarray
 
 
+def _qkv_weights(block: Block) -> tuple[np.ndarray, np.ndarray]:
+    """W_q, W_k, W_v stacked (3D, D), and their biases: one product serves all three."""
+    return np.concatenate((block.wq, block.wk, block.wv)), np.concatenate((block.bq, block.bk, block.bv))
+
+
 def attention(block: Block, shape: TransformerShape, u: np.ndarray) -> AttnCache:
     heads = shape.heads
-    q = _heads(_linear(u, block.wq, block.bq), heads)
-    k = _heads(_linear(u, block.wk, block.bk), heads)
-    v = _heads(_linear(u, block.wv, block.bv), heads)
+    b, t, d = u.shape
+    weights, biases = _qkv_weights(block)
+    qkv = _linear(u, weights, biases).reshape(b, t, 3, heads, d // heads)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
     logits = q @ k.transpose(0, 1, 3, 2)
     logits *= logits.dtype.type(shape.scale)
+    top, bottom = float(logits.max()), float(logits.min())
     if shape.causal:
         t = shape.seq_len
         logits[..., np.triu_indices(t, 1)[0], np.triu_indices(t, 1)[1]] = -np.inf
-    probs = _softmax(logits)
+    probs = _softmax(logits, top, bottom)
+    if shape.causal:
+        top = float(logits.max())  # of the logits kept
     mixed = _merge(probs @ v)
-    return AttnCache(u, q, k, v, logits, probs, mixed, _linear(mixed, block.wo, block.bo))
+    return AttnCache(u, q, k, v, logits, probs, mixed, _linear(mixed, block.wo, block.bo), top)
 
 
 def attention_backward(block: Block, shape: TransformerShape, cache: AttnCache, grad: np.ndarray,
-                       grads: dict | None) -> np.ndarray:
-    """∂L/∂u from ∂L/∂out; the weight and bias gradients into `grads` when given."""
+                       grads: dict | None, bias_grads: bool = True) -> np.ndarray:
+    """∂L/∂u from ∂L/∂out; the weight (and with bias_grads the bias) gradients into `grads`
+    when given."""
     heads, scale = shape.heads, shape.scale
     if grads is not None:
-        _weight_grads(grads, "wo", "bo", grad, cache.mixed)
+        _weight_grads(grads, "wo", "bo", grad, cache.mixed, bias_grads)
     d_mixed = _heads(grad @ block.wo, heads)
     d_probs = d_mixed @ cache.v.transpose(0, 1, 3, 2)
-    d_v = cache.probs.transpose(0, 1, 3, 2) @ d_mixed
+    # ∂L/∂Q, ∂L/∂K, ∂L/∂V go straight into one (…, T, 3, H, d_h) array: its rows are the
+    # stacked projections' deltas, for one weight-gradient product and one input-gradient product
+    n, h, t, dh = d_mixed.shape
+    d_qkv = np.empty((n, t, 3, h, dh), dtype=d_probs.dtype)
+    np.matmul(cache.probs.transpose(0, 1, 3, 2), d_mixed, out=d_qkv[:, :, 2].transpose(0, 2, 1, 3))
     # softmax: dS = P ⊙ (dP − Σ_j P_j dP_j); masked entries have P = 0 and get none
-    d_logits = d_probs - (d_probs * cache.probs).sum(axis=-1, keepdims=True)
+    d_logits = d_probs * cache.probs
+    d_logits = np.subtract(d_probs, _row_sums(d_logits), out=d_logits)
     d_logits *= cache.probs
     d_logits *= d_logits.dtype.type(scale)
-    d_q = _merge(d_logits @ cache.k)
-    d_k = _merge(d_logits.transpose(0, 1, 3, 2) @ cache.q)
-    d_v = _merge(d_v)
+    np.matmul(d_logits, cache.k, out=d_qkv[:, :, 0].transpose(0, 2, 1, 3))
+    np.matmul(d_logits.transpose(0, 1, 3, 2), cache.q, out=d_qkv[:, :, 1].transpose(0, 2, 1, 3))
+    d_qkv = d_qkv.reshape(n, t, 3 * h * dh)
+    weights, _ = _qkv_weights(block)
     if grads is not None:
-        _weight_grads(grads, "wq", "bq", d_q, cache.u)
-        _weight_grads(grads, "wk", "bk", d_k, cache.u)
-        _weight_grads(grads, "wv", "bv", d_v, cache.u)
-    return d_q @ block.wq + d_k @ block.wk + d_v @ block.wv
+        stacked = {}
+        _weight_grads(stacked, "w", "b", d_qkv, cache.u, bias_grads)
+        d = h * dh
+        for i, name in enumerate("qkv"):
+            grads["w" + name] = stacked["w"][i * d:(i + 1) * d]
+            if bias_grads:
+                grads["b" + name] = stacked["b"][i * d:(i + 1) * d]
+    return d_qkv @ weights
 
 
 def mlp(block: Block, act: Activation, v: np.ndarray) -> MlpCache:
@@ -382,20 +450,24 @@ def mlp(block: Block, act: Activation, v: np.ndarray) -> MlpCache:
     return MlpCache(v, h, a, deriv, _linear(a, block.w2, block.b2))
 
 
-def mlp_backward(block: Block, cache: MlpCache, grad: np.ndarray, grads: dict | None) -> np.ndarray:
+def mlp_backward(block: Block, cache: MlpCache, grad: np.ndarray, grads: dict | None,
+                 bias_grads: bool = True) -> np.ndarray:
     if grads is not None:
-        _weight_grads(grads, "w2", "b2", grad, cache.act)
-    d_h = (grad @ block.w2) * cache.deriv
+        _weight_grads(grads, "w2", "b2", grad, cache.act, bias_grads)
+    d_h = grad @ block.w2
+    d_h *= cache.deriv
     if grads is not None:
-        _weight_grads(grads, "w1", "b1", d_h, cache.v)
+        _weight_grads(grads, "w1", "b1", d_h, cache.v, bias_grads)
     return d_h @ block.w1
 
 
-def _weight_grads(grads: dict, weight: str, bias: str, delta: np.ndarray, inputs: np.ndarray) -> None:
-    """∂L/∂W = Σ_tokens δ ⊗ input, ∂L/∂b = Σ_tokens δ."""
+def _weight_grads(grads: dict, weight: str, bias: str, delta: np.ndarray, inputs: np.ndarray,
+                  bias_grads: bool = True) -> None:
+    """∂L/∂W = Σ_tokens δ ⊗ input, and with bias_grads ∂L/∂b = Σ_tokens δ."""
     flat_delta = delta.reshape(-1, delta.shape[-1])
     grads[weight] = flat_delta.T @ inputs.reshape(-1, inputs.shape[-1])
-    grads[bias] = flat_delta.sum(axis=0)
+    if bias_grads:
+        grads[bias] = flat_delta.sum(axis=0)
 
 
 # -- a block --------------------------------------------------------------------------------
@@ -443,10 +515,10 @@ def block_forward(block: Block, shape: TransformerShape, act: Activation, x: np.
 
 
 def block_backward(block: Block, shape: TransformerShape, trace: BlockTrace, grad: np.ndarray,
-                   grads: dict | None = None, on_sublayer: Callable[[str, np.ndarray], None] | None = None
-                   ) -> np.ndarray:
+                   grads: dict | None = None, on_sublayer: Callable[[str, np.ndarray], None] | None = None,
+                   bias_grads: bool = True) -> np.ndarray:
     """∂L/∂x from ∂L/∂y. on_sublayer(name, ∂L/∂(sublayer output)) sees the MLP's, then the
-    attention's; `grads` receives every weight's and bias's gradient."""
+    attention's; `grads` receives every weight's gradient, and with bias_grads every bias's."""
     alpha = grad.dtype.type(shape.residual_scale)
     norms = list(trace.norms)
 
@@ -468,12 +540,12 @@ def block_backward(block: Block, shape: TransformerShape, trace: BlockTrace, gra
             d_branch = branch_grad(grad)
             if on_sublayer is not None:
                 on_sublayer("mlp", d_branch)
-            d_v = unnorm(mlp_backward(block, trace.mlp, d_branch, grads))
+            d_v = unnorm(mlp_backward(block, trace.mlp, d_branch, grads, bias_grads))
             d_mid = skip_grad(grad) + d_v if shape.residual else d_v
         d_branch = branch_grad(d_mid)
         if on_sublayer is not None:
             on_sublayer("attn", d_branch)
-        d_u = unnorm(attention_backward(block, shape, trace.attn, d_branch, grads))
+        d_u = unnorm(attention_backward(block, shape, trace.attn, d_branch, grads, bias_grads))
         return skip_grad(d_mid) + d_u if shape.residual else d_u
     d_mid = grad
     if trace.mlp is not None:
@@ -481,13 +553,13 @@ def block_backward(block: Block, shape: TransformerShape, trace: BlockTrace, gra
         d_branch = branch_grad(d_sum)
         if on_sublayer is not None:
             on_sublayer("mlp", d_branch)
-        d_v = mlp_backward(block, trace.mlp, d_branch, grads)
+        d_v = mlp_backward(block, trace.mlp, d_branch, grads, bias_grads)
         d_mid = skip_grad(d_sum) + d_v if shape.residual else d_v
     d_sum = unnorm(d_mid)
     d_branch = branch_grad(d_sum)
     if on_sublayer is not None:
         on_sublayer("attn", d_branch)
-    d_x = attention_backward(block, shape, trace.attn, d_branch, grads)
+    d_x = attention_backward(block, shape, trace.attn, d_branch, grads, bias_grads)
     return skip_grad(d_sum) + d_x if shape.residual else d_x
 
 
@@ -508,8 +580,8 @@ def backward(stack: TransformerStack, traces: list[BlockTrace], cotangent: np.nd
              keep_grads: bool = True) -> tuple[list[dict] | None, np.ndarray]:
     """Backpropagate ∂L/∂y_L = cotangent. observe(block, sublayer, ∂L/∂act, weight grads or
     None) top down: "stream" with the block output's gradient, then "mlp" and "attn" with
-    their outputs' gradients and weight gradients. Returns (per-block gradient dicts bottom up,
-    or None, and ∂L/∂x)."""
+    their outputs' gradients and weight gradients (the biases' too with keep_grads). Returns
+    (per-block gradient dicts bottom up, or None, and ∂L/∂x)."""
     all_grads = [] if keep_grads else None
     grad = cotangent
     for index in range(stack.depth, 0, -1):
@@ -519,7 +591,7 @@ def backward(stack: TransformerStack, traces: list[BlockTrace], cotangent: np.nd
             observe(index, "stream", grad, None)
         seen = {}
         grad = block_backward(block, stack.shape, trace, grad, grads,
-                              None if observe is None else seen.__setitem__)
+                              None if observe is None else seen.__setitem__, bias_grads=keep_grads)
         if observe is not None:
             for name in ("mlp", "attn"):
                 if name in seen:
@@ -577,12 +649,13 @@ def token_cosine(x: np.ndarray) -> float:
     nan with fewer than two tokens."""
     if x.shape[1] < 2:
         return math.nan
-    x64 = x.astype(np.float64)
-    norms = np.sqrt(np.einsum("btd,btd->bt", x64, x64))
+    unit = x.astype(np.float64)
+    norms = np.sqrt(np.einsum("btd,btd->bt", unit, unit))
     live = norms > 0
-    unit = np.divide(x64, norms[..., None], out=np.zeros_like(x64), where=live[..., None])
+    unit *= np.divide(1.0, norms, out=np.zeros_like(norms), where=live)[..., None]
     count = live.sum(axis=1)
-    total = np.einsum("bd,bd->b", unit.sum(axis=1), unit.sum(axis=1)) - count
+    sums = unit.sum(axis=1)
+    total = np.einsum("bd,bd->b", sums, sums) - count
     pairs = count * (count - 1)
     ok = pairs > 0
     if not ok.any():
@@ -606,14 +679,15 @@ def _attention_stats(cache: AttnCache, causal: bool) -> dict:
         keep = np.tril(np.ones((t, t), dtype=bool))
         logits = logits[..., keep]
     preact_mean, preact_var = moments(logits)
-    p64 = probs.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(p64 > 0, p64 * np.log(np.where(p64 > 0, p64, 1.0)), 0.0)
-    entropy = float(np.mean(-plogp.sum(axis=-1)))
-    if not np.isfinite(p64).all():
-        entropy = math.nan
+    # the mean over rows of −Σ p·log p is −Σ over every entry / rows; p·log(p + tiny) is 0 at
+    # p = 0 (masked keys) and p·log p to float precision elsewhere. nan probabilities give nan.
+    rows = probs.size // probs.shape[-1]
+    plogp = probs + np.finfo(probs.dtype).tiny
+    np.log(plogp, out=plogp)
+    plogp *= probs
+    entropy = -float(_row_sums(plogp).sum(dtype=np.float64)) / rows
     return {"preact_mean": preact_mean, "preact_var": preact_var, "attn_entropy": entropy,
-            "attn_max": float(np.mean(p64.max(axis=-1)))}
+            "attn_max": float(np.mean(_row_max(probs), dtype=np.float64))}
 
 
 def _common(output: np.ndarray) -> dict:
@@ -653,9 +727,8 @@ class Recorder:
         self.forward_stats[(index, "stream")] = {"preact_mean": None, "preact_var": None, **_common(trace.out),
                                                  "saturated_frac": None, "dead_frac": None, "attn_entropy": None,
                                                  "attn_max": None}
-        logits = trace.attn.logits  # masked entries are -inf by design; +inf or nan is overflow
-        if self.forward_overflow is None and (np.isnan(logits).any() or np.isposinf(logits).any()
-                                              or not all_finite(trace.out)):
+        # masked logits are -inf by design; a largest logit of +inf or nan is overflow
+        if self.forward_overflow is None and (not trace.attn.logits_top < math.inf or not all_finite(trace.out)):
             self.forward_overflow = index
         if self.progress is not None:
             self.progress(1)
