@@ -256,7 +256,7 @@ def _activation(activation: str | None, negative_slope: float, config: dict | No
 
     if activation is not None:
         return get_activation(activation, negative_slope), "as given"
-    for key in ("hidden_act", "hidden_activation", "activation_function", "hidden_activation_function",
+    for key in ("hidden_act", "hidden_activation", "activation_function", "hidden_activation_function", "activation",
                 "feed_forward_proj"):
         value = (config or {}).get(key)
         if isinstance(value, str):

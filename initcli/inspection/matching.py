@@ -147,8 +147,21 @@ _SSM = re.compile(r"(^|\.)(A_log|A|D|dt_bias)$|(^|\.)dt_proj\.bias$")
 _NORM_MODULE = re.compile(r"(norm|(^|[._])(ln|bn|gn)[0-9_]*$|layernorm|batchnorm|groupnorm)", re.IGNORECASE)
 
 
+_WEIGHT_NORM_G = re.compile(r"\.parametrizations\.weight\.original0$|\.weight_g$")
+_WEIGHT_NORM_V = re.compile(r"\.parametrizations\.weight\.original1$|\.weight_v$")
+
+
+def set_by_formula(name: str) -> str | None:
+    """Why a parameter is computed rather than drawn, or None."""
+    if _SSM.search(name):
+        return "a state-space parameter set by formula (Mamba's A = −(1…N), Δ bias, skip D), not drawn"
+    if _WEIGHT_NORM_G.search(name):
+        return "weight norm's magnitude g = ‖v‖, computed from the direction v at init"
+    return None
+
+
 def is_state_space(name: str) -> bool:
-    return bool(_SSM.search(name))
+    return set_by_formula(name) is not None
 
 
 def _leaf(name: str) -> str:
@@ -182,8 +195,12 @@ def assign_roles(entries, config: dict | None = None) -> dict[str, str]:
             roles[e.name] = "other"
         elif hint in ROLES:
             roles[e.name] = hint
-        elif _SSM.search(e.name):
+        elif set_by_formula(e.name):
             roles[e.name] = "other"
+        elif _WEIGHT_NORM_V.search(e.name):  # weight norm's direction v: the weight as initialised
+            roles[e.name] = "conv" if rank >= 3 else ("linear" if rank == 2 else "other")
+        elif rank >= 2 and len([d for d in e.shape if d != 1]) <= 1 and leaf in ("weight", "gamma", "scale"):
+            roles[e.name] = "layer_scale"  # a broadcast per-channel scale (ConvNeXt-V2's GRN γ), not a conv
         elif _RECURRENT.search(e.name):
             roles[e.name] = "recurrent" if leaf.startswith("weight") else "bias"
         elif _KERAS_RECURRENT.search(leaf):
@@ -551,7 +568,9 @@ def fixed_candidates(n_layer: int | None, extra: tuple[Candidate, ...] = ()) -> 
                      complexity=0),
            Candidate("normal(std=1)", "normal", 1.0, "N(0, 1): nn.Embedding's default", complexity=0),
            Candidate(f"uniform(limit={KERAS_EMBEDDING_LIMIT:g})", "uniform",
-                     _expected("uniform", (1,), limit=KERAS_EMBEDDING_LIMIT), "Keras Embedding's default", complexity=1)]
+                     _expected("uniform", (1,), limit=KERAS_EMBEDDING_LIMIT), "Keras Embedding's default", complexity=1),
+           Candidate("uniform(low=0,high=1)", "uniform", 1 / math.sqrt(12), "torch's uniform_() default U(0, 1)",
+                     mean=0.5, complexity=1)]
     if n_layer:
         out.append(Candidate(f"gpt2-residual(n_layer={n_layer})", "normal", gpt2_residual_std(n_layer),
                              "GPT-2 residual projection 0.02/√(2·n_layer)", complexity=0))
@@ -731,8 +750,8 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
                                   "LSTM starts remembering)")
             evidence.abstained = "set by formula"
             return evidence
-    if role == "other" and is_state_space(name):
-        evidence.notes.append("a state-space parameter set by formula (Mamba's A = −(1…N), Δ bias, skip D), not drawn")
+    if role == "other" and set_by_formula(name):
+        evidence.notes.append(set_by_formula(name))
         evidence.abstained = "set by formula"
         return evidence
     if role in WEIGHT_ROLES and stats.zero_frac > 0:
@@ -900,7 +919,7 @@ def infer_conventions(evidence, known: tuple[float, ...] = ()) -> dict:
     # matrices read only with a tabled gain (3/4, 5/3) may follow the file's own gain instead
     tabled = [e for e in evidence if e.role in ("linear", "conv") and e.stats is not None and e.constant is None
               and e.stats.used >= MIN_ELEMENTS and e.readings
-              and all(r.matches and not r.exact and "gain=" in r.matches[0] for r in e.readings.values())]
+              and all(r.matches and not r.exact and all("gain=" in m for m in r.matches) for r in e.readings.values())]
     found.update(_gain_conventions([e for e in loose if e.name not in found] + tabled))
     remaining = sorted((e for e in loose if e.name not in found), key=lambda e: -e.stats.used)
     while remaining:
@@ -925,7 +944,7 @@ def infer_conventions(evidence, known: tuple[float, ...] = ()) -> dict:
         if e.name in found:
             continue
         family = _fitting_family(e.stats.kurtosis, e.stats.used)
-        if family is None or family == "uniform":
+        if family is None or family == "uniform" or abs(e.stats.mean) > Z_ACCEPT * e.stats.std / math.sqrt(e.stats.used):
             continue
         se = e.stats.std * math.sqrt(0.5 / e.stats.used)
         s = _short_number(e.stats.std, Z_ACCEPT * se)
