@@ -95,6 +95,35 @@ def test_a_ten_million_point_grid_streams_to_out_under_a_memory_cap(tmp_path):
     assert [float(r["sigma_b"]) for r in rows[:3]] == pytest.approx([0.0, 1 / 999, 2 / 999], rel=1e-11)
 
 
+def test_resuming_a_large_results_file_holds_its_keys_not_its_text(tmp_path):
+    """30,000 rows (17 MB): the file was read whole and its keys kept as strings (~60 MB);
+    now it is read line by line and each key is a 16-byte digest."""
+    import tracemalloc
+
+    from initcli.sweep import ResultsFile, columns
+
+    header = columns()
+    path = tmp_path / "large.csv"
+    number = "0.123456789012345"
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(header)
+        for i in range(30_000):
+            writer.writerow([f"{i / 7:.12g}", "0.0", "2", "4", "2", "", "tanh", "0", str(i), "dtype=float32"]
+                            + [number] * (len(header) - 11) + [""])
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        results = ResultsFile(path, header)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert results.kept == 30_000 and len(results.done) == 30_000
+    assert (f"{5 / 7:.12g}", "0.0", "2", "4", "2", "", "tanh", "0", "dtype=float32") in results.done
+    assert (f"{5 / 7:.12g}", "0.0", "2", "4", "2", "", "tanh", "1", "dtype=float32") not in results.done
+    assert peak < size / 4, (peak, size)
+
+
 def test_a_grid_too_large_to_hold_for_stdout_is_one_line_naming_out():
     done = subprocess.run([sys.executable, "-m", "initcli", *HUGE, "-f", "csv"], capture_output=True, text=True,
                           env=ENV, timeout=60)
