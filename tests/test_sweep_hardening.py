@@ -131,6 +131,73 @@ def test_a_grid_too_large_to_hold_for_stdout_is_one_line_naming_out():
     one_error_line(done.stderr, "--out")
 
 
+def _square(value: int) -> list[int]:
+    return [value * value]
+
+
+def _die_at(value: int, marker: str) -> list[int]:
+    flag = Path(marker)
+    if value == 5 and not flag.exists():
+        flag.write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    return [value]
+
+
+def test_the_local_executor_reads_tasks_as_they_finish_and_returns_them_in_order():
+    from initcli.executors import TASKS_PER_WORKER, LocalExecutor
+
+    taken: list[int] = []
+
+    def calls():
+        for value in range(300):
+            taken.append(value)
+            yield {"value": value}
+
+    delivered: list[tuple[int, int]] = []
+    LocalExecutor(2).run(_square, calls(), lambda result: delivered.append((result[0], len(taken))))
+    assert [result for result, _ in delivered] == [v * v for v in range(300)]
+    # when result k arrives, at most the window beyond it has been read from the iterator
+    assert all(read <= k + 1 + TASKS_PER_WORKER * 2 for k, (_, read) in enumerate(delivered))
+
+
+def test_a_streamed_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
+    from initcli.executors import LocalExecutor
+
+    started = time.monotonic()
+    with pytest.raises(InitcliError, match="worker process died"):
+        LocalExecutor(2).run(_die_at, ({"value": v, "marker": str(tmp_path / "flag")} for v in range(50)),
+                             lambda result: None)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_no_streamed_worker_outlives_a_killed_sweep(tmp_path):
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    out = tmp_path / "k.csv"
+    process = _start(HUGE + ["--jobs", "2", "--out", str(out)])
+    _wait_for_rows(out, 3, process, 60)
+    workers = children(process.pid)
+    descendants = workers + [grandchild for w in workers for grandchild in children(w)]
+    assert len(workers) >= 2
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(p) for p in descendants):
+        time.sleep(0.1)
+    assert not any(alive(p) for p in descendants)
+
+
 # -- 12, 13: crafted results files --------------------------------------------------------------
 
 
