@@ -26,7 +26,7 @@ KURTOSIS = {"normal": 0.0, "uniform": -1.2, "truncated-normal": -0.63}
 def _family(reading: str) -> str:
     if "truncated-normal" in reading:
         return "truncated-normal"
-    if "uniform" in reading or reading == "torch-default":
+    if "uniform" in reading or reading.startswith("torch-default"):
         return "uniform"
     return "normal"
 
@@ -262,6 +262,46 @@ def convnext_like():
     return model
 
 
+def efficientnet_like():
+    """torchvision EfficientNet: convs kaiming_normal_(mode='fan_out'), BN 1/0, the head
+    U(±1/√out_features), bias 0."""
+    model = nn.Module()
+    model.features = nn.Sequential(nn.Conv2d(3, 32, 3, bias=False), nn.BatchNorm2d(32), nn.SiLU(),
+                                   nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64))
+    model.classifier = nn.Sequential(nn.Dropout(), nn.Linear(64, 100))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.Linear):
+            init.uniform_(m.weight, -1 / math.sqrt(100), 1 / math.sqrt(100))
+            init.zeros_(m.bias)
+    return model
+
+
+class LinearNorm(nn.Sequential):
+    """timm LeViT's Linear + BatchNorm1d; bn_weight_init=0 closes a residual branch."""
+
+    def __init__(self, a, b, bn_weight_init=1.0):
+        super().__init__()
+        self.add_module("c", nn.Linear(a, b, bias=False))
+        self.add_module("bn", nn.BatchNorm1d(b))
+        init.constant_(self.bn.weight, bn_weight_init)
+
+
+def levit_like():
+    model = nn.Module()
+    model.blocks = nn.ModuleList()
+    for _ in range(2):
+        block = nn.Module()
+        block.attn = nn.Module()
+        block.attn.qkv = LinearNorm(64, 192)
+        block.attn.proj = nn.Sequential(nn.Hardswish(), LinearNorm(64, 64, bn_weight_init=0))
+        block.mlp = nn.Module()
+        block.mlp.ln1, block.mlp.ln2 = LinearNorm(64, 128), LinearNorm(128, 64, bn_weight_init=0)
+        model.blocks.append(block)
+    return model
+
+
 def lstm_like():
     """torch's LSTM default: every weight and bias U(±1/√hidden_size)."""
     model = nn.Module()
@@ -284,8 +324,14 @@ TORCH_RULES = {
     "convnext": [(r"norm\.weight$", "ones", None), (r"\.bias$|head", "zeros", None), (r"gamma", "constant", 1e-6),
                  (r".", "normal", 0.02)],
     "lstm": [(r"rnn\.", "uniform", 1 / math.sqrt(3 * 48)), (r"gru\.", "uniform", 1 / math.sqrt(3 * 40))],
+    "efficientnet": [(r"features\.(1|4)\.weight$", "ones", None), (r"bias$", "zeros", None),
+                     (r"features", "normal", lambda t: math.sqrt(2 / t.fan_out)),
+                     (r"classifier", "uniform", 1 / math.sqrt(3 * 100))],
+    "levit": [(r"(proj\.1|ln2)\.bn\.weight$", "zeros", None), (r"bn\.weight$", "ones", None),
+              (r"bn\.bias$", "zeros", None), (r"\.c\.weight$", "uniform", lambda t: 1 / math.sqrt(3 * t.fan_in))],
 }
-TORCH_MODELS = {"resnet": resnet_like, "vgg": vgg_like, "vit": vit_like, "convnext": convnext_like, "lstm": lstm_like}
+TORCH_MODELS = {"resnet": resnet_like, "vgg": vgg_like, "vit": vit_like, "convnext": convnext_like, "lstm": lstm_like,
+                "efficientnet": efficientnet_like, "levit": levit_like}
 
 
 @pytest.fixture(scope="module")

@@ -442,23 +442,31 @@ def _context(evidence, config: dict | None) -> FileContext:
 
 
 def _last_norms(norms) -> set[str]:
-    """Norm weights named <stem><k> (bn1, bn2, bn3) inside a numbered block: the highest k of
-    each block is its last norm."""
+    """The norm weights that close a residual branch: under a component named <stem><k> (bn3,
+    ln2) whose k is the highest of its siblings holding norms (k ≥ 2), or under a branch's
+    output layer (proj, fc2, …: LeViT's LinearNorm(bn_weight_init=0))."""
     import re
 
     best: dict = {}
+    found_under: dict = {}
+    last = set()
     for e in norms:
         module = _module(e.name)
-        if len(module) < 2 or not any(part.isdigit() for part in module[:-1]):
-            continue
-        found = re.fullmatch(r"([a-z_]*?)(\d+)", module[-1])
-        if not found:
-            continue
-        key = (".".join(module[:-1]), found.group(1))
-        k = int(found.group(2))
-        if key not in best or k > best[key][0]:
-            best[key] = (k, e.name)
-    return {name for k, name in best.values() if k >= 2}
+        if any(part in _BRANCH_ENDS for part in module):
+            last.add(e.name)
+        for i in range(len(module) - 1, -1, -1):  # the innermost <stem><k> only (bn3, not layer4)
+            found = re.fullmatch(r"([a-z_]*?)(\d+)", module[i])
+            if not found or not found.group(1):
+                continue
+            key = (".".join(module[:i]), found.group(1))
+            k = int(found.group(2))
+            best[key] = max(best.get(key, 0), k)
+            found_under.setdefault(e.name, []).append((key, k))
+            break
+    for name, keys in found_under.items():
+        if any(k >= 2 and k == best[key] for key, k in keys):
+            last.add(name)
+    return last
 
 
 def _zero_note(e: matching.Evidence, c: float, context: FileContext) -> tuple[str, str]:
@@ -752,7 +760,7 @@ def density_for(report: TensorReport):
     std = report.expected_std
     if "truncated-normal" in first:
         family = "truncated-normal"
-    elif "uniform" in first or first == "torch-default":
+    elif "uniform" in first or first.startswith("torch-default"):
         family = "uniform"
     else:
         family = "normal"

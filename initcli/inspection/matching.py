@@ -555,6 +555,8 @@ def scaling_candidates(shape: tuple[int, ...]) -> list[Candidate]:
                 out.append(Candidate(_named(f"lecun-{base}", [mode_label, dist, label]), family,
                                      _expected(f"lecun-{base}", shape, mode=mode, gain=gain, distribution=family)))
     out.append(Candidate("torch-default", "uniform", _expected("torch-default", shape)))
+    # U(±1/√fan_out): torchvision's EfficientNet head (uniform_(-1/√out_features, 1/√out_features))
+    out.append(Candidate("torch-default(mode=fan_out)", "uniform", _expected("torch-default", shape, mode="fan_out")))
     return out
 
 
