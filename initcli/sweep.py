@@ -146,7 +146,10 @@ def parse_axis(text: str, param: str) -> list:
     number axis; a comma list of names for scheme and activation. Repeats are dropped."""
     text = str(text).strip()
     if param in NAME_AXES:
-        values = [item.strip().lower() for item in text.split(",")]
+        import re
+
+        # commas inside NAME(key=value,...) belong to the scheme
+        values = [item.strip().lower() for item in re.split(r",(?![^()]*\))", text)]
         if not all(values):
             raise InitcliError(param, f"must be a comma list of names such as relu,tanh; got '{text}'")
         return list(dict.fromkeys(values))
