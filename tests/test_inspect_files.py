@@ -415,7 +415,7 @@ def _onnx_model(tmp_path, name="m.onnx"):
     nodes = [
         helper.make_node("Conv", ["x", "onnx::Conv_1"], ["c"], name="/stem/conv/Conv"),
         constant("Constant_3_output_0", gemm_w),
-        helper.make_node("Gemm", ["f", "Constant_3_output_0"], ["g"], name="/head/fc/Gemm", transB=1),
+        helper.make_node("Gemm", ["f", "Constant_3_output_0", "head.fc.bias"], ["g"], name="/head/fc/Gemm", transB=1),
         constant("Constant_5_output_0", matmul_w),
         helper.make_node("MatMul", ["g2", "Constant_5_output_0"], ["h"], name="/mlp/fc1/MatMul"),
         constant("shape_const", np.array([1, -1], np.int64)),
@@ -425,7 +425,8 @@ def _onnx_model(tmp_path, name="m.onnx"):
     ]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              initializer=[numpy_helper.from_array(conv_w, "onnx::Conv_1")])
+                              initializer=[numpy_helper.from_array(conv_w, "onnx::Conv_1"),
+                                           numpy_helper.from_array(np.zeros(10, np.float32), "head.fc.bias")])
     path = tmp_path / name
     onnx.save(helper.make_model(graph), str(path))
     return path, {"conv": conv_w, "gemm": gemm_w, "matmul": matmul_w, "branch": branch_w, "body": body_w}
@@ -435,12 +436,14 @@ def test_onnx_weights_in_constants_and_subgraphs_are_named_by_their_consumer(tmp
     path, arrays = _onnx_model(tmp_path)
     with open_source(path) as source:
         entries = {e.name: e for e in source.entries}
-        assert set(entries) == {"/stem/conv/Conv.weight", "/head/fc/Gemm.weight", "/mlp/fc1/MatMul.weight",
-                                "branch_proj.weight", "loop_proj.weight"}
+        # generated names (onnx::…, Constant_…_output_0) give way to the consumer's; real names stay
+        assert set(entries) == {"/stem/conv/Conv.weight", "/head/fc/Gemm.weight", "head.fc.bias",
+                                "/mlp/fc1/MatMul.weight", "branch_proj.weight", "loop_proj.weight"}
         hints = {name: (e.role_hint, e.layout_hint) for name, e in entries.items()}
         assert hints["/stem/conv/Conv.weight"] == ("conv", "torch")
         assert hints["/head/fc/Gemm.weight"] == ("linear", "torch")  # transB=1
         assert hints["/mlp/fc1/MatMul.weight"] == ("linear", "keras")
+        assert hints["head.fc.bias"] == ("bias", None)
         np.testing.assert_array_equal(source.read("branch_proj.weight"), arrays["branch"])
         np.testing.assert_array_equal(source.read("loop_proj.weight"), arrays["body"])
         assert any("Constant" in what and "2" in why for what, why in source.skipped)  # the shape and the epsilon

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import warnings
 import zipfile
@@ -383,9 +384,10 @@ class SafetensorsSource(Source):
 def _safetensors_header(file: Path) -> tuple[dict, int, int]:
     """The JSON header (name -> dtype, shape, data_offsets), where the data starts and the
     file's size."""
-    if not file.is_file():
+    info = file.stat()  # an OSError (a link loop, no permission) is named by the caller's _reading
+    if not stat.S_ISREG(info.st_mode):
         raise refuse(file, "is not a regular file (a folder, pipe, socket or device)")
-    size = file.stat().st_size
+    size = info.st_size
     if size == 0:
         raise refuse(file, "is empty")
     with open(file, "rb") as handle:
@@ -570,7 +572,8 @@ class NpzSource(Source):
         order = "F" if fortran else "C"
         try:
             with _reading(self.path):
-                if info.compress_type == zipfile.ZIP_STORED and not dtype.hasobject and math.prod(shape):
+                if info.compress_type == zipfile.ZIP_STORED and not dtype.hasobject and \
+                        math.prod(shape) * dtype.itemsize > 0:
                     offset = _member_data_offset(self.path, info) + start
                     return np.asarray(np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape,
                                                 order=order))
@@ -975,7 +978,7 @@ def _onnx_weights(graph, onnx, type_names) -> tuple[list, list]:
             if node.op_type == "Gemm" and index == 1:
                 trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
                 layout = "torch" if trans_b else "keras"
-            if node.op_type in ("MatMul", "Gemm") and len(_shape_of(value)) != 2:
+            if (node.op_type == "MatMul" or (node.op_type, index) == ("Gemm", 1)) and len(_shape_of(value)) != 2:
                 role, layout = None, None
             if node.op_type == "Gather" and len(_shape_of(value)) != 2:
                 role = None
