@@ -36,8 +36,11 @@ def _inspect_style(column: str, value) -> str | None:
 
 @command(app, "inspect")
 def inspect_command(
-    path: Annotated[str, typer.Argument(help="A .safetensors file or a folder of shards, .npz/.npy, a PyTorch "
-                                             ".pt/.pth/.bin state_dict, or an .onnx model.", show_default=False)],
+    path: Annotated[str, typer.Argument(help="A .safetensors file, a folder of shards (*.safetensors.index.json, "
+                                             "pytorch_model.bin.index.json or *.safetensors), .npz/.npy, a PyTorch "
+                                             ".pt/.pth/.bin/.ckpt state_dict or checkpoint (optimizer state is "
+                                             "skipped), or an .onnx model (initializers, Constant nodes, subgraphs).",
+                                        show_default=False)],
     out: OutputOptions,
     layout: Annotated[str, typer.Option(help="How matrices are stored: torch (out, in, *kernel), keras "
                                              "(*kernel, in, out), or auto (each read both ways).")] = "auto",
