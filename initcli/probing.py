@@ -548,6 +548,10 @@ def _layout(module, torch) -> str | None:
     name = type(module).__name__
     if _is_hf_conv1d(module):
         return "last"
+    dims = getattr(module, "dims", None)
+    if name == "Permute" and isinstance(dims, (list, tuple)) and len(dims) >= 3:
+        # torchvision's Permute around ConvNeXt's channels-last LayerNorm and Linears
+        return "last" if dims[-1] == 1 else "first" if dims[1] == len(dims) - 1 else None
     pooling = torch.nn.modules.pooling
     first = (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm,
              pooling._MaxPoolNd, pooling._AvgPoolNd, pooling._AdaptiveAvgPoolNd, pooling._AdaptiveMaxPoolNd)

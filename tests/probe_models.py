@@ -364,3 +364,43 @@ def mup_shaped(width: int, depth: int = 2, base_width: int = 64):
         infinite = 2 if id(param) in hidden else 0 if name == "readout.bias" else 1
         param.infshape = InfShape(infinite, mult)
     return model
+
+
+class Permute(nn.Module):
+    """torchvision.ops.misc.Permute."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt block: depthwise 7×7 conv, then channels last for LayerNorm and
+    the MLP, a layer scale of 1e-6, and the residual sum; Linear and conv weights
+    trunc_normal_(std 0.02), biases 0, as torchvision's ConvNeXt initialises them."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute([0, 2, 3, 1]),
+                                   nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                   nn.Linear(4 * dim, dim), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), 1e-6))
+
+    def forward(self, x):
+        return x + self.layer_scale * self.block(x)
+
+
+def convnext(dim: int = 16, blocks: int = 3) -> nn.Module:
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(nn.Conv2d(3, dim, 4, 4), nn.Sequential(*[CNBlock(dim)
+                                                                                         for _ in range(blocks)])))
+    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(dim),
+                                           nn.Linear(dim, 10)))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+    return model

@@ -163,6 +163,29 @@ def test_vit_channels_from_module_types():
     assert rows["encoder.layers.encoder_layer_0.ln_1"].weight_std == 1.0
 
 
+def test_convnext_blocks_judged_and_channels_last_inside():
+    model = _built(probe_models.convnext)
+    x = torch.from_numpy(draw_inputs(seed=0, dtype="float32", batch=4, input_shape=(3, 32, 32)))
+    result = probe(model, x)
+    # the blocks of a stage, not the stage; a depthwise conv scaled by a 1e-6 layer scale is
+    # inside a branch, not a unit of the stream
+    assert result.judged == ("features.1.0", "features.1.1", "features.1.2")
+    assert result.verdict == "stable", result.reason
+    rows = {r.module: r for r in result.modules}
+    seen = {}
+    permute = model.features[1][0].block[1]
+    handle = permute.register_forward_hook(lambda m, i, o: seen.__setitem__("y", o.detach()))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    # Permute([0, 2, 3, 1]) puts the channels last: its channel statistics are over them
+    y = seen["y"].double().numpy()
+    per_channel = y.reshape(-1, y.shape[-1])
+    assert rows["features.1.0.block.1"].width == y.shape[-1]
+    assert math.isclose(rows["features.1.0.block.1"].channel_var, float(per_channel.var(axis=0).mean()), rel_tol=1e-5)
+
+
 def test_deep_relu_nets_without_norm():
     x = draw_inputs(seed=0, dtype="float32", batch=64, input_shape=(128,))
 
@@ -175,6 +198,10 @@ def test_deep_relu_nets_without_norm():
     assert he.verdict == "stable", he.reason
     assert len(he.judged) == 16 and he.judged[0] == "0" and he.judged[-1] == "30"
     assert verdict(init="xavier").verdict == "vanishing"
+    # a narrow classification head changes the gradient's scale by its shape, not by depth
+    headed = probe(_built(lambda: torch.nn.Sequential(probe_models.deep_relu(128, 16, init="he"),
+                                                      torch.nn.Linear(128, 10))), x)
+    assert headed.verdict == "stable" and headed.judged == tuple(f"0.{i}" for i in range(0, 32, 2))
     assert verdict(init="he", scale=10.0).verdict == "exploding"
     assert verdict(init="he", scale=0.1).verdict == "vanishing"
 
