@@ -351,6 +351,8 @@ def test_torchvision_and_timm_conventions(torch_zoo, model):
     result = torch_zoo[model]
     _check(result, TORCH_RULES[model])
     assert not result.summary.suspicious and not result.summary.unusual
+    # a PyTorch file stores (out, in, *kernel): never read in Keras's layout because swapped fans fit
+    assert {t.layout for t in result.tensors} <= {"torch", ""}
 
 
 def test_intentional_zeros_say_what_they_do(torch_zoo):
@@ -383,6 +385,24 @@ def test_a_zero_matrix_inside_the_network_is_still_suspicious(tmp_path):
     assert "nothing suspicious" not in text and "1 unusual" in text and "1 suspicious" in text
     # 4.bias has 10 elements: an abstention, counted apart from "no match"
     assert "1 abstained (1 too few elements)" in text
+
+
+def test_wrapped_checkpoint_says_what_it_skipped(tmp_path):
+    """A training checkpoint {model_state, optimizer_state, epoch}: the model's tensors are
+    inspected, the optimizer's moments are not chained or read as layers, and the summary says
+    what was skipped."""
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64))
+    optimiser = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 32)).sum().backward()
+    optimiser.step()
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model_state": model.state_dict(), "optimizer_state": optimiser.state_dict(), "epoch": 3}, path)
+    result = inspect(path)
+    assert sorted(t.name for t in result.tensors) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    (line,) = [line for line in result.summary.lines if line.startswith("skipped")]
+    assert "optimizer_state" in line
+    assert [layer.name for layer in result.summary.chains[0].layers] == ["0.weight", "2.weight"]
 
 
 def test_keras_lstm_orthogonal_recurrent_kernel(tmp_path):

@@ -648,9 +648,9 @@ def _summarise(reports: list[TensorReport], evidence, act, act_reason: str = "",
         trained = sum(1 for r in reports if r.verdict == "trained")
         lines.append("nothing suspicious or unusual" + (f" ({trained} trained rows)" if trained else ""))
     if skipped:
-        reasons = Counter(reason for _, reason in skipped)
-        lines.append(f"skipped {len(skipped)} entries that are not the model's weights: "
-                     + "; ".join(f"{n} {reason}" for reason, n in reasons.most_common()))
+        shown = "; ".join(f"{what} ({reason})" for what, reason in skipped[:10]) + (" …" if len(skipped) > 10 else "")
+        lines.append(f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} the file holds beside the "
+                     f"model's weights: {shown}")
     lines.extend(c.text for c in chains)
     return Summary(tuple(counts.most_common()), suspicious, unusual, chains, tuple(lines))
 
