@@ -92,11 +92,14 @@ def probe(
 ) -> None:
     """Probe your own PyTorch model: propagate's per-layer numbers for every module.
 
-    One row per module call in execution order (leaves, modules with parameters, and residual
-    branches: modules named `branch` or `residual`, or carrying `initcli_branch = True`).
-    act_* of the module's output, grad_var of dL/d(output) for L = sum(g * output) with a
-    unit-Gaussian g, channel_mean_sq and channel_var as in Brock et al. 2021's
-    signal-propagation plots. Verdicts follow `initcli compare`'s rules.
+    One row per module call in execution order (leaves, modules with parameters, repeated
+    blocks such as h.3 or layer2.1, and residual branches: modules named `branch` or
+    `residual`, or carrying `initcli_branch = True`). act_* of the module's output, grad_var of
+    dL/d(output) for L = sum(g * output) with a unit-Gaussian g, channel_mean_sq and channel_var
+    as in Brock et al. 2021's signal-propagation plots. The verdict uses compare's rules over
+    the repeated blocks' outputs (the residual stream), else over the weighted modules up to
+    the head, and names them. --seed also seeds torch around the callable, so the same command
+    gives the same bytes.
     """
     from ..errors import InitcliError
     from ..fixing import fixer
