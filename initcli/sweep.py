@@ -70,7 +70,7 @@ MEASURED = ("xi_q", "xi_c", "xi_grad")
 THEORY = ("theory_q_star", "theory_chi", "theory_xi_c", "theory_xi_q", "theory_xi_grad", "theory_phase")
 TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "samples": 512, "batch": 128}
 MAX_POINTS = 10_000_000  # streamed to a results file (--out); held for stdout up to MAX_KEPT_ROWS
-MAX_KEPT_ROWS = 200_000  # a row is about 2 KiB as Python objects
+MAX_KEPT_ROWS = 200_000  # a row held is about 4 KiB of Python objects: 800 MB at most
 MAX_AXIS = 100_000
 DEFAULTS = {"sigma_b": [0.0], "depth": [10], "width": [256], "batch": [512], "activation": ["relu"]}
 

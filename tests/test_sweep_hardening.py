@@ -124,11 +124,16 @@ def test_resuming_a_large_results_file_holds_its_keys_not_its_text(tmp_path):
     assert peak < size / 4, (peak, size)
 
 
-def test_a_grid_too_large_to_hold_for_stdout_is_one_line_naming_out():
-    done = subprocess.run([sys.executable, "-m", "initcli", *HUGE, "-f", "csv"], capture_output=True, text=True,
-                          env=ENV, timeout=60)
+@pytest.mark.parametrize(("extra", "option"), [(["-f", "csv"], "--out"),
+                                              (["--out", "h.csv", "--heatmap", "sigma_w,sigma_b"], "--heatmap")])
+def test_a_grid_too_large_to_hold_in_memory_is_one_line(tmp_path, extra, option):
+    """Rows for stdout, or for a heatmap, are held in memory: refused before any work, naming
+    the option."""
+    done = subprocess.run([sys.executable, "-m", "initcli", *HUGE, *extra], capture_output=True, text=True,
+                          env=ENV, timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
-    one_error_line(done.stderr, "--out")
+    one_error_line(done.stderr, option)
+    assert not (tmp_path / "h.csv").exists()
 
 
 def _square(value: int) -> list[int]:

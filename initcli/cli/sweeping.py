@@ -275,7 +275,7 @@ def sweep(
     coordinates and runs on one BLAS thread, so the rows do not depend on --executor, --jobs
     or the order.
     """
-    from ..sweep import grid, make_executor
+    from ..sweep import MAX_KEPT_ROWS, grid, make_executor
     from ..sweep import sweep as run_sweep
     from .options import given
 
@@ -293,6 +293,11 @@ def sweep(
                          train_batch=train_batch, plain=not residual and block == 1 and norm.strip().lower() == "none")
     heat = _heatmap_choice(heatmap, metric, out, typed, axes, seeds, training)
     points = grid(axes, seeds, seed)
+    if heat is not None and len(points) > MAX_KEPT_ROWS:
+        from ..errors import InitcliError
+
+        raise InitcliError("heatmap", f"the grid has {len(points):,} points; a heatmap is drawn from rows held in "
+                                      f"memory, at most {MAX_KEPT_ROWS:,}")
     runner = make_executor(executor, jobs=jobs, scheduler=scheduler)
     options = _run_options(dtype, input_std, residual, block, norm, training)
     params = {"axes": {k: v for k, v in axes.items() if v is not None}, "seeds": seeds, "seed": seed,
