@@ -570,10 +570,12 @@ def test_trained_checkpoint_is_said_once(tmp_path):
     state = model.state_dict()
     state["2.weight"][7] = 0.0
     state["4.weight"][0, 0] = float("nan")
+    state["0.weight"] *= 1000  # exploding against the file's other matrices
     torch.save(state, path)
     by_name = {t.name: t for t in inspect(path).tensors}
     assert by_name["2.weight"].verdict == "suspicious" and "dead" in by_name["2.weight"].note
     assert by_name["4.weight"].verdict == "suspicious"
+    assert by_name["0.weight"].verdict == "suspicious" and "exploding" in by_name["0.weight"].note
 
 
 def test_every_reading_samples_to_its_expected_std(hf_zoo, torch_zoo):

@@ -437,7 +437,7 @@ def _context(evidence, config: dict | None) -> FileContext:
     for role in matching.WEIGHT_ROLES:
         stds = sorted(e.stats.std for e in weights if e.role == role)
         if stds:
-            typical[role] = stds[len(stds) // 2]
+            typical[role] = stds[(len(stds) - 1) // 2]  # the lower median: one exploding tensor of two is seen
     return FileContext(trained, text, adds_one, frozenset(_last_norms(norms)), typical)
 
 
