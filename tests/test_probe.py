@@ -19,6 +19,16 @@ from initcli.cli import app  # noqa: E402
 from initcli.probing import PROBE_COLUMNS, draw_inputs, probe, reinit_copy  # noqa: E402
 
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these models are tiny, and two threads on a busy 2-core machine spend
+    their time waiting for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 MODELS = str(Path(__file__).with_name("probe_models.py"))
 EPS32 = float(np.finfo(np.float32).eps)
 
