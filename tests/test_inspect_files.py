@@ -550,3 +550,19 @@ def test_config_json_is_a_hint_never_an_error(tmp_path):
         with open_source(tmp_path / "m.safetensors") as source:
             assert source.config == expected
     assert resource.getrlimit(resource.RLIMIT_AS)  # the suite itself runs uncapped
+
+
+class Hyperparameters(dict):  # a checkpoint's object (Lightning's AttributeDict is one): never unpickled
+    pass
+
+
+def test_a_checkpoint_holding_objects_names_their_classes(tmp_path, trained_parts):
+    torch = pytest.importorskip("torch")
+    import pickle
+
+    path = tmp_path / "objects.ckpt"
+    torch.save({"state_dict": trained_parts[0], "hyper_parameters": Hyperparameters(lr=0.1)}, path,
+               pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(InitcliError, match="Hyperparameters") as caught:
+        inspect(path)
+    assert "objects.ckpt" in str(caught.value)

@@ -667,9 +667,9 @@ class TorchSource(Source):
             raise
         except pickle.UnpicklingError as exc:
             if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-                raise refuse(path, "holds Python objects, not only tensors: initcli never unpickles objects "
-                                   "(torch.load weights_only=True refused it); save model.state_dict() "
-                                   "or a .safetensors file instead") from None
+                raise refuse(path, f"holds Python objects{_objects_in(path, torch)}, not only tensors: initcli never "
+                                   f"unpickles objects (torch.load weights_only=True refused it); save "
+                                   f"model.state_dict() or a .safetensors file instead") from None
             raise refuse(path, f"is not a readable PyTorch file ({_why(exc)})") from None
         except Exception as exc:  # RuntimeError, EOFError, zipfile errors: damaged or not torch
             raise refuse(path, f"is not a readable PyTorch file ({_why(exc)})") from None
@@ -701,6 +701,53 @@ _TORCH_WIDENED = {"bfloat16": "bf16", "float8_e4m3fn": "e4m3", "float8_e5m2": "e
                   "float8_e4m3fnuz": "e4m3fnuz", "float8_e5m2fnuz": "e5m2fnuz"}
 _TORCH_NUMPY = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                 "uint64", "bool", "complex64", "complex128"}
+
+
+def _objects_in(path: Path, torch) -> str:
+    """' (a.B, c.D)': the classes a torch file's pickle names, found by reading its opcodes
+    (nothing is constructed), or '' when they cannot be told."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # torch's scanner stops at protocol 5's FRAME: read the opcodes here
+        names = _pickle_globals(path)
+    shown = ", ".join(str(n)[:60] for n in names[:3]) + (" …" if len(names) > 3 else "")
+    return f" ({shown})" if names else ""
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The module.name of every global a zip-format torch file's pickle names, other than
+    torch's own and the builtins, by walking its opcodes with pickletools (never executed)."""
+    import pickletools
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+            data = archive.read(member)  # its size was capped before torch read it
+        strings, memo, found, memoized = [], {}, [], 0
+        last = None  # the string the previous opcode pushed, if it pushed one
+        for opcode, arg, _ in pickletools.genops(data):
+            pushed = None
+            if opcode.name.endswith("UNICODE") and isinstance(arg, str):
+                pushed = arg
+            elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
+                pushed = memo.get(arg)
+            elif opcode.name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+                index = memoized if opcode.name == "MEMOIZE" else arg
+                memoized += opcode.name == "MEMOIZE"
+                if last is not None:
+                    memo[index] = last
+                continue  # a memo store leaves the stack as it was
+            elif opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if pushed is not None:
+                strings.append(pushed)
+            last = pushed
+    except Exception:  # not a zip, no data.pkl, a malformed pickle: nothing to tell
+        return []
+    own = ("torch.", "collections.OrderedDict", "builtins.", "_codecs.encode", "numpy.")
+    return list(dict.fromkeys(n for n in found if not n.startswith(own)))
 
 
 def _torch_entry(name: str, tensor, torch) -> Entry:
