@@ -148,7 +148,11 @@ def test_branch_marked_by_attribute():
 
 
 def test_token_model():
-    rows = run_json("probe", f"{MODELS}:tokens", "--tokens", "50", "--seq-len", "7", "--batch", "5")["rows"]
+    document = run_json("probe", f"{MODELS}:tokens", "--tokens", "50", "--seq-len", "7", "--batch", "5")
+    rows = document["rows"]
+    # no repeated blocks: the weighted modules are judged (the Linear is no narrower: no head), and named
+    assert document["judged"] == ["0", "2"] and "judged 2 modules: 0, 2" in document["reason"]
+    assert document["params"]["train_mode"] is True and document["params"]["output"] == "output"
     assert [r["type"] for r in rows] == ["Embedding", "LayerNorm", "Linear"]
     assert rows[0]["output_shape"] == "5x7x32"
     # LayerNorm over the last (feature) axis: each position's features have mean 0, variance 1
