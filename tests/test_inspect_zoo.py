@@ -405,6 +405,29 @@ def test_wrapped_checkpoint_says_what_it_skipped(tmp_path):
     assert [layer.name for layer in result.summary.chains[0].layers] == ["0.weight", "2.weight"]
 
 
+def test_onnx_lstm_as_torch_exports_it(tmp_path):
+    """An ONNX LSTM node (W (1, 4H, in), R (1, 4H, H), B (1, 8H)) holding torch's U(±1/√H)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(14)
+    hidden, inputs = 32, 16
+    bound = 1 / math.sqrt(hidden)
+    arrays = {"W": (1, 4 * hidden, inputs), "R": (1, 4 * hidden, hidden), "B": (1, 8 * hidden)}
+    initializers = [numpy_helper.from_array(rng.uniform(-bound, bound, shape).astype(np.float32), name)
+                    for name, shape in arrays.items()]
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="rnn", hidden_size=hidden)
+    graph = helper.make_graph([node], "lstm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 1, inputs])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=initializers)
+    path = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    result = inspect(path)
+    assert len(result.tensors) == 3
+    for t in result.tensors:
+        assert t.role == "recurrent" and t.verdict == "ok", (t.name, t.role, t.note)
+        assert t.match.split("|")[0] == f"uniform(limit={bound:.6g})", (t.name, t.match)
+
+
 def test_keras_lstm_orthogonal_recurrent_kernel(tmp_path):
     """Keras's LSTM: kernel glorot_uniform (in, 4u), recurrent_kernel orthogonal (u, 4u), bias
     with the forget gate's quarter at 1 (unit_forget_bias)."""

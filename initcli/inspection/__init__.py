@@ -287,6 +287,16 @@ def _examine_all(source: Source, layout: str, n_layer: int | None, progress, con
     extra = tuple(matching.Candidate(f"normal(std={s:.6g})", "normal", s, "from config.json (initializer_range, or "
                                      "d_model^−½)", complexity=0) for s in known if s != matching.GPT2_STD)
     layouts_of = {e.name: _layouts(e, layout, source.format, config) for e in entries}
+    # ONNX's LSTM/GRU/RNN: R is (directions, gates·hidden, hidden); W and B share its rows
+    rnn_rows = {shape[1]: shape[2] for e in entries if roles[e.name] == "recurrent" and len(shape := e.shape) == 3
+                and shape[2] and shape[1] in (4 * shape[2], 3 * shape[2], shape[2])}
+
+    def hidden_of(entry) -> int | None:
+        found = matching.recurrent_hidden(entry.name, shapes)
+        if found is None and roles[entry.name] == "recurrent" and len(entry.shape) in (2, 3):
+            rows = entry.shape[1]
+            found = rnn_rows.get(rows) or (rnn_rows.get(rows // 2) if len(entry.shape) == 2 else None)
+        return found
 
     def one(entry, more=()) -> matching.Evidence:
         role = roles[entry.name]
@@ -302,7 +312,7 @@ def _examine_all(source: Source, layout: str, n_layer: int | None, progress, con
             bias_fan = {}
         found = matching.examine(entry.name, role, array, entry.dtype, layouts=lays, n_layer=n_layer,
                                  bias_fan=bias_fan, extra=extra + tuple(more),
-                                 hidden=matching.recurrent_hidden(entry.name, shapes))
+                                 hidden=hidden_of(entry))
         del array
         return found
 
@@ -516,6 +526,8 @@ def _report(e: matching.Evidence, preferred: str, context: FileContext | None = 
     if e.role in ("linear", "conv", "recurrent"):
         lay = layout or preferred
         fan_in, fan_out = matching.reading_fans(e.shape, lay)
+        if reading is not None and reading.fan_in is not None:  # the reading's (per direction for ONNX RNNs)
+            fan_in, fan_out = reading.fan_in, reading.fan_out
         layout = lay
     elif e.role == "bias" and reading is not None:
         fan_in = reading.fan_in

@@ -703,6 +703,10 @@ def dead_units(array: np.ndarray, layout: str) -> int:
 def recurrent_hidden(name: str, shapes: dict) -> int | None:
     """hidden_size of a torch RNN/LSTM/GRU parameter: weight_hh_lN is (gates·hidden, hidden),
     or (gates·hidden, proj_size) beside a weight_hr_lN of (proj_size, hidden)."""
+    onnx = re.search(r"^(.*)\.(weight_ih|weight_hh|bias)$", name)
+    if onnx and not _RECURRENT.search(name):  # ONNX's LSTM/GRU/RNN: R is (directions, gates·hidden, hidden)
+        recurrent = shapes.get(f"{onnx.group(1)}.weight_hh")
+        return int(recurrent[2]) if recurrent is not None and len(recurrent) == 3 else None
     if not _RECURRENT.search(name):
         return None
     projection = shapes.get(re.sub(r"(weight|bias)_(ih|hh|hr)_l", "weight_hr_l", name))
@@ -762,6 +766,9 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
         evidence.notes.append(f"{stats.used} elements: too few to tell a scheme")
         evidence.abstained = "too few elements"
         return evidence
+    if role == "recurrent" and len(shape) == 3 and hidden:  # ONNX's (directions, gates·hidden, in): per direction
+        shape = shape[1:]
+        array = array.reshape(-1, shape[-1]) if array.shape[0] == 1 else array[0]
     for layout in layouts:
         if role in ("linear", "conv", "recurrent"):
             fans = reading_fans(shape, layout)
