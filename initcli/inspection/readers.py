@@ -37,7 +37,6 @@ from ..errors import InitcliError
 from ..optional import require
 
 SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth", ".bin", ".ckpt", ".jit", ".onnx")
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".jit")
 _HEADER_MAX = 100 * 2**20  # safetensors caps its JSON header at 100 MB
 _INDEX_MAX = 64 * 2**20  # a shard index: ~100 kB for the largest public models
 CONFIG_MAX = 2**20  # config.json: a few kB in practice; a bigger one is ignored
@@ -503,7 +502,6 @@ def _open_folder(folder: Path) -> Source:
 
 # -- npz / npy -----------------------------------------------------------------------------------
 
-_NPY_HEADER_MAX = 1 << 16  # numpy's own limit on a .npy header's length
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 
