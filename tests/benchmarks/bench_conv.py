@@ -32,6 +32,7 @@ import cProfile
 import io
 import os
 import pstats
+import time
 import tracemalloc
 from contextlib import contextmanager, nullcontext
 
@@ -232,6 +233,9 @@ def describe(run):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the 20-layer default only, one repeat, no profile")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the one-thread rows by this process's CPU time (time.process_time), which "
+                             "other processes' load does not inflate; the default-thread rows stay wall time")
     parser.add_argument("--repeats", type=int, help="interleaved runs per median (default 3; 1 with --quick)")
     parser.add_argument("--sizes", help="comma list of sizes to run (default: all): " + ", ".join(SIZES))
     args = parser.parse_args()
@@ -264,8 +268,11 @@ def main():
         functions = {"initcli": make_initcli(options), "torch": torch_step, "conv2d": torch_bare,
                      "floor": make_floor(run)}
         for threads in ("1", "default"):
+            clock = time.process_time if args.cpu_time and threads == "1" else time.perf_counter
             with one_thread() if threads == "1" else nullcontext():
-                t = median_times(functions, repeats)
+                t = median_times(functions, repeats, clock)
+            if threads == "1" and args.cpu_time:
+                threads = "1 cpu"
             if threads == "default":
                 threads = "1 (own)" if conv.work(run) <= conv.SINGLE_THREAD_WORK else "2"
             nan = float("nan")
@@ -274,7 +281,8 @@ def main():
                   f"{ratio(t['initcli'], t['conv2d']):>10} {ratio(t['initcli'], t['floor']):>9}")
     print("threads 1: numpy's BLAS and torch pinned to one thread; otherwise their defaults (initcli's own")
     print("choice at that size, torch's get_num_threads()). Under load from other processes multithreaded")
-    print("BLAS can slow down many-fold.")
+    print("BLAS can slow down many-fold. 1 cpu (--cpu-time): the one-thread row timed by CPU time, which")
+    print("that load does not inflate.")
 
     if checks:
         print("\n## torch's statistics against initcli's: largest relative gap per column (float32 both)")

@@ -29,6 +29,7 @@ import io
 import math
 import os
 import pstats
+import time
 import tracemalloc
 from contextlib import contextmanager, nullcontext
 
@@ -283,6 +284,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the default size only, one repeat, no profile")
     parser.add_argument("--profile-threads", choices=("1", "default"), default="1",
                         help="BLAS threads for the profile (default 1: the profile then shows work, not waiting)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the one-thread rows by this process's CPU time (time.process_time), which "
+                             "other processes' load does not inflate; the default-thread rows stay wall time")
     parser.add_argument("--repeats", type=int, help="interleaved runs per median (default 3; 1 with --quick)")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
@@ -313,8 +317,11 @@ def main():
                 checks[name] = check_torch(run, torch_step)
         functions = {"initcli": make_initcli(options), "torch": torch_step, "floor": make_floor(run)}
         for threads in ("1", "default"):
+            clock = time.process_time if args.cpu_time and threads == "1" else time.perf_counter
             with one_thread() if threads == "1" else nullcontext():
-                t = median_times(functions, repeats)
+                t = median_times(functions, repeats, clock)
+            if threads == "1" and args.cpu_time:
+                threads = "1 cpu"
             if threads == "default":
                 threads = "1 (own)" if transformer.work(run) <= transformer.SINGLE_THREAD_WORK else "2"
             nan = float("nan")
@@ -324,6 +331,7 @@ def main():
     print("MACs: forward multiply-adds × 3 for forward and backward. threads 1: numpy's BLAS")
     print("and torch pinned to one thread; 2: their defaults (initcli's own choice at that size, torch's")
     print("get_num_threads()). Under load from other processes multithreaded BLAS can slow down many-fold.")
+    print("1 cpu (--cpu-time): the one-thread row timed by CPU time, which that load does not inflate.")
 
     if checks:
         print("\n## torch's statistics against initcli's: largest relative gap per column (float32 both)")
