@@ -87,6 +87,8 @@ def _hf_models():
                                                block_sizes=[1, 1], num_decoder_layers=1)),
         "mamba": t.MambaForCausalLM(t.MambaConfig(vocab_size=VOCAB, hidden_size=D, state_size=8,
                                                   num_hidden_layers=2)),
+        "resnet": t.ResNetModel(t.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[2, 2],
+                                               layer_type="bottleneck")),
         "convnext": t.ConvNextForImageClassification(t.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1],
                                                                       num_stages=2, num_labels=10,
                                                                       layer_scale_init_value=1e-6)),
@@ -135,6 +137,9 @@ HF_RULES = {
               (r"(A_log|dt_proj\.bias)$", "abstain", None), (r"(in_proj|x_proj)\.weight$|embeddings", "normal", 0.1),
               (r"dt_proj\.weight$", "uniform", 0.5 / math.sqrt(3)),
               (r".", "uniform", lambda t: 1 / math.sqrt(3 * t.fan_in))],
+    # ResNet: convs kaiming_normal_(mode='fan_out', relu), BatchNorm 1/0
+    "resnet": [(r"normalization\.weight$", "ones", None), (r"normalization\.bias$", "zeros", None),
+               (r"convolution\.weight$", "normal", lambda t: math.sqrt(2 / t.fan_out))],
     # ConvNeXt: Linear and Conv N(0, 0.02), biases 0, layer scale 1e-6
     "convnext": NORMS + [(r"downsampling_layer\.0\.weight$", "ones", None), (r"layer_scale", "constant", 1e-6), (r"\.bias$", "zeros", None), (r".", "normal", 0.02)],
 }
@@ -161,6 +166,9 @@ def test_hugging_face_structure(hf_zoo):
     # no chain across attention's parallel projections or a residual add; Gemma's norm note
     for name in ("bert", "gpt2", "llama", "t5", "gemma"):
         assert not hf_zoo[name].summary.chains, name
+    # one init drew every conv: the small ones that many readings fit read as the file's own
+    convs = [t for t in hf_zoo["resnet"].tensors if t.role == "conv"]
+    assert len(convs) > 10 and {t.match.split("|")[0] for t in convs} == {"he-normal(mode=fan_out)"}
     gemma = {t.name: t for t in hf_zoo["gemma"].tensors}
     assert "1 + w" in gemma["model.norm.weight"].note
     # the activation a chain assumes is said, and why (Funnel's FFN: linear_1 → gelu → linear_2)

@@ -298,7 +298,7 @@ def _examine_all(source: Source, layout: str, n_layer: int | None, progress, con
             found = rnn_rows.get(rows) or (rnn_rows.get(rows // 2) if len(entry.shape) == 2 else None)
         return found
 
-    def one(entry, more=()) -> matching.Evidence:
+    def one(entry, more=(), favoured=()) -> matching.Evidence:
         role = roles[entry.name]
         unreadable = getattr(entry, "unreadable", None)
         if entry.dtype == "object" or unreadable:  # pickle-only .npz member, or values numpy lacks
@@ -312,7 +312,7 @@ def _examine_all(source: Source, layout: str, n_layer: int | None, progress, con
             bias_fan = {}
         found = matching.examine(entry.name, role, array, entry.dtype, layouts=lays, n_layer=n_layer,
                                  bias_fan=bias_fan, extra=extra + tuple(more),
-                                 hidden=hidden_of(entry))
+                                 hidden=hidden_of(entry), favoured=favoured)
         del array
         return found
 
@@ -323,9 +323,24 @@ def _examine_all(source: Source, layout: str, n_layer: int | None, progress, con
             progress(1)
     # the file's own conventions, read from the tensors no scheme explained: read those again
     conventions = matching.infer_conventions(evidence, known)
+    by_name = {e.name: e for e in entries}
     if conventions:
-        by_name = {e.name: e for e in entries}
         evidence = [one(by_name[e.name], conventions[e.name]) if e.name in conventions else e for e in evidence]
+    # one init drew most of a file: where a tensor's statistics accept the file's most common
+    # reading (a small tensor accepting many), that reading comes first
+    votes = Counter(r.matches[0] for e in evidence if e.role in ("linear", "conv") for r in e.readings.values()
+                    if r.matches and not r.exact)
+    favoured = {}
+    for e in evidence:
+        if e.role not in ("linear", "conv") or e.name in conventions:
+            continue
+        for r in e.readings.values():
+            if r.matches and not r.exact:
+                best = max(r.matches, key=lambda m: votes[m])
+                if votes[best] >= matching.MIN_SHARED and votes[best] > votes[r.matches[0]]:
+                    favoured[e.name] = (best,)
+    if favoured:
+        evidence = [one(by_name[e.name], (), favoured[e.name]) if e.name in favoured else e for e in evidence]
     return evidence
 
 

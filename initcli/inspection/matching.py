@@ -639,7 +639,9 @@ def _z_scores(stats: Stats, candidate: Candidate) -> tuple[float, float, float]:
 
 
 def match_candidates(stats: Stats, sample: np.ndarray, candidates: list[Candidate], layout: str,
-                     fans: tuple[int | None, int | None]) -> Reading:
+                     fans: tuple[int | None, int | None], favoured: tuple[str, ...] = ()) -> Reading:
+    """Every candidate the statistics accept, by plausibility; `favoured` readings (the file's
+    own most common reading, where this tensor accepts it too) first."""
     scored = []
     nearest, nearest_ratio, nearest_z = "", None, math.inf
     for candidate in candidates:
@@ -660,7 +662,8 @@ def match_candidates(stats: Stats, sample: np.ndarray, candidates: list[Candidat
         return Reading(layout, *fans, nearest=nearest, nearest_ratio=nearest_ratio)
     # by plausibility: the fit plus a cost per option chosen (exact ties, the same std, e.g. Xavier
     # and LeCun on a square matrix: the plainest name first)
-    scored.sort(key=lambda item: (item[0] + PRIOR_PER_OPTION * item[1].cost, item[1].cost))
+    scored.sort(key=lambda item: (item[1].name not in favoured, item[0] + PRIOR_PER_OPTION * item[1].cost,
+                                  item[1].cost))
     names = tuple(dict.fromkeys(c.name for _, c in scored))
     best = scored[0][1]
     p = ks_p_value(sample - best.mean, family_cdf(best.family, best.expected_std))
@@ -718,7 +721,7 @@ def recurrent_hidden(name: str, shapes: dict) -> int | None:
 
 def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tuple[str, ...],
             n_layer: int | None, bias_fan: dict, extra: tuple[Candidate, ...] = (),
-            hidden: int | None = None) -> Evidence:
+            hidden: int | None = None, favoured: tuple[str, ...] = ()) -> Evidence:
     """Measure one tensor and read it in each layout of `layouts` (bias_fan: layout -> the
     fan_in of the weight a bias belongs to; extra: the file's own conventions; hidden: the
     hidden_size of the recurrent layer it belongs to)."""
@@ -776,10 +779,10 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
             if reading is None:
                 candidates = recurrent_candidates(shape, hidden) if role == "recurrent" else []
                 candidates += scaling_candidates(torch_shape(shape, layout)) + fixed_candidates(n_layer, extra)
-                reading = match_candidates(stats, sample, candidates, layout, fans)
+                reading = match_candidates(stats, sample, candidates, layout, fans, favoured)
         elif role == "embedding":
             candidates = fixed_candidates(n_layer, extra) + scaling_candidates(shape)
-            reading = match_candidates(stats, sample, candidates, "", (None, None))
+            reading = match_candidates(stats, sample, candidates, "", (None, None), favoured)
         elif role == "bias":
             fan = bias_fan.get(layout)
             candidates = recurrent_candidates(shape, hidden) + fixed_candidates(None, extra)
