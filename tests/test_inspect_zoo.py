@@ -87,6 +87,9 @@ def _hf_models():
                                                block_sizes=[1, 1], num_decoder_layers=1)),
         "mamba": t.MambaForCausalLM(t.MambaConfig(vocab_size=VOCAB, hidden_size=D, state_size=8,
                                                   num_hidden_layers=2)),
+        "pegasus": t.PegasusModel(t.PegasusConfig(vocab_size=VOCAB, d_model=D, encoder_layers=1, decoder_layers=1,
+                                                  encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
+                                                  encoder_ffn_dim=FF, decoder_ffn_dim=FF, max_position_embeddings=64)),
         "resnet": t.ResNetModel(t.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[2, 2],
                                                layer_type="bottleneck")),
         "convnext": t.ConvNextForImageClassification(t.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1],
@@ -137,6 +140,8 @@ HF_RULES = {
               (r"(A_log|dt_proj\.bias)$", "abstain", None), (r"(in_proj|x_proj)\.weight$|embeddings", "normal", 0.1),
               (r"dt_proj\.weight$", "uniform", 0.5 / math.sqrt(3)),
               (r".", "uniform", lambda t: 1 / math.sqrt(3 * t.fan_in))],
+    # Pegasus: N(0, 0.02), biases 0; its position embeddings are sinusoidal, set by formula
+    "pegasus": NORMS + [(r"embed_positions", "abstain", None), (r"\.bias$", "zeros", None), (r".", "normal", 0.02)],
     # ResNet: convs kaiming_normal_(mode='fan_out', relu), BatchNorm 1/0
     "resnet": [(r"normalization\.weight$", "ones", None), (r"normalization\.bias$", "zeros", None),
                (r"convolution\.weight$", "normal", lambda t: math.sqrt(2 / t.fan_out))],

@@ -626,7 +626,8 @@ def _file_level_notes(reports: list[TensorReport]) -> list[TensorReport]:
     typical = stds[len(stds) // 2]
     out = []
     for r in reports:
-        if r.role == "embedding" and r.std and r.std > EMBEDDING_UNIT and typical < SMALL_STD and r.verdict == "ok":
+        if r.role == "embedding" and r.match and r.std and r.std > EMBEDDING_UNIT and typical < SMALL_STD \
+                and r.verdict == "ok":
             note = f"embedding at std {r.std:.3g} feeds matrices at std ~{typical:.2g}"
             r = replace(r, verdict="suspicious", note="; ".join(filter(None, [r.note, note])))
         out.append(r)

@@ -759,6 +759,14 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
                                   "LSTM starts remembering)")
             evidence.abstained = "set by formula"
             return evidence
+    if role in ("embedding", "token", "other") and len(shape) >= 2 and shape[-2] > 1 and stats.finite \
+            and max(-stats.minimum, stats.maximum) <= 1:
+        first = np.asarray(array.reshape(-1, shape[-1])[0], dtype=np.float64)
+        if np.all((first == 0) | (first == 1)) and first.min() == 0 and first.max() == 1:
+            # position 0 of a sinusoidal table: sin(0) = 0 and cos(0) = 1 in every frequency
+            evidence.notes.append("a sinusoidal position table (sin and cos of the position), set by formula")
+            evidence.abstained = "set by formula"
+            return evidence
     if role == "other" and set_by_formula(name):
         evidence.notes.append(set_by_formula(name))
         evidence.abstained = "set by formula"
