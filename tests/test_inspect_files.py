@@ -323,7 +323,7 @@ def test_a_deflated_pt_is_read_right(tmp_path):
 # -- item 20: read failures say which file, as read failures ----------------------------------------
 
 
-@pytest.mark.parametrize("case", ["folder shard", "link loop shard", "folder index"])
+@pytest.mark.parametrize("case", ["folder shard", "link loop shard", "folder index", "indexed link loop"])
 def test_read_failures_inside_a_folder_name_the_file(tmp_path, case):
     folder = tmp_path / "model"
     folder.mkdir()
@@ -334,9 +334,14 @@ def test_read_failures_inside_a_folder_name_the_file(tmp_path, case):
     elif case == "link loop shard":
         os.symlink(folder / "b.safetensors", folder / "b.safetensors")
         culprit = "b.safetensors"
-    else:
+    elif case == "folder index":
         (folder / "model.safetensors.index.json").mkdir()
         culprit = "model.safetensors.index.json"
+    else:  # named by the index, with a config.json looping too (a hint: ignored)
+        _sharded(folder, "b.safetensors")
+        os.symlink(folder / "b.safetensors", folder / "b.safetensors")
+        os.symlink(folder / "config.json", folder / "config.json")
+        culprit = "b.safetensors"
     with pytest.raises(InitcliError) as caught:
         inspect(folder)
     assert culprit in str(caught.value) and "write" not in str(caught.value)

@@ -144,8 +144,11 @@ def contained(folder: Path, name: str) -> Path | None:
     link out of the folder."""
     if not name or os.path.isabs(name) or "\\" in name or ".." in Path(name).parts or "\0" in name:
         return None
-    root = folder.resolve()
-    real = (folder / name).resolve()
+    try:
+        root = folder.resolve()
+        real = (folder / name).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a link loop (Python before 3.13)
+        return None
     if real.is_relative_to(root):
         return folder / name
     blobs = _blob_store(root)
@@ -192,6 +195,10 @@ def _index_shards(index: Path) -> list[Path]:
     files = []
     for shard in dict.fromkeys(weight_map.values()):
         file = contained(folder, shard)
+        if file is None and not os.path.isabs(shard) and os.path.islink(folder / shard) \
+                and ".." not in Path(shard).parts:
+            with _reading(folder / shard):
+                os.stat(folder / shard)  # a link that cannot be followed: a read failure naming it
         if file is None:
             raise refuse(index, f"names the shard '{shard}', which lies outside '{folder}': initcli reads only "
                                 f"shards inside the checkpoint's folder (or its Hugging Face cache's blobs)")
