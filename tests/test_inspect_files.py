@@ -228,9 +228,10 @@ def test_deeply_nested_json_is_one_error_line(tmp_path):
 
 
 @pytest.mark.parametrize("offsets", ["[0, Infinity]", "[0, 1e400]", "[NaN, 16]", "[0, 99999999999999999999999]",
-                                     "[16, 0]", "[0, 8]", '["0", "16"]'])
+                                     "[16, 0]", "[0, 8]", '["0", "16"]', "[0, 0], \"shape\": [0, 18446744073709551616]"])
 def test_impossible_data_offsets_are_one_error_line(tmp_path, offsets):
     path = tmp_path / "w.safetensors"
+    # the last param repeats "shape", and JSON's last one wins: a zero-size tensor with a dimension past 2^64
     text = ('{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": ' + offsets + "}}").encode()
     path.write_bytes(struct.pack("<Q", len(text)) + text + b"\0" * 16)
     with pytest.raises(InitcliError, match="w.safetensors"):

@@ -431,6 +431,8 @@ def _safetensors_entry(file: Path, name: str, info, data_size: int) -> tuple[int
         raise damaged("no dtype")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise damaged("its shape is not a list of sizes")
+    if len(shape) > 64 or any(d >= 2**62 for d in shape):  # numpy's limits, whatever the bytes say
+        raise damaged(f"its shape has {len(shape)} dimensions or one beyond 2^62")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
         raise damaged("its data_offsets are not two byte offsets")
     begin, end = offsets
