@@ -437,6 +437,7 @@ class FileContext:
     adds_one: bool  # the norms compute (1 + w)·x̂ (Gemma): a norm weight at 0 is a unit scale
     last_norms: frozenset  # the last norm of each residual block (zero_init_residual zeroes it)
     typical_std: dict  # role -> median std
+    main_reading: str = ""  # the first reading most of the file's weight matrices have
 
 
 def _context(evidence, config: dict | None) -> FileContext:
@@ -463,7 +464,9 @@ def _context(evidence, config: dict | None) -> FileContext:
         stds = sorted(e.stats.std for e in weights if e.role == role)
         if stds:
             typical[role] = stds[(len(stds) - 1) // 2]  # the lower median: one exploding tensor of two is seen
-    return FileContext(trained, text, adds_one, frozenset(_last_norms(norms)), typical)
+    firsts = Counter(r.matches[0] for e in weights for r in e.readings.values() if r.matches)
+    main = firsts.most_common(1)[0][0] if firsts else ""
+    return FileContext(trained, text, adds_one, frozenset(_last_norms(norms)), typical, main)
 
 
 def _last_norms(norms) -> set[str]:
@@ -567,7 +570,11 @@ def _report(e: matching.Evidence, preferred: str, context: FileContext | None = 
         if p_value is not None and p_value < P_VALUE_UNUSUAL:
             verdict, off = "unusual", True
             notes.append(f"KS test rejects {reading.matches[0]} (p = {p_value:.2g}): not drawn from it as is")
-        if e.role == "norm_scale":
+        if e.role == "norm_scale" and reading.matches[0] == context.main_reading:
+            # HF's EfficientNet, MobileViT…: _init_weights draws BatchNorm weights as it draws the matrices
+            notes.append(f"norm scale drawn as the file's matrices are ({reading.matches[0]}): the library's init "
+                         "treats norm weights like any weight; the norm starts near zero output")
+        elif e.role == "norm_scale":
             verdict, off = "unusual", True
             notes.append("norm scale is not 1")
     elif s.used and reading is not None:
