@@ -483,6 +483,7 @@ class ShardedSource(Source):
 
 def _open_folder(folder: Path) -> Source:
     with _reading(folder):
+        os.listdir(folder)  # glob would take an unreadable folder for an empty one
         safetensors_indexes = sorted(folder.glob("*.safetensors.index.json"))
         torch_indexes = sorted(folder.glob("*.bin.index.json")) + sorted(folder.glob("*.pt.index.json"))
         loose = sorted(p for p in folder.glob("*.safetensors"))
