@@ -581,6 +581,11 @@ def fixed_candidates(n_layer: int | None, extra: tuple[Candidate, ...] = ()) -> 
     return out
 
 
+def centred(candidates: list[Candidate]) -> list[Candidate]:
+    """The zero-mean ones: a weight matrix's readings (U(0, 1) is for gates and masks)."""
+    return [c for c in candidates if c.mean == 0]
+
+
 def recurrent_candidates(shape: tuple[int, ...], hidden: int | None) -> list[Candidate]:
     """torch's LSTM/GRU/RNN draw every weight (and bias) from U(±1/√hidden_size), whatever
     the fans; written as the uniform scheme that gives it."""
@@ -786,10 +791,10 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
             reading = _structured(array, stats, role, layout, dtype, fans, shape)
             if reading is None:
                 candidates = recurrent_candidates(shape, hidden) if role == "recurrent" else []
-                candidates += scaling_candidates(torch_shape(shape, layout)) + fixed_candidates(n_layer, extra)
+                candidates += scaling_candidates(torch_shape(shape, layout)) + centred(fixed_candidates(n_layer, extra))
                 reading = match_candidates(stats, sample, candidates, layout, fans, favoured)
         elif role == "embedding":
-            candidates = fixed_candidates(n_layer, extra) + scaling_candidates(shape)
+            candidates = centred(fixed_candidates(n_layer, extra)) + scaling_candidates(shape)
             reading = match_candidates(stats, sample, candidates, "", (None, None), favoured)
         elif role == "bias":
             fan = bias_fan.get(layout)
