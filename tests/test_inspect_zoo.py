@@ -576,6 +576,31 @@ def test_readings_are_schemes_everywhere(tmp_path):
     assert compared.exit_code == 0, compared.output
 
 
+def test_one_head_at_a_hand_chosen_std(tmp_path):
+    """timm's head_init_scale (trunc_normal_(std=0.02) × 0.001) and torchvision MobileNetV2's
+    N(0, 0.01) head: one tensor each, at a round std no fan formula gives."""
+    torch.manual_seed(15)
+    model = nn.Module()
+    model.features = nn.Sequential(nn.Conv2d(3, 64, 3), nn.Conv2d(64, 64, 3))
+    model.head = nn.Linear(64, 1000)
+    model.classifier = nn.Linear(64, 1000)
+    for m in model.features:
+        init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init.zeros_(m.bias)
+    init.trunc_normal_(model.head.weight, std=0.02)
+    with torch.no_grad():
+        model.head.weight.mul_(0.001)
+    init.normal_(model.classifier.weight, std=0.01)
+    init.zeros_(model.head.bias)
+    init.zeros_(model.classifier.bias)
+    path = tmp_path / "heads.pt"
+    torch.save(model.state_dict(), path)
+    by_name = {t.name: t for t in inspect(path).tensors}
+    assert all(t.verdict == "ok" for t in by_name.values()), [(t.name, t.note) for t in by_name.values()]
+    assert by_name["head.weight"].match.split("|")[0] == "normal(std=2e-05)"
+    assert by_name["classifier.weight"].match.split("|")[0] == "normal(std=0.01)"
+
+
 def test_trunc_normal_clamp_does_not_reject_the_family(tmp_path):
     from safetensors.numpy import save_file
 

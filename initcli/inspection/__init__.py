@@ -399,10 +399,6 @@ def _shape_text(shape) -> str:
 
 _HEADS = {"head", "heads", "classifier", "lm_head", "score", "logits", "last_linear", "output_layer", "qa_outputs",
           "fc_out", "cls_head", "proj_head"}
-# the last layer of a residual branch (attention's output projection, the MLP's second layer,
-# a bottleneck's last conv): at zero, the block starts as the identity
-_BRANCH_ENDS = {"out_proj", "o_proj", "c_proj", "down_proj", "fc2", "proj", "wo", "o", "w2", "w3", "pwconv2",
-                "linear_2", "linear2", "post_proj", "conv3", "dense_4h_to_h", "out", "output", "mlp_out"}
 EXPLODING = 100.0  # a trained tensor's std this many times its role's median: exploding
 
 
@@ -420,12 +416,7 @@ def is_head(name: str) -> bool:
 
 
 def is_branch_end(name: str) -> bool:
-    module = _module(name)
-    leaf = module[-1] if module else ""
-    if leaf in _BRANCH_ENDS:
-        return True
-    # HF BERT-style: ...layer.N.output.dense / attention.output.dense
-    return leaf == "dense" and len(module) >= 2 and module[-2] == "output"
+    return matching.is_branch_end(name)
 
 
 @dataclass(frozen=True)
@@ -480,7 +471,7 @@ def _last_norms(norms) -> set[str]:
     last = set()
     for e in norms:
         module = _module(e.name)
-        if any(part in _BRANCH_ENDS for part in module):
+        if any(part in matching.BRANCH_ENDS for part in module):
             last.add(e.name)
         for i in range(len(module) - 1, -1, -1):  # the innermost <stem><k> only (bn3, not layer4)
             found = re.fullmatch(r"([a-z_]*?)(\d+)", module[i])

@@ -160,6 +160,22 @@ def set_by_formula(name: str) -> str | None:
     return None
 
 
+# the last layer of a residual branch (attention's output projection, the MLP's second layer,
+# a bottleneck's last conv): at zero, the block starts as the identity; GPT-2 scales these
+BRANCH_ENDS = {"out_proj", "o_proj", "c_proj", "down_proj", "fc2", "proj", "wo", "o", "w2", "w3", "pwconv2",
+               "linear_2", "linear2", "post_proj", "conv3", "dense_4h_to_h", "out", "output", "mlp_out"}
+
+
+def is_branch_end(name: str) -> bool:
+    parts = name.split(".")
+    module = parts[:-1] if len(parts) > 1 else parts
+    leaf = module[-1] if module else ""
+    if leaf in BRANCH_ENDS:
+        return True
+    # HF BERT-style: ...layer.N.output.dense / attention.output.dense
+    return leaf == "dense" and len(module) >= 2 and module[-2] == "output"
+
+
 def is_state_space(name: str) -> bool:
     return set_by_formula(name) is not None
 
@@ -785,6 +801,8 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
     if role == "recurrent" and len(shape) == 3 and hidden:  # ONNX's (directions, gates·hidden, in): per direction
         shape = shape[1:]
         array = array.reshape(-1, shape[-1]) if array.shape[0] == 1 else array[0]
+    if not is_branch_end(name):
+        n_layer = None  # GPT-2's residual std is for the projections that close a residual branch
     for layout in layouts:
         if role in ("linear", "conv", "recurrent"):
             fans = reading_fans(shape, layout)
