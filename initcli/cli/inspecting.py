@@ -64,7 +64,8 @@ def inspect_command(
 
     One row per tensor: its role and layout, its statistics, the scheme (and its options)
     whose std formula and distribution family explain it (every reading that does, joined by
-    |), a KS p-value against it, and a verdict (ok, unusual, suspicious) with the reason.
+    |), a KS p-value against it, and a verdict (ok, unusual, suspicious; trained in a file
+    whose weights look trained) with the reason. Every reading is a valid --scheme.
     A summary follows: schemes counted, suspicious tensors, and the mean-field forward factor
     of each chain of connecting matrices under --activation (stderr for CSV, a key in JSON).
     """

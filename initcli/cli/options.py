@@ -242,7 +242,9 @@ class FormatOnly:
         "auto, table, csv or json. auto: a table on a terminal, CSV when piped or redirected."))] = "auto"
 
 
-Scheme = Annotated[str, typer.Option("--scheme", "-s", help="Init scheme (see `initcli schemes`).")]
+Scheme = Annotated[str, typer.Option("--scheme", "-s", help=(
+    "Init scheme (see `initcli schemes`); its options may be spelled in it, as inspect prints its readings: "
+    "he-normal(mode=fan_out,a=0.1), normal(std=0.02)."))]
 Activation = Annotated[str, typer.Option("--activation", "-a", help=(
     "linear, relu, leaky-relu, tanh, sigmoid, selu, elu, gelu, silu or softplus."))]
 Jobs = Annotated[Optional[int], typer.Option(
