@@ -423,3 +423,27 @@ def test_cli_plot(tmp_path):
     assert result.exit_code == 0 and "a.weight" in result.stderr
     result = run("inspect", path, "--plot", "--tensor", "zzz*")
     assert result.exit_code == 2
+
+
+def test_every_reading_of_the_corpora_is_a_scheme(tmp_path, torch_corpus):
+    """The readings printed for the torch and Keras corpora are --scheme values (parsed as `sample
+    --scheme` parses them) whose expected_std, in the tensor's torch-layout shape, is the row's."""
+    from initcli.sampling import sample
+
+    torch_path, keras_path = tmp_path / "t.safetensors", tmp_path / "k.safetensors"
+    _save(torch_corpus, torch_path, "safetensors")
+    _save(_keras_corpus(), keras_path, "safetensors")
+    seen = 0
+    for path in (torch_path, keras_path):
+        for t in inspect(path).tensors:
+            shape = matching.torch_shape(tuple(int(d) for d in t.shape.split("x")), t.layout or "torch")
+            for i, reading in enumerate(t.match.split("|") if t.match else ()):
+                seen += 1
+                if i == 0 and t.expected_std:  # drawn, as `sample --scheme READING --shape …` draws it
+                    rows = sample(reading, shape=list(shape)).rows()
+                    assert rows[0]["expected_std"] == pytest.approx(t.expected_std, rel=1e-4), (t.name, reading)
+                else:  # the same parser and formula, without drawing
+                    from initcli.schemes import make_init
+
+                    make_init(reading).expected_std(shape)
+    assert seen > 200
