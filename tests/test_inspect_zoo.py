@@ -322,10 +322,16 @@ def levit_like():
 
 
 def lstm_like():
-    """torch's LSTM default: every weight and bias U(±1/√hidden_size)."""
+    """torch's LSTM default: every weight and bias U(±1/√hidden_size); a second LSTM with each
+    gate's recurrent block orthogonal_ (a common recipe) and zero biases."""
     model = nn.Module()
     model.rnn = nn.LSTM(32, 48, num_layers=2)
     model.gru = nn.GRU(16, 40)
+    model.ortho = nn.LSTM(32, 48)
+    for gate in model.ortho.weight_hh_l0.data.chunk(4):
+        init.orthogonal_(gate)
+    init.zeros_(model.ortho.bias_ih_l0)
+    init.zeros_(model.ortho.bias_hh_l0)
     return model
 
 
@@ -342,7 +348,9 @@ TORCH_RULES = {
             (r"out_proj\.weight$", "uniform", lambda t: 1 / math.sqrt(3 * t.fan_in))],
     "convnext": [(r"norm\.weight$", "ones", None), (r"\.bias$|head", "zeros", None), (r"gamma", "constant", 1e-6),
                  (r".", "normal", 0.02)],
-    "lstm": [(r"rnn\.", "uniform", 1 / math.sqrt(3 * 48)), (r"gru\.", "uniform", 1 / math.sqrt(3 * 40))],
+    "lstm": [(r"rnn\.", "uniform", 1 / math.sqrt(3 * 48)), (r"gru\.", "uniform", 1 / math.sqrt(3 * 40)),
+             (r"ortho\.bias", "zeros", None), (r"ortho\.weight_hh", "normal", 1 / math.sqrt(48)),
+             (r"ortho\.weight_ih", "uniform", 1 / math.sqrt(3 * 48))],
     "efficientnet": [(r"features\.(1|4)\.weight$", "ones", None), (r"bias$", "zeros", None),
                      (r"features", "normal", lambda t: math.sqrt(2 / t.fan_out)),
                      (r"classifier", "uniform", 1 / math.sqrt(3 * 100))],
@@ -384,6 +392,8 @@ def test_intentional_zeros_say_what_they_do(torch_zoo):
     assert convnext["blocks.0.gamma"].role == "layer_scale" and "identity" in convnext["blocks.0.gamma"].note
     lstm = {t.name: t for t in torch_zoo["lstm"].tensors}
     assert lstm["rnn.weight_hh_l0"].role == "recurrent" and lstm["rnn.weight_hh_l0"].fan_in == 48
+    per_gate = lstm["ortho.weight_hh_l0"]
+    assert per_gate.match == "orthogonal(gain=2)" and "each of the 4 gates" in per_gate.note
 
 
 def test_a_zero_matrix_inside_the_network_is_still_suspicious(tmp_path):

@@ -846,8 +846,14 @@ def _structured(array, stats, role, layout, dtype, fans, shape) -> Reading | Non
     if gain == 1 or abs(gain - 1) < 1e-3:
         label = ""
     expected = make_init("orthogonal", gain=gain).expected_std(torch_shape(shape, layout))
+    notes = ()
+    rows, cols = torch_shape(shape, layout)[:2]
+    gates = rows // cols if cols and rows % cols == 0 else 0
+    if role == "recurrent" and gates in (3, 4) and abs(gain / math.sqrt(gates) - 1) < 1e-3:
+        # g stacked orthogonal (H, H) blocks: Wᵀ·W = g·I, i.e. the whole matrix orthogonal with gain √g
+        notes = (f"each of the {gates} gates' ({cols}, {cols}) blocks orthogonal (orthogonal_ per gate)",)
     return Reading(layout, *fans, matches=(_named("orthogonal", [label]),), expected_std=expected, score=0.0,
-                   nearest_ratio=stats.std / expected if expected else None, exact=True)
+                   nearest_ratio=stats.std / expected if expected else None, notes=notes, exact=True)
 
 
 # -- n_layer ---------------------------------------------------------------------------------------------
