@@ -893,6 +893,10 @@ def sweep(points: Sequence[Point], *, executor=None, options: dict | None = None
     if keep_rows and len(points) > MAX_KEPT_ROWS:
         raise InitcliError("out", f"the grid has {len(points):,} points; rows are kept in memory for the output up to "
                                   f"{MAX_KEPT_ROWS:,}: give --out FILE.csv to stream them to a file")
+    if out is not None and os.fspath(out).lower().endswith(".parquet") and len(points) > MAX_KEPT_ROWS:
+        raise InitcliError("out", f"the grid has {len(points):,} points; a .parquet file is rewritten whole after "
+                                  f"every task, up to {MAX_KEPT_ROWS:,} points: give a .csv file, which grows by "
+                                  "appending")
     check_points(points, options, executor.here)
     settings = settings_text(options)
     results = results_file(out, header) if out is not None else None
