@@ -6,9 +6,14 @@
     >>> result.summary.lines
 
 One `TensorReport` per tensor (the public columns `COLUMNS`) and a `Summary`: how many
-tensors follow each scheme, the suspicious ones, and the mean-field forward factor of each
-chain of connecting 2-D matrices under an activation. Readers (`readers`) yield one tensor at a
-time; statistics and matching (`matching`) never know the format.
+tensors follow each scheme (abstentions counted apart from "no match"), the suspicious and
+unusual ones, whether the file looks trained, what a wrapper held beside the model, and the
+mean-field forward factor of each chain of layers whose data flow the names give (a
+Sequential's consecutive layers) under an activation it names. A zero or tiny tensor is judged
+by where it sits: a head, the end of a residual branch, a layer scale, a norm the model adds 1
+to are `ok` with a note; zero matrices whose units feed later layers are suspicious. With
+`with_changes`, each tensor is compared with the file it started from. Readers (`readers`)
+yield one tensor at a time; statistics and matching (`matching`) never know the format.
 """
 
 from __future__ import annotations

@@ -9,9 +9,17 @@ A scheme explains a tensor when its std formula and its distribution family both
   ±2σ ≈ −0.63; its standard error is √(v/n), v from the family's moments by the delta method
   on m4/m2² (24 for a normal, 1.32 for a uniform: a uniform is told apart from few draws);
 - the mean: 0 within its standard error s/√n.
-Each is accepted within `Z_ACCEPT` standard errors. Orthogonal (W·Wᵀ = c·I on the short side),
-zeros, constants, identity and dirac are recognised exactly. Every reading accepted is listed,
-best (smallest sum of squared z) first, joined by `|`.
+Each is accepted within `Z_ACCEPT` standard errors; a handful of extreme values (trunc_normal_'s
+±2 clamp, one corrupted weight) are left out of the moments and reported apart. Orthogonal
+(W·Wᵀ = c·I on the short side), zeros, constants, identity and dirac are recognised exactly.
+Every reading accepted is listed, joined by `|`, by plausibility: Σz² plus a cost per option a
+user had to choose (`PRIOR_PER_OPTION`), the file's most common reading first where accepted.
+Every reading is a valid --scheme (`schemes.parse_scheme_spec`).
+
+Roles come from name patterns and shape together (`assign_roles`). Besides the named schemes
+and conventions, a file's own conventions are read from it (`infer_conventions`): a std shared
+by many tensors that no fan formula gives, a gain no table has shared by matrices of several
+shapes, a std falling with the block index as a power law, a round std chosen by hand.
 """
 
 from __future__ import annotations
@@ -174,10 +182,6 @@ def is_branch_end(name: str) -> bool:
         return True
     # HF BERT-style: ...layer.N.output.dense / attention.output.dense
     return leaf == "dense" and len(module) >= 2 and module[-2] == "output"
-
-
-def is_state_space(name: str) -> bool:
-    return set_by_formula(name) is not None
 
 
 def _leaf(name: str) -> str:
