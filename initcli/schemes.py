@@ -205,8 +205,9 @@ def _spec_number(key: str, text: str, spec: str) -> float:
 
 
 def parse_scheme_spec(spec: str) -> tuple[str, dict]:
-    """'he-normal(mode=fan_out,a=0.1)' -> ('he-normal', {'mode': 'fan_out', 'activation':
-    'leaky-relu', 'negative_slope': 0.1}): `make_init`'s keywords. A bare name has no options."""
+    """'he-normal(mode=fan_out,a=0.1)' -> ('he-normal', {'mode': 'fan_out', 'a': 0.1}):
+    `make_init`'s keywords, and `a`, He's leaky slope (torch's kaiming a). A bare name has no
+    options."""
     text = str(spec)
     found = _SPEC.match(text)
     if found is None:
@@ -232,9 +233,8 @@ def parse_scheme_spec(spec: str) -> tuple[str, dict]:
             parsed = int(value)
         else:
             parsed = _spec_number(key, value, text)
-        if key in ("a", "negative_slope"):
-            options["activation"] = "leaky-relu"
-            key = "negative_slope"
+        if key == "negative_slope":
+            key = "a"  # in a scheme's name the slope is He's a, as torch's kaiming_*_(a=…)
         if key in options:
             raise InitcliError("scheme", f"'{text}' gives {key} twice")
         options[key] = parsed
@@ -933,16 +933,27 @@ def make_init(
         given = {"gain": gain, "mode": mode, "distribution": distribution, "activation": activation,
                  "negative_slope": negative_slope, "value": value, "std": std, "limit": limit, "mean": mean,
                  "low": low, "high": high, "sparsity": sparsity, "groups": groups}
-        defaults = {"gain": 1.0, "activation": "relu", "negative_slope": DEFAULT_NEGATIVE_SLOPE}
+        defaults = {"gain": 1.0}
+        slope = spelled.pop("a", None)
         for key, spelled_value in spelled.items():
             current = given[key]
-            if key == "activation":
-                activation = spelled_value
-                continue
             if current is not None and current != defaults.get(key) and current != spelled_value:
                 raise InitcliError(key, f"is {current} but the scheme '{scheme}(…)' gives {key}={spelled_value}; "
                                         "give it once")
             given[key] = spelled_value
+        if slope is not None:
+            # He's slope a, as torch's kaiming a: the std × 1/√(1 + a²), i.e. a gain, so that the
+            # network's activation (and what params record of it) stays the caller's
+            if not get_scheme(scheme).slope_corrected:
+                raise InitcliError("scheme", f"'{scheme}(…a=…)': a is He's leaky slope; {scheme} has none")
+            slope = check_number("scheme", slope, nonnegative=False)
+            network = get_activation(activation, given["negative_slope"])
+            if network.name == "leaky-relu":
+                if given["negative_slope"] != slope:
+                    raise InitcliError("negative_slope", f"is {given['negative_slope']} but the scheme gives a={slope}; "
+                                                         "give it once")
+            else:
+                given["gain"] = check_number("gain", given["gain"]) / math.hypot(1.0, slope)
         gain, mode, distribution, negative_slope = given["gain"], given["mode"], given["distribution"], \
             given["negative_slope"]
         value, std, limit, mean, low, high = (given[k] for k in ("value", "std", "limit", "mean", "low", "high"))
