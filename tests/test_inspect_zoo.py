@@ -581,6 +581,9 @@ def test_readings_are_schemes_everywhere(tmp_path):
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, bad
     with pytest.raises(InitcliError, match="give it once"):
         make_init("normal(std=0.02)", std=0.5)
+    # He's a is a property of the draw, not of the network: the activation recorded stays relu
+    slope = make_init("he-normal(a=0.1)")
+    assert (slope.activation, slope.gain) == ("relu", pytest.approx(1 / math.sqrt(1.01), rel=1e-15))
     compared = runner.invoke(app, ["compare", "--schemes", "he-normal(mode=fan_out,a=0.1),xavier", "--depth", "3",
                                    "--width", "16", "--batch", "16", "--format", "csv"])
     assert compared.exit_code == 0, compared.output
