@@ -106,7 +106,7 @@ def inspect_command(
         result = with_changes(result, path, against)
     rows = result.rows()
     drawn = _chosen(result, tensor) if out.plot or out.save_plot else None
-    engine = _propagate(path, result, activation, negative_slope, batch, seed) if propagate else None
+    engine = _propagate(path, result, chain_activation, negative_slope, batch, seed) if propagate else None
     if fmt == "table":
         p = result.params
         hidden = print_table(rows, list(result.columns), title=f"{p['path']} · {p['format']} · {p['tensors']} tensors "

@@ -816,11 +816,12 @@ def density_for(report: TensorReport):
 PROPAGATE_BATCH = 512
 
 
-def propagate_chain(path: str | os.PathLike, result: InspectResult, *, activation: str = "relu",
+def propagate_chain(path: str | os.PathLike, result: InspectResult, *, activation: str | None = None,
                     negative_slope: float = 0.01, batch: int = PROPAGATE_BATCH, seed: int = 0):
     """Push `batch` random N(0, 1) inputs through the longest chain `inspect` found (its
     matrices as stored, biases left out), backpropagate a N(0, 1) cotangent, and measure every
-    layer with the `propagate` engine. Returns (chain, layer records) or None without a chain."""
+    layer with the `propagate` engine under `activation` (None: the chain's, the one the
+    summary names). Returns (chain, layer records) or None without a chain."""
     import numpy as np
 
     from ..activations import get_activation
@@ -841,5 +842,6 @@ def propagate_chain(path: str | os.PathLike, result: InspectResult, *, activatio
     streams = seed_streams(seed)
     x = gaussian(streams["inputs"], (batch, stack.sizes[0]))
     cotangent = gaussian(streams["cotangent"], (batch, stack.sizes[-1]))
-    layers, _, _ = measure(stack, get_activation(activation, negative_slope), x, cotangent)
+    act = get_activation(chain.activation if activation is None else activation, negative_slope)
+    layers, _, _ = measure(stack, act, x, cotangent)
     return chain, layers
