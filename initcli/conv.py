@@ -126,14 +126,27 @@ def conv_shape(channels: int | None = None, spatial: Sequence[int] | int | None 
 # -- one convolution ------------------------------------------------------------------------
 
 
-def _pad(x: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
+def _buffer(workspace: dict | None, key: tuple, shape: tuple[int, ...], dtype, fill=np.empty) -> np.ndarray:
+    """An array for transient use, made by `fill` the first time and then the same one for the
+    same key: a stack's layers reuse memory already mapped instead of faulting in new pages."""
+    if workspace is None:
+        return fill(shape, dtype=dtype)
+    key = (key, shape, np.dtype(dtype).str)
+    if key not in workspace:
+        workspace[key] = fill(shape, dtype=dtype)
+    return workspace[key]
+
+
+def _pad(x: np.ndarray, before: int, after: int, padding: str, workspace: dict | None = None) -> np.ndarray:
     """Pad the spatial axes of a channels-last array: wrapped around (circular) or zeros.
-    Written into one new array, axis by axis (np.pad does the same several times slower)."""
+    Written into one array, axis by axis (np.pad does the same several times slower): a new
+    one, or the workspace's for this geometry (zero padding then only writes the interior,
+    its border being zeros from the start)."""
     if before == after == 0:
         return x
     dims = x.ndim - 2
-    out = (np.empty if padding == "circular" else np.zeros)(
-        (x.shape[0],) + tuple(n + before + after for n in x.shape[1:-1]) + (x.shape[-1],), dtype=x.dtype)
+    out = _buffer(workspace, ("pad", padding, before), (x.shape[0],) + tuple(n + before + after for n in x.shape[1:-1])
+                  + (x.shape[-1],), x.dtype, np.empty if padding == "circular" else np.zeros)
     out[(slice(None),) + tuple(slice(before, before + n) for n in x.shape[1:-1])] = x
     if padding == "circular":
         for axis in range(1, dims + 1):  # axes padded so far already hold their wrap: corners come right
@@ -173,17 +186,19 @@ def _as_matrix(w: np.ndarray) -> np.ndarray:
     return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
 
 
-def correlate(x: np.ndarray, w: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
+def correlate(x: np.ndarray, w: np.ndarray, before: int, after: int, padding: str,
+              workspace: dict | None = None) -> np.ndarray:
     """Stride-1 cross-correlation of a channels-last x (B, *S, C) with w (O, C, k, …),
-    padded `before`/`after` on each spatial axis: (B, *S', O). One GEMM per batch chunk."""
+    padded `before`/`after` on each spatial axis: (B, *S', O). One GEMM per batch chunk.
+    `workspace` (a dict kept across calls) lends the padded copy and the im2col chunk."""
     kernel, taps = w.shape[2], math.prod(w.shape[2:])
     matrix = _as_matrix(w).T  # (k^d·C, O)
-    xp = _pad(x, before, after, padding)
+    xp = _pad(x, before, after, padding, workspace)
     out_spatial = tuple(n - kernel + 1 for n in xp.shape[1:-1])
     dtype = np.result_type(x, w)
     out = np.empty((x.shape[0],) + out_spatial + (w.shape[0],), dtype=dtype)
     step = min(x.shape[0], _chunk(out.shape, matrix.shape[0], dtype.itemsize))
-    cols = np.empty((step,) + out_spatial + (taps, x.shape[-1]), dtype=x.dtype)
+    cols = _buffer(workspace, "cols", (step,) + out_spatial + (taps, x.shape[-1]), x.dtype)
     windows = _windows(xp, kernel)
     for start in range(0, x.shape[0], step):
         part = _patches(windows, start, cols[:x.shape[0] - start])
@@ -192,15 +207,15 @@ def correlate(x: np.ndarray, w: np.ndarray, before: int, after: int, padding: st
 
 
 def weight_gradient(x: np.ndarray, delta: np.ndarray, w_shape: tuple[int, ...], before: int, after: int,
-                    padding: str) -> np.ndarray:
+                    padding: str, workspace: dict | None = None) -> np.ndarray:
     """∂L/∂W = Σ_{examples, positions} δ ⊗ window(a): δᵀ·im2col(a), a chunk at a time."""
     out_channels, kernel, taps = w_shape[0], w_shape[2], math.prod(w_shape[2:])
     columns = taps * x.shape[-1]
-    xp = _pad(x, before, after, padding)
+    xp = _pad(x, before, after, padding, workspace)
     dtype = np.result_type(x, delta)
     grad = np.zeros((out_channels, columns), dtype=dtype)
     step = min(x.shape[0], _chunk(delta.shape, columns, dtype.itemsize))
-    cols = np.empty((step,) + delta.shape[1:-1] + (taps, x.shape[-1]), dtype=x.dtype)
+    cols = _buffer(workspace, "cols", (step,) + delta.shape[1:-1] + (taps, x.shape[-1]), x.dtype)
     windows = _windows(xp, kernel)
     for start in range(0, x.shape[0], step):
         part = _patches(windows, start, cols[:x.shape[0] - start])
@@ -209,12 +224,13 @@ def weight_gradient(x: np.ndarray, delta: np.ndarray, w_shape: tuple[int, ...], 
     return np.moveaxis(grad.reshape((out_channels,) + tuple(w_shape[2:]) + (x.shape[-1],)), -1, 1).copy()
 
 
-def input_gradient(delta: np.ndarray, w: np.ndarray, before: int, after: int, padding: str) -> np.ndarray:
+def input_gradient(delta: np.ndarray, w: np.ndarray, before: int, after: int, padding: str,
+                   workspace: dict | None = None) -> np.ndarray:
     """∂L/∂a from δ = ∂L/∂h: y_i = Σ_t w_t·a_{i+t−before} gives ∂L/∂a_m = Σ_s w_{k−1−s}ᵀ·δ_{m+s−after},
     a correlation with the flipped, channel-transposed kernel, padded after/before (with
     wrap-around for circular padding, zeros outside for zero padding)."""
     flipped = np.flip(w, axis=tuple(range(2, w.ndim))).swapaxes(0, 1)
-    return correlate(delta, flipped, after, before, padding)
+    return correlate(delta, flipped, after, before, padding, workspace)
 
 
 def to_channels_last(x: np.ndarray) -> np.ndarray:
@@ -271,10 +287,11 @@ def forward(stack: ConvStack, act: Activation, x: np.ndarray, observe: ConvObser
     arch = stack.arch
     trace = ConvTrace(x)
     a = block_input = x
+    workspace = {}
     for index, (w, b) in enumerate(zip(stack.weights, stack.biases), start=1):
         if arch.opens_block(index):
             block_input = a
-        h = correlate(a, w, before, after, stack.shape.padding)
+        h = correlate(a, w, before, after, stack.shape.padding, workspace)
         if b.any():
             h += b
         branch, deriv = act.apply(h)
@@ -301,6 +318,7 @@ def backward(stack: ConvStack, trace: ConvTrace, cotangent: np.ndarray,
     padding, arch = stack.shape.padding, stack.arch
     grads = [] if keep_grads else None
     grad, skip_grad = cotangent, None
+    workspace = {}
     for index in range(stack.depth, 0, -1):
         w, deriv = stack.weights[index - 1], trace.derivs[index - 1]
         if arch.closes_block(index):
@@ -310,7 +328,7 @@ def backward(stack: ConvStack, trace: ConvTrace, cotangent: np.ndarray,
         else:
             delta = grad * deriv
         a_below = trace.x if index == 1 else trace.acts[index - 2]
-        weight_grad = weight_gradient(a_below, delta, w.shape, before, after, padding)
+        weight_grad = weight_gradient(a_below, delta, w.shape, before, after, padding, workspace)
         if observe is not None:
             observe(index, delta, weight_grad)
         if grads is not None:
@@ -319,7 +337,7 @@ def backward(stack: ConvStack, trace: ConvTrace, cotangent: np.ndarray,
         if index == 1 and not input_grad:
             grad = None
             break
-        grad = input_gradient(delta, w, before, after, padding)
+        grad = input_gradient(delta, w, before, after, padding, workspace)
         if arch.opens_block(index):
             grad += skip_grad
             skip_grad = None
