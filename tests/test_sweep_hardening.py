@@ -292,7 +292,8 @@ def test_a_resume_removes_the_temporaries_a_killed_parquet_rewrite_left(tmp_path
 def test_ctrl_c_on_a_local_dask_cluster_prints_no_worker_traceback(tmp_path):
     pytest.importorskip("distributed")
     out = tmp_path / "d.csv"
-    process = _start(["sweep", "--sigma-w", "0.5:3:40", "--depth", "20", "--width", "64", "--batch", "64",
+    # 4,000 points: still running when Ctrl-C comes (40 could all finish first)
+    process = _start(["sweep", "--sigma-w", "0.5:3:4000", "--depth", "20", "--width", "64", "--batch", "64",
                       "--executor", "dask", "--jobs", "2", "--out", str(out)], start_new_session=True)
     try:
         _wait_for_rows(out, 2, process, 90)
