@@ -689,14 +689,18 @@ class ResultsFile:
         return buffer.getvalue().encode()
 
     def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            view = memoryview(data)
-            while view:  # one write for any sane size; a short write continues, still whole lines at the end
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:  # one write for any sane size; a short write continues, still whole lines at the end
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a half line left behind is cut off by the next run's resume
+            raise InitcliError("out", f"could not write '{self.path}': {exc.strerror or exc}; the rows "
+                                      "before are kept and a rerun resumes after them") from None
 
     def append(self, rows: Sequence[dict]) -> None:
         from .render import csv_cell

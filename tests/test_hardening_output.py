@@ -146,3 +146,24 @@ def test_propagate_weights_declaring_more_than_memory_names_the_file(tmp_path):
     assert "--weights" in done.output and "huge.npz" in done.output
     for refused_with_weights in ("--width", "--depth", "--sizes"):
         assert refused_with_weights not in done.output
+
+
+def test_sweep_out_that_stops_taking_rows_names_out_and_the_file(tmp_path):
+    """A results file the system stops letting grow (here a 600-byte file-size limit, EFBIG)
+    is one line naming --out and the file, exit 2, and the whole lines before it are kept."""
+    import resource
+    import signal
+
+    out = tmp_path / "r.csv"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))
+
+    done = subprocess.run([sys.executable, "-m", "initcli", "sweep", "--sigma-w", "0.5:2:4", "--depth", "3",
+                           "--width", "8", "--batch", "8", "--jobs", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **ENV}, preexec_fn=limit)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("initcli: error:")]
+    assert len(lines) == 1 and "--out" in lines[0] and str(out) in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
