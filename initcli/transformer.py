@@ -328,14 +328,14 @@ def _heads(x: np.ndarray, heads: int) -> np.ndarray:
     return x.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
 
 
-def _merge(x: np.ndarray) -> np.ndarray:
-    """(B, H, T, d_h) → (B, T, D), contiguous."""
-    b, h, t, dh = x.shape
-    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, t, h * dh)
+def _tokens_times(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (…, T, n) times a matrix w (n, m), all tokens as the rows of one product: numpy's
+    matmul would make one small product per sequence, a third slower at 16 tokens."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[-1],))
 
 
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = x @ w.T
+    out = _tokens_times(x, w.T)
     if b.any():
         out += b
     return out
@@ -402,7 +402,9 @@ def attention(block: Block, shape: TransformerShape, u: np.ndarray) -> AttnCache
     probs = _softmax(logits, top, bottom)
     if shape.causal:
         top = float(logits.max())  # of the logits kept
-    mixed = _merge(probs @ v)
+    mixed = np.empty((b, t, heads, d // heads), dtype=probs.dtype)  # concat_h(P V), written in place
+    np.matmul(probs, v, out=mixed.transpose(0, 2, 1, 3))
+    mixed = mixed.reshape(b, t, d)
     return AttnCache(u, q, k, v, logits, probs, mixed, _linear(mixed, block.wo, block.bo), top)
 
 
@@ -413,7 +415,7 @@ def attention_backward(block: Block, shape: TransformerShape, cache: AttnCache, 
     heads, scale = shape.heads, shape.scale
     if grads is not None:
         _weight_grads(grads, "wo", "bo", grad, cache.mixed, bias_grads)
-    d_mixed = _heads(grad @ block.wo, heads)
+    d_mixed = _heads(_tokens_times(grad, block.wo), heads)
     d_probs = d_mixed @ cache.v.transpose(0, 1, 3, 2)
     # ∂L/∂Q, ∂L/∂K, ∂L/∂V go straight into one (…, T, 3, H, d_h) array: its rows are the
     # stacked projections' deltas, for one weight-gradient product and one input-gradient product
@@ -437,7 +439,7 @@ def attention_backward(block: Block, shape: TransformerShape, cache: AttnCache, 
             grads["w" + name] = stacked["w"][i * d:(i + 1) * d]
             if bias_grads:
                 grads["b" + name] = stacked["b"][i * d:(i + 1) * d]
-    return d_qkv @ weights
+    return _tokens_times(d_qkv, weights)
 
 
 def mlp(block: Block, act: Activation, v: np.ndarray) -> MlpCache:
@@ -454,11 +456,11 @@ def mlp_backward(block: Block, cache: MlpCache, grad: np.ndarray, grads: dict | 
                  bias_grads: bool = True) -> np.ndarray:
     if grads is not None:
         _weight_grads(grads, "w2", "b2", grad, cache.act, bias_grads)
-    d_h = grad @ block.w2
+    d_h = _tokens_times(grad, block.w2)
     d_h *= cache.deriv
     if grads is not None:
         _weight_grads(grads, "w1", "b1", d_h, cache.v, bias_grads)
-    return d_h @ block.w1
+    return _tokens_times(d_h, block.w1)
 
 
 def _weight_grads(grads: dict, weight: str, bias: str, delta: np.ndarray, inputs: np.ndarray,
