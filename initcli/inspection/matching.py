@@ -36,7 +36,16 @@ from ..schemes import TRUNC_NORMAL_HIGH, TRUNCATED_NORMAL_STD, TRUNCATION_BOUND,
 Z_ACCEPT = 4.0  # standard errors within which a reading is accepted (two-sided 6e-5 per test)
 SUBSAMPLE = 1 << 20  # statistics on at most this many elements (a deterministic subsample)
 MIN_ELEMENTS = 32  # fewer elements than this: too few to tell a std formula or family apart
-CHUNK = 1 << 24  # full-tensor passes (finite, min, max, zeros) go this many elements at a time
+SUBSAMPLE_BLOCKS = 1024  # the subsample is this many contiguous blocks, one per stratum (`subsample`)
+# The KS test runs on at most KS_SAMPLE of the subsample's values. At the verdict's p = 1e-6 its
+# critical statistic is λ/√m, λ = √(ln(2·10⁶)/2) = 2.69; the empirical CDF's sd is ≤ 0.5/√m, so a
+# departure D from the matched CDF is caught with probability ≥ 0.999 when √m·D ≥ 2.69 + 3.09·0.5
+# = 4.24. The nearest two families (normal and the ±2σ truncated normal at one std) differ by
+# D = 0.0167: m = 2¹⁸ catches half that (D ≥ 0.0083); 2¹⁶ would catch only the whole gap.
+# (The std and the kurtosis are tested on the whole subsample.)
+KS_SAMPLE = 1 << 18
+CHUNK = 1 << 24  # passes over a whole tensor elsewhere (--against) go this many elements at a time
+PASS_CHUNK = 1 << 18  # `_full_pass` goes this many at a time: 1 MiB of float32, min, max, zeros in cache
 OUTLIER_Z = 6.0  # |w − mean| beyond this many std is an outlier (raised for large n, below)
 
 # torch.nn.init.calculate_gain's table (linear/sigmoid 1, tanh 5/3, relu √2, selu 3/4) and the
@@ -325,81 +334,131 @@ class Stats:
 
 
 def _full_pass(flat: np.ndarray) -> tuple[int, float, float, int]:
-    """(non-finite count, min, max, zeros) over every element, CHUNK at a time (float32)."""
+    """(non-finite count, min, max, zeros) over every element, PASS_CHUNK at a time (float32).
+
+    min and max alone show a chunk is finite (NaN propagates through them, ±inf is an extreme),
+    so isfinite runs only on a chunk holding a non-finite value, and zeros are counted only when
+    0 lies between the chunk's extremes (as `chunk == 0`: count_nonzero on an unaligned float
+    array, a memory-mapped file's, is 15× slower). Each chunk is dropped before the next is
+    read: a bf16 tensor never has two widened chunks alive."""
     nonfinite, zeros, lo, hi = 0, 0, math.inf, -math.inf
     wide = np.float64 if flat.dtype == np.float64 else np.float32  # float64 beyond float32's range stays
-    for start in range(0, flat.size, CHUNK):
-        chunk = np.asarray(flat[start:start + CHUNK], dtype=wide)
-        bad = ~np.isfinite(chunk)
-        count = int(bad.sum())
-        if count:
-            nonfinite += count
-            chunk = chunk[~bad]
-        if chunk.size:
-            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-            zeros += chunk.size - int(np.count_nonzero(chunk))
+    for start in range(0, flat.size, PASS_CHUNK):
+        chunk = np.asarray(flat[start:start + PASS_CHUNK], dtype=wide)
+        c_lo, c_hi = float(chunk.min()), float(chunk.max())
+        if not (math.isfinite(c_lo) and math.isfinite(c_hi)):
+            finite = np.isfinite(chunk)
+            nonfinite += chunk.size - int(np.count_nonzero(finite))
+            chunk = chunk[finite]
+            del finite
+            c_lo, c_hi = (float(chunk.min()), float(chunk.max())) if chunk.size else (math.inf, -math.inf)
+        lo, hi = min(lo, c_lo), max(hi, c_hi)
+        if c_lo <= 0 <= c_hi:
+            zeros += int(np.count_nonzero(chunk == 0))
+        del chunk
     return nonfinite, lo, hi, zeros
 
 
 def subsample(flat: np.ndarray, name: str, cap: int | None = None) -> np.ndarray:
-    """Every element, or `cap` of them: one at a random offset in each of `cap` equal strides
-    (systematic sampling with jitter; seeded by the name, so a rerun gives the same numbers)."""
+    """Every element, or `cap` of them in SUBSAMPLE_BLOCKS contiguous blocks (a block reads
+    as fast as a slice; scattered single elements cost 7× more).
+
+    Stratified: the tensor is cut into SUBSAMPLE_BLOCKS equal strata (sizes differing by at
+    most one) and each gives one block at a random offset, wrapping around inside its stratum,
+    so every element of a stratum is taken with the same probability (block / stratum) and
+    every stratum is represented: a tensor whose rows differ (stacked q/k/v, per-layer scales)
+    is sampled in proportion. Seeded by the name: a rerun gives the same numbers."""
     cap = SUBSAMPLE if cap is None else cap
-    if flat.size <= cap:
+    n = flat.size
+    if n <= cap:
         return np.asarray(flat, dtype=np.float64)
-    step = flat.size // cap
+    blocks = min(SUBSAMPLE_BLOCKS, cap)
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    index = np.arange(cap, dtype=np.int64) * step + rng.integers(0, step, cap)
-    return np.asarray(flat[index], dtype=np.float64)
+    offsets = rng.random(blocks)
+    out = np.empty(cap, np.float64)
+    at = 0
+    for k in range(blocks):
+        low, high = k * n // blocks, (k + 1) * n // blocks  # the stratum
+        length = (k + 1) * cap // blocks - k * cap // blocks  # the block (lengths differ by at most one)
+        size = high - low
+        first = low + min(int(offsets[k] * size), size - 1)
+        head = min(length, high - first)
+        out[at:at + head] = flat[first:first + head]
+        if head < length:  # wraps to the stratum's start
+            out[at + head:at + length] = flat[low:low + length - head]
+        at += length
+    return out
 
 
 def _count_at(flat: np.ndarray, value: float) -> int:
-    return sum(int(np.count_nonzero(np.abs(np.asarray(flat[i:i + CHUNK], dtype=np.float32)) == value))
-               for i in range(0, flat.size, CHUNK))
+    total = 0
+    for i in range(0, flat.size, PASS_CHUNK):
+        chunk = np.asarray(flat[i:i + PASS_CHUNK], dtype=np.float32)
+        total += int(np.count_nonzero(np.abs(chunk) == value))
+        del chunk
+    return total
 
 
-def _trim(sample: np.ndarray) -> tuple[np.ndarray, int]:
-    """The sorted sample without a handful of extreme values: those beyond the outlier
-    threshold in units of a robust σ (IQR/1.349, the normal's; a uniform's IQR gives 0.74× its
-    σ, so the cut is further out for it), kept only when they are at most max(4, n/10⁵). A real
-    heavy tail has many more and is left whole (its kurtosis is the finding)."""
+def _extremes(sample: np.ndarray, quartiles: tuple[float, float, float]) -> tuple[np.ndarray | None, int]:
+    """The sample's mask of values kept and how many extreme values it drops: those beyond the
+    outlier threshold in units of a robust σ (IQR/1.349, the normal's; a uniform's IQR gives
+    0.74× its σ, so the cut is further out for it), dropped only when they are at most
+    max(4, n/10⁵). A real heavy tail has many more and is left whole (its kurtosis is the
+    finding). None: nothing dropped."""
     n = sample.size
     if n < 1000:
-        return sample, 0
-    q1, median, q3 = sample[n // 4], sample[n // 2], sample[(3 * n) // 4]
+        return None, 0
+    q1, median, q3 = quartiles
     sigma = (q3 - q1) / 1.349
     if not sigma > 0:
-        return sample, 0
+        return None, 0
     reach = outlier_threshold(n) * sigma
-    lo, hi = np.searchsorted(sample, median - reach, "left"), np.searchsorted(sample, median + reach, "right")
-    extreme = lo + (n - hi)
+    if float(sample.min()) >= median - reach and float(sample.max()) <= median + reach:
+        return None, 0
+    keep = np.abs(sample - median) <= reach
+    extreme = n - int(np.count_nonzero(keep))
     if 0 < extreme <= max(4, n // 100_000):
-        return sample[lo:hi], int(extreme)
-    return sample, 0
+        return keep, extreme
+    return None, 0
 
 
 def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
-    """The tensor's statistics and the (finite, sorted) sample they were computed on.
+    """The tensor's statistics, and the sorted sample the KS test is run on (every
+    k-th value of the subsample the moments are computed on, at most KS_SAMPLE).
 
     A handful of extreme values do not decide the family: they are left out of the moments
     (`trimmed`) and still reported by max_abs_z. Values at exactly ±2 far out in a small-std
     tensor are torch's trunc_normal_ clamp (its default bounds a = −2, b = 2, reached when the
-    erfinv of its float32 uniform hits ±1, about once in 2²⁴ draws): counted as `clamped`."""
+    erfinv of its float32 uniform hits ±1, about once in 2²⁴ draws): counted as `clamped`.
+    The quartiles that set the outlier cut come from the sorted KS sample: at 2¹⁸ draws a
+    quartile's standard error is 0.002σ, nothing beside a cut at ≥ 6σ."""
     flat = array.reshape(-1)
     nonfinite, lo, hi, zeros = _full_pass(flat)
     sample = subsample(flat, name)
-    sample = np.sort(sample[np.isfinite(sample)])
-    sample, trimmed = _trim(sample)
+    if nonfinite:
+        sample = sample[np.isfinite(sample)]
+    stride = max(1, -(-sample.size // KS_SAMPLE))
+    # every stride-th value of contiguous blocks at random offsets: each element equally likely
+    ks_sample = np.sort(sample[::stride])
+    m = ks_sample.size
+    quartiles = (ks_sample[m // 4], ks_sample[m // 2], ks_sample[(3 * m) // 4]) if m else (0.0, 0.0, 0.0)
+    keep, trimmed = _extremes(sample, quartiles)
+    if keep is not None:
+        sample = sample[keep]
+        q1, median, q3 = quartiles
+        reach = outlier_threshold(keep.size) * (q3 - q1) / 1.349
+        ks_sample = ks_sample[np.searchsorted(ks_sample, median - reach, "left"):
+                              np.searchsorted(ks_sample, median + reach, "right")]
     clamped = 0
     if sample.size and max(abs(lo), abs(hi)) == TRUNC_NORMAL_HIGH and \
-            max(abs(sample[0]), abs(sample[-1])) < TRUNC_NORMAL_HIGH / 10:
+            max(abs(float(sample.min())), abs(float(sample.max()))) < TRUNC_NORMAL_HIGH / 10:
         clamped = _count_at(flat, TRUNC_NORMAL_HIGH)
         if clamped > max(4, flat.size // 100_000):
             clamped = 0
     n = flat.size
     if sample.size == 0:
         return Stats(n, 0, False, nonfinite, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan,
-                     math.nan), sample
+                     math.nan), ks_sample
     # moments in units of a power of two near the largest |w|, exactly rescaled, so that values
     # near float64's limit (or tiny ones) neither overflow nor underflow the fourth powers
     largest = max(abs(lo), abs(hi))
@@ -407,22 +466,23 @@ def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
     with np.errstate(all="ignore"):
         scaled = sample / unit
         mean = float(scaled.mean())
-        centred = scaled - mean
-        square = centred * centred
-        m2 = float(np.mean(square))
+        scaled -= mean
+        np.square(scaled, out=scaled)  # the squared deviations, in place
+        m2 = float(np.mean(scaled))
         std = math.sqrt(m2)
         if m2 > 0 and math.isfinite(m2):
-            m4 = float(np.mean(square * square))
+            m4 = float(np.dot(scaled, scaled)) / scaled.size
             kurtosis = m4 / m2 / m2 - 3 if math.isfinite(m4) else math.nan
             if clamped:  # the clamp's ±2 is not the distribution's tail: the sample's extremes are
-                max_abs_z = max(abs(sample[-1] / unit - mean), abs(sample[0] / unit - mean)) / std
+                max_abs_z = max(abs(float(sample.max()) / unit - mean), abs(float(sample.min()) / unit - mean)) / std
             else:
                 max_abs_z = max(abs(hi / unit - mean), abs(lo / unit - mean)) / std
         else:
             kurtosis, max_abs_z = math.nan, (0.0 if m2 == 0 else math.nan)
+        del scaled
     mean, std = mean * unit, std * unit
     return Stats(n, int(sample.size), nonfinite == 0, nonfinite, lo, hi, zeros / max(n - nonfinite, 1), mean, std,
-                 kurtosis, max_abs_z, trimmed, clamped), sample
+                 kurtosis, max_abs_z, trimmed, clamped), ks_sample
 
 
 def outlier_threshold(n: int) -> float:
@@ -437,40 +497,77 @@ def outlier_threshold(n: int) -> float:
 # -- exact structure ---------------------------------------------------------------------------------
 
 
-def _short_side(matrix: np.ndarray, rows: int = 256) -> np.ndarray:
-    """Up to `rows` vectors of the short side of a 2-D matrix, as rows of a float64 array."""
+# The orthogonality test. Let V hold s vectors of the short side (length L) and E = G/c − I,
+# G = V·Vᵀ, c = mean(diag G) = g². For a Gaussian matrix each off-diagonal of E is ≈ N(0, 1/L)
+# and each diagonal ≈ N(0, 2/L): E's root mean square is ≈ 1/√L. For an orthogonal matrix
+# rounded to the dtype, entries q(1 + δ) with |δ| ≤ eps (truncation; rounding to nearest is
+# half), sd(δ) ≤ eps/√3, and entries of size ~1/√L (Σq⁴ ≈ 3/L):
+#   off-diagonal Σ q_i q_j (δ_i + δ_j): sd ≤ √2·eps/√(3L);  diagonal 2Σ q² δ: sd ≤ 2·eps/√L,
+# so E's RMS ≤ ρ/√L, ρ = eps·√(2/3 + 4/s); the float32 QR behind orthogonal_ adds ≈ 1.4·2⁻²⁴·√L
+# (measured; 4× that is allowed). Measured ρ: bf16 0.002-0.003, fp8 e4m3 0.04 (0.23 once its
+# entries fall among its subnormals, L ≳ 2¹²), e5m2 0.075 — the bound holds in each.
+# A matrix is orthogonal when RMS(E)·√L ≤ τ = min(4ρ, 0.5): four times the rounding, never
+# above half a Gaussian's. A Gaussian passes only if χ²_k/k < τ² (k ≈ s(s+1)/2 independent
+# entries): by Chernoff with probability ≤ (τ²·e^(1−τ²))^(k/2); short sides too short for that
+# to be under ORTHOGONAL_FALSE_PASS are not tested.
+ORTHOGONAL_FALSE_PASS = 1e-6
+ORTHOGONAL_FLOPS = 1 << 30  # s²·L bound on the Gram's cost: s ≤ 256 vectors, ≥ 16 where there are
+ORTHOGONAL_CHUNK = 1 << 20  # elements of the short side's vectors held at once (8 MiB of float64)
+
+
+def _gram(matrix: np.ndarray, rows: int) -> np.ndarray:
+    """V·Vᵀ of the first `rows` vectors of the short side of a 2-D matrix, in float64, reading
+    at most ORTHOGONAL_CHUNK elements at a time along the long side."""
     r, c = matrix.shape
-    if r <= c:
-        return np.asarray(matrix[:rows], dtype=np.float64)
-    return np.asarray(matrix[:, :rows], dtype=np.float64).T
+    wide = r <= c
+    long_side = c if wide else r
+    step = max(1, ORTHOGONAL_CHUNK // rows)
+    gram = np.zeros((rows, rows))
+    with np.errstate(all="ignore"):  # entries near float64's limit: an inf Gram, not orthogonal
+        for start in range(0, long_side, step):
+            part = matrix[:rows, start:start + step] if wide else matrix[start:start + step, :rows].T
+            part = np.asarray(part, dtype=np.float64)
+            gram += part @ part.T
+            del part
+    return gram
+
+
+def _rounding_rms(eps: float, rows: int, long_side: int) -> float:
+    """ρ: RMS(E)·√L an orthogonal matrix rounded to a dtype of this eps can reach (above)."""
+    return eps * math.sqrt(2 / 3 + 4 / rows) + 4 * 1.4 * 2.0**-24 * math.sqrt(long_side)
 
 
 def orthogonal_gain(matrix: np.ndarray, eps: float) -> float | None:
-    """g when the short side of `matrix` is orthonormal up to g (W·Wᵀ = g²·I), else None.
-
-    A Gaussian matrix's normalised off-diagonal Gram entries are ~1/√L (L the long side); an
-    orthogonal one's are rounding, ~eps/√L per stored entry: a tenth of 1/√L separates them,
-    and 64·eps covers the QR's own error."""
-    long_side = max(matrix.shape)
-    if min(matrix.shape) < 2 or long_side > 1 << 20:
+    """g when the short side of `matrix` is orthonormal up to g (W·Wᵀ = g²·I) within its dtype's
+    rounding, else None (see the derivation above ORTHOGONAL_FALSE_PASS)."""
+    short, long_side = min(matrix.shape), max(matrix.shape)
+    if short < 2:
         return None
-    tol = max(0.1 / math.sqrt(long_side), 64 * eps)
-    for rows in (8, 256):  # a few vectors first: a random matrix fails at once
-        found = _orthonormal_up_to(_short_side(matrix, rows), tol)
+    budget = int(math.isqrt(ORTHOGONAL_FLOPS // long_side))
+    rows = min(short, 256, max(16, budget))
+    tau = min(4 * _rounding_rms(eps, rows, long_side), 0.5)
+    k = rows * (rows + 1) // 2
+    if (k / 2) * math.log(tau * tau * math.exp(1 - tau * tau)) > math.log(ORTHOGONAL_FALSE_PASS):
+        return None  # too few vectors to tell orthogonal from Gaussian at this dtype
+    found = None
+    for stage in sorted({min(rows, 8), rows}):  # a few vectors first: a random matrix fails at once
+        stage_tau = min(4 * _rounding_rms(eps, stage, long_side), 0.5)
+        found = _orthonormal_up_to(_gram(matrix, stage), stage_tau / math.sqrt(long_side))
         if found is None:
             return None
     return found
 
 
-def _orthonormal_up_to(vectors: np.ndarray, tol: float) -> float | None:
-    with np.errstate(all="ignore"):  # entries near float64's limit: an inf Gram, not orthogonal
-        gram = vectors @ vectors.T
-    diag = np.diag(gram)
-    c = float(diag.mean())
+def _orthonormal_up_to(gram: np.ndarray, tol: float) -> float | None:
+    """√c when RMS(G/c − I) ≤ tol, c the mean of G's diagonal, else None."""
+    c = float(np.diag(gram).mean())
     if not c > 0 or not math.isfinite(c):
         return None
-    off = gram - np.diag(diag)
-    if float(np.max(np.abs(diag - c))) / c > tol or float(np.max(np.abs(off))) / c > tol:
+    with np.errstate(all="ignore"):
+        error = gram / c
+        error[np.diag_indices_from(error)] -= 1
+        rms = math.sqrt(float(np.mean(error * error)))
+    if not rms <= tol:
         return None
     return math.sqrt(c)
 
@@ -703,7 +800,11 @@ def _dtype_eps(dtype: str) -> float:
         return 2.0**-8
     if "f16" in d or "float16" in d or "half" in d:
         return 2.0**-11
-    if "f8" in d or "float8" in d:
+    if "e8m0" in d:  # powers of two only
+        return 1.0
+    if "e5m2" in d:  # two mantissa bits
+        return 2.0**-2
+    if "f8" in d or "float8" in d:  # e4m3: three
         return 2.0**-3
     if "64" in d or "double" in d:
         return 2.0**-53
@@ -843,17 +944,20 @@ def _structured(array, stats, role, layout, dtype, fans, shape) -> Reading | Non
                        exact=True)
     if stats.zero_frac > 0.5 or not stats.finite:
         return None
-    gain = orthogonal_gain(as_matrix(array, layout), _dtype_eps(dtype))
+    eps = _dtype_eps(dtype)
+    gain = orthogonal_gain(as_matrix(array, layout), eps)
     if gain is None:
         return None
-    label = next((lab for g, lab in GAINS if abs(gain / g - 1) < 1e-3), f"gain={gain:.4g}")
-    if gain == 1 or abs(gain - 1) < 1e-3:
+    # rounding moves c = g² by about E[δ²] ≤ eps²/3 (fp8 e5m2: gain 1 reads 1.002)
+    close = max(1e-3, eps * eps)
+    label = next((lab for g, lab in GAINS if abs(gain / g - 1) < close), f"gain={gain:.4g}")
+    if gain == 1 or abs(gain - 1) < close:
         label = ""
     expected = make_init("orthogonal", gain=gain).expected_std(torch_shape(shape, layout))
     notes = ()
     rows, cols = torch_shape(shape, layout)[:2]
     gates = rows // cols if cols and rows % cols == 0 else 0
-    if role == "recurrent" and gates in (3, 4) and abs(gain / math.sqrt(gates) - 1) < 1e-3:
+    if role == "recurrent" and gates in (3, 4) and abs(gain / math.sqrt(gates) - 1) < close:
         # g stacked orthogonal (H, H) blocks: Wᵀ·W = g·I, i.e. the whole matrix orthogonal with gain √g
         notes = (f"each of the {gates} gates' ({cols}, {cols}) blocks orthogonal (orthogonal_ per gate)",)
     return Reading(layout, *fans, matches=(_named("orthogonal", [label]),), expected_std=expected, score=0.0,
