@@ -36,7 +36,10 @@ Rules, in this order (the first that holds wins):
   last; both beyond the finite-width drift bound, the same way. The bound is the larger of 10×
   and exp(3·√(5·Σ 1/n_l)), what finite width alone explains at 3 standard deviations (Hanin &
   Rolnick 2018; THEORY.md "Finite width"). Gradients (going down) are read first, then
-  activations (going up, exploding only).
+  activations (going up, exploding only). Where the judged units change shape (a ResNet's
+  stages), the gradient is read both per entry (what fan-out scaling conserves) and as its
+  squared norm per input (what fan-in scaling conserves): a change of shape moves one against
+  the other (He et al. 2015 §2.2), so both must show the trend.
 - stable: none of the above. The reason says which of the two numbers is within the bound:
   a total beyond it from a transient near the input that settles (tanh under Xavier, whose q
   relaxes towards 0: polynomial, not exponential), or a settled factor that the total does
@@ -98,7 +101,8 @@ class Unit:
     """One measured unit. `name` says where it is ("layer 3", "block 2", "blocks.2");
     `owner` is how a reason names what it holds ("layer 3's", "block 1's attention output"),
     by default the name's possessive. `act_var` is its output's variance (for a branch: what
-    it adds to the stream), `grad_var` the gradient statistic the trend reads."""
+    it adds to the stream), `grad_var` its gradient's variance per entry, `size` its values per
+    input (nan when not known: then the judged units are taken to share one shape)."""
 
     name: str
     role: str = "layer"
@@ -112,6 +116,7 @@ class Unit:
     attn_max: float = NAN
     attn_entropy: float = NAN
     owner: str = ""
+    size: float = NAN
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -371,21 +376,82 @@ def _trend(profile: Profile, activations_only: bool = False):
         return "stable", ("activations change ×{act_ratio:.2g} over {act_depth} {noun}s and ×{act_trend:.2g} "
                           "compounded from the deeper half's ×{act_step:.3g} per {noun}: not both beyond the "
                           "finite-width bound ×{bound:.2g} the same way"), numbers
+    entry = [u.grad_var for u in grads]
+    sizes = [u.size for u in grads]
+    if not (all(_finite(n) and n > 0 for n in sizes) and len(set(sizes)) > 1):
+        return _gradient_verdict(dict(base, **_gradient_numbers(grads, entry), **act), bound, act_explodes)
+    # The judged units change shape (a ResNet's stages: channels ×2, positions ÷4). Through a
+    # layer y = W·x with iid entries of variance σ²/n_in (n: values per input), each of the n_in
+    # entries of Wᵀδ sums n_out terms of variance σ²/n_in·Var(δ), so ‖Wᵀδ‖² ≈ σ²·‖δ‖²: the
+    # squared norm per input changes by σ² alone, the per-entry variance by σ²·n_out/n_in, the
+    # shape too. Fan-in scaling (σ² = 1 after the gain, or a BatchNorm dividing by the output's
+    # scale) conserves the norm; fan-out scaling (stride 1) the per-entry variance (THEORY.md's
+    # backward recursion, σ'² = fan_out·Var(W)). He et al. 2015 §2.2 show the two designs differ
+    # over a whole network only by the ratio of its first and last widths (c_2/d_L), not by depth,
+    # and both train. So a shape change moves one reading against the other, and a trend is depth
+    # only when both show it beyond the bound. (torchvision's resnet18 in training mode: ×16 in
+    # norm, from the residual stream's growth inside each stage, but ×2 per entry.)
+    per_input = [g * n / sizes[0] for g, n in zip(entry, sizes)]  # the first unit's own grad_var
+    norm, per_entry = _gradient_numbers(grads, per_input), _gradient_numbers(grads, entry)
+    shape = dict(shape_changes=sum(a != b for a, b in zip(sizes, sizes[1:])), entry_ratio=per_entry["grad_ratio"],
+                 entry_step=per_entry["grad_step"], entry_trend=per_entry["grad_trend"],
+                 norm_ratio=norm["grad_ratio"])
+    ways = _direction(norm, bound), _direction(per_entry, bound)
+    if ways == (1, 1):
+        return "exploding", ("gradient grows ×{grad_step:.3g} per {noun} going down: {grad_ratio:.2g}× larger at "
+                             "{first} than at {last} in squared norm per input, ×{entry_ratio:.2g} per entry"), dict(
+            base, **norm, **shape, **act)
+    if act_explodes:
+        return "exploding", ("activations grow ×{act_step:.3g} per {noun}: {act_ratio:.2g}× larger at {last_act} "
+                             "than at {first_act}"), dict(base, **norm, **shape, **act)
+    if ways == (-1, -1):
+        return "vanishing", ("gradient shrinks ×{grad_step:.3g} per {noun} going down: {first_grad:.2g} at {first} "
+                             "against {last_grad:.2g} at {last} in squared norm per input, ×{entry_ratio:.2g} per "
+                             "entry"), dict(base, **norm, **shape, **act)
+    if ways[0] == 0:  # the norm is within the bound: read as on a stack of one shape
+        return _gradient_verdict(dict(base, **norm, **shape, **act), bound, act_explodes)
+    if ways[1] == 0:
+        word, template, numbers = _gradient_verdict(dict(base, **per_entry, **shape, **act), bound, act_explodes)
+        note = ("; in squared norm per input it changes ×{norm_ratio:.2g}: the {shape_changes} changes of shape "
+                "along the {noun}s move one reading against the other, and only a trend both show is depth")
+        return word, "per entry, " + template + note, numbers
+    return "stable", ("gradient changes ×{norm_ratio:.2g} in squared norm per input and ×{entry_ratio:.2g} per entry "
+                      "over {depth} {noun}s, opposite ways: the {shape_changes} changes of shape along the {noun}s, "
+                      "not depth"), dict(base, depth=len(grads), **shape, **act)
+
+
+def _gradient_numbers(grads: Sequence[Unit], values: Sequence[float]) -> dict:
+    """The gradient trend's numbers over the units `grads` reading `values`: the settled
+    per-unit factor going down, it compounded over the depth, and the total first to last."""
     depth = len(grads)
-    first, last = grads[0], grads[-1]
-    settled = settled_rate([u.grad_var for u in grads])
+    settled = settled_rate(values)
     grad_step = math.inf if settled == 0 else 1 / settled  # per unit going down
-    numbers = dict(base, depth=depth, first=first.name, last=last.name, first_grad=first.grad_var,
-                   last_grad=last.grad_var, grad_step=grad_step, grad_trend=compounded(grad_step, depth - 1),
-                   grad_ratio=ratio(first.grad_var, last.grad_var), **act)
+    return dict(depth=depth, first=grads[0].name, last=grads[-1].name, first_grad=values[0], last_grad=values[-1],
+                grad_step=grad_step, grad_trend=compounded(grad_step, depth - 1),
+                grad_ratio=ratio(values[0], values[-1]))
+
+
+def _direction(numbers: dict, bound: float) -> int:
+    """1 when the settled factor compounded and the total are both beyond the bound growing
+    going down, -1 both shrinking, 0 otherwise."""
     trend, total = numbers["grad_trend"], numbers["grad_ratio"]
     if trend > bound and total > bound:
+        return 1
+    if trend < 1 / bound and total < 1 / bound:
+        return -1
+    return 0
+
+
+def _gradient_verdict(numbers: dict, bound: float, act_explodes: bool):
+    """exploding / vanishing / stable on one reading of the gradient (`_gradient_numbers`)."""
+    trend, total = numbers["grad_trend"], numbers["grad_ratio"]
+    if _direction(numbers, bound) == 1:
         return "exploding", ("gradient grows ×{grad_step:.3g} per {noun} going down: {grad_ratio:.2g}× larger at "
                              "{first} than at {last}"), numbers
     if act_explodes:
         return "exploding", ("activations grow ×{act_step:.3g} per {noun}: {act_ratio:.2g}× larger at {last_act} "
                              "than at {first_act}"), numbers
-    if trend < 1 / bound and total < 1 / bound:
+    if _direction(numbers, bound) == -1:
         return "vanishing", ("gradient shrinks ×{grad_step:.3g} per {noun} going down: {first_grad:.2g} at {first} "
                              "against {last_grad:.2g} at {last}"), numbers
     trend_within = 1 / bound <= trend <= bound
@@ -534,11 +600,11 @@ def modules_profile(rows: Sequence, *, channels_last: bool = False, dtype: str =
     module when it is narrower than the one before. Other rows count for dead and saturated
     units only.
 
-    The gradient statistic is grad_var × the unit's values per input / the first judged unit's:
-    under fan-in scaling a layer keeps the gradient's squared norm per input whatever its
-    widths, strides or channels (fan_out·Var(W) = n_out/n_in), so this reads depth, not shapes;
-    the first judged unit keeps its own grad_var. Each judged unit's channels are its width in
-    the drift bound."""
+    Each unit keeps its grad_var (per entry) and its values per input (`size`): where the
+    judged units change shape, the trend reads the gradient both per entry and as its squared
+    norm per input (the first judged unit's grad_var × a unit's size / the first's), and only
+    a trend both readings show is depth (see `_trend`). Each judged unit's channels are its
+    width in the drift bound."""
     measured = [row for row in rows if row.output_shape != "-"]
     told = _probe_fields(measured)
 
@@ -588,14 +654,13 @@ def modules_profile(rows: Sequence, *, channels_last: bool = False, dtype: str =
             if getattr(row, "branch_var", None) is not None and id(row) not in role:
                 role[id(row)] = "branch"
     judged = [row for row in measured if role.get(id(row)) in JUDGED_ROLES]
-    base = size(judged[0]) if judged else 1
     units = []
     for row in measured:
         kind = role.get(id(row), "inner")
-        grad = row.grad_var * size(row) / base if kind in JUDGED_ROLES else row.grad_var
-        units.append(Unit(row.module, kind, row.act_var, grad, row.weight_grad_var, row.dead_frac,
+        units.append(Unit(row.module, kind, row.act_var, row.grad_var, row.weight_grad_var, row.dead_frac,
                           row.saturated_frac, row.effective_rank, _value(getattr(row, "token_cosine", None)),
-                          _value(getattr(row, "attn_max", None)), _value(getattr(row, "attn_entropy", None))))
+                          _value(getattr(row, "attn_max", None)), _value(getattr(row, "attn_entropy", None)),
+                          size=size(row)))
     return Profile(tuple(units), drift_bound([0] + [width(row) for row in judged]),
                    noun="block" if blocks else "layer", dtype=dtype, zero_head=zero_head if after else None)
 

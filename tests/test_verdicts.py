@@ -343,6 +343,70 @@ def test_rows_that_say_their_kind_are_taken_at_their_word():
     assert [u.name for u in profile.role("head")] == ["out"]
 
 
+# resnet18's stages at 64×64 inputs: (channels, side) of each stage's output, two blocks each
+STAGES = [(64, 16), (128, 8), (256, 4), (512, 2)]
+
+
+def staged_rows(norms, extra: float = 1.0, stages=STAGES, blocks: int = 2):
+    """A ResNet's block rows, layer1.0 first, each row's gradient given as its squared norm per
+    input (`norms`, in the blocks' order) times `extra` per block going down; grad_var, the
+    per-entry variance, is that norm over the row's values per input."""
+    rows, i = [], 0
+    depth = len(stages) * blocks
+    for s, (channels, side) in enumerate(stages, 1):
+        for b in range(blocks):
+            size = channels * side * side
+            norm = norms[i] * extra ** (depth - 1 - i)
+            rows.append(TaggedRow(f"layer{s}.{b}", "BasicBlock", f"8x{channels}x{side}x{side}", 1.0, norm / size,
+                                  math.nan, math.nan, kind="block", width=channels, size=size))
+            i += 1
+    return rows + [TaggedRow("fc", "Linear", "8x10", 1.0, 1.0, 0.05, 1e-3, kind="weighted", width=10, size=10)]
+
+
+# Through y = W·x with iid entries of variance σ²/n_in (n: values per input), ‖Wᵀδ‖² ≈ σ²·‖δ‖²:
+# the squared norm per input changes by σ² (depth), the per-entry variance by σ²·n_out/n_in.
+# resnet18 in training mode: the norm halves per block going up inside a stage (the stream grows
+# there, De & Smith 2020) and is kept at each stage change (a BatchNorm makes σ² = 1), so it
+# falls ×16 over 8 blocks while per entry (÷ values per input, halved at each stage) it is ×2.
+RESNET_NORMS = [16, 8, 8, 4, 4, 2, 2, 1]
+
+
+def test_a_stage_change_is_shape_not_depth():
+    rows = staged_rows(RESNET_NORMS)
+    bound = drift_bound([0] + [c for c, _ in STAGES for _ in range(2)])
+    assert bound == 10.0
+    verdict = judge_modules(rows)
+    # today: exploding, "gradient grows ×1.59 per block going down: 16× larger at layer1.0 than at layer4.1"
+    assert verdict.verdict == "stable", verdict.reason
+    assert verdict.units == tuple(f"layer{s}.{b}" for s in range(1, 5) for b in range(2))
+    assert verdict.numbers["grad_ratio"] == pytest.approx(2.0)  # per entry: 16/16384 against 1/2048
+    assert verdict.numbers["norm_ratio"] == pytest.approx(16.0) and verdict.numbers["shape_changes"] == 3
+    check_consistent(verdict)
+
+
+@pytest.mark.parametrize("extra, expected", [(4.0, "exploding"), (0.25, "vanishing")])
+def test_a_trend_on_top_of_stage_changes_is_still_depth(extra, expected):
+    # ×4 per block more going down (or ÷4): ×4⁷ ≈ 1.6e4 in both readings, far beyond ×10
+    verdict = judge_modules(staged_rows(RESNET_NORMS, extra))
+    assert verdict.verdict == expected, verdict.reason
+    numbers = verdict.numbers
+    assert numbers["grad_ratio"] == pytest.approx(16 * extra ** 7)  # the norm, as read on one shape
+    assert numbers["entry_ratio"] == pytest.approx(2 * extra ** 7)
+    check_consistent(verdict)
+
+
+def test_a_plain_stack_of_stages_keeping_its_gradient_norm_is_stable():
+    # a plain fan-in (or BatchNorm) stack keeps the norm at every change of shape (σ² = 1); per
+    # entry the gradient then changes by the values per input alone: channels ×2 and positions
+    # ÷16 per stage, 65536 → 128 values per input, ×1/512 against a bound of ×26
+    stages = [(16, 64), (32, 16), (64, 4), (128, 1)]
+    verdict = judge_modules(staged_rows([1.0] * 8, stages=stages))
+    assert verdict.verdict == "stable", verdict.reason
+    assert verdict.numbers["grad_ratio"] == pytest.approx(1.0)
+    assert verdict.numbers["entry_ratio"] == pytest.approx(128 / 65536)
+    assert verdict.numbers["entry_ratio"] < 1 / verdict.numbers["bound"]
+    check_consistent(verdict)
+
 # -- compare's profiles ----------------------------------------------------------------------
 
 
