@@ -11,7 +11,11 @@ A scheme explains a tensor when its std formula and its distribution family both
 - the mean: 0 within its standard error s/√n.
 Each is accepted within `Z_ACCEPT` standard errors; a handful of extreme values (trunc_normal_'s
 ±2 clamp, one corrupted weight) are left out of the moments and reported apart. Orthogonal
-(W·Wᵀ = c·I on the short side), zeros, constants, identity and dirac are recognised exactly.
+(W·Wᵀ = c·I on the short side, within the dtype's rounding), zeros, constants, identity and
+dirac are recognised exactly.
+
+Speed: one pass over every element (min, max, zeros), the rest on a subsample of SUBSAMPLE
+values read in SUBSAMPLE_BLOCKS stratified contiguous blocks; the KS test on KS_SAMPLE of them.
 Every reading accepted is listed, joined by `|`, by plausibility: Σz² plus a cost per option a
 user had to choose (`PRIOR_PER_OPTION`), the file's most common reading first where accepted.
 Every reading is a valid --scheme (`schemes.parse_scheme_spec`).
@@ -116,18 +120,35 @@ def _norm_cdf(x: np.ndarray) -> np.ndarray:
     return np.interp(x, _CDF_GRID, _CDF_TABLE[0], left=0.0, right=1.0)
 
 
+def _norm_cdf_scaled(x: np.ndarray, std: float) -> np.ndarray:
+    """Φ(x/std), interpolated on the grid scaled by std (the same table, one division fewer per x)."""
+    _norm_cdf(np.zeros(1))  # the table, built once
+    return np.interp(x, _CDF_GRID * std, _CDF_TABLE[0], left=0.0, right=1.0)
+
+
 def family_cdf(family: str, std: float):
     """The CDF of a zero-mean member of `family` with this std."""
     if family == "uniform":
         half = math.sqrt(3) * std
         return lambda x: np.clip((x + half) / (2 * half), 0.0, 1.0)
-    if family == "normal":
-        return lambda x: _norm_cdf(x / std)
+    if family == "normal":  # the table's grid scaled by std, rather than every x divided by it
+        return lambda x: _norm_cdf_scaled(x, std)
     sigma = std / TRUNCATED_NORMAL_STD
     low = float(_norm_cdf(np.array(-TRUNCATION_BOUND)))
     mass = 1 - 2 * low
     return lambda x: np.clip((_norm_cdf(np.clip(x / sigma, -TRUNCATION_BOUND, TRUNCATION_BOUND)) - low) / mass,
                              0.0, 1.0)
+
+
+_STEPS: dict = {}
+
+
+def _ecdf_steps(n: int) -> np.ndarray:
+    """i/n for i = 1…n, kept for the last size asked (most KS samples are KS_SAMPLE long)."""
+    if n not in _STEPS:
+        _STEPS.clear()
+        _STEPS[n] = np.arange(1, n + 1) / n
+    return _STEPS[n]
 
 
 def ks_p_value(sorted_sample: np.ndarray, cdf) -> float:
@@ -137,9 +158,11 @@ def ks_p_value(sorted_sample: np.ndarray, cdf) -> float:
     n = sorted_sample.size
     if n == 0:
         return math.nan
-    f = cdf(sorted_sample)
-    i = np.arange(1, n + 1)
-    d = max(float(np.max(i / n - f)), float(np.max(f - (i - 1) / n)))
+    f = np.asarray(cdf(sorted_sample), dtype=np.float64)
+    if np.may_share_memory(f, sorted_sample):  # a CDF that hands its input back: never change the caller's
+        f = f.copy()
+    f -= _ecdf_steps(n)  # F(x_i) − i/n: D⁺ = max(i/n − F), D⁻ = max(F − (i−1)/n) = max(F − i/n) + 1/n
+    d = max(-float(f.min()), float(f.max()) + 1 / n)
     lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d
     if lam < 0.2:
         return 1.0
@@ -371,7 +394,7 @@ def subsample(flat: np.ndarray, name: str, cap: int | None = None) -> np.ndarray
     cap = SUBSAMPLE if cap is None else cap
     n = flat.size
     if n <= cap:
-        return np.asarray(flat, dtype=np.float64)
+        return np.array(flat, dtype=np.float64)  # a copy always: `measure` works on it in place
     blocks = min(SUBSAMPLE_BLOCKS, cap)
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     offsets = rng.random(blocks)
@@ -399,12 +422,13 @@ def _count_at(flat: np.ndarray, value: float) -> int:
     return total
 
 
-def _extremes(sample: np.ndarray, quartiles: tuple[float, float, float]) -> tuple[np.ndarray | None, int]:
+def _extremes(sample: np.ndarray, quartiles: tuple[float, float, float], low: float,
+              high: float) -> tuple[np.ndarray | None, int]:
     """The sample's mask of values kept and how many extreme values it drops: those beyond the
     outlier threshold in units of a robust σ (IQR/1.349, the normal's; a uniform's IQR gives
     0.74× its σ, so the cut is further out for it), dropped only when they are at most
     max(4, n/10⁵). A real heavy tail has many more and is left whole (its kurtosis is the
-    finding). None: nothing dropped."""
+    finding). None: nothing dropped. (low, high: the sample's extremes.)"""
     n = sample.size
     if n < 1000:
         return None, 0
@@ -413,7 +437,7 @@ def _extremes(sample: np.ndarray, quartiles: tuple[float, float, float]) -> tupl
     if not sigma > 0:
         return None, 0
     reach = outlier_threshold(n) * sigma
-    if float(sample.min()) >= median - reach and float(sample.max()) <= median + reach:
+    if low >= median - reach and high <= median + reach:
         return None, 0
     keep = np.abs(sample - median) <= reach
     extreme = n - int(np.count_nonzero(keep))
@@ -442,16 +466,18 @@ def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
     ks_sample = np.sort(sample[::stride])
     m = ks_sample.size
     quartiles = (ks_sample[m // 4], ks_sample[m // 2], ks_sample[(3 * m) // 4]) if m else (0.0, 0.0, 0.0)
-    keep, trimmed = _extremes(sample, quartiles)
+    low, high = (float(sample.min()), float(sample.max())) if sample.size else (math.nan, math.nan)
+    keep, trimmed = _extremes(sample, quartiles, low, high)
     if keep is not None:
         sample = sample[keep]
+        low, high = float(sample.min()), float(sample.max())
         q1, median, q3 = quartiles
         reach = outlier_threshold(keep.size) * (q3 - q1) / 1.349
         ks_sample = ks_sample[np.searchsorted(ks_sample, median - reach, "left"):
                               np.searchsorted(ks_sample, median + reach, "right")]
     clamped = 0
     if sample.size and max(abs(lo), abs(hi)) == TRUNC_NORMAL_HIGH and \
-            max(abs(float(sample.min())), abs(float(sample.max()))) < TRUNC_NORMAL_HIGH / 10:
+            max(abs(low), abs(high)) < TRUNC_NORMAL_HIGH / 10:
         clamped = _count_at(flat, TRUNC_NORMAL_HIGH)
         if clamped > max(4, flat.size // 100_000):
             clamped = 0
@@ -463,25 +489,27 @@ def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
     # near float64's limit (or tiny ones) neither overflow nor underflow the fourth powers
     largest = max(abs(lo), abs(hi))
     unit = 2.0 ** math.floor(math.log2(largest)) if 0 < largest < math.inf else 1.0
-    with np.errstate(all="ignore"):
-        scaled = sample / unit
+    used = int(sample.size)
+    with np.errstate(all="ignore"):  # in place: the subsample is this function's own (no 8 MiB copies)
+        scaled = sample
+        scaled /= unit  # (not *= 1/unit: for a subnormal unit, 1/unit overflows)
         mean = float(scaled.mean())
         scaled -= mean
-        np.square(scaled, out=scaled)  # the squared deviations, in place
+        np.square(scaled, out=scaled)  # the squared deviations
         m2 = float(np.mean(scaled))
         std = math.sqrt(m2)
         if m2 > 0 and math.isfinite(m2):
-            m4 = float(np.dot(scaled, scaled)) / scaled.size
+            m4 = float(np.dot(scaled, scaled)) / used
             kurtosis = m4 / m2 / m2 - 3 if math.isfinite(m4) else math.nan
             if clamped:  # the clamp's ±2 is not the distribution's tail: the sample's extremes are
-                max_abs_z = max(abs(float(sample.max()) / unit - mean), abs(float(sample.min()) / unit - mean)) / std
+                max_abs_z = max(abs(high / unit - mean), abs(low / unit - mean)) / std
             else:
                 max_abs_z = max(abs(hi / unit - mean), abs(lo / unit - mean)) / std
         else:
             kurtosis, max_abs_z = math.nan, (0.0 if m2 == 0 else math.nan)
-        del scaled
+        del scaled, sample
     mean, std = mean * unit, std * unit
-    return Stats(n, int(sample.size), nonfinite == 0, nonfinite, lo, hi, zeros / max(n - nonfinite, 1), mean, std,
+    return Stats(n, used, nonfinite == 0, nonfinite, lo, hi, zeros / max(n - nonfinite, 1), mean, std,
                  kurtosis, max_abs_z, trimmed, clamped), ks_sample
 
 
@@ -811,6 +839,10 @@ def _dtype_eps(dtype: str) -> float:
     return 2.0**-24
 
 
+def _units(shape: tuple[int, ...], layout: str) -> int:
+    return max(1, shape[0] if layout == "torch" else shape[-1])
+
+
 def dead_units(array: np.ndarray, layout: str) -> int:
     """Output units (rows of an (out, in) matrix, filters of a conv) whose weights are all zero."""
     if array.ndim < 2:
@@ -898,7 +930,10 @@ def examine(name: str, role: str, array: np.ndarray, dtype: str, *, layouts: tup
         evidence.abstained = "set by formula"
         return evidence
     if role in WEIGHT_ROLES and stats.zero_frac > 0:
-        evidence.dead = {layout: dead_units(array, layout) for layout in layouts}
+        zeros = round(stats.zero_frac * (stats.n - stats.nonfinite))
+        # a dead unit needs all its n/units weights at zero: fewer zeros than that, none is dead
+        evidence.dead = {layout: dead_units(array, layout) if zeros >= stats.n // _units(shape, layout) else 0
+                         for layout in layouts}
     if 0 < stats.used < MIN_ELEMENTS:
         evidence.notes.append(f"{stats.used} elements: too few to tell a scheme")
         evidence.abstained = "too few elements"
