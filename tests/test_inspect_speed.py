@@ -116,21 +116,22 @@ def test_measure_memory_is_bounded_on_bf16():
 
 
 def test_blocked_subsample_takes_every_element_with_equal_probability(monkeypatch):
-    """Contiguous blocks at stratified random offsets (wrapping inside the stratum): over many
-    seeds each position is taken with probability cap/n, every stratum gives one block, and the
-    same name gives the same sample."""
+    """Contiguous blocks, one starting in each stratum: over many seeds each position is taken
+    block/stratum times on average (exactly, from the strata's sizes), every stratum starts
+    one block, and the same name gives the same sample."""
     monkeypatch.setattr(matching, "SUBSAMPLE_BLOCKS", 16)
-    n, cap, seeds = 170, 48, 4000  # strata of 10 or 11, blocks of 3: offsets near a stratum's end wrap
+    n, cap, seeds, length = 170, 48, 4000, 3  # strata of 10 or 11: blocks cross into the next, or wrap
+    bounds = [k * n // 16 for k in range(17)]
+    stratum_of = np.repeat(np.arange(16), np.diff(bounds))
+    density = 1 / np.diff(bounds)[stratum_of]  # a start's probability of being at each position
+    expected = sum(np.roll(density, shift) for shift in range(length))  # starts in the `length` positions up to j
     flat = np.arange(n, dtype=np.float32)
     counts = np.zeros(n)
     for seed in range(seeds):
         taken = matching.subsample(flat, f"t{seed}", cap).astype(int)
-        assert taken.size == cap and np.unique(taken).size == cap
-        strata = np.array([k for k in range(16) for _ in range((k + 1) * n // 16 - k * n // 16)])
-        assert np.all(np.bincount(strata[taken], minlength=16) == 3)
-        counts[taken] += 1
-    stratum_size = np.array([(k + 1) * n // 16 - k * n // 16 for k in range(16)])
-    p = np.repeat(3 / stratum_size, stratum_size)  # block / stratum: 0.3 or 0.27
-    z = (counts / seeds - p) / np.sqrt(p * (1 - p) / seeds)
+        assert taken.size == cap
+        assert np.array_equal(stratum_of[taken.reshape(16, length)[:, 0]], np.arange(16))
+        np.add.at(counts, taken, 1)
+    z = (counts / seeds - expected) / np.sqrt(expected * (1 - expected) / seeds)  # ≈ binomial: ≤ 1 per seed
     assert np.max(np.abs(z)) < 5.5  # max of 170 normals: beyond 5.5 with probability 7e-6
     assert np.array_equal(matching.subsample(flat, "same", cap), matching.subsample(flat, "same", cap))

@@ -383,34 +383,38 @@ def _full_pass(flat: np.ndarray) -> tuple[int, float, float, int]:
 
 
 def subsample(flat: np.ndarray, name: str, cap: int | None = None) -> np.ndarray:
-    """Every element, or `cap` of them in SUBSAMPLE_BLOCKS contiguous blocks (a block reads
-    as fast as a slice; scattered single elements cost 7× more).
+    """Every element, or `cap` of them as SUBSAMPLE_BLOCKS contiguous blocks of equal length
+    (a block reads as fast as a slice; scattered single elements cost 7× more).
 
-    Stratified: the tensor is cut into SUBSAMPLE_BLOCKS equal strata (sizes differing by at
-    most one) and each gives one block at a random offset, wrapping around inside its stratum,
-    so every element of a stratum is taken with the same probability (block / stratum) and
-    every stratum is represented: a tensor whose rows differ (stacked q/k/v, per-layer scales)
-    is sampled in proportion. Seeded by the name: a rerun gives the same numbers."""
+    Stratified: the tensor is cut into SUBSAMPLE_BLOCKS strata (sizes differing by at most
+    one) and one block starts at a uniform position in each, running on past the stratum's end
+    if it must (past the tensor's end it wraps to its start). An element is covered by the
+    blocks starting in the `length` positions up to it, each with density 1/stratum: it is
+    taken b/S times on average (S its strata's size), alike for every element, so a tensor
+    whose rows differ (stacked q/k/v, per-layer scales) is sampled in proportion. Seeded by the
+    name: a rerun gives the same numbers."""
     cap = SUBSAMPLE if cap is None else cap
     n = flat.size
     if n <= cap:
         return np.array(flat, dtype=np.float64)  # a copy always: `measure` works on it in place
     blocks = min(SUBSAMPLE_BLOCKS, cap)
+    length = cap // blocks
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    offsets = rng.random(blocks)
-    out = np.empty(cap, np.float64)
-    at = 0
-    for k in range(blocks):
-        low, high = k * n // blocks, (k + 1) * n // blocks  # the stratum
-        length = (k + 1) * cap // blocks - k * cap // blocks  # the block (lengths differ by at most one)
-        size = high - low
-        first = low + min(int(offsets[k] * size), size - 1)
-        head = min(length, high - first)
-        out[at:at + head] = flat[first:first + head]
-        if head < length:  # wraps to the stratum's start
-            out[at + head:at + length] = flat[low:low + length - head]
-        at += length
-    return out
+    low = np.arange(blocks, dtype=np.int64) * n // blocks
+    size = np.diff(low, append=n)
+    starts = low + np.minimum((rng.random(blocks) * size).astype(np.int64), size - 1)
+    out = np.empty((blocks, length), np.float64)
+    inside = starts <= n - length
+    if isinstance(flat, np.ndarray):  # every block in one gather, from a view of all windows
+        out[inside] = np.lib.stride_tricks.sliding_window_view(flat, length)[starts[inside]]
+    else:  # a lazily widened bf16/fp8 tensor: block by block
+        for k in np.flatnonzero(inside):
+            out[k] = flat[starts[k]:starts[k] + length]
+    for k in np.flatnonzero(~inside):  # the last blocks wrap to the tensor's start
+        head = int(n - starts[k])
+        out[k, :head] = flat[starts[k]:]
+        out[k, head:] = flat[:length - head]
+    return out.reshape(-1)
 
 
 def _count_at(flat: np.ndarray, value: float) -> int:
