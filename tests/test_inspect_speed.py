@@ -110,7 +110,7 @@ def test_measure_memory_is_bounded_on_bf16():
     finally:
         tracemalloc.stop()
     assert stats.used == matching.SUBSAMPLE and ks_sample.size == matching.KS_SAMPLE
-    # the float64 subsample and its scaled copy, the KS sample and its sorted copy, one chunk
+    # the subsample and its KS part with their sorted and masked copies, counted as float64, and one chunk
     bound = 2 * 8 * matching.SUBSAMPLE + 2 * 8 * matching.KS_SAMPLE + 6 * matching.PASS_CHUNK + (1 << 20)
     assert peak < bound, (peak / 2**20, bound / 2**20)
 

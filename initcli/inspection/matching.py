@@ -382,7 +382,7 @@ def _full_pass(flat: np.ndarray) -> tuple[int, float, float, int]:
     return nonfinite, lo, hi, zeros
 
 
-def subsample(flat: np.ndarray, name: str, cap: int | None = None) -> np.ndarray:
+def subsample(flat: np.ndarray, name: str, cap: int | None = None, dtype=np.float64) -> np.ndarray:
     """Every element, or `cap` of them as SUBSAMPLE_BLOCKS contiguous blocks of equal length
     (a block reads as fast as a slice; scattered single elements cost 7× more).
 
@@ -392,18 +392,19 @@ def subsample(flat: np.ndarray, name: str, cap: int | None = None) -> np.ndarray
     blocks starting in the `length` positions up to it, each with density 1/stratum: it is
     taken b/S times on average (S its strata's size), alike for every element, so a tensor
     whose rows differ (stacked q/k/v, per-layer scales) is sampled in proportion. Seeded by the
-    name: a rerun gives the same numbers."""
+    name: a rerun gives the same numbers. As `dtype` (float64; `measure` asks float32 of a
+    tensor no wider, half the memory traffic)."""
     cap = SUBSAMPLE if cap is None else cap
     n = flat.size
     if n <= cap:
-        return np.array(flat, dtype=np.float64)  # a copy always: `measure` works on it in place
+        return np.array(flat, dtype=dtype)  # a copy always: `measure` works on it in place
     blocks = min(SUBSAMPLE_BLOCKS, cap)
     length = cap // blocks
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     low = np.arange(blocks, dtype=np.int64) * n // blocks
     size = np.diff(low, append=n)
     starts = low + np.minimum((rng.random(blocks) * size).astype(np.int64), size - 1)
-    out = np.empty((blocks, length), np.float64)
+    out = np.empty((blocks, length), dtype)
     inside = starts <= n - length
     if isinstance(flat, np.ndarray):  # every block in one gather, from a view of all windows
         out[inside] = np.lib.stride_tricks.sliding_window_view(flat, length)[starts[inside]]
@@ -462,7 +463,9 @@ def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
     quartile's standard error is 0.002σ, nothing beside a cut at ≥ 6σ."""
     flat = array.reshape(-1)
     nonfinite, lo, hi, zeros = _full_pass(flat)
-    sample = subsample(flat, name)
+    # float32 holds a float32, float16 or bf16 tensor's values exactly; sums are taken in float64
+    wide = np.float32 if flat.dtype.itemsize <= 4 else np.float64
+    sample = subsample(flat, name, dtype=wide)
     if nonfinite:
         sample = sample[np.isfinite(sample)]
     stride = max(1, -(-sample.size // KS_SAMPLE))
@@ -497,13 +500,14 @@ def measure(array: np.ndarray, name: str) -> tuple[Stats, np.ndarray]:
     with np.errstate(all="ignore"):  # in place: the subsample is this function's own (no 8 MiB copies)
         scaled = sample
         scaled /= unit  # (not *= 1/unit: for a subnormal unit, 1/unit overflows)
-        mean = float(scaled.mean())
+        mean = float(scaled.mean(dtype=np.float64))
         scaled -= mean
         np.square(scaled, out=scaled)  # the squared deviations
-        m2 = float(np.mean(scaled))
+        m2 = float(scaled.mean(dtype=np.float64))
         std = math.sqrt(m2)
         if m2 > 0 and math.isfinite(m2):
-            m4 = float(np.dot(scaled, scaled)) / used
+            np.square(scaled, out=scaled)  # fourth powers: |w|/unit < 2, so at most 2⁸ (none overflow)
+            m4 = float(scaled.mean(dtype=np.float64))
             kurtosis = m4 / m2 / m2 - 3 if math.isfinite(m4) else math.nan
             if clamped:  # the clamp's ±2 is not the distribution's tail: the sample's extremes are
                 max_abs_z = max(abs(high / unit - mean), abs(low / unit - mean)) / std
