@@ -39,7 +39,10 @@ Rules, in this order (the first that holds wins):
   activations (going up, exploding only). Where the judged units change shape (a ResNet's
   stages), the gradient is read both per entry (what fan-out scaling conserves) and as its
   squared norm per input (what fan-in scaling conserves): a change of shape moves one against
-  the other (He et al. 2015 §2.2), so both must show the trend.
+  the other (He et al. 2015 §2.2), so both must show the trend. A residual stream whose
+  variance grows additively inside each run of same-shape blocks, its gradient following a
+  power of that variance rather than a settled per-block factor, is polynomial, not
+  exponential (a normalised stream, De & Smith 2020; `_polynomial_stream`): stable.
 - stable: none of the above. The reason says which of the two numbers is within the bound:
   a total beyond it from a transient near the input that settles (tanh under Xavier, whose q
   relaxes towards 0: polynomial, not exponential), or a settled factor that the total does
@@ -346,7 +349,99 @@ def _collapsed(profile: Profile):
 
 
 def _trend(profile: Profile, activations_only: bool = False):
-    """exploding / vanishing / stable from the judged units' gradient and activation trends."""
+    """exploding / vanishing / stable from the judged units' gradient and activation trends: a
+    gradient trend that a normalised residual stream's polynomial growth explains
+    (`_polynomial_stream`) is no trend with depth."""
+    word, template, numbers = _settled_trend(profile, activations_only)
+    if word not in ("exploding", "vanishing") or activations_only or numbers.get("act_trend", 1.0) > profile.bound:
+        return word, template, numbers
+    growth = _polynomial_stream(profile)
+    if growth is None:
+        return word, template, numbers
+    return "stable", ("gradient changes ×{entry_ratio:.2g} per entry over {depth} {noun}s, but inside each of the "
+                      "{runs} runs of one shape it follows a power of the stream's variance, not a settled factor "
+                      "per {noun} (at most ×{run_grad_ratio:.2g} where the stream grows ×{run_act_ratio:.2g}: "
+                      "power {run_power:.2g}): a normalised residual stream grows additively, its gradient "
+                      "polynomially (De & Smith 2020), and each of the {shape_changes} changes of shape restarts "
+                      "it"), dict({k: v for k, v in numbers.items() if k == "bound" or k.startswith("act")},
+                                  noun=profile.noun, **growth)
+
+
+def _polynomial_stream(profile: Profile) -> dict | None:
+    """The numbers showing the judged residual stream grows polynomially, not geometrically, in
+    each run of blocks of one shape (None when it does not, or cannot be seen).
+
+    Within a run of same-shape blocks, exploding or vanishing is a geometric trend: a settled
+    per-block factor that compounds over depth. A stream whose branches end in a normalisation
+    is not one. Each branch adds about a fixed variance whatever the stream holds, so Var(x_l) ≈
+    Var(x_0) + l·V (THEORY.md "Residual streams", with V(q) ≈ const; De & Smith 2020); each
+    block's Jacobian is then the identity plus a branch of relative size √(V/Var(x_l)), and the
+    gradient over a run, Π (1 + c/Var(x_l)), is a power of the stream's growth: a per-block
+    factor that fades as 1/l, not a settled one. A downsampling block's normalised shortcut
+    starts the stream over at the next shape, and the jump there is the shape's (`_trend`'s
+    derivation, He et al. 2015 §2.2), so reading a trend across stages compounds restarts: a
+    BatchNorm resnet50 in training mode changes ×5.6e3 per entry over 16 blocks, from runs of
+    ×5.6, ×11, ×33 and ×16.
+
+    So a run (≥ 3 blocks, so a middle block tells the two shapes apart) is polynomial when its
+    activation variance, between the run's ends, is nearer the straight line Var_0 + l·ΔV than
+    the geometric one Var_0·r^l (in log), and its gradient nearer the power of that variance
+    through the ends, g_0·(Var_l/Var_0)^-p, than the geometric g_0·s^l. Every run must be, and
+    every jump between runs must be within the bound per entry or in squared norm per input
+    (a shape change moves one reading against the other; only both together are depth)."""
+    units = [u for u in profile.judged if u.role == "stream" and _finite(u.grad_var) and _finite(u.act_var)]
+    if len(units) != len(profile.judged) or any(u.grad_var <= 0 or u.act_var <= 0 for u in units):
+        return None
+    runs: list[list[Unit]] = []
+    for unit in units:
+        same = runs and (runs[-1][-1].size == unit.size or not (_finite(unit.size) and _finite(runs[-1][-1].size)))
+        if same:
+            runs[-1].append(unit)
+        else:
+            runs.append([unit])
+    if any(len(run) < 3 for run in runs):
+        return None
+    bound = profile.bound
+    for above, below in zip(runs, runs[1:]):
+        entry = ratio(above[-1].grad_var, below[0].grad_var)
+        norm = entry * above[-1].size / below[0].size if _finite(above[-1].size) else entry
+        if not (1 / bound <= entry <= bound or 1 / bound <= norm <= bound):
+            return None
+    widest = None
+    for run in runs:
+        acts = [math.log(u.act_var) for u in run]
+        grads = [math.log(u.grad_var) for u in run]
+        growth = acts[-1] - acts[0]
+        if growth <= 0:
+            return None
+        steps = len(run) - 1
+        start = run[0].act_var
+        additive = [math.log(start + (run[-1].act_var - start) * i / steps) for i in range(len(run))]
+        geometric = [acts[0] + growth * i / steps for i in range(len(run))]
+        if _misfit(acts, additive) >= _misfit(acts, geometric):
+            return None
+        power = (grads[0] - grads[-1]) / growth
+        powered = [grads[0] - power * (a - acts[0]) for a in acts]
+        settled = [grads[0] + (grads[-1] - grads[0]) * i / steps for i in range(len(run))]
+        if _misfit(grads, powered) >= _misfit(grads, settled):
+            return None
+        if widest is None or abs(grads[0] - grads[-1]) > abs(math.log(widest["run_grad_ratio"])):
+            widest = dict(run_grad_ratio=math.exp(grads[0] - grads[-1]), run_act_ratio=math.exp(growth),
+                          run_power=power)
+    sizes = [u.size for u in units]
+    changes = sum(a != b for a, b in zip(sizes, sizes[1:]) if _finite(a) and _finite(b))
+    return dict(widest, runs=len(runs), shape_changes=changes,
+                entry_ratio=ratio(units[0].grad_var, units[-1].grad_var), depth=len(units))
+
+
+def _misfit(values: Sequence[float], line: Sequence[float]) -> float:
+    """Sum of squared differences: how far `values` lie from a model's `line`."""
+    return sum((v - m) ** 2 for v, m in zip(values, line))
+
+
+def _settled_trend(profile: Profile, activations_only: bool = False):
+    """exploding / vanishing / stable from the judged units' gradient and activation trends, a
+    trend being a settled per-unit factor that the total bears out."""
     bound, noun = profile.bound, profile.noun
     grads = [u for u in profile.judged if _finite(u.grad_var)]
     acts = [u for u in profile.judged if _finite(u.act_var)]

@@ -404,3 +404,70 @@ def convnext(dim: int = 16, blocks: int = 3) -> nn.Module:
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
     return model
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (ResNet v1.5: the stride on the 3×3 conv): 1×1 → 3×3 → 1×1 to
+    planes × 4 channels, a BatchNorm after each, the sum with the (downsampled) input, ReLU."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class BottleneckResNet(nn.Module):
+    """torchvision's resnet50 layout: stem (7×7 stride-2 conv, BN, ReLU, 3×3 stride-2 max pool),
+    layer1…layer4 of Bottlenecks (3, 4, 6, 3; the first block of layers 2–4 strides 2), pool,
+    fc; convs kaiming_normal_(fan_out, relu), BatchNorm weight 1 and bias 0, zero_init_residual
+    False, the fc torch's default. `planes` are torchvision's 64…512 (outputs ×4: 256…2048)."""
+
+    def __init__(self, planes=(64, 128, 256, 512), blocks=(3, 4, 6, 3), classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, planes[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = planes[0]
+        for i, (width, count) in enumerate(zip(planes, blocks), start=1):
+            stage = [Bottleneck(inplanes, width, 1 if i == 1 else 2)]
+            inplanes = width * Bottleneck.expansion
+            stage += [Bottleneck(inplanes, width) for _ in range(count - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*stage))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet50(scale: float = 1.0, planes=(64, 128, 256, 512)):
+    model = BottleneckResNet(planes)
+    _scale_weights(model, scale)
+    return model

@@ -129,6 +129,31 @@ def test_resnet18_widths_default_init_stable():
                  train_mode=False).verdict == "exploding"
 
 
+def test_resnet50_default_init_stable_in_train_mode():
+    # torchvision's resnet50 at full width (Bottlenecks 3, 4, 6, 3; outputs 256…2048 channels),
+    # 32×32 inputs. Inside each stage the stream's variance grows by about 0.35 a block and the
+    # gradient per entry falls as a power of it (×5.6, ×11, ×33, ×16 over the four stages,
+    # De & Smith 2020); read across stages that compounds to ×5.6e3 per entry against a bound
+    # of ×10, which was `exploding` before each stage was read as the polynomial run it is
+    x = draw_inputs(seed=0, dtype="float32", batch=8, input_shape=(3, 32, 32))
+    model = _built(probe_models.resnet50)
+    result = probe(model, x)
+    blocks = tuple(f"layer{s}.{b}" for s, count in enumerate((3, 4, 6, 3), 1) for b in range(count))
+    assert result.judged == blocks
+    from initcli.verdicts import drift_bound
+
+    widths = [r.width for r in result.modules if r.module in blocks]
+    assert drift_bound([0] + widths) == 10.0
+    assert result.verdict == "stable", result.reason
+    assert "4 runs of one shape" in result.reason and "De & Smith 2020" in result.reason
+    # broken, in eval mode (each BatchNorm the identity): ×10 on every conv multiplies the
+    # variance by 100 per conv, about 1e6 per block, which float32 cannot hold past layer3 (an
+    # `overflow` verdict); float64 holds it and reads the trend
+    model = _built(probe_models.resnet50, 10.0).double()
+    broken = probe(model, x.astype(np.float64), train_mode=False)
+    assert broken.verdict == "exploding", broken.reason
+
+
 @pytest.mark.parametrize("scale, broken", [(10.0, "exploding"), (0.1, "vanishing")])
 def test_resnet_weights_scaled_broken_in_eval_mode_not_under_batch_statistics(scale, broken):
     # eval mode: an untouched BatchNorm is the identity (running mean 0, var 1), so each conv's

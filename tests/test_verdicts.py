@@ -407,6 +407,63 @@ def test_a_plain_stack_of_stages_keeping_its_gradient_norm_is_stable():
     assert verdict.numbers["entry_ratio"] < 1 / verdict.numbers["bound"]
     check_consistent(verdict)
 
+
+
+# A BatchNorm ResNet's stream inside a stage (De & Smith 2020; THEORY.md "Residual streams"):
+# each normalised branch adds about a fixed variance, Var_l = Var_0 + l·ΔV, and the gradient
+# per entry falls as a power of it (1/Var_l here), a per-block factor fading like 1/l; each
+# downsampling block starts over. resnet50 measured in training mode: Var 0.68 → 2.41 over
+# layer3's 6 blocks, +0.35 a block.
+STREAM_START, STREAM_STEP = 0.7, 0.35
+
+
+def stream_rows(grad, act=lambda b: STREAM_START + STREAM_STEP * b, blocks: int = 6):
+    """Block rows over resnet18's four stage shapes (`STAGES`), `blocks` per stage, layer1.0
+    first: block b of a stage has act_var `act(b)` and per-entry grad_var `grad(b, act(b))`
+    times 1 at every stage change (per entry kept; in squared norm per input it then halves
+    going up, the values per input halving), plus an fc head."""
+    stages, carried = [], 1.0  # the per-entry gradient entering the stage above, going down
+    for s, (channels, side) in reversed(list(enumerate(STAGES, 1))):
+        size = channels * side * side
+        scale = carried / grad(blocks - 1, act(blocks - 1))
+        stages.insert(0, [TaggedRow(f"layer{s}.{b}", "Bottleneck", f"8x{channels}x{side}x{side}", act(b),
+                                    scale * grad(b, act(b)), math.nan, math.nan, kind="block", width=channels,
+                                    size=size) for b in range(blocks)])
+        carried = stages[0][0].grad_var
+    head = TaggedRow("fc", "Linear", "8x10", 1.0, 1.0, 0.05, 1e-3, kind="weighted", width=10, size=10)
+    return [row for stage in stages for row in stage] + [head]
+
+
+def test_a_polynomially_growing_stream_in_stages_is_stable():
+    verdict = judge_modules(stream_rows(lambda b, var: 1 / var))
+    # each stage: ×(0.7 + 5·0.35)/0.7 = ×3.5 per entry; four compound to ×150 per entry and
+    # ×1200 in squared norm per input, against a bound of ×17 (24 blocks of widths 64…512)
+    bound = drift_bound([0] + [c for c, _ in STAGES for _ in range(6)])
+    assert 16 < bound < 17
+    # today: exploding, "gradient grows ×1.34 per block going down: 1.2e+03× larger at layer1.0 …"
+    assert verdict.verdict == "stable", verdict.reason
+    numbers = verdict.numbers
+    assert numbers["entry_ratio"] == pytest.approx(3.5 ** 4) and numbers["runs"] == 4
+    assert numbers["run_grad_ratio"] == pytest.approx(3.5) and numbers["run_power"] == pytest.approx(1.0)
+    assert "De & Smith 2020" in verdict.reason and len(verdict.units) == 24
+    check_consistent(verdict)
+
+
+@pytest.mark.parametrize("grad, act, expected", [
+    # a settled factor per block going down inside each stage on the same additive stream:
+    # ×1.6⁵ ≈ ×10 a stage, ×1.6²⁰ ≈ 1.2e4 over four
+    (lambda b, var: 1.6 ** -b, None, "exploding"),
+    (lambda b, var: 1.6 ** b, None, "vanishing"),
+    # a stream growing geometrically (variance ×2 a block, unnormalised), the gradient its inverse:
+    # geometric in depth both ways, whatever the power
+    (lambda b, var: 1 / var, lambda b: STREAM_START * 2 ** b, "exploding"),
+])
+def test_a_geometric_trend_inside_stages_is_still_depth(grad, act, expected):
+    rows = stream_rows(grad) if act is None else stream_rows(grad, act)
+    verdict = judge_modules(rows)
+    assert verdict.verdict == expected, verdict.reason
+    check_consistent(verdict)
+
 # -- compare's profiles ----------------------------------------------------------------------
 
 
