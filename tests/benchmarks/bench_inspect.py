@@ -82,6 +82,8 @@ def status(key):
             return int(line.split()[1]) * 1024
 from initcli.inspection import inspect
 import initcli.inspection.readers
+if sys.argv[1].endswith('.pt'):
+    import torch  # its libraries' pages are not inspect's memory
 base = status('VmRSS:')
 inspect(sys.argv[1])
 print((status('VmHWM:') - base) / 2**20)
@@ -140,6 +142,7 @@ def main() -> None:
                                   "torch.load": lambda: torch.load(pt, map_location="cpu", weights_only=True)},
                                  args.repeats, clock)
             report(f".pt ({size / 2**20:.0f} MiB, {len(small)} tensors)", times, "torch.load", 3, size)
+            print(f"  peak memory inspecting it: +{peak_of_inspecting(pt):.0f} MiB (file {size / 2**20:.0f} MiB)")
             pt.unlink()
 
         bf16 = Path(folder) / "bf16.safetensors"
