@@ -131,8 +131,10 @@ def family_cdf(family: str, std: float):
     if family == "uniform":
         half = math.sqrt(3) * std
         return lambda x: np.clip((x + half) / (2 * half), 0.0, 1.0)
-    if family == "normal":  # the table's grid scaled by std, rather than every x divided by it
+    if family == "normal" and 1e-280 < std < 1e280:  # the grid scaled by std, not every x divided by it
         return lambda x: _norm_cdf_scaled(x, std)
+    if family == "normal":  # (a scaled grid would underflow or overflow)
+        return lambda x: _norm_cdf(x / std)
     sigma = std / TRUNCATED_NORMAL_STD
     low = float(_norm_cdf(np.array(-TRUNCATION_BOUND)))
     mass = 1 - 2 * low
@@ -383,14 +385,15 @@ def _full_pass(flat: np.ndarray) -> tuple[int, float, float, int]:
 
 
 def subsample(flat: np.ndarray, name: str, cap: int | None = None, dtype=np.float64) -> np.ndarray:
-    """Every element, or `cap` of them as SUBSAMPLE_BLOCKS contiguous blocks of equal length
-    (a block reads as fast as a slice; scattered single elements cost 7× more).
+    """Every element, or `cap` of them (down to a multiple of the blocks) as SUBSAMPLE_BLOCKS
+    contiguous blocks of equal length (a block reads as fast as a slice; scattered single
+    elements cost 7× more).
 
     Stratified: the tensor is cut into SUBSAMPLE_BLOCKS strata (sizes differing by at most
     one) and one block starts at a uniform position in each, running on past the stratum's end
     if it must (past the tensor's end it wraps to its start). An element is covered by the
     blocks starting in the `length` positions up to it, each with density 1/stratum: it is
-    taken b/S times on average (S its strata's size), alike for every element, so a tensor
+    taken length/S times on average (S its strata's size), alike for every element, so a tensor
     whose rows differ (stacked q/k/v, per-layer scales) is sampled in proportion. Seeded by the
     name: a rerun gives the same numbers. As `dtype` (float64; `measure` asks float32 of a
     tensor no wider, half the memory traffic)."""
