@@ -44,8 +44,6 @@ DISTRIBUTIONS = ("normal", "uniform", "truncated-normal")
 TRUNC_NORMAL_LOW, TRUNC_NORMAL_HIGH = -2.0, 2.0
 DEFAULT_SPARSITY = 0.1  # torch's sparse_ has no default; its documented example uses 0.1
 SPARSE_STD = 0.01  # torch.nn.init.sparse_'s default std (Martens 2010)
-# schemes whose formula needs no fans: the only ones a 1-D shape (a bias vector) can take
-NO_FAN_KINDS = ("zeros", "constant", "fixed", "trunc-normal")
 
 
 @dataclass(frozen=True)
@@ -492,7 +490,8 @@ class Init:
     `mode` and `distribution` are the effective ones (the preset's unless overridden, and the
     preset's for schemes that do not use them). `gain` multiplies the weights of every
     scheme, i.e. the std (scale = gain²). `low`/`high` are the uniform's bounds when given
-    (None: ±limit) and trunc-normal's cut-offs.
+    (None: ±limit) and trunc-normal's cut-offs. What each formula says, and how weights are
+    drawn, belongs to the scheme's kind (`KINDS`): these methods hand the work to it.
     """
 
     scheme: Scheme
@@ -522,6 +521,16 @@ class Init:
         return self.scheme.kind
 
     @property
+    def scheme_kind(self) -> SchemeKind:
+        """The kind object holding this scheme's formula, density and sampler."""
+        return KINDS[self.scheme.kind]
+
+    @property
+    def iid(self) -> bool:
+        """Does mean-field theory apply (see `SchemeKind.iid`)?"""
+        return self.scheme_kind.iid
+
+    @property
     def fill_value(self) -> float:
         """A constant preset's value before the gain: ones' 1, constant's --value."""
         return self.value if self.scheme.value is None else self.scheme.value
@@ -545,36 +554,13 @@ class Init:
         """(fan_in, fan_out) with this init's axes (torch's layout unless overridden)."""
         return compute_fans(shape, in_axis=self.in_axis, out_axis=self.out_axis, batch_axis=self.batch_axis)
 
-    # -- the fixed schemes: a location μ and a std σ, shaped by the distribution ------------
-
     def _bounds(self) -> tuple[float, float]:
         """The uniform scheme's [low, high] (±limit unless given), or trunc-normal's cut-offs."""
-        if self.kind == "trunc-normal":
-            return (TRUNC_NORMAL_LOW if self.low is None else self.low,
-                    TRUNC_NORMAL_HIGH if self.high is None else self.high)
-        return (-self.limit if self.low is None else self.low, self.limit if self.high is None else self.high)
-
-    def _location_half(self) -> tuple[float, float, float]:
-        """(μ, σ, half-width) before the gain of a fixed scheme: the normal scheme's mean and
-        std; the uniform scheme's centre, (high − low)/√12 and (high − low)/2. The half-width is
-        that of the uniform distribution with this σ (√3σ), exact for the uniform scheme."""
-        if self.scheme.distribution == "normal":
-            return self.mean, self.std, math.sqrt(3) * self.std
-        low, high = self._bounds()
-        half = high / 2 - low / 2  # halves first: high − low can exceed float64 only in theory
-        return low / 2 + high / 2, half / math.sqrt(3), half
-
-    def _truncated(self) -> TruncatedNormal:
-        low, high = self._bounds()
-        return TruncatedNormal(self.mean, self.std, low, high)
-
-    def _sparse_zeros(self, rows: int) -> int:
-        """Zeros per column, ⌈sparsity·rows⌉, computed as torch's sparse_ computes it."""
-        return min(rows, math.ceil(self.sparsity * rows))
+        return self.scheme_kind.bounds(self)
 
     def _need_fans(self, shape: Sequence[int]) -> tuple[int, ...]:
         shape = tuple(int(d) for d in shape)
-        if len(shape) < 2 and self.kind not in NO_FAN_KINDS:
+        if len(shape) < 2 and self.scheme_kind.needs_fans:
             raise InitcliError("shape", f"{self.name} needs a tensor of at least 2 dimensions (out, in, *kernel); a "
                                         f"1-D shape {shape} (a bias vector) takes zeros, ones, constant, normal, "
                                         "uniform or trunc-normal, which need no fans")
@@ -586,101 +572,20 @@ class Init:
 
     def expected_std(self, shape: Sequence[int]) -> float:
         """The std the scheme's formula gives for a tensor of this shape (torch layout)."""
-        shape = self._need_fans(shape)
-        kind = self.kind
-        if kind in ("zeros", "constant"):
-            return 0.0
-        if kind == "fixed":
-            return self.gain * self._location_half()[1]
-        if kind == "trunc-normal":
-            return self.gain * self._truncated().moments()[1]
-        if kind == "sparse":
-            rows = shape[0]
-            return self.gain * self.std * math.sqrt((rows - self._sparse_zeros(rows)) / rows)
-        if kind in ("orthogonal", "lsuv"):  # lsuv starts orthogonal; its scale comes from the data
-            rows = shape[0]
-            cols = math.prod(shape) // rows
-            # the min(rows, cols) orthonormal vectors have unit norm: mean square 1/max(rows, cols)
-            return self.gain / math.sqrt(max(rows, cols))
-        if kind in ("delta-orthogonal", "orthogonal-per-tap"):
-            # delta: one orthogonal tap of mean square 1/max(out, in) among ∏kernel taps; per tap:
-            # every tap orthogonal, scaled by 1/√taps. Either way fan_in·Var = in/max(out, in)
-            taps = math.prod(shape[2:])
-            return self.gain / math.sqrt(max(shape[0], shape[1]) * taps)
-        if kind in ("identity", "dirac"):
-            # a fraction p of the entries is 1, the rest 0: std √(p(1 − p)) about the mean p
-            p = self._ones_fraction(shape)
-            return self.gain * math.sqrt(p * (1 - p))
-        fan_in, fan_out = self.fans(shape)
-        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
-        return self.gain * math.sqrt(self.scheme.scale / n) / self._slope_factor
-
-    def _ones_fraction(self, shape: tuple[int, ...]) -> float:
-        if self.kind == "identity":
-            return min(shape[0], shape[1]) / (shape[0] * shape[1])
-        per_group = shape[0] // self.groups
-        return self.groups * min(per_group, shape[1]) / math.prod(shape)
+        return self.scheme_kind.std(self, self._need_fans(shape))
 
     def expected_mean(self, shape: Sequence[int] | None = None) -> float:
         """The mean the formula gives; identity and dirac need the shape."""
-        kind = self.kind
-        if kind == "constant":
-            return self.gain * self.fill_value
-        if kind == "fixed":
-            return self.gain * self._location_half()[0]
-        if kind == "trunc-normal":
-            return self.gain * self._truncated().moments()[0]
-        if kind in ("identity", "dirac"):
-            if shape is None:
-                raise TypeError(f"the mean of {self.name} depends on the shape: pass it")
-            return self.gain * self._ones_fraction(self._need_fans(shape))
-        return 0.0
+        return self.scheme_kind.mean(self, shape)
 
     def bound(self, shape: Sequence[int]) -> float | None:
         """The largest |W| the distribution allows: the uniform limit or the truncation point."""
-        kind = self.kind
-        if kind in ("zeros", "constant"):
-            return abs(self.expected_mean())
-        if kind in ("orthogonal", "lsuv", "delta-orthogonal", "identity", "dirac"):
-            return self.gain
-        if kind == "orthogonal-per-tap":  # orthogonal entries are within ±1, then / √taps
-            return self.gain / math.sqrt(math.prod(self._need_fans(shape)[2:]))
-        if kind == "trunc-normal":
-            return self.gain * max(abs(v) for v in self._bounds())
-        if kind == "sparse":
-            return None
-        if kind == "fixed":
-            mu, sigma, half = self._location_half()
-            reach = {"normal": None, "uniform": half, "truncated-normal": TRUNCATION_BOUND * sigma / TRUNCATED_NORMAL_STD
-                     }[self.distribution]
-            return None if reach is None else self.gain * (abs(mu) + reach)
-        std = self.expected_std(shape)
-        if self.distribution == "uniform":
-            return math.sqrt(3) * std
-        if self.distribution == "truncated-normal":
-            return TRUNCATION_BOUND * std / TRUNCATED_NORMAL_STD
-        return None
+        return self.scheme_kind.bound(self, shape)
 
     def largest_weight(self) -> float:
         """An upper bound on |W| over every shape and draw (n ≥ 1 for the scaling schemes);
         inf where it is beyond float64. What `make_init` checks against float32's range."""
-        kind = self.kind
-        tail = {"normal": GAUSSIAN_TAIL, "uniform": math.sqrt(3),
-                "truncated-normal": TRUNCATION_BOUND / TRUNCATED_NORMAL_STD}[self.distribution]
-        if kind == "zeros":
-            return 0.0
-        if kind == "constant":
-            return self.gain * abs(self.fill_value)
-        if kind == "fixed":
-            mu, sigma, half = self._location_half()
-            return self.gain * (abs(mu) + (half if self.distribution == "uniform" else tail * sigma))
-        if kind == "trunc-normal":
-            return self.gain * max(abs(v) for v in self._bounds())
-        if kind == "sparse":
-            return self.gain * GAUSSIAN_TAIL * self.std
-        if kind == "scaling":
-            return self.gain * math.sqrt(self.scale) * tail
-        return self.gain  # orthogonal, delta-orthogonal, identity, dirac, lsuv: entries within ±1
+        return self.scheme_kind.largest_weight(self)
 
     def density(self, shape: Sequence[int]):
         """The probability density the weights are drawn from, as a function of w, or None
@@ -688,114 +593,485 @@ class Init:
         whose scale comes from the data). Orthogonal entries are near-Gaussian at this std
         for large matrices; for sparse, the density of its nonzero part (the rest is a spike
         at 0). Tiny stds give large densities, never an overflow or a warning."""
-        kind = self.kind
-        if kind in ("zeros", "constant", "identity", "delta-orthogonal", "dirac", "lsuv"):
-            return None
-        std = self.expected_std(shape)
-        if std == 0:
-            return None
-        gain = self.gain
-        if kind == "trunc-normal":
-            pdf = self._truncated().density()
-            return None if pdf is None else (lambda w: pdf(w / gain) / gain)
-        if kind == "sparse":
-            rows = int(shape[0])
-            kept = (rows - self._sparse_zeros(rows)) / rows
-            return lambda w: _normal_pdf(w, 0.0, gain * self.std, kept)
-        if kind in ("orthogonal", "orthogonal-per-tap"):
-            return lambda w: _normal_pdf(w, 0.0, std)
-        mean = self.expected_mean(shape) if kind == "fixed" else 0.0
-        if self.distribution == "normal":
-            return lambda w: _normal_pdf(w, mean, std)
-        if self.distribution == "uniform":
-            half = math.sqrt(3) * std if kind == "scaling" else gain * self._location_half()[2]
-            return lambda w: 1 / (2 * half) if abs(w - mean) <= half else 0.0
-        sigma = std / TRUNCATED_NORMAL_STD  # the normal before truncation to ±2σ
-        mass = math.erf(TRUNCATION_BOUND / math.sqrt(2))
-        return lambda w: (_normal_pdf(w, mean, sigma, 1 / mass) if abs(w - mean) <= TRUNCATION_BOUND * sigma else 0.0)
+        return self.scheme_kind.density(self, shape)
 
     # -- drawing -------------------------------------------------------------------------
 
     def sample(self, shape: Sequence[int], rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
         """Draw a tensor of `shape` (torch layout). Random draws are made at float32 precision
         whatever `dtype` is, so float32 and float64 runs with one seed hold the same weights."""
-        shape = self._need_fans(shape)
-        kind = self.kind
-        if kind == "zeros":
-            return np.zeros(shape, dtype=dtype)
-        if kind == "constant":
-            return np.full(shape, self.gain * self.fill_value, dtype=dtype)  # within float32: make_init checked
-        if kind in ("orthogonal", "lsuv"):
-            return (self.gain * _orthogonal(shape, rng)).astype(dtype)
-        if kind == "delta-orthogonal":
-            weights = np.zeros(shape, dtype=dtype)
-            centre = (slice(None), slice(None)) + tuple(d // 2 for d in shape[2:])
-            weights[centre] = self.gain * _orthogonal(shape[:2], rng)
-            return weights
-        if kind == "orthogonal-per-tap":
-            return (self.gain * _orthogonal_per_tap(shape, rng)).astype(dtype)
-        if kind == "identity":
-            if len(shape) != 2:
-                raise InitcliError("shape", f"identity needs a 2-D shape, got {shape}; "
-                                            "for conv kernels use delta-orthogonal or dirac")
-            return (self.gain * np.eye(shape[0], shape[1])).astype(dtype)
-        if kind == "dirac":
-            return _dirac(shape, self.groups, self.gain).astype(dtype, copy=False)
-        if kind == "trunc-normal":
-            draws = self._truncated().sample(math.prod(shape), rng)
-            draws *= self.gain
-            return draws.astype(np.float32).reshape(shape).astype(dtype, copy=False)
-        if kind == "sparse":
-            return _sparse(shape, self._sparse_zeros(shape[0]), self.gain * self.std, rng).astype(dtype, copy=False)
-        if kind == "fixed":
-            mu, sigma, half = self._location_half()
-            mu, sigma, half = self.gain * mu, self.gain * sigma, self.gain * half
-        else:
-            mu = 0.0
-            sigma = self.expected_std(shape)
-            half = math.sqrt(3) * sigma
-        if self.distribution == "normal":
-            weights = gaussian(rng, shape)
-            weights *= np.float32(sigma)
-        elif self.distribution == "uniform":
-            # (2u − 1) is exact in float32 for u on the 2⁻²⁴ grid; one rounding, no overflow
-            weights = rng.random(shape, dtype=np.float32)
-            weights *= np.float32(2)
-            weights -= np.float32(1)
-            weights *= np.float32(half)
-        else:
-            weights = _truncated_standard_normal(shape, rng)
-            weights *= np.float32(sigma / TRUNCATED_NORMAL_STD)
-        if mu != 0:
-            weights += np.float32(mu)
-            if self.distribution == "uniform":  # keep rounding inside [low, high]
-                np.clip(weights, np.float32(mu - half), np.float32(mu + half), out=weights)
-        return weights.astype(dtype, copy=False)
+        return self.scheme_kind.sample(self, self._need_fans(shape), rng, dtype)
 
     def params(self) -> dict:
         """The arguments that reproduce this init (for JSON output and saved files)."""
-        kind = self.kind
         out = {"scheme": self.name, "gain": self.gain, "mode": self.mode, "distribution": self.distribution,
                "activation": self.activation, "negative_slope": self.negative_slope}
-        if kind == "scaling" and (self.in_axis, self.out_axis, self.batch_axis) != ((1,), (0,), ()):
-            out.update(in_axis=list(self.in_axis), out_axis=list(self.out_axis), batch_axis=list(self.batch_axis))
-        if kind == "constant" and self.scheme.value is None:
-            out["value"] = self.value
-        if kind == "fixed" and self.scheme.distribution == "normal":
-            out.update(mean=self.mean, std=self.std)
-        if kind == "fixed" and self.scheme.distribution == "uniform":
-            if self.low is None and self.high is None:
-                out["limit"] = self.limit
-            else:
-                out["low"], out["high"] = self._bounds()
-        if kind == "trunc-normal":
-            out.update(mean=self.mean, std=self.std)
-            out["low"], out["high"] = self._bounds()
-        if kind == "sparse":
-            out.update(sparsity=self.sparsity, std=self.std)
-        if kind == "dirac":
-            out["groups"] = self.groups
+        out.update(self.scheme_kind.params(self))
         return out
+
+
+# -- scheme kinds ------------------------------------------------------------------------
+#
+# One small object per kind of scheme (a Scheme's `kind` names it): its formula (std, mean,
+# bound and largest weight, from the shape and fans), its density, its sampler over an
+# explicit numpy Generator, the options `params` records, and `iid`. A new kind is one class
+# and one `register_kind` call; `Init` needs no edit.
+
+# How far a draw can reach in stds (before the location) for each distribution
+_TAILS = {"normal": GAUSSIAN_TAIL, "uniform": math.sqrt(3), "truncated-normal": TRUNCATION_BOUND / TRUNCATED_NORMAL_STD}
+
+
+def variance_scaling_std(scale: float, fan_in: float, fan_out: float, mode: str) -> float:
+    """√(scale/n), n = fan_in, fan_out or (fan_in + fan_out)/2 by mode: the variance-scaling
+    core (Glorot & Bengio 2010; He et al. 2015; JAX's variance_scaling) before the gain."""
+    n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    return math.sqrt(scale / n)
+
+
+def _location_scale_density(distribution: str, mean: float, std: float, half: float) -> Callable[[float], float]:
+    """The density of `distribution` about `mean` with this std (`half`: the uniform's half-width;
+    the truncated normal is cut at ±2 stds of the normal before truncation)."""
+    if distribution == "normal":
+        return lambda w: _normal_pdf(w, mean, std)
+    if distribution == "uniform":
+        return lambda w: 1 / (2 * half) if abs(w - mean) <= half else 0.0
+    sigma = std / TRUNCATED_NORMAL_STD  # the normal before truncation to ±2σ
+    mass = math.erf(TRUNCATION_BOUND / math.sqrt(2))
+    return lambda w: (_normal_pdf(w, mean, sigma, 1 / mass) if abs(w - mean) <= TRUNCATION_BOUND * sigma else 0.0)
+
+
+def _draw_location_scale(shape: tuple[int, ...], rng: np.random.Generator, distribution: str, mu: float,
+                         sigma: float, half: float, dtype) -> np.ndarray:
+    """mu + draws of `distribution` with std sigma (the uniform's half-width `half`), in float32."""
+    if distribution == "normal":
+        weights = gaussian(rng, shape)
+        weights *= np.float32(sigma)
+    elif distribution == "uniform":
+        # (2u − 1) is exact in float32 for u on the 2⁻²⁴ grid; one rounding, no overflow
+        weights = rng.random(shape, dtype=np.float32)
+        weights *= np.float32(2)
+        weights -= np.float32(1)
+        weights *= np.float32(half)
+    else:
+        weights = _truncated_standard_normal(shape, rng)
+        weights *= np.float32(sigma / TRUNCATED_NORMAL_STD)
+    if mu != 0:
+        weights += np.float32(mu)
+        if distribution == "uniform":  # keep rounding inside [low, high]
+            np.clip(weights, np.float32(mu - half), np.float32(mu + half), out=weights)
+    return weights.astype(dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class SchemeKind:
+    """What a kind of scheme computes for an `Init`.
+
+    `iid` answers "does mean-field theory apply?": true where the weights are an ensemble whose
+    variance map is the i.i.d. one (variance-scaling and fixed draws; orthogonal kinds, whose
+    rotation-invariant entries give the same forward variance map at large width, Pennington et
+    al. 2017; lsuv, which starts orthogonal), false for deterministic weights (zeros, constant,
+    identity, dirac), whose mean, not their spread, carries the signal. `needs_fans`: false for
+    the kinds a 1-D shape (a bias vector) can take. Shapes reaching `std` and `sample` are
+    checked by `Init`; `mean`, `bound` and `density` check them where they use them.
+    """
+
+    name: str
+    iid: bool = True
+    needs_fans: bool = True
+
+    def std(self, init: Init, shape: tuple[int, ...]) -> float:
+        raise NotImplementedError(f"scheme kind {self.name} has no std")
+
+    def mean(self, init: Init, shape: Sequence[int] | None) -> float:
+        return 0.0
+
+    def bound(self, init: Init, shape: Sequence[int]) -> float | None:
+        raise NotImplementedError(f"scheme kind {self.name} has no bound")
+
+    def largest_weight(self, init: Init) -> float:
+        raise NotImplementedError(f"scheme kind {self.name} has no largest weight")
+
+    def density(self, init: Init, shape: Sequence[int]) -> Callable[[float], float] | None:
+        return None
+
+    def sample(self, init: Init, shape: tuple[int, ...], rng: np.random.Generator, dtype) -> np.ndarray:
+        raise NotImplementedError(f"scheme kind {self.name} has no sampler")
+
+    def params(self, init: Init) -> dict:
+        """The options beyond Init's common ones that reproduce this init."""
+        return {}
+
+    def bounds(self, init: Init) -> tuple[float, float]:
+        """The uniform's [low, high]: ±limit unless given."""
+        return (-init.limit if init.low is None else init.low, init.limit if init.high is None else init.high)
+
+
+@dataclass(frozen=True)
+class ScalingKind(SchemeKind):
+    """Var(W) = gain² · scale / n by mode, normal, uniform or truncated normal: Glorot, He, LeCun."""
+
+    def std(self, init, shape):
+        fan_in, fan_out = init.fans(shape)
+        return init.gain * variance_scaling_std(init.scheme.scale, fan_in, fan_out, init.mode) / init._slope_factor
+
+    def bound(self, init, shape):
+        std = init.expected_std(shape)
+        if init.distribution == "uniform":
+            return math.sqrt(3) * std
+        if init.distribution == "truncated-normal":
+            return TRUNCATION_BOUND * std / TRUNCATED_NORMAL_STD
+        return None
+
+    def largest_weight(self, init):
+        return init.gain * math.sqrt(init.scale) * _TAILS[init.distribution]
+
+    def density(self, init, shape):
+        std = init.expected_std(shape)
+        if std == 0:
+            return None
+        return _location_scale_density(init.distribution, 0.0, std, math.sqrt(3) * std)
+
+    def sample(self, init, shape, rng, dtype):
+        sigma = init.expected_std(shape)
+        return _draw_location_scale(shape, rng, init.distribution, 0.0, sigma, math.sqrt(3) * sigma, dtype)
+
+    def params(self, init):
+        if (init.in_axis, init.out_axis, init.batch_axis) != ((1,), (0,), ()):
+            return dict(in_axis=list(init.in_axis), out_axis=list(init.out_axis), batch_axis=list(init.batch_axis))
+        return {}
+
+
+@dataclass(frozen=True)
+class FixedKind(SchemeKind):
+    """normal (--mean, --std) and uniform (±--limit or --low/--high), ignoring the fans."""
+
+    @staticmethod
+    def location_half(init: Init) -> tuple[float, float, float]:
+        """(μ, σ, half-width) before the gain: the normal scheme's mean and std; the uniform
+        scheme's centre, (high − low)/√12 and (high − low)/2. The half-width is that of the
+        uniform distribution with this σ (√3σ), exact for the uniform scheme."""
+        if init.scheme.distribution == "normal":
+            return init.mean, init.std, math.sqrt(3) * init.std
+        low, high = init._bounds()
+        half = high / 2 - low / 2  # halves first: high − low can exceed float64 only in theory
+        return low / 2 + high / 2, half / math.sqrt(3), half
+
+    def std(self, init, shape):
+        return init.gain * self.location_half(init)[1]
+
+    def mean(self, init, shape):
+        return init.gain * self.location_half(init)[0]
+
+    def bound(self, init, shape):
+        mu, sigma, half = self.location_half(init)
+        reach = {"normal": None, "uniform": half, "truncated-normal": TRUNCATION_BOUND * sigma / TRUNCATED_NORMAL_STD
+                 }[init.distribution]
+        return None if reach is None else init.gain * (abs(mu) + reach)
+
+    def largest_weight(self, init):
+        mu, sigma, half = self.location_half(init)
+        tail = _TAILS[init.distribution]
+        return init.gain * (abs(mu) + (half if init.distribution == "uniform" else tail * sigma))
+
+    def density(self, init, shape):
+        std = init.expected_std(shape)
+        if std == 0:
+            return None
+        return _location_scale_density(init.distribution, init.expected_mean(shape), std,
+                                       init.gain * self.location_half(init)[2])
+
+    def sample(self, init, shape, rng, dtype):
+        mu, sigma, half = self.location_half(init)
+        return _draw_location_scale(shape, rng, init.distribution, init.gain * mu, init.gain * sigma,
+                                    init.gain * half, dtype)
+
+    def params(self, init):
+        if init.scheme.distribution == "normal":
+            return dict(mean=init.mean, std=init.std)
+        if init.scheme.distribution == "uniform":
+            if init.low is None and init.high is None:
+                return {"limit": init.limit}
+            low, high = init._bounds()
+            return {"low": low, "high": high}
+        return {}
+
+
+@dataclass(frozen=True)
+class TruncNormalKind(SchemeKind):
+    """torch's trunc_normal_: N(mean, std²) restricted to absolute cut-offs [low, high]."""
+
+    @staticmethod
+    def truncated(init: Init) -> TruncatedNormal:
+        low, high = init._bounds()
+        return TruncatedNormal(init.mean, init.std, low, high)
+
+    def bounds(self, init):
+        return (TRUNC_NORMAL_LOW if init.low is None else init.low,
+                TRUNC_NORMAL_HIGH if init.high is None else init.high)
+
+    def std(self, init, shape):
+        return init.gain * self.truncated(init).moments()[1]
+
+    def mean(self, init, shape):
+        return init.gain * self.truncated(init).moments()[0]
+
+    def bound(self, init, shape):
+        return init.gain * max(abs(v) for v in init._bounds())
+
+    def largest_weight(self, init):
+        return init.gain * max(abs(v) for v in init._bounds())
+
+    def density(self, init, shape):
+        if init.expected_std(shape) == 0:
+            return None
+        gain = init.gain
+        pdf = self.truncated(init).density()
+        return None if pdf is None else (lambda w: pdf(w / gain) / gain)
+
+    def sample(self, init, shape, rng, dtype):
+        draws = self.truncated(init).sample(math.prod(shape), rng)
+        draws *= init.gain
+        return draws.astype(np.float32).reshape(shape).astype(dtype, copy=False)
+
+    def params(self, init):
+        low, high = init._bounds()
+        return dict(mean=init.mean, std=init.std, low=low, high=high)
+
+
+@dataclass(frozen=True)
+class SparseKind(SchemeKind):
+    """torch's sparse_: N(0, std²) with ⌈sparsity·rows⌉ zeros per column."""
+
+    @staticmethod
+    def zeros_per_column(init: Init, rows: int) -> int:
+        """⌈sparsity·rows⌉, computed as torch's sparse_ computes it."""
+        return min(rows, math.ceil(init.sparsity * rows))
+
+    def std(self, init, shape):
+        rows = shape[0]
+        return init.gain * init.std * math.sqrt((rows - self.zeros_per_column(init, rows)) / rows)
+
+    def bound(self, init, shape):
+        return None
+
+    def largest_weight(self, init):
+        return init.gain * GAUSSIAN_TAIL * init.std
+
+    def density(self, init, shape):
+        if init.expected_std(shape) == 0:
+            return None
+        rows = int(shape[0])
+        kept = (rows - self.zeros_per_column(init, rows)) / rows
+        return lambda w: _normal_pdf(w, 0.0, init.gain * init.std, kept)
+
+    def sample(self, init, shape, rng, dtype):
+        return _sparse(shape, self.zeros_per_column(init, shape[0]), init.gain * init.std, rng).astype(dtype, copy=False)
+
+    def params(self, init):
+        return dict(sparsity=init.sparsity, std=init.std)
+
+
+@dataclass(frozen=True)
+class ZerosKind(SchemeKind):
+    """W = 0."""
+
+    def std(self, init, shape):
+        return 0.0
+
+    def bound(self, init, shape):
+        return abs(init.expected_mean())
+
+    def largest_weight(self, init):
+        return 0.0
+
+    def sample(self, init, shape, rng, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class ConstantKind(SchemeKind):
+    """W = gain · value (ones: value 1)."""
+
+    def std(self, init, shape):
+        return 0.0
+
+    def mean(self, init, shape):
+        return init.gain * init.fill_value
+
+    def bound(self, init, shape):
+        return abs(init.expected_mean())
+
+    def largest_weight(self, init):
+        return init.gain * abs(init.fill_value)
+
+    def sample(self, init, shape, rng, dtype):
+        return np.full(shape, init.gain * init.fill_value, dtype=dtype)  # within float32: make_init checked
+
+    def params(self, init):
+        return {"value": init.value} if init.scheme.value is None else {}
+
+
+@dataclass(frozen=True)
+class OrthogonalKind(SchemeKind):
+    """Q of the QR of a Gaussian matrix, as torch's orthogonal_; lsuv starts from it."""
+
+    def std(self, init, shape):
+        rows = shape[0]
+        cols = math.prod(shape) // rows
+        # the min(rows, cols) orthonormal vectors have unit norm: mean square 1/max(rows, cols)
+        return init.gain / math.sqrt(max(rows, cols))
+
+    def bound(self, init, shape):
+        return init.gain
+
+    def largest_weight(self, init):
+        return init.gain  # orthonormal vectors: entries within ±1
+
+    def density(self, init, shape):
+        std = init.expected_std(shape)
+        return None if std == 0 else (lambda w: _normal_pdf(w, 0.0, std))
+
+    def sample(self, init, shape, rng, dtype):
+        return (init.gain * _orthogonal(shape, rng)).astype(dtype)
+
+
+@dataclass(frozen=True)
+class LsuvKind(OrthogonalKind):
+    """Orthogonal, then rescaled per layer from the data (by the engine): no density to draw."""
+
+    def density(self, init, shape):
+        return None
+
+
+def _taps_std(init: Init, shape: tuple[int, ...]) -> float:
+    """delta: one orthogonal tap of mean square 1/max(out, in) among ∏kernel taps; per tap:
+    every tap orthogonal, scaled by 1/√taps. Either way fan_in·Var = in/max(out, in)."""
+    taps = math.prod(shape[2:])
+    return init.gain / math.sqrt(max(shape[0], shape[1]) * taps)
+
+
+@dataclass(frozen=True)
+class DeltaOrthogonalKind(SchemeKind):
+    """The kernel's centre tap orthogonal, every other tap 0 (Xiao et al. 2018)."""
+
+    def std(self, init, shape):
+        return _taps_std(init, shape)
+
+    def bound(self, init, shape):
+        return init.gain
+
+    def largest_weight(self, init):
+        return init.gain
+
+    def sample(self, init, shape, rng, dtype):
+        weights = np.zeros(shape, dtype=dtype)
+        centre = (slice(None), slice(None)) + tuple(d // 2 for d in shape[2:])
+        weights[centre] = init.gain * _orthogonal(shape[:2], rng)
+        return weights
+
+
+@dataclass(frozen=True)
+class OrthogonalPerTapKind(SchemeKind):
+    """Every tap an independent orthogonal matrix, times 1/√taps."""
+
+    def std(self, init, shape):
+        return _taps_std(init, shape)
+
+    def bound(self, init, shape):  # orthogonal entries are within ±1, then / √taps
+        return init.gain / math.sqrt(math.prod(init._need_fans(shape)[2:]))
+
+    def largest_weight(self, init):
+        return init.gain
+
+    def density(self, init, shape):
+        std = init.expected_std(shape)
+        return None if std == 0 else (lambda w: _normal_pdf(w, 0.0, std))
+
+    def sample(self, init, shape, rng, dtype):
+        return (init.gain * _orthogonal_per_tap(shape, rng)).astype(dtype)
+
+
+@dataclass(frozen=True)
+class OnesPatternKind(SchemeKind):
+    """A fixed pattern of ones (identity, dirac): a fraction p of the entries is gain, the rest 0."""
+
+    def ones_fraction(self, init: Init, shape: tuple[int, ...]) -> float:
+        raise NotImplementedError
+
+    def std(self, init, shape):
+        # a fraction p of the entries is 1, the rest 0: std √(p(1 − p)) about the mean p
+        p = self.ones_fraction(init, shape)
+        return init.gain * math.sqrt(p * (1 - p))
+
+    def mean(self, init, shape):
+        if shape is None:
+            raise TypeError(f"the mean of {init.name} depends on the shape: pass it")
+        return init.gain * self.ones_fraction(init, init._need_fans(shape))
+
+    def bound(self, init, shape):
+        return init.gain
+
+    def largest_weight(self, init):
+        return init.gain
+
+
+@dataclass(frozen=True)
+class IdentityKind(OnesPatternKind):
+    """W = I, as torch's eye_."""
+
+    def ones_fraction(self, init, shape):
+        return min(shape[0], shape[1]) / (shape[0] * shape[1])
+
+    def sample(self, init, shape, rng, dtype):
+        if len(shape) != 2:
+            raise InitcliError("shape", f"identity needs a 2-D shape, got {shape}; "
+                                        "for conv kernels use delta-orthogonal or dirac")
+        return (init.gain * np.eye(shape[0], shape[1])).astype(dtype)
+
+
+@dataclass(frozen=True)
+class DiracKind(OnesPatternKind):
+    """torch's dirac_: each input channel feeds one output channel per group at the centre tap."""
+
+    def ones_fraction(self, init, shape):
+        per_group = shape[0] // init.groups
+        return init.groups * min(per_group, shape[1]) / math.prod(shape)
+
+    def sample(self, init, shape, rng, dtype):
+        return _dirac(shape, init.groups, init.gain).astype(dtype, copy=False)
+
+    def params(self, init):
+        return {"groups": init.groups}
+
+
+KINDS: dict[str, SchemeKind] = {}
+
+
+def register_kind(kind: SchemeKind) -> SchemeKind:
+    """Add a scheme kind (a Scheme whose `kind` is its name then draws through it)."""
+    if kind.name in KINDS:
+        raise ValueError(f"scheme kind {kind.name} is already registered")
+    KINDS[kind.name] = kind
+    return kind
+
+
+for _kind in (
+    ZerosKind("zeros", iid=False, needs_fans=False),
+    ConstantKind("constant", iid=False, needs_fans=False),
+    FixedKind("fixed", needs_fans=False),
+    TruncNormalKind("trunc-normal", needs_fans=False),
+    ScalingKind("scaling"),
+    SparseKind("sparse"),
+    OrthogonalKind("orthogonal"),
+    LsuvKind("lsuv"),
+    DeltaOrthogonalKind("delta-orthogonal"),
+    OrthogonalPerTapKind("orthogonal-per-tap"),
+    IdentityKind("identity", iid=False),
+    DiracKind("dirac", iid=False),
+):
+    register_kind(_kind)
+# schemes whose formula needs no fans: the only ones a 1-D shape (a bias vector) can take
+NO_FAN_KINDS = tuple(name for name, kind in KINDS.items() if not kind.needs_fans)
 
 
 def gaussian(rng: np.random.Generator, shape: Sequence[int], dtype=np.float32) -> np.ndarray:

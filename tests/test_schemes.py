@@ -673,3 +673,118 @@ def test_cli_samples_orthogonal_per_tap():
     assert (row["fan_in"], row["fan_out"]) == ("144", "144")
     assert float(row["expected_std"]) == pytest.approx(1 / 12)  # 1/√(16·9)
     assert float(row["std"]) == pytest.approx(1 / 12, rel=3 / math.sqrt(16 * 16 * 9) + 1e-6)
+
+
+# -- scheme kinds: one object per kind holds its formula, density, sampler and iid flag -----------
+
+def _kind_init(kind_name, **options):
+    """An Init of the first preset of this kind (resolved by make_init, as every caller does)."""
+    from initcli.schemes import SCHEMES
+
+    preset = next(s for s in SCHEMES if s.kind == kind_name)
+    return make_init(preset, **options)
+
+
+def test_every_preset_has_a_registered_kind():
+    from initcli.schemes import KINDS, SCHEMES
+
+    assert {s.kind for s in SCHEMES} == set(KINDS)
+
+
+def _kinds():
+    from initcli.schemes import KINDS
+
+    return sorted(KINDS)
+
+
+@pytest.mark.parametrize("kind_name", _kinds())
+def test_kind_provides_formula_density_sampler_and_iid(kind_name):
+    """Each kind's sampler draws what its formula says, its density integrates to the drawn
+    (nonzero) fraction, and `iid` is false exactly for the kinds whose draw ignores the seed."""
+    from initcli.schemes import KINDS, SchemeKind
+
+    kind = KINDS[kind_name]
+    assert isinstance(kind, SchemeKind) and kind.name == kind_name and isinstance(kind.iid, bool)
+    for method in ("std", "mean", "bound", "largest_weight", "density", "sample", "params"):
+        assert callable(getattr(kind, method)), method
+    shape = (256, 128)
+    init = _kind_init(kind_name)
+    assert init.scheme_kind is kind and init.iid is kind.iid
+    std, mean = init.expected_std(shape), init.expected_mean(shape)
+    weights = init.sample(shape, np.random.default_rng(1), dtype=np.float64)
+    other = init.sample(shape, np.random.default_rng(2), dtype=np.float64)
+    assert weights.shape == shape
+    # deterministic weights (mean-field theory does not apply) ⇔ the draw ignores the seed
+    assert np.array_equal(weights, other) == (not kind.iid)
+    n = weights.size
+    if kind.iid:
+        # a sample std's relative error is √((κ − 1)/(4n)); κ ≤ 4 here (sparse's zeros: 3/0.9)
+        assert np.std(weights) == pytest.approx(std, rel=6 * math.sqrt(3 / (4 * n)))
+        assert np.mean(weights) == pytest.approx(mean, abs=6 * std / math.sqrt(n))
+    else:  # a fixed pattern: the formula is the population's std and mean exactly
+        assert np.std(weights) == pytest.approx(std, rel=1e-9, abs=1e-12)
+        assert np.mean(weights) == pytest.approx(mean, rel=1e-9, abs=1e-12)
+    bound = init.bound(shape)
+    if bound is not None:
+        assert np.max(np.abs(weights)) <= bound * (1 + 1e-6)
+    assert np.max(np.abs(weights)) <= init.largest_weight() * (1 + 1e-6)
+    pdf = init.density(shape)
+    if pdf is not None:
+        grid = np.linspace(mean - 12 * std, mean + 12 * std, 40001)
+        values = np.array([pdf(w) for w in grid])
+        assert np.all(values >= 0)
+        # trapezoid rule: a uniform's two jumps cost at most a step each
+        integral = float(np.sum((values[1:] + values[:-1]) / 2) * (grid[1] - grid[0]))
+        assert integral == pytest.approx(np.count_nonzero(weights) / n, abs=2e-3)
+    assert init.params()["scheme"] == init.name
+
+
+def test_a_new_kind_works_through_init_without_editing_it():
+    """A Laplace kind registered here: Init's formula, density, sampler and params use it."""
+    from dataclasses import dataclass
+
+    from initcli.schemes import KINDS, Scheme, SchemeKind, register_kind
+
+    @dataclass(frozen=True)
+    class LaplaceKind(SchemeKind):
+        """Laplace(0, b) with b = gain/√(2·fan_in): Var = 2b² = gain²/fan_in."""
+
+        def std(self, init, shape):
+            return init.gain / math.sqrt(init.fans(shape)[0])
+
+        def bound(self, init, shape):
+            return None
+
+        def largest_weight(self, init):
+            return init.gain * 40  # |x|/b ≤ 53·ln 2 for float64 uniforms: 37/√2 ≈ 26 stds
+
+        def density(self, init, shape):
+            b = self.std(init, shape) / math.sqrt(2)
+            return lambda w: math.exp(-abs(w) / b) / (2 * b)
+
+        def sample(self, init, shape, rng, dtype):
+            return rng.laplace(0.0, self.std(init, shape) / math.sqrt(2), size=shape).astype(dtype)
+
+        def params(self, init):
+            return {"family": "laplace"}
+
+    register_kind(LaplaceKind("laplace"))
+    try:
+        with pytest.raises(ValueError):
+            register_kind(LaplaceKind("laplace"))
+        init = make_init(Scheme("laplace", "laplace"), gain=2.0)
+        shape = (300, 400)
+        assert init.iid and init.expected_std(shape) == pytest.approx(2 / 20)
+        assert init.expected_mean(shape) == 0.0 and init.bound(shape) is None
+        weights = init.sample(shape, np.random.default_rng(0))
+        assert weights.dtype == np.float32 and weights.shape == shape
+        n = weights.size
+        # Laplace: kurtosis 6, so the sample std's relative error is √(5/(4n))
+        assert np.std(weights) == pytest.approx(0.1, rel=6 * math.sqrt(5 / (4 * n)))
+        assert init.density(shape)(0.0) == pytest.approx(1 / (2 * 0.1 / math.sqrt(2)))
+        assert init.params()["family"] == "laplace" and init.params()["scheme"] == "laplace"
+        with pytest.raises(InitcliError):
+            init.sample((10,), np.random.default_rng(0))  # needs fans, as every kind by default
+    finally:
+        KINDS.pop("laplace", None)
+    assert "laplace" not in KINDS
