@@ -508,7 +508,7 @@ def theory_columns(run: ConvRun, layers) -> tuple[TheoryColumns, ...]:
     """Mean-field beside the measurement, as `theory.beside` gives it for an MLP, with
     fan_in = fan_out = C·k^d. The finite-width spread counts C (the independent filters),
     not C·k^d: the positions share one kernel, so they do not average its randomness away."""
-    if run.shape.padding != "circular" or run.init.kind in ("constant", "dirac"):
+    if run.shape.padding != "circular" or not run.init.iid:  # deterministic weights: no ensemble
         return tuple(TheoryColumns(None, None, None, "") for _ in layers)
     std = run.init.expected_std(run.shape.weight_shape)
     variance = std * std  # a product: inf past float64's range, where ** raises

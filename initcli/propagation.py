@@ -382,7 +382,7 @@ def run_prepared(run: _Run, progress: Callable[[int], None] | None = None) -> Pr
     if not run.theory:
         return result
     kind = "loaded" if run.loaded is not None else run.init.scheme.kind
-    if kind in ("constant", "identity"):  # deterministic weights: mean-field theory does not apply
+    if kind != "loaded" and not run.init.iid:  # deterministic weights: mean-field theory does not apply
         weight_vars = None
     elif kind in ("lsuv", "loaded"):  # scaled by data, or read from a file: the variance the weights have
         with np.errstate(over="ignore"):  # past float64's range the variance is inf, a result

@@ -961,7 +961,7 @@ def theory_columns(run: TransformerRun, rows) -> tuple[TheoryColumns, ...]:
     ‖Σ^½W_qᵀW_kΣ^½‖²_F per head, 4/(r·d_h) + 2/r² (Wishart moments), over H heads; for h,
     2/(r·D·mlp_ratio), a mean over the hidden units of wᵀΣw."""
     blank = TheoryColumns(None, None, None, "")
-    if run.init.kind in ("constant", "identity", "zeros"):  # deterministic weights: no ensemble
+    if not run.init.iid:  # deterministic weights: no ensemble
         return tuple(blank for _ in rows)
     shape = run.shape
     d, dh = shape.width, shape.d_head

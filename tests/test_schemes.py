@@ -788,3 +788,21 @@ def test_a_new_kind_works_through_init_without_editing_it():
     finally:
         KINDS.pop("laplace", None)
     assert "laplace" not in KINDS
+
+
+@pytest.mark.parametrize("scheme", ["zeros", "constant", "identity", "dirac", "he-normal", "orthogonal"])
+def test_theory_is_blank_exactly_for_the_kinds_mean_field_does_not_cover(scheme):
+    """One `iid` flag decides, in every engine: deterministic weights (zeros, constant,
+    identity, dirac) have no mean-field columns; before it, dirac on an MLP and zeros on a conv
+    got a prediction (dirac's flagged off theory: its std is not an ensemble's)."""
+    from initcli import conv
+    from initcli.propagation import propagate
+
+    deterministic = not make_init(scheme).iid
+    assert deterministic == (scheme in ("zeros", "constant", "identity", "dirac"))
+    row = propagate(scheme, "tanh", depth=2, width=16, batch=8).rows()[0]
+    assert (row["theory_preact_var"] is None) == deterministic
+    if scheme != "identity":  # identity draws 2-D matrices only
+        conv_rows = conv.propagate(scheme, "tanh", depth=2, channels=4, spatial=6, batch=2,
+                                   padding="circular").rows()
+        assert (conv_rows[0]["theory_preact_var"] is None) == deterministic
