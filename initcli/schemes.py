@@ -671,13 +671,24 @@ class SchemeKind:
     rotation-invariant entries give the same forward variance map at large width, Pennington et
     al. 2017; lsuv, which starts orthogonal), false for deterministic weights (zeros, constant,
     identity, dirac), whose mean, not their spread, carries the signal. `needs_fans`: false for
-    the kinds a 1-D shape (a bias vector) can take. Shapes reaching `std` and `sample` are
-    checked by `Init`; `mean`, `bound` and `density` check them where they use them.
+    the kinds a 1-D shape (a bias vector) can take. `variance_scaling`: --mode and the preset's
+    scale mean something to it; `takes_distribution`: --distribution does. `options`: the
+    options it may use (`uses` narrows them for a preset); `range_options`: those that could
+    take its weights past float32's range, blamed by `make_init`. Shapes reaching `std` and
+    `sample` are checked by `Init`; `mean`, `bound` and `density` check them where they use them.
     """
 
     name: str
     iid: bool = True
     needs_fans: bool = True
+    variance_scaling: bool = False
+    takes_distribution: bool = False
+    options: tuple[str, ...] = ()
+    range_options: tuple[str, ...] = ()
+
+    def uses(self, scheme: Scheme) -> tuple[str, ...]:
+        """The options this preset uses (gain applies to all but zeros)."""
+        return self.options
 
     def std(self, init: Init, shape: tuple[int, ...]) -> float:
         raise NotImplementedError(f"scheme kind {self.name} has no std")
@@ -755,6 +766,11 @@ class FixedKind(SchemeKind):
         low, high = init._bounds()
         half = high / 2 - low / 2  # halves first: high − low can exceed float64 only in theory
         return low / 2 + high / 2, half / math.sqrt(3), half
+
+    def uses(self, scheme):
+        if scheme.distribution == "normal":
+            return ("mean", "std", "distribution")
+        return ("limit", "low", "high", "distribution")
 
     def std(self, init, shape):
         return init.gain * self.location_half(init)[1]
@@ -1057,17 +1073,21 @@ def register_kind(kind: SchemeKind) -> SchemeKind:
 
 for _kind in (
     ZerosKind("zeros", iid=False, needs_fans=False),
-    ConstantKind("constant", iid=False, needs_fans=False),
-    FixedKind("fixed", needs_fans=False),
-    TruncNormalKind("trunc-normal", needs_fans=False),
-    ScalingKind("scaling"),
-    SparseKind("sparse"),
+    ConstantKind("constant", iid=False, needs_fans=False, options=("value",), range_options=("value",)),
+    FixedKind("fixed", needs_fans=False, takes_distribution=True,
+              options=("mean", "std", "distribution", "limit", "low", "high"),
+              range_options=("mean", "std", "low", "high", "limit")),
+    TruncNormalKind("trunc-normal", needs_fans=False, options=("mean", "std", "low", "high"),
+                    range_options=("low", "high")),
+    ScalingKind("scaling", variance_scaling=True, takes_distribution=True,
+                options=("mode", "distribution", "in_axis", "out_axis", "batch_axis")),
+    SparseKind("sparse", options=("sparsity", "std"), range_options=("std",)),
     OrthogonalKind("orthogonal"),
     LsuvKind("lsuv"),
     DeltaOrthogonalKind("delta-orthogonal"),
     OrthogonalPerTapKind("orthogonal-per-tap"),
     IdentityKind("identity", iid=False),
-    DiracKind("dirac", iid=False),
+    DiracKind("dirac", iid=False, options=("groups",)),
 ):
     register_kind(_kind)
 # schemes whose formula needs no fans: the only ones a 1-D shape (a bias vector) can take
@@ -1237,12 +1257,12 @@ def make_init(
     preset = scheme if isinstance(scheme, Scheme) else get_scheme(scheme)
     negative_slope = check_number("negative_slope", negative_slope, nonnegative=False)
     act = get_activation(activation, negative_slope)
-    kind = preset.kind
-    eff_mode = preset.mode if mode is None or kind != "scaling" else _canonical(mode, FAN_MODES, "mode")
+    kind = KINDS[preset.kind]
+    eff_mode = preset.mode if mode is None or not kind.variance_scaling else _canonical(mode, FAN_MODES, "mode")
     if distribution is not None:
         distribution = _canonical(distribution, DISTRIBUTIONS, "distribution")
-    eff_distribution = distribution if distribution is not None and kind in ("scaling", "fixed") else preset.distribution
-    if kind == "fixed" and preset.distribution == "uniform" and limit is not None and (low is not None or high is not None):
+    eff_distribution = distribution if distribution is not None and kind.takes_distribution else preset.distribution
+    if "limit" in kind.uses(preset) and limit is not None and (low is not None or high is not None):
         raise InitcliError("limit", "give either --limit (U(-limit, limit)) or --low/--high (U(low, high)), "
                                     "not both")
     resolved = dict(
@@ -1266,7 +1286,7 @@ def make_init(
         raise InitcliError("groups", f"must be a positive integer, got {groups!r}")
     init = Init(scheme=preset, mode=eff_mode, distribution=eff_distribution, activation=act.name,
                 negative_slope=negative_slope, **resolved)
-    if kind in ("fixed", "trunc-normal") and (low is not None or high is not None):
+    if "low" in kind.range_options and (low is not None or high is not None):  # uniform's or trunc-normal's
         lo, hi = init._bounds()
         if not lo < hi:
             raise InitcliError("high" if high is not None else "low",
@@ -1285,8 +1305,7 @@ def _check_range(init: Init, given: dict) -> None:
     if init.gain > 1 and own <= FLOAT32_MAX:
         param, given_value = "gain", init.gain
     else:
-        used = {"constant": ("value",), "fixed": ("mean", "std", "low", "high", "limit"),
-                "trunc-normal": ("low", "high"), "sparse": ("std",)}.get(init.kind, ())
+        used = init.scheme_kind.range_options
         candidates = [p for p in used if given.get(p) is not None]
         param = max(candidates, key=lambda p: abs(float(given[p]))) if candidates else "gain"
         given_value = float(given[param]) if candidates else init.gain
@@ -1311,16 +1330,6 @@ def init_from_params(params: dict) -> Init:
     return make_init(params["scheme"], **options)
 
 
-# Which options each kind of scheme uses (gain applies to all but zeros).
-_USES = {
-    "zeros": (), "constant": ("value",), "fixed-normal": ("mean", "std", "distribution"),
-    "fixed-uniform": ("limit", "low", "high", "distribution"), "trunc-normal": ("mean", "std", "low", "high"),
-    "sparse": ("sparsity", "std"), "dirac": ("groups",),
-    "scaling": ("mode", "distribution", "in_axis", "out_axis", "batch_axis"),
-    "orthogonal": (), "delta-orthogonal": (), "orthogonal-per-tap": (), "identity": (), "lsuv": (),
-}
-
-
 def ignored_options(scheme: str, **given) -> list[str]:
     """The options given (not None) that `scheme` does not use, as --options: --mode and the
     fan axes only mean something to the variance-scaling presets, --distribution also to
@@ -1328,12 +1337,11 @@ def ignored_options(scheme: str, **given) -> list[str]:
     to sparse), --limit to uniform, --low/--high to uniform and trunc-normal, --sparsity to
     sparse, --groups to dirac. Unknown keywords are a TypeError (a caller's mistake)."""
     preset = get_scheme(scheme)
-    known = {option for uses in _USES.values() for option in uses}
+    known = {option for kind in KINDS.values() for option in kind.options}
     unknown = set(given) - known
     if unknown:
         raise TypeError(f"ignored_options: unknown option(s) {', '.join(sorted(unknown))}")
-    key = f"fixed-{preset.distribution}" if preset.kind == "fixed" else preset.kind
-    uses = _USES[key]
+    uses = KINDS[preset.kind].uses(preset)
     if preset.value is not None:  # ones: its value is fixed
         uses = ()
     return ["--" + option.replace("_", "-") for option, value in given.items()
@@ -1348,10 +1356,10 @@ def scheme_table(residual_inits: bool = False) -> list[dict]:
         {
             "name": s.name,
             "aliases": ", ".join(s.aliases),
-            "distribution": s.distribution if s.kind in ("scaling", "fixed") else s.kind,
+            "distribution": s.distribution if KINDS[s.kind].takes_distribution else s.kind,
             "formula": s.formula,
-            "mode": s.mode if s.kind == "scaling" else "",
-            "scale": s.scale if s.kind == "scaling" else None,
+            "mode": s.mode if KINDS[s.kind].variance_scaling else "",
+            "scale": s.scale if KINDS[s.kind].variance_scaling else None,
             "designed_for": s.designed_for,
             "reference": s.reference,
         }

@@ -785,6 +785,9 @@ def test_a_new_kind_works_through_init_without_editing_it():
         assert init.params()["family"] == "laplace" and init.params()["scheme"] == "laplace"
         with pytest.raises(InitcliError):
             init.sample((10,), np.random.default_rng(0))  # needs fans, as every kind by default
+        # not a variance-scaling kind, and takes no distribution: --mode and --distribution leave it alone
+        other = make_init(Scheme("laplace", "laplace"), mode="fan_out", distribution="uniform")
+        assert (other.mode, other.distribution) == ("fan_in", "normal")
     finally:
         KINDS.pop("laplace", None)
     assert "laplace" not in KINDS
