@@ -18,10 +18,8 @@ byte of a result.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,64 +71,11 @@ class LocalExecutor:
 
 def run_in_order(fn: Callable[..., Any], calls: Iterator[dict], jobs: int, on_result: Callable[[Any], None],
                  on_progress: Callable[[int], None] | None = None) -> None:
-    """`initcli.parallel.run_all` over an iterator that is read as tasks finish: at most
-    TASKS_PER_WORKER·jobs tasks are out at once, and nothing is kept once `on_result` has it.
-    The workers, their signals, their death with the parent and a killed worker are run_all's."""
-    from multiprocessing import get_context
+    """`initcli.parallel.run_streamed` with TASKS_PER_WORKER·jobs tasks read ahead at most:
+    nothing is kept once `on_result` has it."""
+    from .parallel import run_streamed
 
-    from .interrupts import held
-    from .parallel import (
-        _call_packed,
-        _drain,
-        _one_thread_per_worker,
-        _start_worker,
-        _worker_pids,
-        takes_progress,
-    )
-    from .threads import blas_threads_limited
-
-    with_progress = takes_progress(fn)
-    if jobs <= 1:
-        for kwargs in calls:
-            with blas_threads_limited(1):
-                result = fn(**kwargs, **({"progress": on_progress} if with_progress else {}))
-            on_result(result)
-        return
-    context = get_context("spawn")  # fresh processes: forking would copy BLAS thread state
-    progress_queue = context.SimpleQueue() if with_progress else None
-    pool = None
-    try:
-        with _one_thread_per_worker(), held():  # a signal now would leave workers half started
-            pool = context.Pool(jobs, initializer=_start_worker, initargs=(progress_queue, os.getpid()))
-        workers = _worker_pids(pool)
-        pending: deque = deque()
-        while True:
-            for kwargs in islice(calls, TASKS_PER_WORKER * jobs - len(pending)):
-                pending.append(pool.apply_async(_call_packed, ((fn, kwargs),)))
-            if not pending:
-                break
-            pending[0].wait(_POLL_SECONDS)
-            _drain(progress_queue, on_progress)
-            if not pending[0].ready():
-                if not workers <= _worker_pids(pool):
-                    # a pool replaces a dead worker but never reruns its task: waiting would be forever
-                    raise InitcliError("jobs", "a worker process died (killed from outside, or out of memory); "
-                                               "try fewer --jobs or a smaller run") from None
-                continue
-            on_result(pending.popleft().get())  # a worker's exception is raised here
-    except BaseException:  # Ctrl-C, SIGTERM (raised as an exception by the CLI) or an error
-        if pool is not None:  # SIGKILL, as run_all does: see there
-            for worker in getattr(pool, "_pool", ()):
-                worker.terminate = worker.kill
-            pool.terminate()
-            pool.join()
-        raise
-    pool.close()
-    pool.join()
-    _drain(progress_queue, on_progress)
-
-
-_POLL_SECONDS = 0.1  # how often the parent looks at the workers' progress while it waits
+    run_streamed(fn, calls, jobs, on_result, on_progress, window=TASKS_PER_WORKER * jobs)
 
 
 # -- dask.distributed ---------------------------------------------------------------------------

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
-import queue as queue_module
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
 from multiprocessing import get_context
 from typing import Any
@@ -66,102 +65,172 @@ def run_all(fn: Callable[..., Any], calls: Sequence[dict], jobs: int | None = No
     Every call runs with numpy's BLAS on one thread (see the module docstring), so the
     results equal a serial run's to the last bit. Results come back in the order of `calls`;
     `on_result` sees each as it arrives. When `fn` takes a `progress` keyword, each call gets
-    a callable to report steps done, which reaches `on_progress` in this process (from
-    workers through a queue). A worker's exception is raised here; Ctrl-C, SIGTERM or an
-    error stops every worker at once, and workers die with their parent even if it is killed
-    outright.
+    a callable to report steps done, which reaches `on_progress` in this process. The
+    workers and their failures are `run_streamed`'s.
     """
     jobs = min(check_jobs(jobs), len(calls))
-    with_progress = takes_progress(fn)
-    if jobs <= 1:
-        results = []
-        for kwargs in calls:
-            extra = {"progress": on_progress} if with_progress else {}
-            with blas_threads_limited(1):
-                result = fn(**kwargs, **extra)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-        return results
-    context = get_context("spawn")  # fresh processes: forking would copy BLAS thread state
-    progress_queue = context.SimpleQueue() if with_progress else None
-    pool = None
-    try:
-        with _one_thread_per_worker(), held():  # a signal now would leave workers half started
-            pool = context.Pool(jobs, initializer=_start_worker, initargs=(progress_queue, os.getpid()))
-        results = []
-        workers = _worker_pids(pool)
-        pending = pool.imap(_call_packed, [(fn, kwargs) for kwargs in calls])  # in order, as they finish
-        while len(results) < len(calls):
-            try:
-                result = pending.next(timeout=_POLL_SECONDS)
-            except StopIteration:
-                break
-            except Exception as exc:
-                if type(exc).__name__ != "TimeoutError":
-                    raise
-                _drain(progress_queue, on_progress)
-                if not workers <= _worker_pids(pool):
-                    # a pool replaces a dead worker but never reruns its task: waiting would be forever
-                    raise InitcliError("jobs", "a worker process died (killed from outside, or out of memory); "
-                                               "try fewer --jobs or a smaller run") from None
-                continue
-            _drain(progress_queue, on_progress)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    except BaseException:  # Ctrl-C, SIGTERM (raised as an exception by the CLI) or an error
-        # SIGKILL, not SIGTERM: a worker still starting up would print a traceback on finding
-        # the pool's queues gone. terminate() stops the pool from replacing workers before it
-        # ends them, so the kill goes through it.
-        if pool is not None:
-            for worker in getattr(pool, "_pool", ()):
-                worker.terminate = worker.kill
-            pool.terminate()
-            pool.join()
-        raise
-    pool.close()
-    pool.join()
-    _drain(progress_queue, on_progress)
+    results: list[Any] = []
+
+    def keep(result: Any) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    run_streamed(fn, calls, jobs, keep, on_progress, window=len(calls))
     return results
 
 
-def _worker_pids(pool) -> set[int]:
-    """The pool's worker processes; workers never exit on their own here (no maxtasksperchild)."""
-    return {worker.pid for worker in getattr(pool, "_pool", ())}
+def run_streamed(fn: Callable[..., Any], calls: Iterable[dict], jobs: int, on_result: Callable[[Any], None],
+                 on_progress: Callable[[int], None] | None = None, *, window: int = 0) -> None:
+    """fn(**kwargs) for every kwargs of `calls`, an iterable read only as workers free up, in
+    `jobs` spawned processes with one BLAS thread each; `on_result` gets the results in the
+    order of `calls`. At most max(window, jobs) calls are read beyond the oldest result not
+    yet delivered, so a stream of millions of tasks is never held.
 
-
-def _drain(progress_queue, on_progress: Callable[[int], None] | None) -> None:
-    if progress_queue is None:
+    Each worker has a pipe of its own and one task at a time: no lock is shared between
+    processes, so a worker killed at any moment (the OOM killer, a user) cannot leave the
+    others or the parent waiting on a lock it held. A worker's exception is raised here at
+    its place in the order (the results before it are delivered first, as in series); a
+    worker that dies is an error naming --jobs; Ctrl-C, SIGTERM or an error kills every
+    worker at once, and workers die with their parent even if it is killed outright.
+    """
+    with_progress = takes_progress(fn)
+    if jobs <= 1:
+        for kwargs in calls:
+            with blas_threads_limited(1):
+                result = fn(**kwargs, **({"progress": on_progress} if with_progress else {}))
+            on_result(result)
         return
-    while not progress_queue.empty():
-        steps = progress_queue.get()
-        if on_progress is not None:
-            on_progress(steps)
+    from multiprocessing.connection import wait
+
+    calls = iter(calls)
+    window = max(window, jobs)
+    context = get_context("spawn")  # fresh processes: forking would copy BLAS thread state
+    workers: list[_Worker] = []
+    try:
+        with _one_thread_per_worker(), held():  # a signal now would leave workers half started
+            workers = [_Worker(context, with_progress) for _ in range(jobs)]
+        idle = list(reversed(workers))
+        running: dict[_Worker, int] = {}  # worker → index of the call it runs
+        done: dict[int, tuple[bool, Any]] = {}  # index → (failed, result or exception), not yet delivered
+        read = delivered = 0
+        exhausted = False
+        while True:
+            while idle and not exhausted and read - delivered < window:
+                kwargs = next(calls, None)
+                if kwargs is None:
+                    exhausted = True
+                    break
+                worker = idle.pop()
+                worker.send((fn, kwargs))
+                running[worker] = read
+                read += 1
+            if not running:
+                break
+            ready = set(wait([w.connection for w in running] + [w.process.sentinel for w in running],
+                             timeout=_POLL_SECONDS))
+            for worker in list(running):
+                if worker.connection in ready or worker.connection.poll():
+                    kind, value = worker.receive()
+                    if kind == "progress":
+                        if on_progress is not None:
+                            on_progress(value)
+                        continue
+                    done[running.pop(worker)] = (kind == "error", value)
+                    idle.append(worker)
+                elif worker.process.sentinel in ready:
+                    raise _died()
+            while delivered in done:
+                failed, value = done.pop(delivered)
+                if failed:
+                    raise value
+                delivered += 1
+                on_result(value)
+    except BaseException:  # Ctrl-C, SIGTERM (raised as an exception by the CLI) or an error
+        # SIGKILL, not SIGTERM: a worker still starting up would print a traceback
+        for worker in workers:
+            worker.kill()
+        raise
+    for worker in workers:
+        worker.stop()
 
 
-_WORKER_QUEUE = None
+def _died() -> InitcliError:
+    return InitcliError("jobs", "a worker process died (killed from outside, or out of memory); "
+                                "try fewer --jobs or a smaller run")
 
 
-def _report(steps: int) -> None:
-    with suppress(OSError, ValueError, queue_module.Full):  # the parent is gone: nothing to tell
-        _WORKER_QUEUE.put(steps)
+class _Worker:
+    """One spawned process and the parent's end of its pipe."""
+
+    def __init__(self, context, with_progress: bool) -> None:
+        self.connection, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_serve, args=(child, os.getpid(), with_progress), daemon=True)
+        self.process.start()
+        child.close()  # the child's end lives in the child only: its death is this end's EOF
+
+    def send(self, task: tuple[Callable[..., Any], dict]) -> None:
+        try:
+            self.connection.send(task)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            raise _died() from None
+
+    def receive(self) -> tuple[str, Any]:
+        try:
+            return self.connection.recv()
+        except (EOFError, ConnectionResetError, OSError):
+            raise _died() from None
+
+    def stop(self) -> None:
+        with suppress(OSError, ValueError):
+            self.connection.send(None)
+        self.process.join(timeout=10)
+        self.kill()
+
+    def kill(self) -> None:
+        with suppress(OSError, ValueError, AttributeError):
+            if self.process.exitcode is None:
+                self.process.kill()
+            self.process.join(timeout=10)
+        with suppress(OSError):
+            self.connection.close()
 
 
-def _call_packed(packed: tuple[Callable[..., Any], dict]) -> Any:
-    fn, kwargs = packed
-    extra = {"progress": _report} if _WORKER_QUEUE is not None else {}
-    return fn(**kwargs, **extra)
+def _serve(connection, parent: int, with_progress: bool) -> None:
+    """A worker's life: tasks from its pipe until None or the pipe closes, each answered by
+    ("result", value) or ("error", exception), after any ("progress", steps) it reports."""
+    _start_worker(parent)
+
+    def report(steps: int) -> None:
+        with suppress(OSError, ValueError):  # the parent is gone: nothing to tell
+            connection.send(("progress", steps))
+
+    while True:
+        try:
+            task = connection.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        fn, kwargs = task
+        try:
+            message = ("result", fn(**kwargs, **({"progress": report} if with_progress else {})))
+        except Exception as exc:  # raised in the parent, at its place in the order
+            message = ("error", exc)
+        try:
+            connection.send(message)
+        except (OSError, ValueError):
+            return
+        except Exception as exc:  # a result or exception that does not pickle
+            connection.send(("error", RuntimeError(f"a worker's {message[0]} could not be sent back: {exc}")))
 
 
-def _start_worker(progress_queue, parent: int) -> None:
+def _start_worker(parent: int) -> None:
     """Ctrl-C reaches the whole process group: the parent answers it, the workers must not
     each print a traceback. A worker must not outlive its parent: on Linux the kernel kills
     it when the parent dies (PR_SET_PDEATHSIG), however the parent died."""
     import signal
 
-    global _WORKER_QUEUE
-    _WORKER_QUEUE = progress_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     set_blas_threads(1)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,14 @@ def test_a_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
     with pytest.raises(InitcliError, match="worker process died"):
         run_all(_die_once, [{"value": v, "marker": str(tmp_path / "flag")} for v in range(4)], jobs=2)
     assert time.monotonic() - started < 30
+
+
+def test_a_killed_worker_never_hangs_the_teardown():
+    """A pool whose workers shared one task queue hung one time in three under pytest: its
+    teardown waited for a lock an idle worker held while blocked reading. The case file kills a
+    worker twenty times in a row inside pytest (where it hung), and must end within a bound."""
+    case = Path(__file__).parent / "killed_worker_case.py"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(case)],
+                          capture_output=True, text=True, timeout=180, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "20 passed" in done.stdout
