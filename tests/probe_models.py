@@ -120,7 +120,25 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class _ResNetTrunk(nn.Module):
+    """What torchvision's ResNets share: the stem, layer1…layer4, pool and fc in one forward,
+    and the init (convs kaiming_normal_(fan_out, relu), BatchNorm weight 1 and bias 0)."""
+
+    def init_as_torchvision(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ResNet(_ResNetTrunk):
     """torchvision's resnet18 layout (stem, layer1…layer4 of two BasicBlocks, pool, fc)."""
 
     def __init__(self, widths=(8, 16, 32, 64), blocks: int = 2, classes: int = 10, norm: bool = True) -> None:
@@ -137,17 +155,7 @@ class ResNet(nn.Module):
             inplanes = planes
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        self.init_as_torchvision()
 
 
 def resnet(scale: float = 1.0):
@@ -434,7 +442,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class BottleneckResNet(nn.Module):
+class BottleneckResNet(_ResNetTrunk):
     """torchvision's resnet50 layout: stem (7×7 stride-2 conv, BN, ReLU, 3×3 stride-2 max pool),
     layer1…layer4 of Bottlenecks (3, 4, 6, 3; the first block of layers 2–4 strides 2), pool,
     fc; convs kaiming_normal_(fan_out, relu), BatchNorm weight 1 and bias 0, zero_init_residual
@@ -454,17 +462,7 @@ class BottleneckResNet(nn.Module):
             setattr(self, f"layer{i}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(inplanes, classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        self.init_as_torchvision()
 
 
 def resnet50(scale: float = 1.0, planes=(64, 128, 256, 512)):

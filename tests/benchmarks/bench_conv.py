@@ -34,10 +34,10 @@ import os
 import pstats
 import time
 import tracemalloc
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import numpy as np
-from timing import median_times  # tests/benchmarks/timing.py, beside this script
+from timing import median_times, one_thread  # tests/benchmarks/timing.py, beside this script
 
 from initcli import conv
 from initcli.stats import RANK_INPUTS
@@ -59,24 +59,6 @@ def prepared(options):
 def blas_context(run):
     """The BLAS setting initcli's run_prepared uses at this size, for the floor too."""
     return blas_threads_limited(1) if conv.work(run) <= conv.SINGLE_THREAD_WORK else nullcontext()
-
-
-@contextmanager
-def one_thread():
-    """numpy's BLAS and torch on one thread."""
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    saved = torch.get_num_threads() if torch is not None else None
-    with blas_threads_limited(1):
-        if torch is not None:
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            if torch is not None:
-                torch.set_num_threads(saved)
 
 
 def make_initcli(options):

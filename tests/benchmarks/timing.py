@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
+
+from initcli.threads import blas_threads_limited
 
 
 def median_times(functions, repeats, clock=time.perf_counter):
@@ -21,3 +24,21 @@ def median_times(functions, repeats, clock=time.perf_counter):
             fn()
             times[name].append(clock() - start)
     return {name: statistics.median(t) if t else None for name, t in times.items()}
+
+
+@contextmanager
+def one_thread():
+    """numpy's BLAS and torch (when installed) on one thread."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    saved = torch.get_num_threads() if torch is not None else None
+    with blas_threads_limited(1):
+        if torch is not None:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(saved)
