@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +38,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
 from .engine import PLAIN, Architecture, make_architecture, seed_streams
+from .engines.base import thread_policy
 from .errors import InitcliError
 from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import all_finite
@@ -56,9 +56,12 @@ MEMORY_OPTIONS = ("--batch", "--depth", "--channels", "--spatial")  # what makes
 # an efficient GEMM (thousands of rows)
 _CHUNK_BYTES = 1 << 20
 _WORKSPACE = 4 << 20
-# schemes that cannot draw a conv kernel (identity is 2-D only) or that need the MLP engine
-_REFUSED_KINDS = {"identity": "draws 2-D matrices only; for conv kernels use delta-orthogonal or dirac",
-                  "lsuv": "rescales every layer from the data, which only the MLP engine does"}
+# schemes that cannot draw a conv kernel (identity and sparse are 2-D only, as torch's eye_ and
+# sparse_) or that need the MLP engine
+REFUSED_KINDS = {"identity": "draws 2-D matrices only; for conv kernels use delta-orthogonal or dirac",
+                 "sparse": "draws 2-D (out, in) matrices only, as torch's sparse_; for conv kernels use a "
+                           "variance-scaling scheme, delta-orthogonal or dirac",
+                 "lsuv": "rescales every layer from the data, which only the MLP engine does"}
 
 
 @dataclass(frozen=True)
@@ -432,8 +435,8 @@ def _checked_run(scheme: str | Init = "he-normal", activation: str = "relu", *, 
     else:
         init = make_init(scheme, activation=activation, **init_options)
         act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
-    if init.kind in _REFUSED_KINDS:
-        raise InitcliError("scheme", f"{init.name} {_REFUSED_KINDS[init.kind]}")
+    if init.kind in REFUSED_KINDS:
+        raise InitcliError("scheme", f"{init.name} {REFUSED_KINDS[init.kind]}")
     shape = conv_shape(channels, spatial, kernel, padding)
     depth = _positive_int("depth", 10 if depth is None else depth, MAX_DEPTH)
     batch = _positive_int("batch", batch, MAX_SIZE)
@@ -495,7 +498,7 @@ def run_prepared(run: ConvRun, progress: Callable[[int], None] | None = None):
 
     from .propagation import PropagateResult
 
-    with blas_threads_limited(1) if work(run) <= SINGLE_THREAD_WORK else nullcontext():
+    with thread_policy(work(run), SINGLE_THREAD_WORK):
         stack, x, cotangent = inputs(run)
         layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
     result = PropagateResult(run.params, layers, forward_overflow, backward_overflow)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -43,6 +42,7 @@ from .engine import (
     make_architecture,
     seed_streams,
 )
+from .engines.base import thread_policy
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parametrization import Parametrization, parametrize
@@ -50,7 +50,6 @@ from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import _BLOCK as _STAT_BLOCK
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import THEORY_COLUMNS, TheoryColumns, beside
-from .threads import blas_threads_limited
 
 
 @dataclass(frozen=True)
@@ -361,21 +360,18 @@ def check_arch(arch: str | None) -> str:
 
 
 def engine(kind: str):
-    """The module that builds and measures an architecture's stacks: each has `prepare`
-    (checks, allocating nothing; its run has `estimate`, `depth` and `params`), `run_prepared`,
-    `propagate` and MEMORY_OPTIONS (the options that make a run smaller). This module itself
-    for 'mlp'."""
-    import importlib
+    """The engine of an architecture (`initcli.engines`): prepare, run_prepared, propagate,
+    estimate_bytes, prepare_jacobian, run_jacobian, MEMORY_OPTIONS and the network itself."""
+    from .engines import get
 
-    return importlib.import_module({"mlp": "initcli.propagation", "conv": "initcli.conv",
-                                    "transformer": "initcli.transformer"}[kind])
+    return get(kind)
 
 
 def run_prepared(run: _Run, progress: Callable[[int], None] | None = None) -> PropagateResult:
     """`propagate` for a run `prepare` has checked: so a caller that prepared it (to report
     the memory it needs, say) does not check it, or read a weights file, twice."""
-    with blas_threads_limited(1) if _small(run) else nullcontext():
-        stack, x, cotangent, iterations = _inputs(run)
+    with thread_policy(work(run), SINGLE_THREAD_WORK):
+        stack, x, cotangent, iterations = run_inputs(run)
         layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent,
                                                               checkpoint=run.checkpoint, progress=progress)
     result = PropagateResult(run.params, layers, forward_overflow, backward_overflow, lsuv_iterations=iterations)
@@ -408,15 +404,16 @@ def run_prepared(run: _Run, progress: Callable[[int], None] | None = None) -> Pr
 SINGLE_THREAD_WORK = 1 << 25
 
 
-def _small(run: _Run) -> bool:
-    return run.batch * max(a * b for a, b in zip(run.sizes[:-1], run.sizes[1:])) <= SINGLE_THREAD_WORK
+def work(run: _Run) -> int:
+    """Multiply-adds of the largest layer product: batch × fan_in × fan_out."""
+    return run.batch * max(a * b for a, b in zip(run.sizes[:-1], run.sizes[1:]))
 
 
 def _square(value: float) -> float:
     return value * value  # inf past float64's range, where ** 2 raises OverflowError
 
 
-def _inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] | None]:
+def run_inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] | None]:
     """The stack (LSUV-calibrated where asked), the inputs and the cotangent of a run."""
     if run.loaded is not None:
         stack = Stack(tuple(w.astype(run.dtype) for w in run.loaded[0]), tuple(b.astype(run.dtype) for b in run.loaded[1]),

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -46,6 +45,7 @@ import numpy as np
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
 from .engine import LAYER_NORM_EPS, seed_streams
+from .engines.base import thread_policy
 from .errors import InitcliError
 from .schemes import Init, ResidualInit, check_weight_scale, gaussian, make_init
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
@@ -64,7 +64,7 @@ MEMORY_OPTIONS = ("--batch", "--depth", "--width", "--seq-len", "--mlp-ratio")
 SUBLAYERS = ("attn", "mlp", "stream")
 _WORKSPACE = 4 << 20
 # schemes that cannot draw these weights, or that need the MLP engine
-_REFUSED_KINDS = {"lsuv": "rescales every layer from the data, which only the MLP engine does",
+REFUSED_KINDS = {"lsuv": "rescales every layer from the data, which only the MLP engine does",
                   "delta-orthogonal": "draws conv kernels (a centre tap); use orthogonal for Linear weights",
                   "dirac": "draws conv kernels; use identity or orthogonal for Linear weights"}
 
@@ -857,8 +857,8 @@ class TransformerRun:
 
 
 def check_init(init: Init) -> None:
-    if init.kind in _REFUSED_KINDS:
-        raise InitcliError("scheme", f"{init.name} {_REFUSED_KINDS[init.kind]}")
+    if init.kind in REFUSED_KINDS:
+        raise InitcliError("scheme", f"{init.name} {REFUSED_KINDS[init.kind]}")
 
 
 def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, width: int | None = None,
@@ -924,7 +924,7 @@ def propagate(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *
 
 def run_prepared(run: TransformerRun, progress: Callable[[int], None] | None = None) -> TransformerResult:
     """`propagate` for a run `prepare` has checked; progress(1) per block forward and back."""
-    with blas_threads_limited(1) if work(run) <= SINGLE_THREAD_WORK else nullcontext():
+    with thread_policy(work(run), SINGLE_THREAD_WORK):
         stack, x, cotangent = inputs(run)
         rows, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
     result = TransformerResult(run.params, rows, forward_overflow, backward_overflow)

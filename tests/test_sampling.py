@@ -76,7 +76,7 @@ def test_lsuv_samples_what_propagate_calibrates(activation):
     sizes, seed, batch = [24, 32, 32, 16], 3, 64
     result = sample("lsuv", sizes=sizes, seed=seed, activation=activation, batch=batch, input_std=2.0)
     run = propagation.prepare("lsuv", activation, sizes=sizes, seed=seed, batch=batch, input_std=2.0)
-    stack, _, _, iterations = propagation._inputs(run)
+    stack, _, _, iterations = propagation.run_inputs(run)
     for ours, theirs in zip(result.weights, stack.weights):
         np.testing.assert_array_equal(ours, theirs)  # the same inputs, the same arithmetic
     assert result.lsuv_iterations == iterations and result.params["lsuv_iterations"] == list(iterations)

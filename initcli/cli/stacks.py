@@ -325,22 +325,18 @@ def jacobian_command(
     isometry. Each is averaged over --inputs inputs; the Jacobian is computed in float64, on
     one BLAS thread (many small products and SVDs run fastest that way).
     """
-    from ..jacobian import VALUE_COLUMNS, prepare_jacobian, run_jacobian
+    from ..jacobian import VALUE_COLUMNS
     from ..propagation import engine
     from ..render import print_table
 
     fmt = output_format(out.fmt)
     check_applies(schemes=[scheme], arch=arch)
     options = _engine_run(init, stack, arch)
-    if arch.kind == "mlp":
-        plan = prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
-        run = run_jacobian
-    else:
-        domain = engine(options.pop("arch"))
-        plan = domain.prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
-        run = domain.run_jacobian
+    options.pop("arch", None)
+    domain = engine(arch.kind)
+    plan = domain.prepare_jacobian(scheme, activation, inputs=inputs, spectrum=spectrum, **options)
     with progress(plan.steps, "jacobian") as advance:
-        result = run(plan, advance)
+        result = domain.run_jacobian(plan, advance)
     rows, columns = result.rows(), result.columns
     if fmt == "table":
         p = result.params

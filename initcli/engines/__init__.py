@@ -1,0 +1,42 @@
+"""The registry of architectures: `get(name)` is the engine `--arch name` runs.
+
+Each engine module of this package registers itself on import; `names()` lists them in the
+order `--arch` documents them.
+"""
+
+from __future__ import annotations
+
+from .base import Engine, thread_policy
+
+__all__ = ["Engine", "get", "names", "register", "thread_policy"]
+
+_REGISTRY: dict[str, Engine] = {}
+_BUILTIN = ("mlp", "conv", "transformer")
+
+
+def register(engine: Engine) -> Engine:
+    if engine.name in _REGISTRY and _REGISTRY[engine.name] is not engine:
+        raise ValueError(f"an engine named {engine.name!r} is already registered")
+    _REGISTRY[engine.name] = engine
+    return engine
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for name in _BUILTIN:
+        if name not in _REGISTRY:
+            importlib.import_module(f"{__name__}.{name}")
+
+
+def get(name: str) -> Engine:
+    """The engine registered as `name` (KeyError for an unknown one: `--arch` is checked
+    before, with the one-line error, by `initcli.propagation.check_arch`)."""
+    if name not in _REGISTRY:
+        _load_builtin()
+    return _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    _load_builtin()
+    return tuple(_REGISTRY)

@@ -1,0 +1,87 @@
+"""The contract every architecture's engine keeps, and the BLAS thread policy they share.
+
+An engine is one object (`Engine`) over the module that holds its kernels. Commands and
+drivers reach an architecture only through it: `prepare` checks options and allocates
+nothing (its run has `estimate`, `depth`, `dtype` and `params`), `run_prepared` measures,
+`prepare_jacobian`/`run_jacobian` give the input-output Jacobian's spectrum, and `build`,
+`output`, `gradients` and `parameters` expose the network itself, which is what
+`tests/engines/test_contract.py` checks every registered engine by: gradients against
+central differences, the same seed giving the same bytes, the memory estimate against the
+measured peak, and every scheme kind either run or refused with the reason `refused` gives.
+
+A new architecture is one module in this package that builds an `Engine` and registers it
+(`initcli.engines.register`); `--arch` then accepts its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..threads import blas_threads_limited
+
+UNITS = ("layer", "block")  # what one row of a result is
+
+
+def thread_policy(work: int, single_thread_work: int) -> AbstractContextManager:
+    """One BLAS thread while a run's largest single product (multiply-adds) is at most
+    `single_thread_work`: there more threads only wait on each other, and one thread gives
+    the same bytes on any machine. Larger runs use the threads they are given."""
+    return blas_threads_limited(1) if work <= single_thread_work else nullcontext()
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An architecture, as every command and driver sees it.
+
+    name: the `--arch` value; unit: "layer" or "block" (one result row each); memory_options:
+    the options that make a run smaller, named by the memory guard; refused: scheme kind →
+    why this engine cannot run it (the error's text after the scheme's name); kernels: the
+    module holding the numerics. The callables:
+    - prepare(scheme, activation, **options) -> run (checked, nothing allocated);
+    - run_prepared(run, progress=None) -> result with rows();
+    - propagate(scheme, activation, *, progress=None, **options) -> result;
+    - estimate_bytes(...) -> int, the engine's own memory model (its signature is the engine's);
+    - work(run) -> the multiply-adds of the largest single product (`thread_policy` reads it);
+    - prepare_jacobian(scheme, activation, *, inputs=None, spectrum=False, **options) -> plan
+      with `steps`; run_jacobian(plan, progress=None) -> result;
+    - build(run) -> (net, x, cotangent): the network and the inputs a run draws from its seed;
+    - output(net, activation, x) -> the last layer's (or block's) output;
+    - gradients(net, activation, x, cotangent) -> {parameter name: ∂L/∂θ} for L = Σ g ⊙ output;
+    - parameters(net) -> {parameter name: array}, the arrays `gradients` differentiates (views
+      into the network: writing to one changes the network).
+    """
+
+    name: str
+    unit: str
+    kernels: Any
+    memory_options: tuple[str, ...]
+    single_thread_work: int
+    prepare: Callable[..., Any]
+    run_prepared: Callable[..., Any]
+    propagate: Callable[..., Any]
+    estimate_bytes: Callable[..., int]
+    work: Callable[[Any], int]
+    prepare_jacobian: Callable[..., Any]
+    run_jacobian: Callable[..., Any]
+    build: Callable[[Any], tuple[Any, np.ndarray, np.ndarray]]
+    output: Callable[[Any, Any, np.ndarray], np.ndarray]
+    gradients: Callable[[Any, Any, np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    parameters: Callable[[Any], dict[str, np.ndarray]]
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"engine {self.name}: unit must be one of {UNITS}, got {self.unit!r}")
+
+    @property
+    def MEMORY_OPTIONS(self) -> tuple[str, ...]:  # noqa: N802  (the name the engine modules export)
+        return self.memory_options
+
+    def threads(self, run: Any) -> AbstractContextManager:
+        """The BLAS thread setting this engine runs `run` under."""
+        return thread_policy(self.work(run), self.single_thread_work)

@@ -1,0 +1,49 @@
+"""The MLP engine: Linear stacks (plain, LayerNorm, residual; µP and its kin), whose kernels
+are `initcli.engine`, with runs prepared and measured by `initcli.propagation` and the
+Jacobian of `initcli.jacobian`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import engine as kernels
+from .. import jacobian, propagation
+from . import register
+from .base import Engine
+
+
+def _build(run):
+    stack, x, cotangent, _ = propagation.run_inputs(run)
+    return stack, x, cotangent
+
+
+def _output(stack, activation, x) -> np.ndarray:
+    return kernels.forward(stack, activation, x).states[-1].act
+
+
+def _gradients(stack, activation, x, cotangent) -> dict[str, np.ndarray]:
+    grads = kernels.backward(stack, kernels.forward(stack, activation, x), cotangent)
+    out = {}
+    for index, (weight_grad, bias_grad) in enumerate(grads, start=1):
+        out[f"w{index}"], out[f"b{index}"] = weight_grad, bias_grad
+    return out
+
+
+def _parameters(stack) -> dict[str, np.ndarray]:
+    out = {}
+    for index, (w, b) in enumerate(zip(stack.weights, stack.biases), start=1):
+        out[f"w{index}"], out[f"b{index}"] = w, b
+    return out
+
+
+ENGINE = register(Engine(
+    name="mlp", unit="layer", kernels=kernels, memory_options=tuple(propagation.MEMORY_OPTIONS),
+    single_thread_work=propagation.SINGLE_THREAD_WORK,
+    prepare=propagation.prepare, run_prepared=propagation.run_prepared,
+    propagate=lambda scheme="he-normal", activation="relu", **options: propagation.propagate(
+        scheme, activation, arch="mlp", **options),
+    estimate_bytes=propagation.estimate_bytes, work=propagation.work,
+    prepare_jacobian=jacobian.prepare_jacobian, run_jacobian=jacobian.run_jacobian,
+    build=_build, output=_output, gradients=_gradients, parameters=_parameters,
+    refused={},
+))
