@@ -122,40 +122,29 @@ class BlockNetwork:
     """The engine's stack, a mean over positions or tokens, and the read-out."""
 
     kind: str
-    body: object  # conv.ConvStack or transformer.TransformerStack
+    body: object  # the engine's network (conv.ConvStack, transformer.TransformerStack)
     act: object
     readout: np.ndarray  # (classes, features)
     readout_bias: np.ndarray
 
     @property
+    def engine(self):
+        from .engines import get
+
+        return get(self.kind)
+
+    @property
     def final_norm(self) -> bool:
-        return self.kind == "transformer" and self.body.shape.norm_position == "pre"
+        return self.engine.final_norm(self.body)
 
     @property
     def parameters(self) -> list[np.ndarray]:
-        if self.kind == "conv":
-            body = [*self.body.weights, *self.body.biases]
-        else:
-            body = [getattr(block, name) for block in self.body.blocks for name in _BLOCK_PARAMS
-                    if getattr(block, name) is not None]
-        return [*body, self.readout, self.readout_bias]
-
-
-_BLOCK_PARAMS = ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2")
+        return [*self.engine.parameters(self.body).values(), self.readout, self.readout_bias]
 
 
 def _forward(network: BlockNetwork, x: np.ndarray):
     """(trace, what the pooling read, the final LayerNorm's cache or None, logits)."""
-    if network.kind == "conv":
-        from . import conv
-
-        trace = conv.forward(network.body, network.act, x)
-        out = trace.acts[-1]
-    else:
-        from . import transformer
-
-        trace = transformer.forward(network.body, network.act, x)
-        out = trace[-1].out
+    trace, out = network.engine.forward(network.body, network.act, x)
     norm = None
     if network.final_norm:
         from .transformer import layer_norm
@@ -182,18 +171,8 @@ def gradients(network: BlockNetwork, task: Task, rows: np.ndarray) -> tuple[floa
         from .transformer import layer_norm_backward
 
         d_out = layer_norm_backward(d_out, *norm)
-    if network.kind == "conv":
-        from . import conv
-
-        grads, _ = conv.backward(network.body, trace, d_out)
-        body = [w for w, _ in grads] + [b for _, b in grads]
-    else:
-        from . import transformer
-
-        grads, _ = transformer.backward(network.body, trace, d_out)
-        body = [g[name] for g, block in zip(grads, network.body.blocks) for name in _BLOCK_PARAMS
-                if getattr(block, name) is not None]
-    return loss, score, [*body, d_readout, d_bias]
+    grads = network.engine.backward(network.body, trace, d_out)
+    return loss, score, [*(grads[name] for name in network.engine.parameters(network.body)), d_readout, d_bias]
 
 
 def _evaluate(network: BlockNetwork, task: Task) -> tuple[float, float, np.ndarray]:
@@ -204,20 +183,13 @@ def _evaluate(network: BlockNetwork, task: Task) -> tuple[float, float, np.ndarr
 
 def build_network(kind: str, init, act, run, classes: int, seed: int) -> BlockNetwork:
     """The engine's stack from the seed (as propagate draws it, biases 0) and the read-out."""
-    dtype = run.dtype
-    if kind == "conv":
-        from .conv import build_conv_stack
+    from .engines import get
 
-        body = build_conv_stack(init, run.shape, run.depth, seed=seed, dtype=dtype, arch=run.arch)
-        features = run.shape.channels
-    else:
-        from .transformer import build_transformer
-
-        body = build_transformer(init, run.shape, run.depth, seed=seed, dtype=dtype)
-        features = run.shape.width
+    engine = get(kind)
+    body = engine.network(init, run, seed)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _READOUT_STREAM]))
-    readout = init.sample((classes, features), rng, dtype)
-    return BlockNetwork(kind, body, act, readout, np.zeros(classes, dtype=dtype))
+    readout = init.sample((classes, engine.features(run)), rng, run.dtype)
+    return BlockNetwork(kind, body, act, readout, np.zeros(classes, dtype=run.dtype))
 
 
 # -- training -------------------------------------------------------------------------------
@@ -235,11 +207,9 @@ def train_block_one(*, kind: str, scheme: str, activation: str, task: str, sampl
 
 
 def _prepare(kind: str, scheme: str, activation: str, engine_options: dict, init_options: dict):
-    if kind == "conv":
-        from .conv import prepare
-    else:
-        from .transformer import prepare
-    return prepare(scheme, activation, theory=False, **engine_options, **init_options)
+    from .engines import get
+
+    return get(kind).prepare(scheme, activation, theory=False, **engine_options, **init_options)
 
 
 def _make_task(kind, task, samples, classes, noise, run, rng) -> Task:

@@ -50,10 +50,15 @@ class Engine:
     - prepare_jacobian(scheme, activation, *, inputs=None, spectrum=False, **options) -> plan
       with `steps`; run_jacobian(plan, progress=None) -> result;
     - build(run) -> (net, x, cotangent): the network and the inputs a run draws from its seed;
-    - output(net, activation, x) -> the last layer's (or block's) output;
-    - gradients(net, activation, x, cotangent) -> {parameter name: ∂L/∂θ} for L = Σ g ⊙ output;
-    - parameters(net) -> {parameter name: array}, the arrays `gradients` differentiates (views
+    - network(init, run, seed) -> net: the network alone, biases 0 (what `train` starts from);
+    - features(run) -> the width of the last output's feature axis (channels, width);
+    - forward(net, activation, x) -> (trace, output): the trace `backward` needs, and the last
+      layer's (or block's) output, features on the last axis;
+    - backward(net, trace, cotangent) -> {parameter name: ∂L/∂θ} for L = Σ cotangent ⊙ output;
+    - parameters(net) -> {parameter name: array}, the arrays `backward` differentiates (views
       into the network: writing to one changes the network).
+    `output` and `gradients` are forward and backward in one call; `final_norm(net)` says
+    whether a read-out must first normalise the output.
     """
 
     name: str
@@ -69,10 +74,15 @@ class Engine:
     prepare_jacobian: Callable[..., Any]
     run_jacobian: Callable[..., Any]
     build: Callable[[Any], tuple[Any, np.ndarray, np.ndarray]]
-    output: Callable[[Any, Any, np.ndarray], np.ndarray]
-    gradients: Callable[[Any, Any, np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    network: Callable[[Any, Any, int], Any]
+    features: Callable[[Any], int]
+    forward: Callable[[Any, Any, np.ndarray], tuple[Any, np.ndarray]]
+    backward: Callable[[Any, Any, np.ndarray], dict[str, np.ndarray]]
     parameters: Callable[[Any], dict[str, np.ndarray]]
     refused: Mapping[str, str] = field(default_factory=dict)
+    # whether a read-out on top must first normalise the output (pre-LN transformers end on
+    # an un-normalised stream, which GPT-2's ln_f normalises)
+    final_norm: Callable[[Any], bool] = lambda net: False
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -81,6 +91,12 @@ class Engine:
     @property
     def MEMORY_OPTIONS(self) -> tuple[str, ...]:  # noqa: N802  (the name the engine modules export)
         return self.memory_options
+
+    def output(self, net: Any, activation: Any, x: np.ndarray) -> np.ndarray:
+        return self.forward(net, activation, x)[1]
+
+    def gradients(self, net: Any, activation: Any, x: np.ndarray, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+        return self.backward(net, self.forward(net, activation, x)[0], cotangent)
 
     def threads(self, run: Any) -> AbstractContextManager:
         """The BLAS thread setting this engine runs `run` under."""

@@ -10,12 +10,17 @@ from . import register
 from .base import Engine
 
 
-def _output(stack, activation, x) -> np.ndarray:
-    return kernels.forward(stack, activation, x).acts[-1]
+def _network(init, run, seed: int):
+    return kernels.build_conv_stack(init, run.shape, run.depth, seed=seed, dtype=run.dtype, arch=run.arch)
 
 
-def _gradients(stack, activation, x, cotangent) -> dict[str, np.ndarray]:
-    grads, _ = kernels.backward(stack, kernels.forward(stack, activation, x), cotangent)
+def _forward(stack, activation, x):
+    trace = kernels.forward(stack, activation, x)
+    return trace, trace.acts[-1]
+
+
+def _backward(stack, trace, cotangent) -> dict[str, np.ndarray]:
+    grads, _ = kernels.backward(stack, trace, cotangent)
     out = {}
     for index, (weight_grad, bias_grad) in enumerate(grads, start=1):
         out[f"w{index}"], out[f"b{index}"] = weight_grad, bias_grad
@@ -35,6 +40,7 @@ ENGINE = register(Engine(
     prepare=kernels.prepare, run_prepared=kernels.run_prepared, propagate=kernels.propagate,
     estimate_bytes=kernels.estimate_bytes, work=kernels.work,
     prepare_jacobian=kernels.prepare_jacobian, run_jacobian=kernels.run_jacobian,
-    build=kernels.inputs, output=_output, gradients=_gradients, parameters=_parameters,
+    build=kernels.inputs, network=_network, features=lambda run: run.shape.channels, forward=_forward,
+    backward=_backward, parameters=_parameters,
     refused=kernels.REFUSED_KINDS,
 ))

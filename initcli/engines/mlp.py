@@ -17,12 +17,17 @@ def _build(run):
     return stack, x, cotangent
 
 
-def _output(stack, activation, x) -> np.ndarray:
-    return kernels.forward(stack, activation, x).states[-1].act
+def _network(init, run, seed: int):
+    return kernels.build_stack(init, run.sizes, seed=seed, dtype=run.dtype, arch=run.arch)
 
 
-def _gradients(stack, activation, x, cotangent) -> dict[str, np.ndarray]:
-    grads = kernels.backward(stack, kernels.forward(stack, activation, x), cotangent)
+def _forward(stack, activation, x):
+    trace = kernels.forward(stack, activation, x)
+    return trace, trace.states[-1].act
+
+
+def _backward(stack, trace, cotangent) -> dict[str, np.ndarray]:
+    grads = kernels.backward(stack, trace, cotangent)
     out = {}
     for index, (weight_grad, bias_grad) in enumerate(grads, start=1):
         out[f"w{index}"], out[f"b{index}"] = weight_grad, bias_grad
@@ -44,6 +49,7 @@ ENGINE = register(Engine(
         scheme, activation, arch="mlp", **options),
     estimate_bytes=propagation.estimate_bytes, work=propagation.work,
     prepare_jacobian=jacobian.prepare_jacobian, run_jacobian=jacobian.run_jacobian,
-    build=_build, output=_output, gradients=_gradients, parameters=_parameters,
+    build=_build, network=_network, features=lambda run: run.sizes[-1], forward=_forward, backward=_backward,
+    parameters=_parameters,
     refused={},
 ))

@@ -12,12 +12,17 @@ from . import register
 from .base import Engine
 
 
-def _output(stack, activation, x) -> np.ndarray:
-    return kernels.forward(stack, activation, x)[-1].out
+def _network(init, run, seed: int):
+    return kernels.build_transformer(init, run.shape, run.depth, seed=seed, dtype=run.dtype)
 
 
-def _gradients(stack, activation, x, cotangent) -> dict[str, np.ndarray]:
-    grads, _ = kernels.backward(stack, kernels.forward(stack, activation, x), cotangent)
+def _forward(stack, activation, x):
+    traces = kernels.forward(stack, activation, x)
+    return traces, traces[-1].out
+
+
+def _backward(stack, traces, cotangent) -> dict[str, np.ndarray]:
+    grads, _ = kernels.backward(stack, traces, cotangent)
     return {f"{index}.{name}": grad for index, block in enumerate(grads, start=1) for name, grad in block.items()}
 
 
@@ -32,6 +37,7 @@ ENGINE = register(Engine(
     prepare=kernels.prepare, run_prepared=kernels.run_prepared, propagate=kernels.propagate,
     estimate_bytes=kernels.estimate_bytes, work=kernels.work,
     prepare_jacobian=kernels.prepare_jacobian, run_jacobian=kernels.run_jacobian,
-    build=kernels.inputs, output=_output, gradients=_gradients, parameters=_parameters,
-    refused=kernels.REFUSED_KINDS,
+    build=kernels.inputs, network=_network, features=lambda run: run.shape.width, forward=_forward,
+    backward=_backward, parameters=_parameters,
+    refused=kernels.REFUSED_KINDS, final_norm=lambda stack: stack.shape.norm_position == "pre",
 ))
