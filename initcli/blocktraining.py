@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import _positive_int, check_dtype, check_memory, check_seed
+from .checks import check_dtype, check_memory, check_seed, positive_int
 from .engine import seed_streams
 from .errors import InitcliError, suggest
 from .parallel import check_jobs, run_all
@@ -40,12 +40,12 @@ from .training import (
     Task,
     TrainResult,
     TrainRun,
-    _loss_and_grad,
-    _number_in,
     _Optimizer,
     check_noise,
     check_samples,
     fit,
+    loss_and_grad,
+    number_in,
 )
 
 TASKS = {"conv": ("waves",), "transformer": ("first",)}
@@ -160,7 +160,7 @@ def gradients(network: BlockNetwork, task: Task, rows: np.ndarray) -> tuple[floa
     """(loss, score, gradients in the order of `network.parameters`) on the samples `rows`."""
     x = task.x[rows].astype(network.readout.dtype)
     trace, pooled, norm, logits = _forward(network, x)
-    loss, score, grad = _loss_and_grad(task, logits.astype(np.float64), rows)
+    loss, score, grad = loss_and_grad(task, logits.astype(np.float64), rows)
     grad = grad.astype(logits.dtype)
     d_readout, d_bias = grad.T @ pooled, grad.sum(axis=0)
     d_pooled = grad @ network.readout
@@ -177,7 +177,7 @@ def gradients(network: BlockNetwork, task: Task, rows: np.ndarray) -> tuple[floa
 
 def _evaluate(network: BlockNetwork, task: Task) -> tuple[float, float, np.ndarray]:
     _, pooled, _, logits = _forward(network, task.x.astype(network.readout.dtype))
-    loss, score, _ = _loss_and_grad(task, logits.astype(np.float64), np.arange(len(task.x)))
+    loss, score, _ = loss_and_grad(task, logits.astype(np.float64), np.arange(len(task.x)))
     return loss, score, pooled
 
 
@@ -254,14 +254,14 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     if key not in OPTIMIZERS:
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
     lr = (1e-3 if key == "adam" else 0.1) if lr is None else lr
-    lr = _number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
-    epochs = _positive_int("epochs", epochs, MAX_EPOCHS)
-    target = _number_in("target", target, "a number in (0, 1]", lambda v: 0 < v <= 1)
+    lr = number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
+    epochs = positive_int("epochs", epochs, MAX_EPOCHS)
+    target = number_in("target", target, "a number in (0, 1]", lambda v: 0 < v <= 1)
     seed = check_seed(seed)
     dtype = check_dtype(dtype).name
     task, classes, noise = check_block_task(kind, task, classes, noise)
     samples = check_samples(samples, classes)
-    batch = samples if batch is None else min(_positive_int("batch", batch), samples)
+    batch = samples if batch is None else min(positive_int("batch", batch), samples)
     if kind == "transformer" and engine_options.get("seq_len", 2) < 2:
         raise InitcliError("seq_len", "the first task needs at least 2 tokens: the first and one to pool with")
     # every scheme checked (on a batch of one: the memory is guarded below, naming train's options)

@@ -22,7 +22,7 @@ MAX_DEPTH = 100_000
 MAX_SIZE = 10**9
 
 
-def _positive_int(param: str, value, maximum: int = MAX_SIZE) -> int:
+def positive_int(param: str, value, maximum: int = MAX_SIZE) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InitcliError(param, f"must be a positive integer, got {value!r}")
     if value > maximum:
@@ -38,12 +38,12 @@ def stack_sizes(sizes: Sequence[int] | None = None, depth: int | None = None, wi
             raise InitcliError("sizes", "give either --sizes or --depth/--width, not both")
         if len(sizes) > MAX_DEPTH + 1:
             raise InitcliError("sizes", f"must list at most {MAX_DEPTH + 1:,} sizes, got {len(sizes):,}")
-        sizes = tuple(_positive_int("sizes", s) for s in sizes)
+        sizes = tuple(positive_int("sizes", s) for s in sizes)
         if len(sizes) < 2:
             raise InitcliError("sizes", f"needs at least two sizes (input and one layer), got {list(sizes)}")
         return sizes
-    depth = _positive_int("depth", default_depth if depth is None else depth, MAX_DEPTH)
-    width = _positive_int("width", default_width if width is None else width)
+    depth = positive_int("depth", default_depth if depth is None else depth, MAX_DEPTH)
+    width = positive_int("width", default_width if width is None else width)
     return (width,) * (depth + 1)
 
 

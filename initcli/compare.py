@@ -127,7 +127,7 @@ class ComparePlan:
     activation) pair, each prepared (options checked, memory estimated), and the processes."""
 
     calls: tuple[dict, ...]
-    runs: tuple  # the prepared runs (propagation._Run), in the order of `calls`
+    runs: tuple  # the prepared runs (propagation.MlpRun), in the order of `calls`
     jobs: int
     schemes: int  # how many schemes each activation runs
 

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
-from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
+from .checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, positive_int
 from .engine import PLAIN, Architecture, make_architecture, seed_streams
 from .engines.base import thread_policy
 from .errors import InitcliError
@@ -108,14 +108,14 @@ class ConvShape:
 def conv_shape(channels: int | None = None, spatial: Sequence[int] | int | None = None,
                kernel: int | None = None, padding: str | None = None) -> ConvShape:
     """Check the conv options (None: the defaults, 16 channels, 16×16, k = 3, circular)."""
-    channels = _positive_int("channels", DEFAULT_CHANNELS if channels is None else channels)
+    channels = positive_int("channels", DEFAULT_CHANNELS if channels is None else channels)
     spatial = DEFAULT_SPATIAL if spatial is None else spatial
     spatial = (spatial,) if isinstance(spatial, (int, np.integer)) and not isinstance(spatial, bool) else spatial
     if isinstance(spatial, str) or not isinstance(spatial, Sequence) or not 1 <= len(spatial) <= MAX_SPATIAL_DIMS:
         raise InitcliError("spatial", f"must list 1 to {MAX_SPATIAL_DIMS} positive sizes (e.g. 32 or 16,16), "
                                       f"got {spatial!r}")
-    spatial = tuple(_positive_int("spatial", s) for s in spatial)
-    kernel = _positive_int("kernel", DEFAULT_KERNEL if kernel is None else kernel)
+    spatial = tuple(positive_int("spatial", s) for s in spatial)
+    kernel = positive_int("kernel", DEFAULT_KERNEL if kernel is None else kernel)
     if kernel > min(spatial):
         raise InitcliError("kernel", f"must be at most the smallest spatial size {min(spatial)} (a window "
                                      f"wider than the input), got {kernel}")
@@ -438,8 +438,8 @@ def _checked_run(scheme: str | Init = "he-normal", activation: str = "relu", *, 
     if init.kind in REFUSED_KINDS:
         raise InitcliError("scheme", f"{init.name} {REFUSED_KINDS[init.kind]}")
     shape = conv_shape(channels, spatial, kernel, padding)
-    depth = _positive_int("depth", 10 if depth is None else depth, MAX_DEPTH)
-    batch = _positive_int("batch", batch, MAX_SIZE)
+    depth = positive_int("depth", 10 if depth is None else depth, MAX_DEPTH)
+    batch = positive_int("batch", batch, MAX_SIZE)
     np_dtype = check_dtype(dtype)
     arch = make_architecture(residual, residual_scale, block, None, None, depth)
     arch.check_sizes([shape.channels] * (depth + 1))
@@ -617,7 +617,7 @@ def jacobian_spectrum(stack: ConvStack, act: Activation, x: np.ndarray, *, spect
     without the bias, times that example's φ'(h), plus the block input's tangents at the end
     of a residual block (scaled as the forward pass scales the branch). Then one SVD per
     layer and example. Call it on one BLAS thread (`run_jacobian` does)."""
-    from .jacobian import _singular_values, _spectrum_stats
+    from .jacobian import singular_values, spectrum_stats
 
     shape, arch = stack.shape, stack.arch
     before, after = shape.pads
@@ -654,8 +654,8 @@ def jacobian_spectrum(stack: ConvStack, act: Activation, x: np.ndarray, *, spect
                 a = branch
             tangents = through
             del h, through
-            layer_values = _singular_values(tangents.reshape(m, n, n).transpose(2, 0, 1), progress)
-            stats.append(_spectrum_stats(index, layer_values))
+            layer_values = singular_values(tangents.reshape(m, n, n).transpose(2, 0, 1), progress)
+            stats.append(spectrum_stats(index, layer_values))
             if spectrum:
                 values.append(layer_values)
     return tuple(stats), (tuple(values) if spectrum else None)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .activations import get_activation
-from .checks import _positive_int, check_dtype, check_memory, check_seed
+from .checks import check_dtype, check_memory, check_seed, positive_int
 from .engine import forward, make_architecture, seed_streams
 from .errors import InitcliError, suggest
 from .parametrization import check_base_width, check_param, predicted_slope
@@ -36,12 +36,12 @@ from .training import (
     ADAM_BETAS,
     ADAM_EPS,
     OPTIMIZERS,
-    _check_residual_init_trains,
-    _number_in,
     _Optimizer,
     build_network,
+    check_residual_init_trains,
     gradients,
     make_task,
+    number_in,
 )
 
 DEFAULT_WIDTHS = (128, 256, 512, 1024, 2048)
@@ -134,7 +134,7 @@ def verdict(slope: float, se: float, flat_tol: float = DEFAULT_FLAT_TOL) -> str:
 def _parse_sizes(values, param: str) -> tuple[int, ...]:
     if isinstance(values, (int, np.integer)):
         values = [values]
-    values = tuple(_positive_int(param, v, 1 << 16) for v in values)
+    values = tuple(positive_int(param, v, 1 << 16) for v in values)
     if not values:
         raise InitcliError(param, "needs at least one value")
     if len(set(values)) != len(values):
@@ -221,17 +221,17 @@ def _builtin_slopes(rows: Sequence[CoordRow], against: str, param: str, readout_
 def _check_training(*, steps, optimizer, lr, seeds, seed, batch, flat_tol) -> dict:
     """The options both forms share, checked: steps, optimizer (its key), lr (its default),
     seeds, seed, batch and flat_tol."""
-    steps = _positive_int("steps", steps, MAX_STEPS) if steps != 0 else 0
+    steps = positive_int("steps", steps, MAX_STEPS) if steps != 0 else 0
     key = str(optimizer).strip().lower()
     if key not in OPTIMIZERS:
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
-    lr = DEFAULT_LR[key] if lr is None else _number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
-    batch = _positive_int("batch", batch, 1 << 20)
+    lr = DEFAULT_LR[key] if lr is None else number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
+    batch = positive_int("batch", batch, 1 << 20)
     if batch < 2:
         raise InitcliError("batch", "must be at least 2: the task's inputs are standardised by their spread")
-    return {"steps": steps, "optimizer": key, "lr": lr, "seeds": _positive_int("seeds", seeds, 1000),
+    return {"steps": steps, "optimizer": key, "lr": lr, "seeds": positive_int("seeds", seeds, 1000),
             "seed": check_seed(seed), "batch": batch,
-            "flat_tol": _number_in("flat_tol", flat_tol, "a number ≥ 0", lambda v: v >= 0)}
+            "flat_tol": number_in("flat_tol", flat_tol, "a number ≥ 0", lambda v: v >= 0)}
 
 
 def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] = (3,), steps: int = 3,
@@ -256,7 +256,7 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
                               flat_tol=flat_tol)
     steps, key, lr, seeds, seed, batch, flat_tol = (checked[k] for k in ("steps", "optimizer", "lr", "seeds", "seed",
                                                                           "batch", "flat_tol"))
-    outputs = _positive_int("outputs", outputs, 1 << 16)
+    outputs = positive_int("outputs", outputs, 1 << 16)
     param = check_param(param)
     base_width = float(widths[0]) if base_width is None else check_base_width(base_width)
     if readout_init is None:
@@ -281,7 +281,7 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
         if arch.residual and (depth - 1) % arch.block:
             raise InitcliError("block", f"{depth - 1} residual layers do not split into blocks of {arch.block}")
         if arch.residual_init is not None:
-            _check_residual_init_trains(arch, [scheme])
+            check_residual_init_trains(arch, [scheme])
     itemsize = np.dtype(dtype).itemsize
     widest, deepest = widths[-1], depths[-1]
     # weights with their gradients and Adam's moments; activations, φ' and δ of the batch
@@ -375,7 +375,7 @@ def _param_groups(model, optimizer: str, lr: float, target: str) -> tuple[list, 
     per-layer learning rates such as µP's, which a plain module cannot express; mup's groups
     ("mup") when mup's `set_base_shapes` gave every parameter an `infshape`; else every
     parameter at `lr` ("one")."""
-    from .probing import _one_line
+    from .probing import one_line
 
     method = getattr(model, PARAM_GROUPS_ATTRIBUTE, None)
     if method is None:
@@ -387,7 +387,7 @@ def _param_groups(model, optimizer: str, lr: float, target: str) -> tuple[list, 
         groups = list(method(optimizer, lr))
     except Exception as exc:  # the user's code
         raise InitcliError("module", f"{target}'s model: {PARAM_GROUPS_ATTRIBUTE}('{optimizer}', {lr:g}) failed: "
-                                     f"{_one_line(exc)}") from None
+                                     f"{one_line(exc)}") from None
     return groups, "model"
 
 
@@ -397,7 +397,7 @@ def _mup_groups(params, optimizer: str, lr: float, target: str) -> list[dict]:
     infinite dimensions) rate by its width multiplier; SGD multiplies a vector-like one's (one
     infinite dimension) by its width multiplier and divides a matrix-like one's by its fan-in
     over fan-out multiplier; the rest keep `lr`."""
-    from .probing import _one_line
+    from .probing import one_line
 
     rates: dict[float, list] = {}
     try:
@@ -417,7 +417,7 @@ def _mup_groups(params, optimizer: str, lr: float, target: str) -> list[dict]:
         raise
     except Exception as exc:  # an infshape that is not mup's
         raise InitcliError("module", f"{target}'s model: its parameters' infshape (mup's set_base_shapes) cannot "
-                                     f"be read: {_one_line(exc)}") from None
+                                     f"be read: {one_line(exc)}") from None
     return [{"params": group, "lr": lr * factor} for factor, group in rates.items()]
 
 
@@ -463,7 +463,7 @@ def _targets(shape: tuple[int, ...], seed: int, dtype: np.dtype) -> tuple[np.nda
 def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dict, seed: int, data_seed: int,
                 inputs, optimizer: str, lr: float, steps: int, torch, torch_dtype, np_dtype) -> tuple[list, dict]:
     """One (width, seed) run of the user's model: rows for steps 0…K, and what was used."""
-    from .probing import _first_tensor, _one_line
+    from .probing import first_tensor, one_line
 
     torch.manual_seed(seed)  # the weights (and any dropout) are the point's, whatever ran before
     model, example = _build(factory, target, {**kwargs, width_arg: width}, width_arg, bool(kwargs))
@@ -475,7 +475,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
     calls: dict[str, int] = {}
 
     def record(module, _inputs, output):
-        tensor = _first_tensor(output, torch)
+        tensor = first_tensor(output, torch)
         if tensor is None or not tensor.is_floating_point():
             return
         label = names[module]
@@ -489,7 +489,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
         opt = (torch.optim.Adam(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS) if optimizer == "adam"
                else torch.optim.SGD(groups, lr=lr))
     except (ValueError, TypeError) as exc:  # no parameters, malformed groups
-        raise InitcliError("module", f"cannot train {target}'s model with {optimizer}: {_one_line(exc)}") from None
+        raise InitcliError("module", f"cannot train {target}'s model with {optimizer}: {one_line(exc)}") from None
     handles = [module.register_forward_hook(record) for module in names]
     rows: list[CoordRow] = []
     target_tensor, used = None, {"param_groups": source}
@@ -500,11 +500,11 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
             training = step < steps
             with torch.set_grad_enabled(training):
                 try:
-                    output = _first_tensor(model(*args), torch)
+                    output = first_tensor(model(*args), torch)
                 except Exception as exc:  # the user's forward
                     if step == 0:
-                        raise InitcliError("input_shape", f"the model rejected the input: {_one_line(exc)}") from None
-                    raise InitcliError("module", f"{target}'s model failed at step {step}: {_one_line(exc)}") from None
+                        raise InitcliError("input_shape", f"the model rejected the input: {one_line(exc)}") from None
+                    raise InitcliError("module", f"{target}'s model failed at step {step}: {one_line(exc)}") from None
                 if output is None or not output.is_floating_point():
                     raise InitcliError("module", f"{target}'s model returned no floating-point tensor")
             rows += [CoordRow(name, step, width, None, seed, l1) for name, l1 in seen]
@@ -522,7 +522,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
                 opt.step()
             except Exception as exc:  # the user's backward, or torch refusing a value
                 raise InitcliError("module", f"training {target}'s model failed at step {step + 1}: "
-                                             f"{_one_line(exc)}") from None
+                                             f"{one_line(exc)}") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -555,7 +555,7 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
     before each step; the rows' depth is None and left out of the columns. Slopes as the
     built-in path's, with no predicted exponent."""
     torch = _torch()
-    from .probing import MAX_SHAPE_ELEMENTS, _one_line, estimate_bytes, parse_kwargs
+    from .probing import MAX_SHAPE_ELEMENTS, estimate_bytes, one_line, parse_kwargs
 
     kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) or kwargs is None else dict(kwargs)
     if width_arg is None or not isinstance(width_arg, str) or not width_arg.isidentifier():
@@ -578,7 +578,7 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
         from .schemes import check_weight_scale
 
         input_std = check_weight_scale("input_std", input_std)
-        input_shape = tuple(_positive_int("input_shape", d, MAX_SHAPE_ELEMENTS) for d in input_shape)
+        input_shape = tuple(positive_int("input_shape", d, MAX_SHAPE_ELEMENTS) for d in input_shape)
         if not input_shape:
             raise InitcliError("input_shape", "needs at least one size, such as 784 or 3,32,32")
         if checked["batch"] * math.prod(input_shape) > MAX_SHAPE_ELEMENTS:
@@ -623,7 +623,7 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
         try:
             needed = estimate_bytes(widest, trial, full, min(2, full))
         except Exception as exc:  # the user's forward
-            raise InitcliError("input_shape", f"the model rejected the input: {_one_line(exc)}") from None
+            raise InitcliError("input_shape", f"the model rejected the input: {one_line(exc)}") from None
         params_bytes = sum(p.numel() * p.element_size() for p in widest.parameters())
         del widest
         check_memory(needed + 2 * params_bytes, available, dtype=np_dtype,  # + Adam's two moments

@@ -127,14 +127,14 @@ def _spectrum(stack: Stack, activation, x: np.ndarray, spectrum: bool, progress)
             if arch.closes_block(index):
                 through = close_block_jacobian(arch, state, block_jac, through)
             jac, a = through, state.act
-            layer_values = _singular_values(jac, progress)
-            stats.append(_spectrum_stats(index, layer_values))
+            layer_values = singular_values(jac, progress)
+            stats.append(spectrum_stats(index, layer_values))
             if spectrum:
                 values.append(layer_values)
     return tuple(stats), (tuple(values) if spectrum else None)
 
 
-def _singular_values(jac: np.ndarray, progress) -> np.ndarray:
+def singular_values(jac: np.ndarray, progress) -> np.ndarray:
     """(inputs, min(units, n_0)) singular values, descending; nan for an input whose Jacobian
     is not finite (past an overflow) or whose SVD does not converge."""
     units, inputs, width_in = jac.shape
@@ -149,7 +149,7 @@ def _singular_values(jac: np.ndarray, progress) -> np.ndarray:
     return values
 
 
-def _spectrum_stats(index: int, values: np.ndarray) -> JacobianStats:
+def spectrum_stats(index: int, values: np.ndarray) -> JacobianStats:
     if not np.isfinite(values).all():
         nan = math.nan
         return JacobianStats(index, nan, nan, nan, nan, nan, nan)
@@ -172,7 +172,7 @@ class JacobianRun:
     `depth` and `params`); `steps` is the number of progress steps the run reports (one per
     layer, or block, and input)."""
 
-    run: object  # propagation._Run, conv.ConvRun or transformer.TransformerRun
+    run: object  # propagation.MlpRun, conv.ConvRun or transformer.TransformerRun
     inputs: int
     spectrum: bool
 
@@ -188,11 +188,11 @@ class JacobianRun:
 def check_inputs(inputs: int | None, batch: int, default: int = DEFAULT_INPUTS) -> int:
     """The inputs the spectrum is averaged over: `default` (at most `batch`) when None, else a
     positive integer no larger than `batch` (the Jacobian is taken at the batch's first inputs)."""
-    from .checks import _positive_int
+    from .checks import positive_int
 
     if inputs is None:
         return min(default, batch)
-    inputs = _positive_int("inputs", inputs)
+    inputs = positive_int("inputs", inputs)
     if inputs > batch:
         raise InitcliError("inputs", f"must be at most --batch ({batch}), got {inputs}: the Jacobian is taken "
                                      f"at the first --inputs of the batch's inputs")
@@ -223,10 +223,10 @@ def prepare_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: in
                      spectrum: bool = False, **options) -> JacobianRun:
     """Check every argument of `jacobian`, and refuse a run that is too wide or does not fit
     in memory, before allocating anything (a `weights` file is read, but no stack built)."""
-    from .checks import _positive_int, check_dtype, check_memory, stack_sizes
+    from .checks import check_dtype, check_memory, positive_int, stack_sizes
     from .propagation import prepare
 
-    batch = _positive_int("batch", options.get("batch", 512))
+    batch = positive_int("batch", options.get("batch", 512))
     inputs = check_inputs(inputs, batch)
     if options.get("weights") is None:
         sizes = stack_sizes(options.get("sizes"), options.get("depth"), options.get("width"))

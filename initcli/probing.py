@@ -178,7 +178,7 @@ def parse_kwargs(text: str | None) -> dict:
     return value
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -201,7 +201,7 @@ def load_callable(target: str) -> Callable:
     except InitcliError:
         raise
     except (Exception, SystemExit) as exc:  # the user's module may raise anything at import
-        raise InitcliError(None, f"cannot import '{where}': {_one_line(exc)}") from None
+        raise InitcliError(None, f"cannot import '{where}': {one_line(exc)}") from None
     value = module
     for part in name.split("."):
         if not hasattr(value, part):
@@ -282,7 +282,7 @@ def build_model(factory: Callable, kwargs: dict, *, name: str, call_text: str, c
     try:
         built = factory(**kwargs)
     except (Exception, SystemExit) as exc:  # the user's code may raise anything
-        raise InitcliError(call_param, f"calling {call_text} failed: {_one_line(exc)}") from None
+        raise InitcliError(call_param, f"calling {call_text} failed: {one_line(exc)}") from None
     example = None
     if isinstance(built, tuple) and len(built) == 2:
         built, example = built
@@ -482,7 +482,7 @@ def _selected(model, modules: str | Sequence[str] | None, max_depth: int | None)
     return chosen
 
 
-def _first_tensor(value, torch):
+def first_tensor(value, torch):
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)):
@@ -711,7 +711,7 @@ def probe(model, inputs, *, seed: int = 0, train_mode: bool = True, modules: str
     def hook(module, inputs_, output):
         if running:
             running.pop()
-        tensor = _first_tensor(output, torch)
+        tensor = first_tensor(output, torch)
         layout = _layout(module, torch)
         if layout is not None and tensor is not None:
             layouts[tensor.ndim] = layout
@@ -719,7 +719,7 @@ def probe(model, inputs, *, seed: int = 0, train_mode: bool = True, modules: str
         weighted = weight is not None and weight.ndim >= 2 and not _is_norm(module, torch)
         if weighted:
             head.clear()
-            head.update(module=module, input=_first_tensor(inputs_, torch))
+            head.update(module=module, input=first_tensor(inputs_, torch))
         if module not in chosen:
             return
         label, branch, block = chosen[module]
@@ -774,7 +774,7 @@ def probe(model, inputs, *, seed: int = 0, train_mode: bool = True, modules: str
                                   else type(a).__name__ for a in args)
                 blamed = "" if input_param is not None else "the callable's example input: "
                 raise InitcliError(input_param, f"{blamed}module '{where}' rejected inputs of shape {shape or '()'}: "
-                                                f"{_one_line(exc)}") from None
+                                                f"{one_line(exc)}") from None
             out, output_label = pick_output(returned, output, torch)
             out_dtype = _numpy_dtype(out.dtype)
             cotangent_stream = seed_streams(seed)["cotangent"]
@@ -877,7 +877,7 @@ def estimate_bytes(model, trial_args: tuple, batch: int, trial_batch: int) -> in
     sizes: list[int] = []
 
     def count(_m, _i, output):
-        tensor = _first_tensor(output, torch)
+        tensor = first_tensor(output, torch)
         if tensor is not None:
             sizes.append(tensor.numel() * tensor.element_size())
 
@@ -968,7 +968,7 @@ def run_probe(target: str, *, kwargs: dict | str | None = None, input_shape: Seq
         probe(model, trial_args, seed=seed, train_mode=train_mode, input_param=input_param)  # names the module
         blamed = input_param if input_param is not None else None
         raise InitcliError(blamed, ("" if input_param is not None else "the callable's example input: ")
-                           + f"the model rejected the input: {_one_line(failed)}") from None
+                           + f"the model rejected the input: {one_line(failed)}") from None
     check_memory(needed * (2 if inits or fix else 1), available, dtype=np_dtype,
                  options=("--batch", "--input-shape", "--seq-len"))
     params = {"target": target, "kwargs": kwargs, **source, "dtype": np_dtype.name, "device": device}

@@ -20,12 +20,12 @@ from .checks import (  # noqa: F401  (re-exported: the checks were defined here 
     MAX_DEPTH,
     MAX_SIZE,
     STACK_OPTIONS,
-    _positive_int,
     available_bytes,
     check_dtype,
     check_memory,
     check_seed,
     check_std,
+    positive_int,
     stack_sizes,
 )
 from .engine import (
@@ -160,7 +160,7 @@ def estimate_bytes(sizes: Sequence[int], batch: int, dtype: np.dtype, *, checkpo
 
 
 @dataclass(frozen=True)
-class _Run:
+class MlpRun:
     """A propagate call with every argument checked and resolved."""
 
     init: Init
@@ -239,7 +239,7 @@ def prepare(
     weights: str | None = None,
     param: str | None = "sp",
     **init_options,
-) -> _Run:
+) -> MlpRun:
     """Check and resolve `propagate`'s arguments, memory guard included, allocating nothing
     but the arrays of a `weights` file (saved by `initcli sample --save`), which, when given,
     replaces the scheme and fixes the sizes. `param` (sp, ntk or mup: see
@@ -262,7 +262,7 @@ def prepare(
         declared = inspect_npz(weights)  # headers only: nothing is decompressed yet
         sizes = declared.sizes
     sizes = stack_sizes(sizes, depth, width)
-    batch = _positive_int("batch", batch)
+    batch = positive_int("batch", batch)
     np_dtype = check_dtype(dtype)
     arch = make_architecture(residual, residual_scale, block, norm, residual_init, len(sizes) - 1)
     arch.check_sizes(sizes)
@@ -296,7 +296,7 @@ def prepare(
         if largest > limit:  # cast, they would be inf before the first layer
             raise InitcliError("weights", f"'{weights}' holds values up to {largest:.3g}, past {np_dtype.name}'s "
                                           f"largest {limit:.3g}: run it with --dtype float64")
-    return _Run(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, bool(theory), bool(checkpoint), arch,
+    return MlpRun(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, bool(theory), bool(checkpoint), arch,
                 lsuv_tol, lsuv_max_iter, loaded, None if parametrization.plain else parametrization)
 
 
@@ -367,7 +367,7 @@ def engine(kind: str):
     return get(kind)
 
 
-def run_prepared(run: _Run, progress: Callable[[int], None] | None = None) -> PropagateResult:
+def run_prepared(run: MlpRun, progress: Callable[[int], None] | None = None) -> PropagateResult:
     """`propagate` for a run `prepare` has checked: so a caller that prepared it (to report
     the memory it needs, say) does not check it, or read a weights file, twice."""
     with thread_policy(work(run), SINGLE_THREAD_WORK):
@@ -404,7 +404,7 @@ def run_prepared(run: _Run, progress: Callable[[int], None] | None = None) -> Pr
 SINGLE_THREAD_WORK = 1 << 25
 
 
-def work(run: _Run) -> int:
+def work(run: MlpRun) -> int:
     """Multiply-adds of the largest layer product: batch × fan_in × fan_out."""
     return run.batch * max(a * b for a, b in zip(run.sizes[:-1], run.sizes[1:]))
 
@@ -413,7 +413,7 @@ def _square(value: float) -> float:
     return value * value  # inf past float64's range, where ** 2 raises OverflowError
 
 
-def run_inputs(run: _Run) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] | None]:
+def run_inputs(run: MlpRun) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, ...] | None]:
     """The stack (LSUV-calibrated where asked), the inputs and the cotangent of a run."""
     if run.loaded is not None:
         stack = Stack(tuple(w.astype(run.dtype) for w in run.loaded[0]), tuple(b.astype(run.dtype) for b in run.loaded[1]),

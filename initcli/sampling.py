@@ -11,7 +11,7 @@ import numpy as np
 
 from . import __version__
 from .activations import get_activation
-from .checks import _positive_int, check_dtype, check_memory, check_seed, stack_sizes
+from .checks import check_dtype, check_memory, check_seed, positive_int, stack_sizes
 from .engine import build_stack, make_architecture, seed_streams
 from .errors import InitcliError
 from .files import atomic_output
@@ -107,7 +107,7 @@ def sample(
     bias_std = check_weight_scale("bias_std", bias_std)
     calibrate = init.kind == "lsuv"
     if calibrate:
-        batch = _positive_int("batch", DEFAULT_BATCH if batch is None else batch)
+        batch = positive_int("batch", DEFAULT_BATCH if batch is None else batch)
         input_std = check_weight_scale("input_std", input_std)
         lsuv_tol, lsuv_max_iter = check_lsuv_options(lsuv_tol, lsuv_max_iter)
     iterations = None
@@ -145,7 +145,7 @@ def sample(
                 else make_architecture(block=block))
         stack = build_stack(init, stack_sizes_, bias_std=bias_std, seed=seed, dtype=np_dtype, arch=arch)
         if calibrate:
-            # the inputs propagate draws for this seed (propagation._inputs)
+            # the inputs propagate draws for this seed (propagation.run_inputs)
             x = gaussian(seed_streams(seed)["inputs"], (batch, stack_sizes_[0]), np_dtype) * np_dtype.type(input_std)
             act = get_activation(init.activation, init.negative_slope)
             with np.errstate(all="ignore"):

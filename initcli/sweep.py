@@ -113,18 +113,18 @@ def train_options(task: str, epochs: int = TRAIN_DEFAULTS["epochs"], *, lr: floa
                   noise: float | None = None) -> dict:
     """`options["train"]` for `sweep`, every value checked as `initcli train` checks it.
     `batch` is the training mini-batch (None: full batch), not the grid's batch axis."""
-    from .propagation import _positive_int
-    from .training import MAX_EPOCHS, OPTIMIZERS, _number_in, check_samples, check_task, metric_for
+    from .propagation import positive_int
+    from .training import MAX_EPOCHS, OPTIMIZERS, check_samples, check_task, metric_for, number_in
 
     key, n_classes, noise = check_task(task, classes, noise)
     samples = check_samples(samples, n_classes)
     name = str(optimizer).strip().lower()
     if name not in OPTIMIZERS:
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
-    batch = samples if batch is None else min(_positive_int("train_batch", batch), samples)
+    batch = samples if batch is None else min(positive_int("train_batch", batch), samples)
     return {"task": key, "metric": metric_for(key), "classes": classes, "noise": noise, "samples": samples,
-            "epochs": _positive_int("epochs", epochs, MAX_EPOCHS), "optimizer": name,
-            "lr": _number_in("lr", lr, "a finite number > 0", lambda v: v > 0), "batch": batch}
+            "epochs": positive_int("epochs", epochs, MAX_EPOCHS), "optimizer": name,
+            "lr": number_in("lr", lr, "a finite number > 0", lambda v: v > 0), "batch": batch}
 
 
 # -- grid ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .activations import get_activation
-from .checks import _positive_int, check_dtype, check_memory, check_seed, check_std, stack_sizes
+from .checks import check_dtype, check_memory, check_seed, check_std, positive_int, stack_sizes
 from .engine import (
     PLAIN,
     Architecture,
@@ -86,7 +86,7 @@ def metric_for(task: str) -> str:
 def check_samples(samples, classes: int) -> int:
     """At least two samples (the inputs are standardised by their spread, which one sample
     does not have), and for classification at least one per class."""
-    samples = _positive_int("samples", samples, 10**8)
+    samples = positive_int("samples", samples, 10**8)
     needed = max(2, classes)
     if samples < needed:
         why = f"one per class ({classes} classes)" if classes > 2 else "one sample has no spread to standardise by"
@@ -193,7 +193,7 @@ class Network:
 _IDENTITY = get_activation("linear")
 
 
-def _loss_and_grad(task: Task, logits: np.ndarray, rows: np.ndarray) -> tuple[float, float, np.ndarray]:
+def loss_and_grad(task: Task, logits: np.ndarray, rows: np.ndarray) -> tuple[float, float, np.ndarray]:
     """(loss, accuracy or R², ∂loss/∂logits) for the samples `rows`. The score is nan when the
     loss is not finite: argmax over nan logits would otherwise count as predicting class 0."""
     n = len(rows)
@@ -226,7 +226,7 @@ def _forward(network: Network, x: np.ndarray):
 def gradients(network: Network, task: Task, rows: np.ndarray):
     """(loss, score, gradients in the order of `network.parameters`) on the samples `rows`."""
     traces, logits = _forward(network, task.x[rows])
-    loss, score, grad = _loss_and_grad(task, logits.astype(np.float64), rows)
+    loss, score, grad = loss_and_grad(task, logits.astype(np.float64), rows)
     grad = grad.astype(logits.dtype)
     per_stage = []
     for (stack, _), trace in zip(reversed(network.stages), reversed(traces)):
@@ -237,7 +237,7 @@ def gradients(network: Network, task: Task, rows: np.ndarray):
 
 def _evaluate(network: Network, task: Task) -> tuple[float, float, np.ndarray]:
     traces, logits = _forward(network, task.x)
-    loss, score, _ = _loss_and_grad(task, logits.astype(np.float64), np.arange(len(task.x)))
+    loss, score, _ = loss_and_grad(task, logits.astype(np.float64), np.arange(len(task.x)))
     return loss, score, traces[-2].states[-1].act
 
 
@@ -455,7 +455,7 @@ def fit(gradients_of: Callable[[np.ndarray], tuple[float, float, list[np.ndarray
     return TrainRun(row, tuple(curve))
 
 
-def _number_in(param: str, value, accepted: str, inside: Callable[[float], bool]) -> float:
+def number_in(param: str, value, accepted: str, inside: Callable[[float], bool]) -> float:
     """`value` as a finite float for which `inside` holds, or one InitcliError saying `accepted`
     (bools, strings that are no number and ints beyond float's range included)."""
     try:
@@ -467,7 +467,7 @@ def _number_in(param: str, value, accepted: str, inside: Callable[[float], bool]
     return number
 
 
-def _check_residual_init_trains(arch: Architecture, schemes: Sequence[str]) -> None:
+def check_residual_init_trains(arch: Architecture, schemes: Sequence[str]) -> None:
     """ReZero and SkipInit train their branch gain α from 0; here α is a constant, so their
     branches would never get a gradient. LSUV would rescale every layer over the preset."""
     name = arch.residual_init.name
@@ -504,17 +504,17 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
     key = optimizer.strip().lower()
     if key not in OPTIMIZERS:
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
-    lr = _number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
-    epochs = _positive_int("epochs", epochs, MAX_EPOCHS)
+    lr = number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
+    epochs = positive_int("epochs", epochs, MAX_EPOCHS)
     if batch is not None:
-        batch = _positive_int("batch", batch)
-    target = _number_in("target", target, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        batch = positive_int("batch", batch)
+    target = number_in("target", target, "a number in (0, 1]", lambda v: 0 < v <= 1)
     seed = check_seed(seed)
     dtype = check_dtype(dtype).name
     if sizes is not None:  # --sizes lists the hidden widths: the task fixes input and output
         if depth is not None or width is not None:
             raise InitcliError("sizes", "give either --sizes or --depth/--width, not both")
-        hidden = tuple(_positive_int("sizes", s) for s in sizes)
+        hidden = tuple(positive_int("sizes", s) for s in sizes)
         if not hidden:
             raise InitcliError("sizes", "needs at least one hidden width")
     else:
@@ -523,7 +523,7 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
         raise InitcliError("residual", "needs at least two hidden layers: the first changes the width")
     arch = make_architecture(residual, residual_scale, block, norm, residual_init, len(hidden) - 1)
     if arch.residual_init is not None:
-        _check_residual_init_trains(arch, schemes)
+        check_residual_init_trains(arch, schemes)
     if arch.residual:
         arch.check_sizes(hidden)  # the residual body: every hidden layer after the first
         if (len(hidden) - 1) % arch.block:

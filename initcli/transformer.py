@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
-from .checks import MAX_DEPTH, MAX_SIZE, _positive_int, check_dtype, check_memory, check_seed
+from .checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, positive_int
 from .engine import LAYER_NORM_EPS, seed_streams
 from .engines.base import thread_policy
 from .errors import InitcliError
@@ -121,11 +121,11 @@ def transformer_shape(width: int | None = None, heads: int | None = None, seq_le
                       residual_init: str | None = None, depth: int | None = None) -> TransformerShape:
     """Check the transformer options (None: the defaults: width 64, 4 heads, 16 tokens, MLP
     ratio 4, pre-LN, skips on)."""
-    width = _positive_int("width", DEFAULT_WIDTH if width is None else width, MAX_SIZE)
-    heads = _positive_int("heads", DEFAULT_HEADS if heads is None else heads)
+    width = positive_int("width", DEFAULT_WIDTH if width is None else width, MAX_SIZE)
+    heads = positive_int("heads", DEFAULT_HEADS if heads is None else heads)
     if width % heads:
         raise InitcliError("heads", f"must divide --width {width} into heads of equal size, got {heads}")
-    seq_len = _positive_int("seq_len", DEFAULT_SEQ_LEN if seq_len is None else seq_len, MAX_SIZE)
+    seq_len = positive_int("seq_len", DEFAULT_SEQ_LEN if seq_len is None else seq_len, MAX_SIZE)
     ratio = DEFAULT_MLP_RATIO if mlp_ratio is None else mlp_ratio
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.integer, np.floating)) \
             or not math.isfinite(ratio) or not 0 <= ratio <= MAX_MLP_RATIO:
@@ -880,11 +880,11 @@ def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, 
         init = make_init(scheme, activation=activation, **init_options)
         act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
     check_init(init)
-    depth = _positive_int("depth", DEFAULT_DEPTH if depth is None else depth, MAX_DEPTH)
+    depth = positive_int("depth", DEFAULT_DEPTH if depth is None else depth, MAX_DEPTH)
     shape = transformer_shape(width, heads, seq_len, mlp_ratio, causal=causal, norm_position=norm_position,
                               residual=residual, residual_scale=residual_scale, param=param,
                               residual_init=residual_init, depth=depth)
-    batch = _positive_int("batch", batch, MAX_SIZE)
+    batch = positive_int("batch", batch, MAX_SIZE)
     np_dtype = check_dtype(dtype)
     bias_std = check_weight_scale("bias_std", bias_std)
     input_std = check_weight_scale("input_std", input_std)
@@ -1017,7 +1017,7 @@ def prepare_jacobian(scheme="xavier-uniform", activation: str = "gelu", *, input
     `jacobian.MAX_JACOBIAN_WIDTH` (one SVD of (T·D)² per block and input), and the memory."""
     from .jacobian import MAX_JACOBIAN_WIDTH, JacobianRun, check_inputs
 
-    inputs = check_inputs(inputs, _positive_int("batch", options.get("batch", 512)), DEFAULT_JACOBIAN_INPUTS)
+    inputs = check_inputs(inputs, positive_int("batch", options.get("batch", 512)), DEFAULT_JACOBIAN_INPUTS)
     options["theory"] = False
     run = prepare(scheme, activation, **options)
     n = run.shape.seq_len * run.shape.width
@@ -1042,7 +1042,7 @@ def block_jacobian(block: Block, shape: TransformerShape, act: Activation, x: np
 def run_jacobian(plan, progress: Callable[[int], None] | None = None):
     """The singular values of ∂y_b/∂x after each block b, for the first `inputs` sequences,
     in float64 on one BLAS thread: a `jacobian.JacobianResult` with one row per block."""
-    from .jacobian import JacobianResult, _singular_values, _spectrum_stats
+    from .jacobian import JacobianResult, singular_values, spectrum_stats
 
     with blas_threads_limited(1), np.errstate(all="ignore"):
         stack, x, _ = inputs(plan.run)
@@ -1055,6 +1055,6 @@ def run_jacobian(plan, progress: Callable[[int], None] | None = None):
             for b, block in enumerate(stack64.blocks):
                 step, xi = block_jacobian(block, plan.run.shape, plan.run.act, xi)
                 total = step @ total
-                values[b][i] = _singular_values(total[:, None, :], progress)[0]
-    layers = tuple(_spectrum_stats(b + 1, v) for b, v in enumerate(values))
+                values[b][i] = singular_values(total[:, None, :], progress)[0]
+    layers = tuple(spectrum_stats(b + 1, v) for b, v in enumerate(values))
     return JacobianResult(plan.params, layers, tuple(values) if plan.spectrum else None)

@@ -19,9 +19,9 @@ from initcli.training import (
     TASKS,
     _evaluate,
     _forward,
-    _loss_and_grad,
     build_network,
     gradients,
+    loss_and_grad,
     make_task,
     train,
     train_one,
@@ -121,7 +121,7 @@ def test_regression_names_its_score_r2():
 
 def _loss(network, data, rows):
     _, logits = _forward(network, data.x[rows])
-    return _loss_and_grad(data, logits, rows)[0]
+    return loss_and_grad(data, logits, rows)[0]
 
 
 @pytest.mark.parametrize("task", ["spiral", "regression"])
@@ -234,7 +234,7 @@ def test_a_huge_learning_rate_is_reported_as_divergence_without_warnings(optimiz
 
 def test_nan_logits_score_nan():
     data = make_task("moons", 4, rng=np.random.default_rng(0))
-    _, accuracy, _ = _loss_and_grad(data, np.full((4, 2), np.nan), np.arange(4))
+    _, accuracy, _ = loss_and_grad(data, np.full((4, 2), np.nan), np.arange(4))
     assert math.isnan(accuracy)
 
 

@@ -32,14 +32,14 @@ def show_fix(result, fmt: str, target: str, seed: int) -> None:
     """Table: what the fix did to each weighted module, then the verdicts before and after.
     CSV: the two verdict rows. JSON: those, with the modules' rows and what was untouched."""
     from ..render import print_table
-    from .probing import _style
+    from .probing import row_style
 
     rows = result.rows()
     if fmt == "table":
         console = stdout_console()
         say_hidden(print_table(result.layer_rows(), result.layer_columns, priority=LAYER_PRIORITY,
                                title=f"{target} · --fix {result.fix} · seed {seed}", console=console))
-        say_hidden(print_table(rows, [c for c in result.columns if c != "reason"], cell_style=_style,
+        say_hidden(print_table(rows, [c for c in result.columns if c != "reason"], cell_style=row_style,
                                priority=FIX_PRIORITY, console=console))
         for row in rows:
             console.print(f"{row['stage']}: {row['verdict']} — {row['reason']}", highlight=False, markup=False,

@@ -35,7 +35,7 @@ SUMMARY_PRIORITY = ("scheme", "verdict", "grad_ratio", "first_grad_var", "last_g
                     "modules")
 
 
-def _style(column: str, value) -> str | None:
+def row_style(column: str, value) -> str | None:
     if column == "verdict":
         return "green" if value == "stable" else "bold red"
     if column == "dead_frac" and isinstance(value, float) and value >= 0.5:
@@ -134,7 +134,7 @@ def probe(
         if fmt == "table":
             say_hidden(print_table(rows, [c for c in COMPARE_PROBE_COLUMNS if c != "reason"],
                                    title=f"{target} · {len(rows)} schemes · seed {seed} · "
-                                         f"{_run_text(result.runs[0].params)}", cell_style=_style,
+                                         f"{_run_text(result.runs[0].params)}", cell_style=row_style,
                                    priority=SUMMARY_PRIORITY, console=stdout_console()))
             for row in rows:
                 stdout_console().print(f"{row['scheme']}: {row['verdict']} — {row['reason']}", highlight=False,
@@ -151,7 +151,7 @@ def probe(
                                            ("grad_var", [r["grad_var"] for r in rows]))}
             title = f"{target}" + (f" · reinit {result.params['reinit']}" if "reinit" in result.params else "")
             say_hidden(print_table(rows, result.columns, title=f"{title} · seed {seed} · {_run_text(result.params)}",
-                                   cell_style=_style,
+                                   cell_style=row_style,
                                    priority=PROBE_PRIORITY, extra_columns=bars, console=stdout_console()))
         else:
             write_machine(fmt, "probe", result.params, rows, result.columns, verdict=result.verdict,

@@ -140,7 +140,7 @@ def propagate(
     rows = result.rows()
     if fmt == "table":
         p = result.params
-        shape = _shape_text(p)
+        shape = shape_text(p)
         bars = {log_scale_header(column, values): log_bars(values)
                 for column, values in (("act_var", [r["act_var"] for r in rows]),
                                        ("grad_var", [r["grad_var"] for r in rows]))}
@@ -161,7 +161,7 @@ def propagate(
 
         p = result.params
         title = (f"{p.get('scheme') or p['weights']} · {p['activation']} · "
-                 f"{_shape_text(p) if 'sizes' not in p else str(p['depth']) + ' layers · ' + sizes_text(p['sizes'])}"
+                 f"{shape_text(p) if 'sizes' not in p else str(p['depth']) + ' layers · ' + sizes_text(p['sizes'])}"
                  f" · batch {p['batch']} · seed {p['seed']}")
         series = transformer_series(rows) if arch.transformer else propagate_series(rows)
         if out.plot:
@@ -172,7 +172,7 @@ def propagate(
                         title=title, force=out.force, dpi=out.dpi)
 
 
-def _shape_text(p: dict) -> str:
+def shape_text(p: dict) -> str:
     """'20 layers of 256', 'sizes 784,256,10', or for a conv stack '20 conv layers · 32 ch · 16×16 · k3 circular'."""
     if p.get("arch") == "transformer":
         mlp = f"MLP ×{p['mlp_ratio']:g}" if p["mlp_ratio"] else "no MLP"
@@ -252,7 +252,7 @@ def compare(
     warn_ignored(scheme_names, init)
     rows = result.rows()
     p = result.params
-    shape = _shape_text(p) if "sizes" not in p else f"{p['depth']} layers · {sizes_text(p['sizes'])}"
+    shape = shape_text(p) if "sizes" not in p else f"{p['depth']} layers · {sizes_text(p['sizes'])}"
     if fmt == "table":
         columns = [c for c in result.columns if c != "reason"]
         unit = "block" if arch.transformer else "layer"
@@ -340,7 +340,7 @@ def jacobian_command(
     rows, columns = result.rows(), result.columns
     if fmt == "table":
         p = result.params
-        shape = _shape_text(p) if "sizes" not in p else f"{p['depth']} layers · {sizes_text(p['sizes'])}"
+        shape = shape_text(p) if "sizes" not in p else f"{p['depth']} layers · {sizes_text(p['sizes'])}"
         say_hidden(print_table(rows, columns, title=f"{p['scheme']} · {p['activation']} · {shape} · "
                                                     f"{p['inputs']} inputs",
                                console=stdout_console()))

@@ -29,7 +29,7 @@ from .options import (
     widths_text,
     write_machine,
 )
-from .stacks import _shape_text
+from .stacks import shape_text
 
 
 @command(app, "train")
@@ -115,7 +115,7 @@ def train_command(
     rows, columns = (result.curve_rows(), result.curve_columns) if curves else (result.rows(), result.columns)
     if fmt == "table":
         p = result.params
-        network = (f"hidden {widths_text(p['hidden_sizes'])}" if "hidden_sizes" in p else _shape_text(p))
+        network = (f"hidden {widths_text(p['hidden_sizes'])}" if "hidden_sizes" in p else shape_text(p))
         title = (f"{p['task']} · {p['activation']} · {network} · "
                  f"{p['optimizer']} lr {p['lr']:g} · {p['epochs']} epochs · seed {p['seed']}")
         say_hidden(print_table(rows, columns, title=title, console=stdout_console(), cell_style=_train_style,
