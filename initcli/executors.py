@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from .errors import InitcliError
 
 CONNECT_SECONDS = 5  # how long a --scheduler may take to answer before the sweep gives up
-TASKS_PER_WORKER = 4  # tasks in flight per worker: one running, the next ones already sent
+TASKS_PER_WORKER = 4  # read ahead per worker: here, results waiting their turn; on Dask, tasks in flight
 
 
 class Executor(Protocol):
@@ -64,18 +64,13 @@ class LocalExecutor:
 
     def run(self, fn: Callable[..., Any], calls: Iterable[dict], on_result: Callable[[Any], None],
             on_progress: Callable[[int], None] | None = None, *, connect_seconds: float | None = None) -> None:
+        from .parallel import run_streamed
+
         calls = iter(calls)
         head = list(islice(calls, self.jobs))  # fewer tasks than jobs: no idle processes
-        run_in_order(fn, chain(head, calls), min(self.jobs, len(head)), on_result, on_progress)
-
-
-def run_in_order(fn: Callable[..., Any], calls: Iterator[dict], jobs: int, on_result: Callable[[Any], None],
-                 on_progress: Callable[[int], None] | None = None) -> None:
-    """`initcli.parallel.run_streamed` with TASKS_PER_WORKER·jobs tasks read ahead at most:
-    nothing is kept once `on_result` has it."""
-    from .parallel import run_streamed
-
-    run_streamed(fn, calls, jobs, on_result, on_progress, window=TASKS_PER_WORKER * jobs)
+        jobs = min(self.jobs, len(head))
+        # TASKS_PER_WORKER·jobs read ahead at most: nothing is kept once on_result has it
+        run_streamed(fn, chain(head, calls), jobs, on_result, on_progress, window=TASKS_PER_WORKER * jobs)
 
 
 # -- dask.distributed ---------------------------------------------------------------------------
