@@ -42,7 +42,7 @@ from .engines.base import thread_policy
 from .errors import InitcliError
 from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import all_finite
-from .theory import TheoryColumns, finite_width_spread, mean_field, parts_ways
+from .theory import TheoryColumns, beside
 from .threads import blas_threads_limited
 
 PADDINGS = ("circular", "zero")
@@ -510,23 +510,17 @@ def run_prepared(run: ConvRun, progress: Callable[[int], None] | None = None):
 def theory_columns(run: ConvRun, layers) -> tuple[TheoryColumns, ...]:
     """Mean-field beside the measurement, as `theory.beside` gives it for an MLP, with
     fan_in = fan_out = C·k^d. The finite-width spread counts C (the independent filters),
-    not C·k^d: the positions share one kernel, so they do not average its randomness away."""
-    if run.shape.padding != "circular" or not run.init.iid:  # deterministic weights: no ensemble
-        return tuple(TheoryColumns(None, None, None, "") for _ in layers)
-    std = run.init.expected_std(run.shape.weight_shape)
-    variance = std * std  # a product: inf past float64's range, where ** raises
-    fans = [run.shape.fan] * (run.depth + 1)
-    predicted = mean_field(run.act, [variance] * run.depth, fans, bias_var=run.bias_std * run.bias_std,
-                           input_second_moment=run.input_std * run.input_std, arch=run.arch)
-    forward_spread, backward_spread = finite_width_spread([run.shape.channels] * (run.depth + 1))
-    columns = []
-    for i, layer in enumerate(predicted):
-        off = [name for name, measured, theory, spread in (
-            ("preact", layers[i].preact_var, layer.preact_var, forward_spread[i]),
-            ("grad", layers[i].grad_var, layer.grad_var, backward_spread[i]),
-        ) if parts_ways(measured, theory, spread)]
-        columns.append(TheoryColumns(layer.preact_var, layer.grad_var, layer.chi, ",".join(off)))
-    return tuple(columns)
+    not C·k^d: the positions share one kernel, so they do not average its randomness away.
+    Zero padding breaks the stationarity the prediction assumes: blank."""
+    weight_vars = None  # deterministic weights (no ensemble), or zero padding
+    if run.shape.padding == "circular" and run.init.iid:
+        std = run.init.expected_std(run.shape.weight_shape)
+        weight_vars = [std * std] * run.depth  # a product: inf past float64's range, where ** raises
+    return beside(run.act, weight_vars, [run.shape.fan] * (run.depth + 1), bias_var=run.bias_std * run.bias_std,
+                  input_second_moment=run.input_std * run.input_std, arch=run.arch,
+                  measured_preact=[layer.preact_var for layer in layers],
+                  measured_grad=[layer.grad_var for layer in layers],
+                  spread_sizes=[run.shape.channels] * (run.depth + 1))
 
 
 # -- jacobian --arch conv -------------------------------------------------------------------

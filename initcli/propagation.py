@@ -377,6 +377,13 @@ def run_prepared(run: MlpRun, progress: Callable[[int], None] | None = None) -> 
     result = PropagateResult(run.params, layers, forward_overflow, backward_overflow, lsuv_iterations=iterations)
     if not run.theory:
         return result
+    return replace(result, theory=theory_columns(run, stack, result.layers))
+
+
+def theory_columns(run: MlpRun, stack: Stack, layers: Sequence[LayerStats]) -> tuple[TheoryColumns, ...]:
+    """Mean-field beside the measured layers (`theory.beside`), for the weights the run drew:
+    their formula's variance, or for weights scaled by data or read from a file, the variance
+    they have; blank for deterministic weights."""
     kind = "loaded" if run.loaded is not None else run.init.scheme.kind
     if kind != "loaded" and not run.init.iid:  # deterministic weights: mean-field theory does not apply
         weight_vars = None
@@ -390,11 +397,10 @@ def run_prepared(run: MlpRun, progress: Callable[[int], None] | None = None) -> 
         if run.parametrization is not None:  # the effective weights m·w: (m·std factor)² on the variance
             weight_vars = [v * layer.effective_variance_factor
                            for v, layer in zip(weight_vars, run.parametrization.layers)]
-    columns = beside(run.act, weight_vars, run.sizes, bias_var=run.bias_var,
-                     input_second_moment=_square(run.input_std), arch=run.arch,
-                     measured_preact=[layer.preact_var for layer in result.layers],
-                     measured_grad=[layer.grad_var for layer in result.layers])
-    return replace(result, theory=columns)
+    return beside(run.act, weight_vars, run.sizes, bias_var=run.bias_var,
+                  input_second_moment=_square(run.input_std), arch=run.arch,
+                  measured_preact=[layer.preact_var for layer in layers],
+                  measured_grad=[layer.grad_var for layer in layers])
 
 
 # Products up to this many multiply-adds (the defaults: 512 × 256 × 256) run on one BLAS

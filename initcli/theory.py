@@ -628,14 +628,17 @@ THEORY_COLUMNS: tuple[str, ...] = ("theory_preact_var", "theory_grad_var", "chi"
 
 def beside(act: Activation, weight_vars: Sequence[float] | None, sizes: Sequence[int], *, bias_var: float,
            input_second_moment: float, measured_preact: Sequence[float],
-           measured_grad: Sequence[float], arch: Architecture = PLAIN) -> tuple[TheoryColumns, ...]:
+           measured_grad: Sequence[float], arch: Architecture = PLAIN,
+           spread_sizes: Sequence[int] | None = None) -> tuple[TheoryColumns, ...]:
     """Theory columns for a measured run. `weight_vars` None means mean-field does not apply
-    (weights that are not zero-mean and i.i.d., e.g. constant init): the columns stay blank."""
+    (weights that are not zero-mean and i.i.d., e.g. constant init): the columns stay blank.
+    `spread_sizes`: the independent units whose average the finite-width spread counts, when
+    they are not the fans (a conv's C filters, shared over its positions); default `sizes`."""
     if weight_vars is None:
         return tuple(TheoryColumns(None, None, None, "") for _ in measured_preact)
     predicted = mean_field(act, weight_vars, sizes, bias_var=bias_var, input_second_moment=input_second_moment,
                            arch=arch)
-    forward_spread, backward_spread = finite_width_spread(sizes)
+    forward_spread, backward_spread = finite_width_spread(sizes if spread_sizes is None else spread_sizes)
     columns = []
     for i, layer in enumerate(predicted):
         off = [name for name, measured, theory, spread in (
