@@ -349,13 +349,17 @@ MEMORY_OPTIONS = STACK_OPTIONS  # what makes an MLP run smaller, as each engine 
 
 
 def check_arch(arch: str | None) -> str:
-    """'mlp' (the Linear engine, `initcli.engine`), 'conv' or 'transformer'."""
+    """A registered engine's name (`initcli.engines`): 'mlp' (the Linear engine,
+    `initcli.engine`), 'conv', 'transformer', or one registered since."""
+    from .engines import names
+
     name = "mlp" if arch is None else str(arch).strip().lower()
-    if name not in ARCHS:
+    known = names()
+    if name not in known:
         from .errors import suggest
 
-        raise InitcliError("arch", f"unknown architecture '{arch}'{suggest(name, list(ARCHS))}; choose from "
-                                   f"{', '.join(ARCHS)}")
+        raise InitcliError("arch", f"unknown architecture '{arch}'{suggest(name, list(known))}; choose from "
+                                   f"{', '.join(known)}")
     return name
 
 

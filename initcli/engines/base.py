@@ -34,6 +34,15 @@ def thread_policy(work: int, single_thread_work: int) -> AbstractContextManager:
     return blas_threads_limited(1) if work <= single_thread_work else nullcontext()
 
 
+def per_layer(pairs) -> dict[str, np.ndarray]:
+    """{"w1": …, "b1": …, "w2": …} from (weight, bias) pairs, layer 1 first: the parameter
+    names of a stack of layers, for `parameters` and `backward` alike."""
+    named = {}
+    for index, (weight, bias) in enumerate(pairs, start=1):
+        named[f"w{index}"], named[f"b{index}"] = weight, bias
+    return named
+
+
 @dataclass(frozen=True)
 class Engine:
     """An architecture, as every command and driver sees it.

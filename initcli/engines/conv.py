@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import conv as kernels
 from . import register
-from .base import Engine
+from .base import Engine, per_layer
 
 
 def _network(init, run, seed: int):
@@ -21,17 +21,11 @@ def _forward(stack, activation, x):
 
 def _backward(stack, trace, cotangent) -> dict[str, np.ndarray]:
     grads, _ = kernels.backward(stack, trace, cotangent)
-    out = {}
-    for index, (weight_grad, bias_grad) in enumerate(grads, start=1):
-        out[f"w{index}"], out[f"b{index}"] = weight_grad, bias_grad
-    return out
+    return per_layer(grads)
 
 
 def _parameters(stack) -> dict[str, np.ndarray]:
-    out = {}
-    for index, (w, b) in enumerate(zip(stack.weights, stack.biases), start=1):
-        out[f"w{index}"], out[f"b{index}"] = w, b
-    return out
+    return per_layer(zip(stack.weights, stack.biases))
 
 
 ENGINE = register(Engine(

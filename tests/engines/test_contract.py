@@ -141,3 +141,27 @@ def test_every_scheme_kind_runs_or_is_refused_with_its_reason(name, kind, scheme
     else:
         result = engine.run_prepared(engine.prepare(scheme, "relu", **options))
         assert len(result.rows()) >= TINY[name][0]["depth"]  # a row per layer or block (transformers: sublayers too)
+
+
+def test_a_registered_engine_is_an_arch(monkeypatch):
+    """A new architecture is one registered Engine: --arch accepts it and propagate runs it."""
+    import dataclasses
+
+    from initcli import engines
+    from initcli.propagation import check_arch, propagate
+
+    with pytest.raises(InitcliError, match="unknown architecture 'wide-mlp'"):
+        check_arch("wide-mlp")
+    calls = []
+    mlp = get("mlp")
+
+    def run(*args, **options):
+        calls.append(options)
+        return mlp.propagate(*args, **options)
+
+    monkeypatch.setitem(engines._REGISTRY, "wide-mlp", dataclasses.replace(mlp, name="wide-mlp", propagate=run))
+    assert check_arch("Wide-MLP") == "wide-mlp"
+    result = propagate("he-normal", "relu", arch="wide-mlp", depth=2, width=8, batch=4, theory=False)
+    assert len(result.rows()) == 2 and calls == [dict(depth=2, width=8, batch=4, theory=False, progress=None)]
+    with pytest.raises(ValueError, match="already registered"):
+        engines.register(dataclasses.replace(mlp, name="conv"))
