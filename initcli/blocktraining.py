@@ -31,87 +31,25 @@ import numpy as np
 
 from .checks import check_dtype, check_memory, check_seed, positive_int
 from .engine import seed_streams
-from .errors import InitcliError, suggest
+from .errors import InitcliError
 from .parallel import check_jobs, run_all
+from .tasks import Task, check_block_task, check_samples, check_waves, make_first, make_waves  # noqa: F401  (make_*: public here before tasks.py)
 from .threads import blas_threads_limited
 from .training import (
     MAX_EPOCHS,
     OPTIMIZERS,
-    Task,
+    Optimizer,
     TrainResult,
     TrainRun,
-    _Optimizer,
-    check_noise,
-    check_samples,
     fit,
     loss_and_grad,
     number_in,
 )
 
-TASKS = {"conv": ("waves",), "transformer": ("first",)}
-DEFAULT_TASK = {"conv": "waves", "transformer": "first"}
-DEFAULT_NOISE = {"waves": 1.0, "first": 0.0}
-DEFAULT_CLASSES = {"waves": 2, "first": 4}
 # train's own smaller defaults: a few seconds per scheme on one core (propagate's are larger)
 TRAIN_DEFAULTS = {"conv": {"depth": 4, "channels": 8, "spatial": (16,)},
                   "transformer": {"depth": 4, "width": 32, "seq_len": 8, "mlp_ratio": 2.0}}
 _READOUT_STREAM = 0x7EAD  # the read-out's own generator: SeedSequence([seed, this])
-
-
-# -- tasks ----------------------------------------------------------------------------------
-
-
-def check_block_task(kind: str, name: str | None, classes: int | None, noise: float | None
-                     ) -> tuple[str, int, float]:
-    key = DEFAULT_TASK[kind] if name is None else str(name).strip().lower()
-    if key not in TASKS[kind]:
-        raise InitcliError("task", f"'{name}' is not a task for --arch {kind}{suggest(key, list(TASKS[kind]))}; "
-                                   f"choose from {', '.join(TASKS[kind])}")
-    classes = DEFAULT_CLASSES[key] if classes is None else classes
-    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 2 <= classes <= 1024:
-        raise InitcliError("classes", f"must be an integer from 2 to 1024, got {classes!r}")
-    noise = check_noise(noise)
-    return key, int(classes), DEFAULT_NOISE[key] if noise is None else noise
-
-
-def check_waves(spatial: Sequence[int], classes: int) -> None:
-    """The top band's 2·classes cycles must stay below the Nyquist limit S/2 on every axis."""
-    highest = 2 * classes
-    if 2 * highest >= min(spatial):
-        raise InitcliError("classes", f"{classes} bands need up to {highest} cycles, more than --spatial "
-                                      f"{min(spatial)} positions can hold (Nyquist: fewer than S/2); use fewer "
-                                      f"classes or a larger --spatial")
-
-
-def make_waves(samples: int, spatial: Sequence[int], channels: int, classes: int, noise: float,
-               rng: np.random.Generator) -> Task:
-    """The waves task: x (samples, *spatial, channels), channels-last, float64."""
-    check_waves(spatial, classes)
-    y = rng.integers(0, classes, samples)
-    cycles = 2 * y + 1 + rng.integers(0, 2, samples)
-    axis = rng.integers(0, len(spatial), samples)
-    phase = rng.uniform(0, 2 * math.pi, samples)
-    x = np.empty((samples, *spatial, channels))
-    grids = np.meshgrid(*[np.arange(n) / n for n in spatial], indexing="ij")
-    for i in range(samples):
-        wave = math.sqrt(2) * np.sin(2 * math.pi * cycles[i] * grids[axis[i]] + phase[i])  # unit variance
-        x[i] = wave[..., None]
-    x += noise * rng.standard_normal(x.shape)
-    x /= math.sqrt(1 + noise * noise)
-    return Task("waves", x, y, classes)
-
-
-def make_first(samples: int, seq_len: int, width: int, classes: int, noise: float,
-               rng: np.random.Generator) -> Task:
-    """The first-token task: x (samples, T, D), float64."""
-    if seq_len < 2:
-        raise InitcliError("seq_len", "the first task needs at least 2 tokens: the first and one to pool with")
-    tokens = rng.integers(0, classes, (samples, seq_len))
-    embedding = rng.standard_normal((classes, width))
-    positions = rng.standard_normal((seq_len, width))
-    x = (embedding[tokens] + positions) / math.sqrt(2)
-    x += noise * rng.standard_normal(x.shape)
-    return Task("first", x, tokens[:, 0].copy(), classes)
 
 
 # -- the network ----------------------------------------------------------------------------
@@ -227,7 +165,7 @@ def _train_block_one(kind, scheme, activation, task, samples, classes, noise, en
     network = build_network(kind, run.init, run.act, run, classes, seed)
     params = network.parameters
     return fit(lambda rows: gradients(network, data, rows), lambda: _evaluate(network, data), params,
-               _Optimizer(optimizer, lr, params), samples=samples, batch=batch, epochs=epochs, order=streams["order"],
+               Optimizer(optimizer, lr, params), samples=samples, batch=batch, epochs=epochs, order=streams["order"],
                target=target, names=(run.init.name, run.act.name), started=started, progress=progress)
 
 
@@ -242,7 +180,7 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     depth, skips), with train's smaller defaults (`TRAIN_DEFAULTS`) where not given. The
     optimizer defaults to SGD at lr 0.1 for conv and Adam at 1e-3 for transformers (what
     each is trained with in practice). Results have the columns of `training.train`."""
-    if kind not in TASKS:
+    if kind not in TRAIN_DEFAULTS:
         raise InitcliError("arch", f"train builds mlp, conv or transformer networks, got '{kind}'")
     if not schemes:
         raise InitcliError("schemes", "needs at least one scheme")

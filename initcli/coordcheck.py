@@ -36,7 +36,7 @@ from .training import (
     ADAM_BETAS,
     ADAM_EPS,
     OPTIMIZERS,
-    _Optimizer,
+    Optimizer,
     build_network,
     check_residual_init_trains,
     gradients,
@@ -170,7 +170,7 @@ def _run_one(*, width: int, depth: int, seed: int, data_seed: int, scheme: str, 
     network = build_network(init, act, task, [width] * depth, seed=seed, dtype=dtype, arch=arch, param=param,
                             base_width=base_width, readout_zero=readout_zero, outputs=outputs)
     params = network.parameters
-    opt = _Optimizer(optimizer, lr, params, network.lr_factors(optimizer))
+    opt = Optimizer(optimizer, lr, params, network.lr_factors(optimizer))
     x, rows, everything = task.x.astype(network.dtype), [], np.arange(batch)
     with np.errstate(all="ignore"):  # overflow is a result: inf/nan l1, verdict overflow
         for step in range(steps + 1):

@@ -114,7 +114,8 @@ def train_options(task: str, epochs: int = TRAIN_DEFAULTS["epochs"], *, lr: floa
     """`options["train"]` for `sweep`, every value checked as `initcli train` checks it.
     `batch` is the training mini-batch (None: full batch), not the grid's batch axis."""
     from .propagation import positive_int
-    from .training import MAX_EPOCHS, OPTIMIZERS, check_samples, check_task, metric_for, number_in
+    from .tasks import check_samples, check_task, metric_for
+    from .training import MAX_EPOCHS, OPTIMIZERS, number_in
 
     key, n_classes, noise = check_task(task, classes, noise)
     samples = check_samples(samples, n_classes)
@@ -383,14 +384,15 @@ def _train_bytes(point: Point, options: dict) -> int:
     """Peak memory of a point's training, as `training.train` estimates it: parameters with
     their gradients and Adam's moments, then per sample the activations, φ' and a gradient of
     every layer; plus the (loss, score) curve."""
-    from .training import _CURVE_POINT_BYTES, FEATURES
+    from .tasks import FEATURES
+    from .training import CURVE_POINT_BYTES
 
     train = options["train"]
     itemsize = np.dtype(options.get("propagate", {}).get("dtype", "float32")).itemsize
     classes = 1 if train["task"] == "regression" else (train["classes"] or (3 if train["task"] == "spiral" else 2))
     widths = [FEATURES, *([point.width] * point.depth), classes]
     return (sum(a * b for a, b in zip(widths[:-1], widths[1:])) * itemsize * 4
-            + train["samples"] * sum(widths) * (itemsize * 3 + 8) + train["epochs"] * _CURVE_POINT_BYTES)
+            + train["samples"] * sum(widths) * (itemsize * 3 + 8) + train["epochs"] * CURVE_POINT_BYTES)
 
 
 def check_points(points: Sequence[Point], options: dict, at_once: int = 1) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .activations import get_activation
-from .checks import check_dtype, check_memory, check_seed, check_std, positive_int, stack_sizes
+from .checks import check_dtype, check_memory, check_seed, positive_int, stack_sizes
 from .engine import (
     PLAIN,
     Architecture,
@@ -37,125 +37,34 @@ from .engine import (
     seed_streams,
     vjp,
 )
-from .errors import InitcliError, suggest
+from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parallel import check_jobs, run_all
 from .parametrization import Parametrization, check_param, parametrize
 from .schemes import make_init
 from .stats import effective_rank
+from .tasks import (  # noqa: F401  (FEATURES, MAX_NOISE, check_task, metric_for: public here before tasks.py)
+    DEFAULT_TASK,
+    FEATURES,
+    MAX_NOISE,
+    Task,
+    check_noise,
+    check_samples,
+    check_task,
+    make_task,
+    metric_for,
+)
+from .tasks import TASKS as _ALL_TASKS
 from .threads import blas_threads_limited
 
-TASKS = ("xor", "moons", "circles", "spiral", "regression")
-FEATURES = 2  # every task's inputs are points in the plane
 OPTIMIZERS = ("sgd", "adam")
 ADAM_BETAS = (0.9, 0.999)  # Kingma & Ba 2015, the paper's defaults
 ADAM_EPS = 1e-8
-# Largest --noise: beyond 2**52 the noise's float64 spacing exceeds 1, so x + noise·z rounds the
-# task's unit-scale inputs (or targets) away entirely and nothing is left to learn; below it no
-# step of data generation or standardisation comes near float64's range.
-MAX_NOISE = 2.0**52
 MAX_EPOCHS = 10**7
 # Memory per epoch per scheme held as a Python curve point: a (loss, score) tuple ≈ 104 bytes
 # and its curve row dict ≈ 260 (sys.getsizeof on CPython 3.11), rounded up.
-_CURVE_POINT_BYTES = 400
-
-# -- tasks ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    x: np.ndarray  # (samples, features), float64, standardised
-    y: np.ndarray  # class labels (int) or targets (samples, 1)
-    classes: int  # 0 for regression
-
-    @property
-    def regression(self) -> bool:
-        return self.classes == 0
-
-    @property
-    def metric(self) -> str:
-        return metric_for(self.name)
-
-
-def metric_for(task: str) -> str:
-    """The score's name: 'r2' (R²) for regression, 'accuracy' for the classification tasks."""
-    return "r2" if task == "regression" else "accuracy"
-
-
-def check_samples(samples, classes: int) -> int:
-    """At least two samples (the inputs are standardised by their spread, which one sample
-    does not have), and for classification at least one per class."""
-    samples = positive_int("samples", samples, 10**8)
-    needed = max(2, classes)
-    if samples < needed:
-        why = f"one per class ({classes} classes)" if classes > 2 else "one sample has no spread to standardise by"
-        raise InitcliError("samples", f"must be at least {needed}: {why}; got {samples}")
-    return samples
-
-
-def check_noise(noise) -> float | None:
-    if noise is None:
-        return None
-    noise = check_std("noise", noise)
-    if noise > MAX_NOISE:
-        raise InitcliError("noise", f"must be at most 2**52 ≈ {MAX_NOISE:.3g}: beyond it x + noise·z rounds the "
-                                    f"task's signal away in float64; got {noise:g}")
-    return noise
-
-
-def check_task(name: str, classes: int | None = None, noise: float | None = None) -> tuple[str, int, float | None]:
-    """(task key, classes, noise) checked: classes is 0 for regression, the spiral's arms
-    (default 3) or 2; noise None means the task's own default."""
-    key = str(name).strip().lower()
-    if key not in TASKS:
-        raise InitcliError("task", f"unknown task '{name}'{suggest(key, list(TASKS))}; choose from {', '.join(TASKS)}")
-    if classes is None:
-        classes = 3 if key == "spiral" else 2
-    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
-        raise InitcliError("classes", f"must be an integer ≥ 2, got {classes!r}")
-    if key != "spiral" and classes != 2:
-        raise InitcliError("classes", f"only spiral takes --classes; {key} has 2")
-    return key, 0 if key == "regression" else int(classes), check_noise(noise)
-
-
-def make_task(name: str, samples: int = 512, *, classes: int | None = None, noise: float | None = None,
-              rng: np.random.Generator) -> Task:
-    """A generated data set: no download. Inputs are standardised per feature. `classes` is
-    the number of spiral arms (default 3); the other classification tasks have 2."""
-    key, classes, noise = check_task(name, classes, noise)
-    samples = check_samples(samples, classes)
-    if key == "xor":
-        x = rng.uniform(-1, 1, (samples, 2))
-        y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
-        x += (0.0 if noise is None else noise) * rng.standard_normal(x.shape)
-    elif key == "moons":
-        y = rng.integers(0, 2, samples)
-        t = rng.uniform(0, math.pi, samples)
-        # two interleaved half circles: the upper one, and the lower one shifted right and down
-        x = np.where(y[:, None] == 0, np.stack([np.cos(t), np.sin(t)], 1),
-                     np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1))
-        x += (0.1 if noise is None else noise) * rng.standard_normal(x.shape)
-    elif key == "circles":
-        y = rng.integers(0, 2, samples)
-        t = rng.uniform(0, 2 * math.pi, samples)
-        radius = np.where(y == 0, 1.0, 0.5)
-        x = radius[:, None] * np.stack([np.cos(t), np.sin(t)], 1)
-        x += (0.05 if noise is None else noise) * rng.standard_normal(x.shape)
-    elif key == "spiral":
-        y = rng.integers(0, classes, samples)
-        r = rng.uniform(0.05, 1, samples)
-        theta = 2 * math.pi * y / classes + 4 * r + (0.2 if noise is None else noise) * rng.standard_normal(samples)
-        x = r[:, None] * np.stack([np.sin(theta), np.cos(theta)], 1)
-    else:  # regression: a smooth 2-D surface
-        x = rng.uniform(-1, 1, (samples, 2))
-        y = (np.sin(math.pi * x[:, 0]) * np.cos(math.pi * x[:, 1]))[:, None]
-        y = y + (0.0 if noise is None else noise) * rng.standard_normal(y.shape)
-    spread = x.std(axis=0)
-    # two samples can still coincide in a feature (noise 0): leave that feature centred, unscaled
-    x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-    return Task(key, x, y, classes)
-
+CURVE_POINT_BYTES = 400
+TASKS = _ALL_TASKS["mlp"]  # the plane tasks an MLP trains on
 
 # -- the network ----------------------------------------------------------------------------
 
@@ -241,7 +150,7 @@ def _evaluate(network: Network, task: Task) -> tuple[float, float, np.ndarray]:
     return loss, score, traces[-2].states[-1].act
 
 
-class _Optimizer:
+class Optimizer:
     """SGD or Adam; `factors`, one per parameter, scale the learning rate (a parametrization's
     per-layer rates). Without them every parameter takes `lr` itself, as before."""
 
@@ -408,7 +317,7 @@ def _train_one(*, scheme, activation, task, samples, classes, noise, hidden_widt
     network = build_network(init, act, data, hidden_widths, seed=seed, dtype=dtype, arch=arch, lsuv_tol=lsuv_tol,
                             lsuv_max_iter=lsuv_max_iter, param=param)
     params = network.parameters
-    opt = _Optimizer(optimizer, lr, params, network.lr_factors(optimizer))
+    opt = Optimizer(optimizer, lr, params, network.lr_factors(optimizer))
     batch = len(data.x) if batch is None else min(batch, len(data.x))
     return fit(lambda rows: gradients(network, data, rows), lambda: _evaluate(network, data), params, opt,
                samples=len(data.x), batch=batch, epochs=epochs, order=streams["order"], target=target,
@@ -416,7 +325,7 @@ def _train_one(*, scheme, activation, task, samples, classes, noise, hidden_widt
 
 
 def fit(gradients_of: Callable[[np.ndarray], tuple[float, float, list[np.ndarray]]],
-        evaluate: Callable[[], tuple[float, float, np.ndarray]], params: list[np.ndarray], opt: _Optimizer, *,
+        evaluate: Callable[[], tuple[float, float, np.ndarray]], params: list[np.ndarray], opt: Optimizer, *,
         samples: int, batch: int, epochs: int, order: np.random.Generator, target: float, names: tuple[str, str],
         started: float, progress: Callable[[int], None] | None = None) -> TrainRun:
     """The training loop every network shares: mini-batches in the order stream's permutation
@@ -483,7 +392,7 @@ def check_residual_init_trains(arch: Architecture, schemes: Sequence[str]) -> No
 
 
 def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-normal", "he-normal"),
-          activation: str = "relu", *, task: str = "spiral", samples: int = 512, classes: int | None = None,
+          activation: str = "relu", *, task: str = DEFAULT_TASK["mlp"], samples: int = 512, classes: int | None = None,
           noise: float | None = None, sizes: Sequence[int] | None = None, depth: int | None = None,
           width: int | None = None, optimizer: str = "sgd", lr: float = 0.1, epochs: int = 300,
           batch: int | None = 128, target: float = 0.9, seed: int = 0, dtype: str = "float32", jobs: int | None = 1,
@@ -548,7 +457,7 @@ def train(schemes: Sequence[str] = ("zeros", "constant", "normal", "xavier-norma
     widths = [FEATURES, *hidden, max(1, n_classes)]
     check_memory((sum(a * b for a, b in zip(widths[:-1], widths[1:])) * itemsize * 4
                   + samples * sum(widths) * (itemsize * 3 + 8)) * min(jobs, len(schemes))
-                 + epochs * len(schemes) * _CURVE_POINT_BYTES,
+                 + epochs * len(schemes) * CURVE_POINT_BYTES,
                  dtype=dtype, options=("--samples", "--width", "--depth", "--sizes", "--epochs", "--jobs"))
     common = dict(activation=activation, task=task, samples=samples, classes=classes, noise=noise,
                   hidden_widths=hidden, optimizer=key, lr=lr, epochs=epochs, batch=batch, target=target,

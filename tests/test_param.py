@@ -15,7 +15,7 @@ from initcli.errors import InitcliError
 from initcli.parametrization import TABLE, param_table, parametrize, predicted_slope
 from initcli.propagation import propagate
 from initcli.schemes import make_init
-from initcli.training import _Optimizer, build_network, gradients, make_task, train
+from initcli.training import Optimizer, build_network, gradients, make_task, train
 
 F64_EPS = float(np.finfo(np.float64).eps)
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -177,7 +177,7 @@ def _network(param, optimizer, width=32):
     task = make_task("regression", 16, rng=np.random.default_rng(0))
     init = make_init("he-normal", activation="relu")
     net = build_network(init, get_activation("relu"), task, [width, width], seed=0, dtype="float64", param=param)
-    return net, task, _Optimizer(optimizer, 0.01, net.parameters, net.lr_factors(optimizer))
+    return net, task, Optimizer(optimizer, 0.01, net.parameters, net.lr_factors(optimizer))
 
 
 def test_ntk_sgd_step_is_sp_step_scaled_by_multiplier_squared():

@@ -85,6 +85,7 @@ def train_command(
     scheme trains on one BLAS thread, so the numbers do not depend on --jobs.
     """
     from ..render import print_table
+    from ..tasks import DEFAULT_TASK
     from ..training import train
 
     fmt = output_format(out.fmt)
@@ -105,7 +106,7 @@ def train_command(
         lr = 0.1 if lr is None else lr  # the MLP's default for either optimizer, as before --arch
         with progress(len(names) * max(epochs, 0), "training") as advance:
             result = train(
-                names, activation, task="spiral" if task is None else task, samples=samples, classes=classes,
+                names, activation, task=DEFAULT_TASK["mlp"] if task is None else task, samples=samples, classes=classes,
                 noise=noise, sizes=None if sizes is None else parse_int_list(sizes, "sizes"), depth=depth,
                 width=width, optimizer=optimizer, lr=lr, epochs=epochs, batch=None if batch == 0 else batch,
                 target=target, seed=seed, dtype=dtype, jobs=jobs, progress=advance, **arch.domain(),
