@@ -20,7 +20,8 @@ import numpy as np
 
 from .activations import Activation
 from .errors import InitcliError
-from .schemes import Init, ResidualInit, gaussian, resolve_residual_init
+from .residual_init import ResidualInit, resolve_residual_init
+from .schemes import Init, gaussian
 from .stats import all_finite
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
@@ -32,7 +33,7 @@ class Architecture:
     """How layers connect: residual blocks of `block` layers scaled by `residual_scale`
     (None: no skip connections), and an optional LayerNorm before each activation.
     `residual_init`, a resolved preset, adds a skip multiplier, a LayerNorm on the stream
-    after each block's sum, and factors on the branch weights (see `schemes.ResidualInit`)."""
+    after each block's sum, and factors on the branch weights (see `residual_init.ResidualInit`)."""
 
     residual_scale: float | None = None
     block: int = 1
@@ -104,7 +105,7 @@ def make_architecture(residual: bool = False, residual_scale: float = 1.0, block
         raise InitcliError("block", "only applies with --residual")
     if residual_init is None or str(residual_init).strip().lower() == "none":
         return Architecture(float(residual_scale) if residual else None, block, norm)
-    from .schemes import get_residual_preset
+    from .residual_init import get_residual_preset
 
     preset = get_residual_preset(residual_init)
     if not residual:

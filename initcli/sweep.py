@@ -341,7 +341,7 @@ def _ends(values: tuple, part: int | None = None) -> tuple:
 
 def _check_arch_value(name: str, value) -> str:
     """A residual-init axis value ('none' or a preset) or a param axis value, as the file spells it."""
-    from .schemes import RESIDUAL_INIT_NAMES
+    from .residual_init import RESIDUAL_INIT_NAMES
 
     key = str(value).strip().lower()
     if name == "param":

@@ -47,7 +47,8 @@ from .checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, 
 from .engine import LAYER_NORM_EPS, seed_streams
 from .engines.base import thread_policy
 from .errors import InitcliError
-from .schemes import Init, ResidualInit, check_weight_scale, gaussian, make_init
+from .residual_init import ResidualInit
+from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import THEORY_COLUMNS, TheoryColumns, parts_ways
 from .threads import blas_threads_limited
@@ -171,7 +172,7 @@ def with_residual_init(shape: TransformerShape, name: str, norm_position: str | 
     and skipinit start every branch at α = 0; depth-mup multiplies each branch by 1/√N."""
     from dataclasses import replace
 
-    from .schemes import get_residual_preset, resolve_residual_init
+    from .residual_init import get_residual_preset, resolve_residual_init
 
     preset = get_residual_preset(name)
     if preset.name in _PRESETS_REFUSED:
