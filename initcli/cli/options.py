@@ -142,12 +142,9 @@ class ArchOptions:
         help="transformer: pre (the default: a LayerNorm before each sublayer, as GPT-2) or post (after each "
              "skip's sum, as the original Transformer; Xiong et al. 2020).")] = None
 
-    _CONV_ONLY = ("kernel", "channels", "spatial", "padding")
-    _TRANSFORMER_ONLY = ("heads", "seq_len", "mlp_ratio", "norm_position")
-
     @property
     def kind(self) -> str:
-        """'mlp', 'conv' or 'transformer'."""
+        """A registered engine's name: 'mlp', 'conv', 'transformer'."""
         from ..propagation import check_arch
 
         return check_arch(self.architecture)
@@ -165,61 +162,35 @@ class ArchOptions:
         """Whether the layers have skip connections: --residual, or a transformer's default."""
         return self.residual if self.residual is not None else self.transformer
 
-    def _refuse_foreign(self) -> None:
-        """The options of another architecture than the chosen one."""
-        kind = self.kind
-        for names, owner in ((self._CONV_ONLY, "conv"), (self._TRANSFORMER_ONLY, "transformer")):
+    def _values(self) -> dict:
+        """The group's values for an engine's `keywords`, --spatial parsed, after refusing the
+        options another engine owns."""
+        from ..engines import get, names
+
+        kind, values = self.kind, asdict(self)
+        for owner in names():
             if owner != kind:
-                for name in names:
-                    if getattr(self, name) is not None:
+                for name in get(owner).own_options:
+                    if values[name] is not None and values[name] is not False:
                         raise InitcliError(name, f"only applies with --arch {owner}")
-        if self.causal and kind != "transformer":
-            raise InitcliError("causal", "only applies with --arch transformer")
+        if values["spatial"] is not None:
+            values["spatial"] = parse_int_list(values["spatial"], "spatial")
+        return values
 
     def domain(self) -> dict:
         """The MLP engine's keywords. Refuses another architecture (the commands that call
         this run Linear stacks only) and the options of one."""
+        from ..engines import get
+
         if self.kind != "mlp":
             raise InitcliError("arch", f"{self.kind} does not apply to this command, which builds Linear stacks")
-        self._refuse_foreign()
-        skipped = ("architecture", "causal") + self._CONV_ONLY + self._TRANSFORMER_ONLY
-        return {k: v for k, v in asdict(self).items() if k not in skipped} | {"residual": bool(self.residual)}
-
-    def conv_domain(self) -> dict:
-        """`initcli.conv.prepare`'s keywords: the geometry and the skips. Refuses what the conv
-        engine does not do (LayerNorm, residual-init presets, width parametrizations)."""
-        self._refuse_foreign()
-        if self.norm.strip().lower() != "none":
-            raise InitcliError("norm", "does not apply with --arch conv (no normalisation layers in the conv "
-                                       "engine yet)")
-        if self.residual_init is not None:
-            raise InitcliError("residual_init", "does not apply with --arch conv")
-        if self.param.strip().lower() != "sp":
-            raise InitcliError("param", "does not apply with --arch conv: the kernels are the scheme's draws")
-        return {"arch": "conv", "kernel": self.kernel, "channels": self.channels, "padding": self.padding,
-                "spatial": None if self.spatial is None else parse_int_list(self.spatial, "spatial"),
-                "residual": bool(self.residual), "residual_scale": self.residual_scale, "block": self.block}
-
-    def transformer_domain(self) -> dict:
-        """`initcli.transformer.prepare`'s keywords. Refuses what a transformer block fixes
-        itself (--norm: every sublayer has its LayerNorm; --block; residual-init presets)."""
-        self._refuse_foreign()
-        if self.norm.strip().lower() != "none":
-            raise InitcliError("norm", "does not apply with --arch transformer: every sublayer has its LayerNorm; "
-                                       "--norm-position says where")
-        if self.block != 1:
-            raise InitcliError("block", "does not apply with --arch transformer: a block is attention and MLP")
-        return {"arch": "transformer", "heads": self.heads, "seq_len": self.seq_len, "causal": self.causal,
-                "mlp_ratio": self.mlp_ratio, "norm_position": self.norm_position, "residual": self.skips,
-                "residual_scale": self.residual_scale, "param": self.param, "residual_init": self.residual_init}
+        return get("mlp").keywords(self._values())
 
     def engine_domain(self) -> dict:
         """The keywords of the chosen architecture's engine (the `arch` key names it)."""
-        if self.conv:
-            return self.conv_domain()
-        if self.transformer:
-            return self.transformer_domain()
-        return self.domain() | {"arch": "mlp"}
+        from ..engines import get
+
+        return {"arch": self.kind} | get(self.kind).keywords(self._values())
 
 
 @_group

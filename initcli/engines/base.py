@@ -89,6 +89,12 @@ class Engine:
     backward: Callable[[Any, Any, np.ndarray], dict[str, np.ndarray]]
     parameters: Callable[[Any], dict[str, np.ndarray]]
     refused: Mapping[str, str] = field(default_factory=dict)
+    # the architecture options only this engine takes (`--arch` option group's names): another
+    # engine's run refuses them, naming this engine
+    own_options: tuple[str, ...] = ()
+    # the architecture option group's values (a dict, lists already parsed) -> this engine's
+    # prepare keywords; refuses the shared options the engine cannot honour (InitcliError)
+    keywords: Callable[[dict], dict] = lambda values: {}
     # whether a read-out on top must first normalise the output (pre-LN transformers end on
     # an un-normalised stream, which GPT-2's ln_f normalises)
     final_norm: Callable[[Any], bool] = lambda net: False

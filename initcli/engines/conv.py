@@ -28,6 +28,23 @@ def _parameters(stack) -> dict[str, np.ndarray]:
     return per_layer(zip(stack.weights, stack.biases))
 
 
+def _keywords(values: dict) -> dict:
+    """The geometry and the skips; refuses what the conv engine does not do (LayerNorm,
+    residual-init presets, width parametrizations)."""
+    from ..errors import InitcliError
+
+    if values["norm"].strip().lower() != "none":
+        raise InitcliError("norm", "does not apply with --arch conv (no normalisation layers in the conv "
+                                   "engine yet)")
+    if values["residual_init"] is not None:
+        raise InitcliError("residual_init", "does not apply with --arch conv")
+    if values["param"].strip().lower() != "sp":
+        raise InitcliError("param", "does not apply with --arch conv: the kernels are the scheme's draws")
+    return {"kernel": values["kernel"], "channels": values["channels"], "padding": values["padding"],
+            "spatial": values["spatial"], "residual": bool(values["residual"]),
+            "residual_scale": values["residual_scale"], "block": values["block"]}
+
+
 ENGINE = register(Engine(
     name="conv", unit="layer", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
     single_thread_work=kernels.SINGLE_THREAD_WORK,
@@ -36,5 +53,6 @@ ENGINE = register(Engine(
     prepare_jacobian=kernels.prepare_jacobian, run_jacobian=kernels.run_jacobian,
     build=kernels.inputs, network=_network, features=lambda run: run.shape.channels, forward=_forward,
     backward=_backward, parameters=_parameters,
-    refused=kernels.REFUSED_KINDS,
+    refused=kernels.REFUSED_KINDS, own_options=("kernel", "channels", "spatial", "padding"),
+    keywords=_keywords,
 ))

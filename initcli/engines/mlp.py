@@ -35,6 +35,16 @@ def _parameters(stack) -> dict[str, np.ndarray]:
     return per_layer(zip(stack.weights, stack.biases))
 
 
+def _keywords(values: dict) -> dict:
+    """Every shared option (skips, norm, residual-init, parametrization, LSUV's), none of the
+    other engines' own."""
+    from . import get, names
+
+    others = {option for name in names() if name != "mlp" for option in get(name).own_options}
+    return {k: v for k, v in values.items() if k != "architecture" and k not in others} | {
+        "residual": bool(values["residual"])}
+
+
 ENGINE = register(Engine(
     name="mlp", unit="layer", kernels=kernels, memory_options=tuple(propagation.MEMORY_OPTIONS),
     single_thread_work=propagation.SINGLE_THREAD_WORK,
@@ -45,5 +55,5 @@ ENGINE = register(Engine(
     prepare_jacobian=jacobian.prepare_jacobian, run_jacobian=jacobian.run_jacobian,
     build=_build, network=_network, features=lambda run: run.sizes[-1], forward=_forward, backward=_backward,
     parameters=_parameters,
-    refused={},
+    refused={}, keywords=_keywords,
 ))

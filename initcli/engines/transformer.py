@@ -31,6 +31,23 @@ def _parameters(stack) -> dict[str, np.ndarray]:
             for f in fields(block) if isinstance(getattr(block, f.name), np.ndarray)}
 
 
+def _keywords(values: dict) -> dict:
+    """The block's geometry, skips (on unless --no-residual) and presets; refuses what a
+    transformer block fixes itself (--norm: every sublayer has its LayerNorm; --block)."""
+    from ..errors import InitcliError
+
+    if values["norm"].strip().lower() != "none":
+        raise InitcliError("norm", "does not apply with --arch transformer: every sublayer has its LayerNorm; "
+                                   "--norm-position says where")
+    if values["block"] != 1:
+        raise InitcliError("block", "does not apply with --arch transformer: a block is attention and MLP")
+    return {"heads": values["heads"], "seq_len": values["seq_len"], "causal": values["causal"],
+            "mlp_ratio": values["mlp_ratio"], "norm_position": values["norm_position"],
+            "residual": True if values["residual"] is None else values["residual"],
+            "residual_scale": values["residual_scale"], "param": values["param"],
+            "residual_init": values["residual_init"]}
+
+
 ENGINE = register(Engine(
     name="transformer", unit="block", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
     single_thread_work=kernels.SINGLE_THREAD_WORK,
@@ -40,4 +57,5 @@ ENGINE = register(Engine(
     build=kernels.inputs, network=_network, features=lambda run: run.shape.width, forward=_forward,
     backward=_backward, parameters=_parameters,
     refused=kernels.REFUSED_KINDS, final_norm=lambda stack: stack.shape.norm_position == "pre",
+    own_options=("heads", "seq_len", "mlp_ratio", "norm_position", "causal"), keywords=_keywords,
 ))
