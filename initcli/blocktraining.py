@@ -33,7 +33,15 @@ from .checks import check_dtype, check_memory, check_seed, positive_int
 from .engine import seed_streams
 from .errors import InitcliError
 from .parallel import check_jobs, run_all
-from .tasks import Task, check_block_task, check_samples, check_waves, make_first, make_waves  # noqa: F401  (make_*: public here before tasks.py)
+from .tasks import (  # noqa: F401  (the makers and checks: public here before tasks.py)
+    BLOCK_TASKS,
+    Task,
+    check_block_task,
+    check_samples,
+    check_waves,
+    make_first,
+    make_waves,
+)
 from .threads import blas_threads_limited
 from .training import (
     MAX_EPOCHS,
@@ -49,6 +57,8 @@ from .training import (
 # train's own smaller defaults: a few seconds per scheme on one core (propagate's are larger)
 TRAIN_DEFAULTS = {"conv": {"depth": 4, "channels": 8, "spatial": (16,)},
                   "transformer": {"depth": 4, "width": 32, "seq_len": 8, "mlp_ratio": 2.0}}
+# what each is trained with in practice: SGD for convolutions, Adam for transformers
+TRAIN_OPTIMIZER = {"conv": "sgd", "transformer": "adam"}
 _READOUT_STREAM = 0x7EAD  # the read-out's own generator: SeedSequence([seed, this])
 
 
@@ -150,18 +160,12 @@ def _prepare(kind: str, scheme: str, activation: str, engine_options: dict, init
     return get(kind).prepare(scheme, activation, theory=False, **engine_options, **init_options)
 
 
-def _make_task(kind, task, samples, classes, noise, run, rng) -> Task:
-    if kind == "conv":
-        return make_waves(samples, run.shape.spatial, run.shape.channels, classes, noise, rng)
-    return make_first(samples, run.shape.seq_len, run.shape.width, classes, noise, rng)
-
-
 def _train_block_one(kind, scheme, activation, task, samples, classes, noise, engine_options, optimizer, lr, epochs,
                      batch, target, seed, init_options, progress) -> TrainRun:
     started = time.perf_counter()
     run = _prepare(kind, scheme, activation, engine_options, init_options)
     streams = seed_streams(seed)
-    data = _make_task(kind, task, samples, classes, noise, run, streams["inputs"])
+    data = BLOCK_TASKS[task].make(samples, classes, noise, run, streams["inputs"])
     network = build_network(kind, run.init, run.act, run, classes, seed)
     params = network.parameters
     return fit(lambda rows: gradients(network, data, rows), lambda: _evaluate(network, data), params,
@@ -187,7 +191,7 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
     for name, value in TRAIN_DEFAULTS[kind].items():
         engine_options.setdefault(name, value)
-    optimizer = ("adam" if kind == "transformer" else "sgd") if optimizer is None else optimizer
+    optimizer = TRAIN_OPTIMIZER[kind] if optimizer is None else optimizer
     key = str(optimizer).strip().lower()
     if key not in OPTIMIZERS:
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
@@ -200,8 +204,6 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     task, classes, noise = check_block_task(kind, task, classes, noise)
     samples = check_samples(samples, classes)
     batch = samples if batch is None else min(positive_int("batch", batch), samples)
-    if kind == "transformer" and engine_options.get("seq_len", 2) < 2:
-        raise InitcliError("seq_len", "the first task needs at least 2 tokens: the first and one to pool with")
     # every scheme checked (on a batch of one: the memory is guarded below, naming train's options)
     runs = [_prepare(kind, scheme, activation, dict(engine_options, batch=1, dtype=dtype), init_options)
             for scheme in schemes]
@@ -211,11 +213,8 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
         raise InitcliError("residual_init", f"{preset.name} trains its branch gain α from 0, but train keeps α "
                                             "fixed, so the branches would never learn; use it with propagate, "
                                             "compare or jacobian, or train with gpt2, deepnorm or depth-mup")
-    if kind == "conv":
-        check_waves(shape.spatial, classes)
-        data_bytes = samples * shape.positions * shape.channels * 8
-    else:
-        data_bytes = samples * shape.seq_len * shape.width * 8
+    BLOCK_TASKS[task].check(runs[0], classes)
+    data_bytes = BLOCK_TASKS[task].input_bytes(runs[0], samples)
     jobs = check_jobs(jobs)
     at_once = min(jobs, len(schemes))
     # per worker: the evaluation's forward pass over every sample, the data in float64, and the

@@ -11,7 +11,7 @@ No download: each is drawn from the run's inputs stream.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,3 +177,33 @@ def make_first(samples: int, seq_len: int, width: int, classes: int, noise: floa
     x = (embedding[tokens] + positions) / math.sqrt(2)
     x += noise * rng.standard_normal(x.shape)
     return Task("first", x, tokens[:, 0].copy(), classes)
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """A conv or transformer task as `train` uses it: checks against a prepared run (before
+    any work), the float64 bytes of its inputs, and the maker (samples, classes, noise, run,
+    rng) -> Task, each reading the geometry it needs from the run's shape."""
+
+    check: Callable[[object, int], None]
+    input_bytes: Callable[[object, int], int]
+    make: Callable[..., Task]
+
+
+def _check_first(run, classes: int) -> None:
+    if run.shape.seq_len < 2:
+        raise InitcliError("seq_len", "the first task needs at least 2 tokens: the first and one to pool with")
+
+
+BLOCK_TASKS = {
+    "waves": BlockTask(
+        check=lambda run, classes: check_waves(run.shape.spatial, classes),
+        input_bytes=lambda run, samples: samples * run.shape.positions * run.shape.channels * 8,
+        make=lambda samples, classes, noise, run, rng: make_waves(samples, run.shape.spatial, run.shape.channels,
+                                                                  classes, noise, rng)),
+    "first": BlockTask(
+        check=_check_first,
+        input_bytes=lambda run, samples: samples * run.shape.seq_len * run.shape.width * 8,
+        make=lambda samples, classes, noise, run, rng: make_first(samples, run.shape.seq_len, run.shape.width,
+                                                                  classes, noise, rng)),
+}
