@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .activations import Activation
+from .engines.base import LAYER_NORM_EPS, STREAMS, layer_norm, layer_norm_backward, seed_streams  # noqa: F401  (importable from here, as before)
 from .errors import InitcliError
 from .residual_init import ResidualInit, resolve_residual_init
 from .schemes import Init, gaussian
 from .stats import all_finite
 
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
 NORMS = ("none", "layer")
 
 
@@ -149,16 +149,6 @@ class Stack:
         return len(self.weights)
 
 
-STREAMS = ("weights", "biases", "inputs", "cotangent", "order")
-
-
-def seed_streams(seed: int) -> dict[str, np.random.Generator]:
-    """Independent generators from one seed: weights, biases, inputs (or a task's data), the
-    cotangent, and the order of mini-batches. Each is the same whatever the others draw."""
-    children = np.random.SeedSequence(seed).spawn(len(STREAMS))
-    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
-
-
 def build_stack(init: Init, sizes: Sequence[int], *, bias_std: float = 0.0, seed: int = 0, dtype="float32",
                 arch: Architecture = PLAIN) -> Stack:
     """Sample every layer's weights with `init` and biases from N(0, bias_std²).
@@ -236,27 +226,6 @@ class Scratch:
         return self._arrays[key]
 
 
-def _layer_norm(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(h − mean)/√(var + ε) over each input's units, and 1/√(var + ε) per input."""
-    mean = h.mean(axis=1, keepdims=True, dtype=np.float64)
-    centered = h - mean.astype(h.dtype)
-    var = np.einsum("ij,ij->i", centered, centered, dtype=np.float64)[:, None] / h.shape[1]
-    inv_std = (1 / np.sqrt(var + LAYER_NORM_EPS)).astype(h.dtype)
-    centered *= inv_std
-    return centered, inv_std
-
-
-def _layer_norm_backward(grad: np.ndarray, normed: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-    """∂L/∂h from ∂L/∂ñ: s·(g − mean(g) − ñ·mean(g⊙ñ)), means over each input's units."""
-    width = grad.shape[1]
-    mean_grad = grad.mean(axis=1, keepdims=True, dtype=np.float64).astype(grad.dtype)
-    mean_proj = (np.einsum("ij,ij->i", grad, normed, dtype=np.float64)[:, None] / width).astype(grad.dtype)
-    out = grad - mean_grad
-    out -= normed * mean_proj
-    out *= inv_std
-    return out
-
-
 def layer_forward(stack: Stack, activation: Activation, index: int, a_prev: np.ndarray,
                   block_input: np.ndarray | None, scratch: Scratch | None = None):
     """Layer `index` (1-based): (h, φ(ñ), LayerState). With `scratch`, h lives in a reused
@@ -268,7 +237,7 @@ def layer_forward(stack: Stack, activation: Activation, index: int, a_prev: np.n
         h *= h.dtype.type(stack.multiplier(index))
     if b.any():
         h += b
-    normed, inv_std = _layer_norm(h) if arch.norm == "layer" else (h, None)
+    normed, inv_std = layer_norm(h) if arch.norm == "layer" else (h, None)
     branch, deriv = activation.apply(normed)
     if branch is h:  # the identity activation returns its input, which lives in the reused work array
         branch = h.copy()
@@ -281,7 +250,7 @@ def layer_forward(stack: Stack, activation: Activation, index: int, a_prev: np.n
         skip = block_input if arch.skip_scale == 1.0 else block_input * block_input.dtype.type(arch.skip_scale)
         output = skip + branch * branch.dtype.type(arch.residual_scale)
         if arch.post_norm:  # DeepNorm: x_{l+1} = LN(α·x_l + f(x_l))
-            output, post_inv_std = _layer_norm(output)
+            output, post_inv_std = layer_norm(output)
     else:
         output = branch
     state = LayerState(output, deriv, normed if arch.norm == "layer" else None, inv_std, post_inv_std)
@@ -354,7 +323,7 @@ def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, ob
         w = stack.weights[index - 1]
         if arch.closes_block(index):
             if arch.post_norm:  # back through LN(s·a_in + α·φ(ñ)): act is the normalised sum
-                grad = _layer_norm_backward(grad, state.act, state.post_inv_std)
+                grad = layer_norm_backward(grad, state.act, state.post_inv_std)
             skip_grad = grad if scratch is None else grad.copy()
             if arch.skip_scale != 1.0:
                 skip_grad = skip_grad * skip_grad.dtype.type(arch.skip_scale)
@@ -365,7 +334,7 @@ def _backward_range(stack: Stack, trace: Trace, first: int, grad: np.ndarray, ob
         else:
             delta = np.multiply(grad, state.deriv, out=scratch.get("delta", grad.shape, grad.dtype))
         if arch.norm == "layer":
-            delta = _layer_norm_backward(delta, state.normed, state.inv_std)
+            delta = layer_norm_backward(delta, state.normed, state.inv_std)
         a_below = trace.x if index == first else trace.states[index - first - 1].act
         out = None if scratch is None else scratch.get("weight_grad", w.shape, np.result_type(delta, a_below))
         weight_grad = np.matmul(delta.T, a_below, out=out)

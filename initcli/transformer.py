@@ -44,8 +44,7 @@ import numpy as np
 
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, positive_int
-from .engine import LAYER_NORM_EPS, seed_streams
-from .engines.base import thread_policy
+from .engines.base import layer_norm, layer_norm_backward, row_sums, seed_streams, thread_policy
 from .errors import InitcliError
 from .residual_init import ResidualInit
 from .schemes import Init, check_weight_scale, gaussian, make_init
@@ -267,13 +266,6 @@ def build_transformer(init: Init, shape: TransformerShape, depth: int, *, bias_s
 # -- the pieces -----------------------------------------------------------------------------
 
 
-def _row_sums(x: np.ndarray) -> np.ndarray:
-    """Sums over the last axis, shape (…, 1), by one matrix–vector product: numpy's reductions
-    over a short last axis (64 units, 16 keys) cost ten times more than this read."""
-    d = x.shape[-1]
-    return (x.reshape(-1, d) @ np.ones(d, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))
-
-
 def _row_max(x: np.ndarray) -> np.ndarray:
     """Maxima over the last axis, shape (…, 1) (nan where a row holds one): column by column
     while rows are short, where numpy's own reduction is slowest."""
@@ -283,44 +275,6 @@ def _row_max(x: np.ndarray) -> np.ndarray:
     for j in range(1, x.shape[-1]):
         np.maximum(top, x[..., j:j + 1], out=top)
     return top
-
-
-def layer_norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x − mean)/√(var + ε) over the last axis, and 1/√(var + ε) (…, 1); torch's LayerNorm
-    without its affine part (biased variance, ε = 1e-5). The moments are row sums in x's
-    dtype, as torch takes them; where a square overflows that dtype, in float64."""
-    inv_d = x.dtype.type(1 / x.shape[-1])
-    centered = x - _row_sums(x) * inv_d
-    var = _row_sums(np.square(centered)) * inv_d
-    if not np.isfinite(var).all():  # squares past float32's range, or inf and nan in x
-        return _layer_norm64(x)
-    var += x.dtype.type(LAYER_NORM_EPS)
-    inv_std = np.sqrt(var, out=var)
-    np.divide(x.dtype.type(1), inv_std, out=inv_std)
-    centered *= inv_std
-    return centered, inv_std
-
-
-def _layer_norm64(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
-    centered = x - mean.astype(x.dtype)
-    var = np.mean(np.square(centered, dtype=np.float64), axis=-1, keepdims=True)
-    inv_std = (1 / np.sqrt(var + LAYER_NORM_EPS)).astype(x.dtype)
-    centered *= inv_std
-    return centered, inv_std
-
-
-def layer_norm_backward(grad: np.ndarray, normed: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-    """∂L/∂x from ∂L/∂n: r·(g − mean(g) − n·mean(g⊙n)) over the last axis (broadcasts a
-    batch of cotangents against one input's normed/inv_std)."""
-    inv_d = grad.dtype.type(1 / grad.shape[-1])
-    out = grad * normed
-    mean_proj = _row_sums(out) * inv_d
-    np.multiply(normed, mean_proj, out=out)
-    np.subtract(grad, out, out=out)
-    out -= _row_sums(grad) * inv_d
-    out *= inv_std
-    return out
 
 
 def _heads(x: np.ndarray, heads: int) -> np.ndarray:
@@ -357,7 +311,7 @@ def _softmax(logits: np.ndarray, top: float, bottom: float) -> np.ndarray:
     else:
         e = np.subtract(logits, _row_max(logits))
         np.exp(e, out=e)
-    e /= _row_sums(e)
+    e /= row_sums(e)
     return e
 
 
@@ -425,7 +379,7 @@ def attention_backward(block: Block, shape: TransformerShape, cache: AttnCache, 
     np.matmul(cache.probs.transpose(0, 1, 3, 2), d_mixed, out=d_qkv[:, :, 2].transpose(0, 2, 1, 3))
     # softmax: dS = P ⊙ (dP − Σ_j P_j dP_j); masked entries have P = 0 and get none
     d_logits = d_probs * cache.probs
-    d_logits = np.subtract(d_probs, _row_sums(d_logits), out=d_logits)
+    d_logits = np.subtract(d_probs, row_sums(d_logits), out=d_logits)
     d_logits *= cache.probs
     d_logits *= d_logits.dtype.type(scale)
     np.matmul(d_logits, cache.k, out=d_qkv[:, :, 0].transpose(0, 2, 1, 3))
@@ -688,7 +642,7 @@ def _attention_stats(cache: AttnCache, causal: bool) -> dict:
     plogp = probs + np.finfo(probs.dtype).tiny
     np.log(plogp, out=plogp)
     plogp *= probs
-    entropy = -float(_row_sums(plogp).sum(dtype=np.float64)) / rows
+    entropy = -float(row_sums(plogp).sum(dtype=np.float64)) / rows
     return {"preact_mean": preact_mean, "preact_var": preact_var, "attn_entropy": entropy,
             "attn_max": float(np.mean(_row_max(probs), dtype=np.float64))}
 

@@ -1,5 +1,8 @@
 """The contract every architecture's engine keeps, and the BLAS thread policy they share.
 
+Also here, what every engine shares: the seed streams, the one LayerNorm, the result
+type and the recorder's overflow bookkeeping.
+
 An engine is one object (`Engine`) over the module that holds its kernels. Commands and
 drivers reach an architecture only through it: `prepare` checks options and allocates
 nothing (its run has `estimate`, `depth`, `dtype` and `params`), `run_prepared` measures,
@@ -25,6 +28,69 @@ import numpy as np
 from ..threads import blas_threads_limited
 
 UNITS = ("layer", "block")  # what one row of a result is
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
+STREAMS = ("weights", "biases", "inputs", "cotangent", "order")
+
+
+def seed_streams(seed: int) -> dict[str, np.random.Generator]:
+    """Independent generators from one seed: weights, biases, inputs (or a task's data), the
+    cotangent, and the order of mini-batches. Each is the same whatever the others draw."""
+    children = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
+
+
+# -- the one LayerNorm ----------------------------------------------------------------------
+
+
+def row_sums(x: np.ndarray) -> np.ndarray:
+    """Sums over the last axis, shape (…, 1), by one matrix–vector product: numpy's reductions
+    over a short last axis (64 units, 16 keys) cost ten times more than this read."""
+    d = x.shape[-1]
+    return (x.reshape(-1, d) @ np.ones(d, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))
+
+
+def layer_norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x − mean)/√(var + ε) over the last axis, and 1/√(var + ε) (…, 1); torch's LayerNorm
+    without its affine part (biased variance, ε = 1e-5). The moments are row sums in x's
+    dtype, as torch takes them; where a square overflows that dtype, in float64. The mean is
+    taken of x − x[…, 0], so a row of equal entries (constant weights) is centred to exact
+    zeros: its units stay equal, as they would in exact arithmetic, instead of being split
+    by the rounding of a sum (the symmetry a constant init must never break)."""
+    inv_d = x.dtype.type(1 / x.shape[-1])
+    centered = x - x[..., :1]
+    centered -= row_sums(centered) * inv_d
+    var = row_sums(np.square(centered)) * inv_d
+    if not np.isfinite(var).all():  # squares past float32's range, or inf and nan in x
+        return _layer_norm64(x)
+    var += x.dtype.type(LAYER_NORM_EPS)
+    inv_std = np.sqrt(var, out=var)
+    np.divide(x.dtype.type(1), inv_std, out=inv_std)
+    centered *= inv_std
+    return centered, inv_std
+
+
+def _layer_norm64(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
+    centered = x - mean.astype(x.dtype)
+    var = np.mean(np.square(centered, dtype=np.float64), axis=-1, keepdims=True)
+    inv_std = (1 / np.sqrt(var + LAYER_NORM_EPS)).astype(x.dtype)
+    centered *= inv_std
+    return centered, inv_std
+
+
+def layer_norm_backward(grad: np.ndarray, normed: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+    """∂L/∂x from ∂L/∂n: r·(g − mean(g) − n·mean(g⊙n)) over the last axis (broadcasts a
+    batch of cotangents against one input's normed/inv_std). g's mean is taken of
+    g − g[…, 0], as the forward's, so equal cotangents on equal units give exact zeros."""
+    inv_d = grad.dtype.type(1 / grad.shape[-1])
+    out = grad * normed
+    mean_proj = row_sums(out) * inv_d
+    np.multiply(normed, mean_proj, out=out)
+    shifted = grad - grad[..., :1]
+    np.subtract(shifted, out, out=out)
+    out -= row_sums(shifted) * inv_d
+    out *= inv_std
+    return out
 
 
 def thread_policy(work: int, single_thread_work: int) -> AbstractContextManager:
