@@ -38,7 +38,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, positive_int
 from .engine import PLAIN, Architecture, make_architecture, seed_streams
-from .engines.base import thread_policy
+from .engines.base import Result, thread_policy
 from .errors import InitcliError
 from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import all_finite
@@ -486,7 +486,7 @@ def _stack_and_inputs(run: ConvRun) -> tuple[ConvStack, np.ndarray]:
 def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
               progress: Callable[[int], None] | None = None, **options):
     """`propagation.propagate` for a conv stack (options: see `prepare`): a
-    `propagation.PropagateResult` whose params record the architecture. With `theory`, the
+    `engines.base.Result` whose params record the architecture. With `theory`, the
     mean-field columns with fan_in = C·k^d for circular padding; blank for zero padding and
     for deterministic kernels (constant, dirac), where mean-field does not apply."""
     return run_prepared(prepare(scheme, activation, **options), progress)
@@ -496,12 +496,10 @@ def run_prepared(run: ConvRun, progress: Callable[[int], None] | None = None):
     """`propagate` for a run `prepare` has checked (the CLI prepares it to report memory)."""
     from dataclasses import replace
 
-    from .propagation import PropagateResult
-
     with thread_policy(work(run), SINGLE_THREAD_WORK):
         stack, x, cotangent = inputs(run)
         layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
-    result = PropagateResult(run.params, layers, forward_overflow, backward_overflow)
+    result = Result(run.params, layers, forward_overflow, backward_overflow)
     if not run.theory:
         return result
     return replace(result, theory=theory_columns(run, layers))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,14 +42,14 @@ from .engine import (
     make_architecture,
     seed_streams,
 )
-from .engines.base import thread_policy
+from .engines.base import Recorder, Result, columns_of, thread_policy
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parametrization import Parametrization, parametrize
 from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import _BLOCK as _STAT_BLOCK
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
-from .theory import THEORY_COLUMNS, TheoryColumns, beside
+from .theory import TheoryColumns, beside
 
 
 @dataclass(frozen=True)
@@ -71,47 +71,13 @@ class LayerStats:
     effective_rank: float
     input_cosine: float
 
+    unit_output = True  # every layer's row is read by verdicts and profiles
 
-LAYER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerStats))
+
+LAYER_COLUMNS: tuple[str, ...] = columns_of(LayerStats)
 
 
-@dataclass(frozen=True)
-class PropagateResult:
-    """A propagate run: its parameters (enough to reproduce it) and one record per layer.
-
-    `forward_overflow_layer` is the first layer whose pre-activations held inf/nan;
-    `backward_overflow_layer` the first layer, counting down from the top, whose gradient
-    did. None where everything stayed finite.
-    """
-
-    params: dict
-    layers: tuple[LayerStats, ...]
-    forward_overflow_layer: int | None = None
-    backward_overflow_layer: int | None = None
-    theory: tuple[TheoryColumns, ...] | None = None  # None when asked for no theory
-    lsuv_iterations: tuple[int, ...] | None = None  # rescalings per layer, for the lsuv scheme
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (LAYER_COLUMNS + (THEORY_COLUMNS if self.theory is not None else ())
-                + (("lsuv_iterations",) if self.lsuv_iterations is not None else ()))
-
-    def rows(self) -> list[dict]:
-        rows = [asdict(layer) for layer in self.layers]
-        for i, row in enumerate(rows):
-            if self.theory is not None:
-                row |= asdict(self.theory[i])
-            if self.lsuv_iterations is not None:
-                row["lsuv_iterations"] = self.lsuv_iterations[i]
-        return rows
-
-    @property
-    def overflowed(self) -> bool:
-        return self.forward_overflow_layer is not None or self.backward_overflow_layer is not None
-
-    def per_layer(self) -> tuple[LayerStats, ...]:
-        """One row per layer: what verdicts and profiles read (every row here)."""
-        return self.layers
+PropagateResult = Result  # the name the Python API has always had
 
 
 # -- memory guard ---------------------------------------------------------------------------
@@ -444,7 +410,7 @@ def run_inputs(run: MlpRun) -> tuple[Stack, np.ndarray, np.ndarray, tuple[int, .
     return stack, x, cotangent, iterations
 
 
-class LayerRecorder:
+class LayerRecorder(Recorder):
     """Every layer's statistics as an engine's observers see them, one forward and one
     backward pass: the MLP engine's and the conv engine's. An output (batch, …) is read as one
     vector per input (input_cosine), a conv output's channels as its units, each (example,
@@ -452,17 +418,16 @@ class LayerRecorder:
     moments are over every entry. `progress(1)` after each layer, forward and backward."""
 
     def __init__(self, act: Activation, depth: int, progress: Callable[[int], None] | None = None) -> None:
-        self.act, self.progress = act, progress
+        super().__init__(progress)
+        self.act = act
         self.forward_stats: list[dict | None] = [None] * depth
         self.backward_stats: list[dict | None] = [None] * depth
-        self.forward_overflow: int | None = None  # the first layer whose pre-activations held inf/nan
-        self.backward_overflow: int | None = None  # the first, from the top, whose gradient did
 
     def on_forward(self, layer: int, h: np.ndarray, branch: np.ndarray, output: np.ndarray,
                    deriv: np.ndarray) -> None:
         preact_mean, preact_var = moments(h)
-        if self.forward_overflow is None and not math.isfinite(preact_var) and not all_finite(h):
-            self.forward_overflow = layer
+        # the first layer whose pre-activations held inf/nan
+        self.check_forward(layer, lambda: math.isfinite(preact_var) or all_finite(h))
         act_mean, act_var = moments(output)
         saturated = self.act.saturated
         flat = output.reshape(output.shape[0], -1)
@@ -479,16 +444,13 @@ class LayerRecorder:
             "dead_frac": dead_fraction(deriv.reshape(deriv.shape[0], -1)),
             "effective_rank": effective_rank(units), "input_cosine": mean_input_cosine(flat),
         }
-        if self.progress is not None:
-            self.progress(1)
+        self.tick()
 
     def on_backward(self, layer: int, delta: np.ndarray, weight_grad: np.ndarray) -> None:
         grad_var = moments(delta)[1]
-        if self.backward_overflow is None and not math.isfinite(grad_var) and not all_finite(delta):
-            self.backward_overflow = layer
+        self.check_backward(layer, lambda: math.isfinite(grad_var) or all_finite(delta))
         self.backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
-        if self.progress is not None:
-            self.progress(1)
+        self.tick()
 
     def layers(self, weights: Sequence[np.ndarray], fans: Sequence[tuple[int, int]]) -> tuple[LayerStats, ...]:
         with np.errstate(all="ignore"):

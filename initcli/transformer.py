@@ -38,18 +38,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
 from .checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, positive_int
-from .engines.base import layer_norm, layer_norm_backward, row_sums, seed_streams, thread_policy
+from .engines.base import Recorder as _Recorder
+from .engines.base import Result, columns_of, layer_norm, layer_norm_backward, row_sums, seed_streams, thread_policy
 from .errors import InitcliError
 from .residual_init import ResidualInit
 from .schemes import Init, check_weight_scale, gaussian, make_init
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
-from .theory import THEORY_COLUMNS, TheoryColumns, parts_ways
+from .theory import TheoryColumns, parts_ways
 from .threads import blas_threads_limited
 
 NORM_POSITIONS = ("pre", "post")
@@ -596,8 +597,13 @@ class SublayerStats:
     attn_entropy: float | None
     attn_max: float | None
 
+    @property
+    def unit_output(self) -> bool:
+        """Whether this row is a block's output (the stream), which verdicts read."""
+        return self.sublayer == "stream"
 
-SUBLAYER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SublayerStats))
+
+SUBLAYER_COLUMNS: tuple[str, ...] = columns_of(SublayerStats)
 
 
 def token_cosine(x: np.ndarray) -> float:
@@ -657,15 +663,14 @@ def _common(output: np.ndarray) -> dict:
             "token_cosine": token_cosine(output)}
 
 
-class Recorder:
+class Recorder(_Recorder):
     """Every row's statistics as the forward and backward passes go; progress(1) per block."""
 
     def __init__(self, stack: TransformerStack, act: Activation, progress: Callable[[int], None] | None = None):
-        self.stack, self.act, self.progress = stack, act, progress
+        super().__init__(progress)
+        self.stack, self.act = stack, act
         self.forward_stats: dict[tuple[int, str], dict] = {}
         self.backward_stats: dict[tuple[int, str], dict] = {}
-        self.forward_overflow: int | None = None
-        self.backward_overflow: int | None = None
 
     def on_forward(self, index: int, trace: BlockTrace) -> None:
         attn = {**_attention_stats(trace.attn, self.stack.shape.causal), **_common(trace.attn.out),
@@ -685,22 +690,19 @@ class Recorder:
                                                  "saturated_frac": None, "dead_frac": None, "attn_entropy": None,
                                                  "attn_max": None}
         # masked logits are -inf by design; a largest logit of +inf or nan is overflow
-        if self.forward_overflow is None and (not trace.attn.logits_top < math.inf or not all_finite(trace.out)):
-            self.forward_overflow = index
-        if self.progress is not None:
-            self.progress(1)
+        self.check_forward(index, lambda: trace.attn.logits_top < math.inf and all_finite(trace.out))
+        self.tick()
 
     def on_backward(self, index: int, sublayer: str, grad: np.ndarray, grads: dict | None) -> None:
         grad_var = moments(grad)[1]
-        if self.backward_overflow is None and not math.isfinite(grad_var) and not all_finite(grad):
-            self.backward_overflow = index
+        self.check_backward(index, lambda: math.isfinite(grad_var) or all_finite(grad))
         record = {"grad_var": grad_var}
         if grads is not None:
             names = ATTN_WEIGHTS if sublayer == "attn" else MLP_WEIGHTS
             record["weight_grad_var"] = _pooled([grads[name] for name in names])[1]
         self.backward_stats[(index, sublayer)] = record
-        if sublayer == "attn" and self.progress is not None:
-            self.progress(1)
+        if sublayer == "attn":
+            self.tick()
 
     def rows(self) -> tuple[SublayerStats, ...]:
         rows = []
@@ -736,39 +738,7 @@ def measure(stack: TransformerStack, act: Activation, x: np.ndarray, cotangent: 
 # -- propagate --arch transformer --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TransformerResult:
-    """A transformer propagate run: params, one SublayerStats per row, overflow blocks, and the
-    theory columns (None when asked for none)."""
-
-    params: dict
-    layers: tuple[SublayerStats, ...]
-    forward_overflow_layer: int | None = None
-    backward_overflow_layer: int | None = None
-    theory: tuple[TheoryColumns, ...] | None = None
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return SUBLAYER_COLUMNS + (THEORY_COLUMNS if self.theory is not None else ())
-
-    def rows(self) -> list[dict]:
-        rows = [asdict(layer) for layer in self.layers]
-        if self.theory is not None:
-            for row, theory in zip(rows, self.theory):
-                row |= asdict(theory)
-        return rows
-
-    @property
-    def overflowed(self) -> bool:
-        return self.forward_overflow_layer is not None or self.backward_overflow_layer is not None
-
-    def stream(self) -> tuple[SublayerStats, ...]:
-        """The stream rows, one per block."""
-        return tuple(row for row in self.layers if row.sublayer == "stream")
-
-    def per_layer(self) -> tuple[SublayerStats, ...]:
-        """One row per block, what verdicts and profiles read: the stream rows."""
-        return self.stream()
+TransformerResult = Result  # the name the Python API has always had
 
 
 def estimate_bytes(shape: TransformerShape, depth: int, batch: int, dtype) -> int:

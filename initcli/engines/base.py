@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,85 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
     cotangent, and the order of mini-batches. Each is the same whatever the others draw."""
     children = np.random.SeedSequence(seed).spawn(len(STREAMS))
     return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
+
+
+# -- one result type, one recorder -----------------------------------------------------------
+
+
+def columns_of(record_type) -> tuple[str, ...]:
+    """A record dataclass's field names: the CSV columns of its rows, in order."""
+    return tuple(f.name for f in fields(record_type))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One propagate run of any engine: its parameters (enough to reproduce it) and one record
+    per row (a layer, or a block's sublayer), with the theory columns beside them when asked.
+
+    `forward_overflow_layer` is the first layer (or block) whose forward pass held inf/nan;
+    `backward_overflow_layer` the first, counting down from the top, whose gradient did; None
+    where everything stayed finite. `lsuv_iterations`: the rescalings per layer of the lsuv
+    scheme (MLP only). Row records say by `unit_output` whether a row is the output of one
+    unit of the stack (every layer; a transformer block's stream row), which is what verdicts
+    and profiles read.
+    """
+
+    params: dict
+    layers: tuple
+    forward_overflow_layer: int | None = None
+    backward_overflow_layer: int | None = None
+    theory: tuple | None = None  # None when asked for no theory
+    lsuv_iterations: tuple[int, ...] | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (columns_of(type(self.layers[0]))
+                + (columns_of(type(self.theory[0])) if self.theory is not None else ())
+                + (("lsuv_iterations",) if self.lsuv_iterations is not None else ()))
+
+    def rows(self) -> list[dict]:
+        rows = [asdict(layer) for layer in self.layers]
+        for i, row in enumerate(rows):
+            if self.theory is not None:
+                row |= asdict(self.theory[i])
+            if self.lsuv_iterations is not None:
+                row["lsuv_iterations"] = self.lsuv_iterations[i]
+        return rows
+
+    @property
+    def overflowed(self) -> bool:
+        return self.forward_overflow_layer is not None or self.backward_overflow_layer is not None
+
+    def per_layer(self) -> tuple:
+        """One row per layer or block: the rows that are a unit's output."""
+        return tuple(row for row in self.layers if row.unit_output)
+
+    def stream(self) -> tuple:
+        """A transformer's stream rows, one per block (the same rows as `per_layer`)."""
+        return self.per_layer()
+
+
+class Recorder:
+    """What every engine's recorder keeps besides its statistics: the first layer (or block)
+    whose forward pass overflowed, the first from the top whose gradient did, and a progress
+    tick per step. `finite` is asked only until the first overflow is found."""
+
+    def __init__(self, progress: Callable[[int], None] | None = None) -> None:
+        self.progress = progress
+        self.forward_overflow: int | None = None
+        self.backward_overflow: int | None = None
+
+    def check_forward(self, index: int, finite: Callable[[], bool]) -> None:
+        if self.forward_overflow is None and not finite():
+            self.forward_overflow = index
+
+    def check_backward(self, index: int, finite: Callable[[], bool]) -> None:
+        if self.backward_overflow is None and not finite():
+            self.backward_overflow = index
+
+    def tick(self) -> None:
+        if self.progress is not None:
+            self.progress(1)
 
 
 # -- the one LayerNorm ----------------------------------------------------------------------
