@@ -38,5 +38,7 @@ def get(name: str) -> Engine:
 
 
 def names() -> tuple[str, ...]:
+    """The built-in engines in `--arch`'s documented order, then any other in the order they
+    registered (importing an engine's module registers it, whichever is imported first)."""
     _load_builtin()
-    return tuple(_REGISTRY)
+    return _BUILTIN + tuple(name for name in _REGISTRY if name not in _BUILTIN)

@@ -1,5 +1,6 @@
 """The transformer engine: blocks of multi-head self-attention and an MLP, pre- or post-LN,
-causal or not, whose kernels are `initcli.transformer`."""
+causal or not. `kernels` holds the blocks, forward and backward; `runs` the statistics and
+propagate's and jacobian's runs over them. `initcli.transformer` re-exports both."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from dataclasses import fields
 
 import numpy as np
 
-from .. import transformer as kernels
-from . import register
-from .base import Engine
+from .. import register
+from ..base import Engine
+from . import kernels, runs
 
 
 def _network(init, run, seed: int):
@@ -34,7 +35,7 @@ def _parameters(stack) -> dict[str, np.ndarray]:
 def _keywords(values: dict) -> dict:
     """The block's geometry, skips (on unless --no-residual) and presets; refuses what a
     transformer block fixes itself (--norm: every sublayer has its LayerNorm; --block)."""
-    from ..errors import InitcliError
+    from ...errors import InitcliError
 
     if values["norm"].strip().lower() != "none":
         raise InitcliError("norm", "does not apply with --arch transformer: every sublayer has its LayerNorm; "
@@ -50,11 +51,11 @@ def _keywords(values: dict) -> dict:
 
 ENGINE = register(Engine(
     name="transformer", unit="block", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
-    single_thread_work=kernels.SINGLE_THREAD_WORK,
-    prepare=kernels.prepare, run_prepared=kernels.run_prepared, propagate=kernels.propagate,
-    estimate_bytes=kernels.estimate_bytes, work=kernels.work,
-    prepare_jacobian=kernels.prepare_jacobian, run_jacobian=kernels.run_jacobian,
-    build=kernels.inputs, network=_network, features=lambda run: run.shape.width, forward=_forward,
+    single_thread_work=runs.SINGLE_THREAD_WORK,
+    prepare=runs.prepare, run_prepared=runs.run_prepared, propagate=runs.propagate,
+    estimate_bytes=runs.estimate_bytes, work=runs.work,
+    prepare_jacobian=runs.prepare_jacobian, run_jacobian=runs.run_jacobian,
+    build=runs.inputs, network=_network, features=lambda run: run.shape.width, forward=_forward,
     backward=_backward, parameters=_parameters,
     refused=kernels.REFUSED_KINDS, final_norm=lambda stack: stack.shape.norm_position == "pre",
     own_options=("heads", "seq_len", "mlp_ratio", "norm_position", "causal"), keywords=_keywords,

@@ -1,13 +1,14 @@
 """The convolution engine: stacks of C→C convolutions (1-, 2- or 3-D, circular or zero
-padding, optional skips), whose kernels are `initcli.conv`."""
+padding, optional skips). `kernels` holds the convolutions, forward and backward; `runs`
+propagate's and jacobian's runs over them. `initcli.conv` re-exports both."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import conv as kernels
-from . import register
-from .base import Engine, per_layer
+from .. import register
+from ..base import Engine, per_layer
+from . import kernels, runs
 
 
 def _network(init, run, seed: int):
@@ -31,7 +32,7 @@ def _parameters(stack) -> dict[str, np.ndarray]:
 def _keywords(values: dict) -> dict:
     """The geometry and the skips; refuses what the conv engine does not do (LayerNorm,
     residual-init presets, width parametrizations)."""
-    from ..errors import InitcliError
+    from ...errors import InitcliError
 
     if values["norm"].strip().lower() != "none":
         raise InitcliError("norm", "does not apply with --arch conv (no normalisation layers in the conv "
@@ -47,11 +48,11 @@ def _keywords(values: dict) -> dict:
 
 ENGINE = register(Engine(
     name="conv", unit="layer", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
-    single_thread_work=kernels.SINGLE_THREAD_WORK,
-    prepare=kernels.prepare, run_prepared=kernels.run_prepared, propagate=kernels.propagate,
-    estimate_bytes=kernels.estimate_bytes, work=kernels.work,
-    prepare_jacobian=kernels.prepare_jacobian, run_jacobian=kernels.run_jacobian,
-    build=kernels.inputs, network=_network, features=lambda run: run.shape.channels, forward=_forward,
+    single_thread_work=runs.SINGLE_THREAD_WORK,
+    prepare=runs.prepare, run_prepared=runs.run_prepared, propagate=runs.propagate,
+    estimate_bytes=runs.estimate_bytes, work=runs.work,
+    prepare_jacobian=runs.prepare_jacobian, run_jacobian=runs.run_jacobian,
+    build=runs.inputs, network=_network, features=lambda run: run.shape.channels, forward=_forward,
     backward=_backward, parameters=_parameters,
     refused=kernels.REFUSED_KINDS, own_options=("kernel", "channels", "spatial", "padding"),
     keywords=_keywords,
