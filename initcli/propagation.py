@@ -29,7 +29,9 @@ from .checks import (  # noqa: F401  (re-exported: the checks were defined here 
     stack_sizes,
 )
 from .engine import (
+    MEMORY_OPTIONS,  # noqa: F401  (importable from here, as before)
     PLAIN,
+    SINGLE_THREAD_WORK,
     Architecture,
     LayerState,
     Stack,
@@ -311,7 +313,6 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
 
 
 ARCHS = ("mlp", "conv", "transformer")
-MEMORY_OPTIONS = STACK_OPTIONS  # what makes an MLP run smaller, as each engine module names its own
 
 
 def check_arch(arch: str | None) -> str:
@@ -371,13 +372,6 @@ def theory_columns(run: MlpRun, stack: Stack, layers: Sequence[LayerStats]) -> t
                   input_second_moment=_square(run.input_std), arch=run.arch,
                   measured_preact=[layer.preact_var for layer in layers],
                   measured_grad=[layer.grad_var for layer in layers])
-
-
-# Products up to this many multiply-adds (the defaults: 512 × 256 × 256) run on one BLAS
-# thread: at that size the threads spend more time waiting for each other than working, and
-# on a busy machine many times more (issue 11 measured 5–30×). It also makes the default run's
-# bytes independent of the thread count.
-SINGLE_THREAD_WORK = 1 << 25
 
 
 def work(run: MlpRun) -> int:

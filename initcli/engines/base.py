@@ -179,6 +179,18 @@ def thread_policy(work: int, single_thread_work: int) -> AbstractContextManager:
     return blas_threads_limited(1) if work <= single_thread_work else nullcontext()
 
 
+def deferred(module: str, name: str) -> Callable[..., Any]:
+    """A function calling `module.name`, imported at the first call: for an engine whose runs
+    live in modules that import its kernels (the MLP's `propagation` and `jacobian`)."""
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
 def per_layer(pairs) -> dict[str, np.ndarray]:
     """{"w1": …, "b1": …, "w2": …} from (weight, bias) pairs, layer 1 first: the parameter
     names of a stack of layers, for `parameters` and `backward` alike."""

@@ -1,0 +1,67 @@
+"""The MLP engine: Linear stacks (plain, LayerNorm, residual; µP and its kin). `kernels`
+holds the layers, forward and backward (`initcli.engine` re-exports it); its runs are the
+public modules `initcli.propagation` (prepare, propagate, the statistics) and
+`initcli.jacobian`, which import these kernels, so the engine reaches them when called."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import register
+from ..base import Engine, deferred, per_layer
+from . import kernels
+
+
+def _build(run):
+    from ...propagation import run_inputs
+
+    stack, x, cotangent, _ = run_inputs(run)
+    return stack, x, cotangent
+
+
+def _network(init, run, seed: int):
+    return kernels.build_stack(init, run.sizes, seed=seed, dtype=run.dtype, arch=run.arch)
+
+
+def _forward(stack, activation, x):
+    trace = kernels.forward(stack, activation, x)
+    return trace, trace.states[-1].act
+
+
+def _backward(stack, trace, cotangent) -> dict[str, np.ndarray]:
+    grads = kernels.backward(stack, trace, cotangent)
+    return per_layer(grads)
+
+
+def _parameters(stack) -> dict[str, np.ndarray]:
+    return per_layer(zip(stack.weights, stack.biases))
+
+
+def _keywords(values: dict) -> dict:
+    """Every shared option (skips, norm, residual-init, parametrization, LSUV's), none of the
+    other engines' own."""
+    from .. import get, names
+
+    others = {option for name in names() if name != "mlp" for option in get(name).own_options}
+    return {k: v for k, v in values.items() if k != "architecture" and k not in others} | {
+        "residual": bool(values["residual"])}
+
+
+def _propagate(scheme="he-normal", activation="relu", **options):
+    from ...propagation import propagate
+
+    return propagate(scheme, activation, arch="mlp", **options)
+
+
+ENGINE = register(Engine(
+    name="mlp", unit="layer", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
+    single_thread_work=kernels.SINGLE_THREAD_WORK,
+    prepare=deferred("initcli.propagation", "prepare"), run_prepared=deferred("initcli.propagation", "run_prepared"),
+    propagate=_propagate, estimate_bytes=deferred("initcli.propagation", "estimate_bytes"),
+    work=deferred("initcli.propagation", "work"),
+    prepare_jacobian=deferred("initcli.jacobian", "prepare_jacobian"),
+    run_jacobian=deferred("initcli.jacobian", "run_jacobian"),
+    build=_build, network=_network, features=lambda run: run.sizes[-1], forward=_forward, backward=_backward,
+    parameters=_parameters,
+    refused={}, keywords=_keywords,
+))
