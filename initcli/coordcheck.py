@@ -234,6 +234,34 @@ def _check_training(*, steps, optimizer, lr, seeds, seed, batch, flat_tol) -> di
             "flat_tol": number_in("flat_tol", flat_tol, "a number ≥ 0", lambda v: v >= 0)}
 
 
+def _check_readout_init(readout_init: str | None, param: str) -> str:
+    """--readout-init checked; by default zero under µP (as mup's examples), the scheme's draw otherwise."""
+    if readout_init is None:
+        readout_init = "zero" if param == "mup" else "scheme"
+    readout_init = str(readout_init).strip().lower()
+    if readout_init not in READOUT_INITS:
+        raise InitcliError("readout_init", f"unknown readout init '{readout_init}'; choose from "
+                                           f"{', '.join(READOUT_INITS)}")
+    return readout_init
+
+
+def _check_depths(depths: Sequence[int], scheme: str, arch_options: dict) -> None:
+    """Every depth's architecture built and checked: a residual stack's layers split into
+    blocks, and its residual-init preset trains with the scheme."""
+    residual = arch_options["residual"]
+    for depth in depths:
+        if residual and depth < 2:
+            raise InitcliError("depths", "a residual stack needs at least two hidden layers: the first changes "
+                                         "the width")
+        arch = make_architecture(depth=depth - 1, **arch_options) if residual else make_architecture(
+            False, arch_options["residual_scale"], arch_options["block"], arch_options["norm"],
+            arch_options["residual_init"])
+        if arch.residual and (depth - 1) % arch.block:
+            raise InitcliError("block", f"{depth - 1} residual layers do not split into blocks of {arch.block}")
+        if arch.residual_init is not None:
+            check_residual_init_trains(arch, [scheme])
+
+
 def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] = (3,), steps: int = 3,
                optimizer: str = "adam", lr: float | None = None, outputs: int = 1, seeds: int = 3, seed: int = 0,
                batch: int = 64, scheme: str = "he-normal", activation: str = "relu", param: str = "sp",
@@ -259,12 +287,7 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
     outputs = positive_int("outputs", outputs, 1 << 16)
     param = check_param(param)
     base_width = float(widths[0]) if base_width is None else check_base_width(base_width)
-    if readout_init is None:
-        readout_init = "zero" if param == "mup" else "scheme"
-    readout_init = str(readout_init).strip().lower()
-    if readout_init not in READOUT_INITS:
-        raise InitcliError("readout_init", f"unknown readout init '{readout_init}'; choose from "
-                                           f"{', '.join(READOUT_INITS)}")
+    readout_init = _check_readout_init(readout_init, param)
     dtype = check_dtype(dtype).name
     if get_scheme(scheme).kind == "lsuv":
         raise InitcliError("scheme", "lsuv rescales every layer from the data, over the parametrization's factors")
@@ -272,16 +295,7 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
     get_activation(activation, init_options.get("negative_slope", 0.01))
     arch_options = {"residual": residual, "residual_scale": residual_scale, "block": block, "norm": norm,
                     "residual_init": residual_init}
-    for depth in depths:
-        if residual and depth < 2:
-            raise InitcliError("depths", "a residual stack needs at least two hidden layers: the first changes "
-                                         "the width")
-        arch = make_architecture(depth=depth - 1, **arch_options) if residual else make_architecture(
-            False, residual_scale, block, norm, residual_init)
-        if arch.residual and (depth - 1) % arch.block:
-            raise InitcliError("block", f"{depth - 1} residual layers do not split into blocks of {arch.block}")
-        if arch.residual_init is not None:
-            check_residual_init_trains(arch, [scheme])
+    _check_depths(depths, scheme, arch_options)
     itemsize = np.dtype(dtype).itemsize
     widest, deepest = widths[-1], depths[-1]
     # weights with their gradients and Adam's moments; activations, φ' and δ of the batch
@@ -463,7 +477,7 @@ def _targets(shape: tuple[int, ...], seed: int, dtype: np.dtype) -> tuple[np.nda
 def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dict, seed: int, data_seed: int,
                 inputs, optimizer: str, lr: float, steps: int, torch, torch_dtype, np_dtype) -> tuple[list, dict]:
     """One (width, seed) run of the user's model: rows for steps 0…K, and what was used."""
-    from .probing import first_tensor, one_line
+    from .probing import first_tensor
 
     torch.manual_seed(seed)  # the weights (and any dropout) are the point's, whatever ran before
     model, example = _build(factory, target, {**kwargs, width_arg: width}, width_arg, bool(kwargs))
@@ -485,11 +499,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
         seen.append((label, float(tensor.detach().abs().mean(dtype=torch.float64))))
 
     groups, source = _param_groups(model, optimizer, lr, target)
-    try:
-        opt = (torch.optim.Adam(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS) if optimizer == "adam"
-               else torch.optim.SGD(groups, lr=lr))
-    except (ValueError, TypeError) as exc:  # no parameters, malformed groups
-        raise InitcliError("module", f"cannot train {target}'s model with {optimizer}: {one_line(exc)}") from None
+    opt = _torch_optimizer(groups, optimizer, lr, target, torch)
     handles = [module.register_forward_hook(record) for module in names]
     rows: list[CoordRow] = []
     target_tensor, used = None, {"param_groups": source}
@@ -499,34 +509,61 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
             calls.clear()
             training = step < steps
             with torch.set_grad_enabled(training):
-                try:
-                    output = first_tensor(model(*args), torch)
-                except Exception as exc:  # the user's forward
-                    if step == 0:
-                        raise InitcliError("input_shape", f"the model rejected the input: {one_line(exc)}") from None
-                    raise InitcliError("module", f"{target}'s model failed at step {step}: {one_line(exc)}") from None
-                if output is None or not output.is_floating_point():
-                    raise InitcliError("module", f"{target}'s model returned no floating-point tensor")
+                output = _module_output(model, args, step, target, torch)
             rows += [CoordRow(name, step, width, None, seed, l1) for name, l1 in seen]
             if not training:
                 break
             if target_tensor is None:
                 drawn, used["targets"] = _targets(tuple(output.shape), data_seed, np_dtype)
                 target_tensor = torch.from_numpy(drawn).to(dtype=output.dtype)
-            loss = torch.mean((output - target_tensor) ** 2)  # the built-in path's mean squared error
-            opt.zero_grad(set_to_none=True)
-            if not loss.requires_grad:
-                raise InitcliError("module", f"{target}'s model output does not depend on any trainable parameter")
-            try:
-                loss.backward()
-                opt.step()
-            except Exception as exc:  # the user's backward, or torch refusing a value
-                raise InitcliError("module", f"training {target}'s model failed at step {step + 1}: "
-                                             f"{one_line(exc)}") from None
+            _train_step(opt, output, target_tensor, step, target, torch)
     finally:
         for handle in handles:
             handle.remove()
     return rows, used
+
+
+def _torch_optimizer(groups: list, optimizer: str, lr: float, target: str, torch):
+    """torch's Adam (mup's betas and eps) or SGD over the parameter groups."""
+    from .probing import one_line
+
+    try:
+        return (torch.optim.Adam(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS) if optimizer == "adam"
+                else torch.optim.SGD(groups, lr=lr))
+    except (ValueError, TypeError) as exc:  # no parameters, malformed groups
+        raise InitcliError("module", f"cannot train {target}'s model with {optimizer}: {one_line(exc)}") from None
+
+
+def _module_output(model, args: tuple, step: int, target: str, torch):
+    """The model's floating output at `step`; the user's forward failing is one line (at step
+    0 the input is blamed: the model rejected it)."""
+    from .probing import first_tensor, one_line
+
+    try:
+        output = first_tensor(model(*args), torch)
+    except Exception as exc:  # the user's forward
+        if step == 0:
+            raise InitcliError("input_shape", f"the model rejected the input: {one_line(exc)}") from None
+        raise InitcliError("module", f"{target}'s model failed at step {step}: {one_line(exc)}") from None
+    if output is None or not output.is_floating_point():
+        raise InitcliError("module", f"{target}'s model returned no floating-point tensor")
+    return output
+
+
+def _train_step(opt, output, target_tensor, step: int, target: str, torch) -> None:
+    """One optimizer step on the mean squared error, the built-in path's loss."""
+    from .probing import one_line
+
+    loss = torch.mean((output - target_tensor) ** 2)
+    opt.zero_grad(set_to_none=True)
+    if not loss.requires_grad:
+        raise InitcliError("module", f"{target}'s model output does not depend on any trainable parameter")
+    try:
+        loss.backward()
+        opt.step()
+    except Exception as exc:  # the user's backward, or torch refusing a value
+        raise InitcliError("module", f"training {target}'s model failed at step {step + 1}: "
+                                     f"{one_line(exc)}") from None
 
 
 def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str | None = None,
@@ -555,79 +592,33 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
     before each step; the rows' depth is None and left out of the columns. Slopes as the
     built-in path's, with no predicted exponent."""
     torch = _torch()
-    from .probing import MAX_SHAPE_ELEMENTS, estimate_bytes, one_line, parse_kwargs
+    from .probing import parse_kwargs
 
     kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) or kwargs is None else dict(kwargs)
-    if width_arg is None or not isinstance(width_arg, str) or not width_arg.isidentifier():
-        raise InitcliError("width_arg", f"must name the callable's width argument, such as 'width'; got {width_arg!r}")
-    if width_arg in kwargs:
-        raise InitcliError("kwargs", f"sets '{width_arg}', which --width-arg varies over --widths")
-    widths = _parse_sizes(widths, "widths")
-    if len(widths) < 2:
-        raise InitcliError("widths", "needs at least two widths to fit a slope")
+    widths = _check_widths(width_arg, kwargs, widths)
     checked = _check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
                               flat_tol=flat_tol)
     np_dtype = check_dtype(dtype)
-    # torch converts the step size to the parameters' dtype and refuses one past its range: SGD's
-    # lr, Adam's lr/(1 − β1^t), largest at t = 1 (Kingma & Ba 2015, Algorithm 1)
-    largest = float(np.finfo(np_dtype).max) * (1 - ADAM_BETAS[0] if checked["optimizer"] == "adam" else 1)
-    if checked["lr"] > largest:
-        raise InitcliError("lr", f"must be at most {largest:.3g} with {checked['optimizer']} in {np_dtype.name}: "
-                                 f"torch cannot hold a larger step; got {checked['lr']:g}")
+    _check_step_size(checked["lr"], checked["optimizer"], np_dtype)
     if input_shape is not None:
-        from .schemes import check_weight_scale
-
-        input_std = check_weight_scale("input_std", input_std)
-        input_shape = tuple(positive_int("input_shape", d, MAX_SHAPE_ELEMENTS) for d in input_shape)
-        if not input_shape:
-            raise InitcliError("input_shape", "needs at least one size, such as 784 or 3,32,32")
-        if checked["batch"] * math.prod(input_shape) > MAX_SHAPE_ELEMENTS:
-            raise InitcliError("input_shape", f"--batch × --input-shape is more than {MAX_SHAPE_ELEMENTS} values")
+        input_shape, input_std = _check_input_shape(input_shape, input_std, checked["batch"])
     factory = _load_factory(target)
-    if not _accepts(factory, width_arg):
-        names = _argument_names(factory)
-        raise InitcliError("width_arg", f"{target.rpartition(':')[2]} takes no argument '{width_arg}'"
-                                        f"{suggest(width_arg, names)}; its arguments: {', '.join(names) or 'none'}")
+    _check_width_arg(factory, target, width_arg)
     torch_dtype = getattr(torch, np_dtype.name)
     if input_shape is not None:
         from .probing import draw_inputs
 
-        inputs, source = torch.from_numpy(draw_inputs(seed=checked["seed"], dtype=np_dtype, batch=checked["batch"],
-                                                      input_shape=input_shape, input_std=input_std)), \
-            {"inputs": "input_shape", "input_shape": list(input_shape), "input_std": input_std}
+        inputs = torch.from_numpy(draw_inputs(seed=checked["seed"], dtype=np_dtype, batch=checked["batch"],
+                                              input_shape=input_shape, input_std=input_std))
+        source = {"inputs": "input_shape", "input_shape": list(input_shape), "input_std": input_std}
     else:
         inputs, source = None, {"inputs": "task"}
     steps, key, lr = checked["steps"], checked["optimizer"], checked["lr"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the built-in path: the numbers do not depend on the machine's cores
     try:
-        # the widest model's parameters counted on torch's meta device (no memory): a width the
-        # machine cannot hold is refused before anything is allocated
-        counted = _meta_parameters(factory, {**kwargs, width_arg: widths[-1]}, torch)
-        if counted is not None:  # parameters, their gradients and Adam's two moments
-            check_memory(4 * counted * np_dtype.itemsize, available, dtype=np_dtype,
-                         options=("--widths", "--batch", "--input-shape"))
-        # then the widest model itself: refuses a run whose activations cannot fit, and an input
-        # the model rejects, before the first width trains
-        torch.manual_seed(checked["seed"])
-        widest, example = _build(factory, target, {**kwargs, width_arg: widths[-1]}, width_arg, bool(kwargs))
-        if inputs is None and example is None:
-            task = make_task("regression", checked["batch"], rng=seed_streams(checked["seed"])["inputs"])
-            inputs = torch.from_numpy(task.x.astype(np_dtype))
-        else:
-            source = source if inputs is not None else {"inputs": "example"}
-        widest = widest.to(dtype=torch_dtype)
-        args = _as_args(inputs if inputs is not None else example, torch, torch_dtype)
-        full = args[0].shape[0] if isinstance(args[0], torch.Tensor) and args[0].ndim else 1
-        trial = tuple(a[:min(2, full)] if isinstance(a, torch.Tensor) and a.ndim else a for a in args)
-        try:
-            needed = estimate_bytes(widest, trial, full, min(2, full))
-        except Exception as exc:  # the user's forward
-            raise InitcliError("input_shape", f"the model rejected the input: {one_line(exc)}") from None
-        params_bytes = sum(p.numel() * p.element_size() for p in widest.parameters())
-        del widest
-        check_memory(needed + 2 * params_bytes, available, dtype=np_dtype,  # + Adam's two moments
-                     options=("--widths", "--batch", "--input-shape"))
+        inputs, source, full = _check_widest(factory, target, kwargs, width_arg, widths[-1], inputs, source,
+                                             checked=checked, np_dtype=np_dtype, available=available, torch=torch)
         rows: list[CoordRow] = []
         used: dict = {}
         for width in widths:
@@ -649,3 +640,82 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
               "param_groups": used.get("param_groups", "one"), "flat_tol": checked["flat_tol"],
               "dtype": np_dtype.name}
     return CoordResult(params, tuple(rows), tuple(slopes))
+
+
+def _check_widths(width_arg: str | None, kwargs: dict, widths: Sequence[int]) -> tuple[int, ...]:
+    """--widths checked, for a --width-arg that names an argument --kwargs does not set."""
+    if width_arg is None or not isinstance(width_arg, str) or not width_arg.isidentifier():
+        raise InitcliError("width_arg", f"must name the callable's width argument, such as 'width'; got {width_arg!r}")
+    if width_arg in kwargs:
+        raise InitcliError("kwargs", f"sets '{width_arg}', which --width-arg varies over --widths")
+    widths = _parse_sizes(widths, "widths")
+    if len(widths) < 2:
+        raise InitcliError("widths", "needs at least two widths to fit a slope")
+    return widths
+
+
+def _check_step_size(lr: float, optimizer: str, np_dtype: np.dtype) -> None:
+    """torch converts the step size to the parameters' dtype and refuses one past its range: SGD's
+    lr, Adam's lr/(1 − β1^t), largest at t = 1 (Kingma & Ba 2015, Algorithm 1)."""
+    largest = float(np.finfo(np_dtype).max) * (1 - ADAM_BETAS[0] if optimizer == "adam" else 1)
+    if lr > largest:
+        raise InitcliError("lr", f"must be at most {largest:.3g} with {optimizer} in {np_dtype.name}: "
+                                 f"torch cannot hold a larger step; got {lr:g}")
+
+
+def _check_input_shape(input_shape: Sequence[int], input_std: float, batch: int) -> tuple[tuple[int, ...], float]:
+    """(--input-shape, --input-std) checked: positive sizes, and a batch of them that a run can hold."""
+    from .probing import MAX_SHAPE_ELEMENTS
+    from .schemes import check_weight_scale
+
+    input_std = check_weight_scale("input_std", input_std)
+    input_shape = tuple(positive_int("input_shape", d, MAX_SHAPE_ELEMENTS) for d in input_shape)
+    if not input_shape:
+        raise InitcliError("input_shape", "needs at least one size, such as 784 or 3,32,32")
+    if batch * math.prod(input_shape) > MAX_SHAPE_ELEMENTS:
+        raise InitcliError("input_shape", f"--batch × --input-shape is more than {MAX_SHAPE_ELEMENTS} values")
+    return input_shape, input_std
+
+
+def _check_width_arg(factory, target: str, width_arg: str) -> None:
+    if not _accepts(factory, width_arg):
+        names = _argument_names(factory)
+        raise InitcliError("width_arg", f"{target.rpartition(':')[2]} takes no argument '{width_arg}'"
+                                        f"{suggest(width_arg, names)}; its arguments: {', '.join(names) or 'none'}")
+
+
+def _check_widest(factory, target: str, kwargs: dict, width_arg: str, widest_width: int, inputs, source: dict, *,
+                  checked: dict, np_dtype: np.dtype, available: int | None, torch) -> tuple[object, dict, int]:
+    """The memory of the widest width checked before the first width trains: its parameters
+    counted on torch's meta device (no memory), then the model itself built and run on a trial
+    batch, which also refuses an input the model rejects. Returns (inputs, where they come
+    from, batch size): the regression task's inputs when neither --input-shape nor the
+    callable gave any."""
+    from .probing import estimate_bytes, one_line
+
+    torch_dtype = getattr(torch, np_dtype.name)
+    call = {**kwargs, width_arg: widest_width}
+    counted = _meta_parameters(factory, call, torch)
+    if counted is not None:  # parameters, their gradients and Adam's two moments
+        check_memory(4 * counted * np_dtype.itemsize, available, dtype=np_dtype,
+                     options=("--widths", "--batch", "--input-shape"))
+    torch.manual_seed(checked["seed"])
+    widest, example = _build(factory, target, call, width_arg, bool(kwargs))
+    if inputs is None and example is None:
+        task = make_task("regression", checked["batch"], rng=seed_streams(checked["seed"])["inputs"])
+        inputs = torch.from_numpy(task.x.astype(np_dtype))
+    else:
+        source = source if inputs is not None else {"inputs": "example"}
+    widest = widest.to(dtype=torch_dtype)
+    args = _as_args(inputs if inputs is not None else example, torch, torch_dtype)
+    full = args[0].shape[0] if isinstance(args[0], torch.Tensor) and args[0].ndim else 1
+    trial = tuple(a[:min(2, full)] if isinstance(a, torch.Tensor) and a.ndim else a for a in args)
+    try:
+        needed = estimate_bytes(widest, trial, full, min(2, full))
+    except Exception as exc:  # the user's forward
+        raise InitcliError("input_shape", f"the model rejected the input: {one_line(exc)}") from None
+    params_bytes = sum(p.numel() * p.element_size() for p in widest.parameters())
+    del widest
+    check_memory(needed + 2 * params_bytes, available, dtype=np_dtype,  # + Adam's two moments
+                 options=("--widths", "--batch", "--input-shape"))
+    return inputs, source, full
