@@ -101,22 +101,14 @@ def probe(
     the head, and names them. --seed also seeds torch around the callable, so the same command
     gives the same bytes.
     """
-    from ..errors import InitcliError
     from ..fixing import fixer
-    from ..probing import COMPARE_PROBE_COLUMNS, ProbeComparison, run_probe
-    from ..render import log_bars, log_scale_header, print_table
+    from ..probing import ProbeComparison, run_probe
     from .fixing import check_fix_options, show_fix
 
     fmt = output_format(out.fmt)
     check_fix_options(fix, save, out, reinit=reinit)
     check_outputs(out, (save, "save", (".safetensors",)))
-    typed = given()
-    init_names = {"gain", "mode", "distribution", "negative_slope", "value", "std", "mean", "limit", "low", "high",
-                  "sparsity", "groups", "in_axis", "out_axis", "batch_axis", "bias_std", "activation"}
-    if reinit is None and typed & init_names:
-        raise InitcliError(sorted(typed & init_names)[0], "only applies with --reinit")
-    if input_shape is None and typed & {"batch", "input_std"} and tokens is None:
-        raise InitcliError(sorted(typed & {"batch", "input_std"})[0], "only applies with --input-shape or --tokens")
+    _check_option_use(given(), reinit, input_shape, tokens)
     schemes = parse_name_list(reinit, "reinit") if reinit is not None else None
     shape = parse_int_list(input_shape, "input_shape") if input_shape is not None else None
     options = {k: v for k, v in init.scheme_options().items()}
@@ -128,38 +120,66 @@ def probe(
                            fix=None if fix is None else fixer(fix, save=save, force=out.force))
     if fix is not None:
         return show_fix(result, fmt, target, seed)
-    if isinstance(result, ProbeComparison):
-        rows = result.rows()
-        _say_run(result.runs[0].params)
-        if fmt == "table":
-            say_hidden(print_table(rows, [c for c in COMPARE_PROBE_COLUMNS if c != "reason"],
-                                   title=f"{target} · {len(rows)} schemes · seed {seed} · "
-                                         f"{_run_text(result.runs[0].params)}", cell_style=row_style,
-                                   priority=SUMMARY_PRIORITY, console=stdout_console()))
-            for row in rows:
-                stdout_console().print(f"{row['scheme']}: {row['verdict']} — {row['reason']}", highlight=False,
-                                       markup=False, soft_wrap=True)
-        else:
-            write_machine(fmt, "probe", result.params, rows, COMPARE_PROBE_COLUMNS)
-        runs = result.runs
-    else:
-        rows = result.rows()
-        _say_run(result.params)
-        if fmt == "table":
-            bars = {log_scale_header(column, values): log_bars(values)
-                    for column, values in (("act_var", [r["act_var"] for r in rows]),
-                                           ("grad_var", [r["grad_var"] for r in rows]))}
-            title = f"{target}" + (f" · reinit {result.params['reinit']}" if "reinit" in result.params else "")
-            say_hidden(print_table(rows, result.columns, title=f"{title} · seed {seed} · {_run_text(result.params)}",
-                                   cell_style=row_style,
-                                   priority=PROBE_PRIORITY, extra_columns=bars, console=stdout_console()))
-        else:
-            write_machine(fmt, "probe", result.params, rows, result.columns, verdict=result.verdict,
-                          reason=result.reason, judged=list(result.judged))
-        note(f"initcli: verdict: {result.verdict} — {result.reason}")
-        runs = (result,)
+    runs = _show_comparison(result, fmt, target, seed) if isinstance(result, ProbeComparison) else _show_run(
+        result, fmt, target, seed)
     if out.plot or out.save_plot:
         _plots(out, runs, target)
+
+
+_INIT_OPTIONS = {"gain", "mode", "distribution", "negative_slope", "value", "std", "mean", "limit", "low", "high",
+                     "sparsity", "groups", "in_axis", "out_axis", "batch_axis", "bias_std", "activation"}
+
+
+def _check_option_use(typed: set, reinit: Optional[str], input_shape: Optional[str], tokens: Optional[int]) -> None:
+    """Options given where they would be ignored: the init options without --reinit, the
+    drawn inputs' options without --input-shape or --tokens."""
+    from ..errors import InitcliError
+
+    if reinit is None and typed & _INIT_OPTIONS:
+        raise InitcliError(sorted(typed & _INIT_OPTIONS)[0], "only applies with --reinit")
+    if input_shape is None and typed & {"batch", "input_std"} and tokens is None:
+        raise InitcliError(sorted(typed & {"batch", "input_std"})[0], "only applies with --input-shape or --tokens")
+
+
+def _show_comparison(result, fmt: str, target: str, seed: int) -> tuple:
+    """--reinit with several schemes: one summary row per scheme, and each verdict. Returns the runs."""
+    from ..probing import COMPARE_PROBE_COLUMNS
+    from ..render import print_table
+
+    rows = result.rows()
+    _say_run(result.runs[0].params)
+    if fmt == "table":
+        say_hidden(print_table(rows, [c for c in COMPARE_PROBE_COLUMNS if c != "reason"],
+                               title=f"{target} · {len(rows)} schemes · seed {seed} · "
+                                     f"{_run_text(result.runs[0].params)}", cell_style=row_style,
+                               priority=SUMMARY_PRIORITY, console=stdout_console()))
+        for row in rows:
+            stdout_console().print(f"{row['scheme']}: {row['verdict']} — {row['reason']}", highlight=False,
+                                   markup=False, soft_wrap=True)
+    else:
+        write_machine(fmt, "probe", result.params, rows, COMPARE_PROBE_COLUMNS)
+    return result.runs
+
+
+def _show_run(result, fmt: str, target: str, seed: int) -> tuple:
+    """One probe: a row per module call, then the verdict on stderr. Returns (the run,)."""
+    from ..render import log_bars, log_scale_header, print_table
+
+    rows = result.rows()
+    _say_run(result.params)
+    if fmt == "table":
+        bars = {log_scale_header(column, values): log_bars(values)
+                for column, values in (("act_var", [r["act_var"] for r in rows]),
+                                       ("grad_var", [r["grad_var"] for r in rows]))}
+        title = f"{target}" + (f" · reinit {result.params['reinit']}" if "reinit" in result.params else "")
+        say_hidden(print_table(rows, result.columns, title=f"{title} · seed {seed} · {_run_text(result.params)}",
+                               cell_style=row_style,
+                               priority=PROBE_PRIORITY, extra_columns=bars, console=stdout_console()))
+    else:
+        write_machine(fmt, "probe", result.params, rows, result.columns, verdict=result.verdict,
+                      reason=result.reason, judged=list(result.judged))
+    note(f"initcli: verdict: {result.verdict} — {result.reason}")
+    return (result,)
 
 
 def _run_text(params: dict) -> str:

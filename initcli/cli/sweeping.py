@@ -138,34 +138,13 @@ def save_heatmap(path: str, rows: list[dict], y_axis: str, x_axis: str, metric: 
     from ..sweep import critical_line, heatmap, trainable_depth
 
     plt, suffix, dpi = figure_target(path, force=force, dpi=dpi)
-    from matplotlib.colors import ListedColormap, LogNorm, Normalize
-    from matplotlib.patches import Patch
-
     heat = heatmap(rows, y_axis, x_axis, metric)
     x_edges, x_names = _edges(heat.xs)
     y_edges, y_names = _edges(heat.ys)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     try:
         with np.errstate(all="ignore"):
-            if metric == "verdict":
-                names = list(dict.fromkeys(v for line in heat.cells for v in line if v is not None))
-                codes = np.ma.masked_invalid([[math.nan if v is None else names.index(v) for v in line]
-                                              for line in heat.cells])
-                cmap = ListedColormap([f"C{i % 10}" for i in range(max(1, len(names)))]).with_extremes(bad="lightgrey")
-                ax.pcolormesh(x_edges, y_edges, codes, cmap=cmap, vmin=-0.5, vmax=max(1, len(names)) - 0.5)
-                handles = [Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(names)]
-            else:
-                values = np.ma.masked_invalid([[math.nan if v is None else v for v in line] for line in heat.cells])
-                known = values.compressed()
-                norm = None
-                if known.size:
-                    low, high = float(known.min()), float(known.max())
-                    norm = (LogNorm(low, high if high > low else low * 10) if heat.log
-                            else Normalize(low, high if high > low else low + 1))
-                cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-                mesh = ax.pcolormesh(x_edges, y_edges, values, cmap=cmap, norm=norm)
-                fig.colorbar(mesh, ax=ax, label=metric + (" (log scale)" if heat.log else ""))
-                handles = []
+            handles = _draw_cells(fig, ax, heat, metric, plt, x_edges, y_edges)
             # critical_line gives (σ_b, σ_w) pairs, trainable_depth (σ_w, depth): x first or swapped
             for line, first, label in ((critical_line(rows, y_axis, x_axis), "sigma_b", "theory: χ₁ = 1 (edge of chaos)"),
                                        (trainable_depth(rows, y_axis, x_axis), "sigma_w",
@@ -179,22 +158,7 @@ def save_heatmap(path: str, rows: list[dict], y_axis: str, x_axis: str, metric: 
             if handles:  # under the axes, off the data and the colour bar (bbox_inches="tight" makes room)
                 ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(3, len(handles)),
                           fontsize=8, frameon=False)
-            for values, scale in ((heat.xs, ax.set_xscale), (heat.ys, ax.set_yscale)):
-                if _log_axis(values):
-                    scale("log")
-            ax.set_xlim(x_edges[0], x_edges[-1])
-            ax.set_ylim(y_edges[0], y_edges[-1])
-            for values, axis in ((heat.xs, ax.xaxis), (heat.ys, ax.yaxis)):
-                if _log_axis(values):  # the grid's own sizes as ticks, not powers of ten
-                    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
-
-                    axis.set_major_locator(FixedLocator([float(v) for v in values]))
-                    axis.set_major_formatter(ScalarFormatter())
-                    axis.set_minor_locator(NullLocator())
-            if x_names:
-                ax.set_xticks(range(len(x_names)), x_names, rotation=30, ha="right")
-            if y_names:
-                ax.set_yticks(range(len(y_names)), y_names)
+            _set_axes(ax, heat, x_edges, y_edges, x_names, y_names)
             ax.set_xlabel(x_axis)
             ax.set_ylabel(y_axis)
             ax.set_title(title, fontsize=10)
@@ -202,6 +166,54 @@ def save_heatmap(path: str, rows: list[dict], y_axis: str, x_axis: str, metric: 
             write_figure(fig, path, suffix=suffix, dpi=dpi, force=force)
     finally:
         plt.close(fig)
+
+
+def _draw_cells(fig, ax, heat, metric: str, plt, x_edges: list, y_edges: list) -> list:
+    """The heatmap's cells: one colour per verdict (their legend handles returned), or the
+    metric on viridis with a colour bar (log scale for a `log` metric); grey where no value."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap, LogNorm, Normalize
+    from matplotlib.patches import Patch
+
+    if metric == "verdict":
+        names = list(dict.fromkeys(v for line in heat.cells for v in line if v is not None))
+        codes = np.ma.masked_invalid([[math.nan if v is None else names.index(v) for v in line]
+                                      for line in heat.cells])
+        cmap = ListedColormap([f"C{i % 10}" for i in range(max(1, len(names)))]).with_extremes(bad="lightgrey")
+        ax.pcolormesh(x_edges, y_edges, codes, cmap=cmap, vmin=-0.5, vmax=max(1, len(names)) - 0.5)
+        return [Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(names)]
+    values = np.ma.masked_invalid([[math.nan if v is None else v for v in line] for line in heat.cells])
+    known = values.compressed()
+    norm = None
+    if known.size:
+        low, high = float(known.min()), float(known.max())
+        norm = (LogNorm(low, high if high > low else low * 10) if heat.log
+                else Normalize(low, high if high > low else low + 1))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    mesh = ax.pcolormesh(x_edges, y_edges, values, cmap=cmap, norm=norm)
+    fig.colorbar(mesh, ax=ax, label=metric + (" (log scale)" if heat.log else ""))
+    return []
+
+
+def _set_axes(ax, heat, x_edges: list, y_edges: list, x_names: list | None, y_names: list | None) -> None:
+    """Log axes for sizes spanning a decade (ticked at the grid's own values), the limits at
+    the outer cell edges, names as ticks on an axis of names."""
+    for values, scale in ((heat.xs, ax.set_xscale), (heat.ys, ax.set_yscale)):
+        if _log_axis(values):
+            scale("log")
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    for values, axis in ((heat.xs, ax.xaxis), (heat.ys, ax.yaxis)):
+        if _log_axis(values):  # the grid's own sizes as ticks, not powers of ten
+            from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+            axis.set_major_locator(FixedLocator([float(v) for v in values]))
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_locator(NullLocator())
+    if x_names:
+        ax.set_xticks(range(len(x_names)), x_names, rotation=30, ha="right")
+    if y_names:
+        ax.set_yticks(range(len(y_names)), y_names)
 
 
 def _default_axes(axes: dict, seeds: int) -> tuple[str, str]:
