@@ -263,7 +263,7 @@ def test_half_precision_and_subsample(tmp_path, monkeypatch):
     w = init.kaiming_normal_(torch.empty(256, 128))
     path = tmp_path / "half.safetensors"
     save_file({"bf.weight": w.bfloat16(), "fp.weight": w.half(), "f8.weight": w.to(torch.float8_e4m3fn)}, str(path))
-    monkeypatch.setattr(matching, "SUBSAMPLE", 8192)
+    monkeypatch.setattr("initcli.inspection.tensor_stats.SUBSAMPLE", 8192)
     by_name = {t.name: t for t in inspect(path).tensors}
     for name in ("bf.weight", "fp.weight"):
         assert "he-normal" in by_name[name].match.split("|")

@@ -119,7 +119,7 @@ def test_blocked_subsample_takes_every_element_with_equal_probability(monkeypatc
     """Contiguous blocks, one starting in each stratum: over many seeds each position is taken
     block/stratum times on average (exactly, from the strata's sizes), every stratum starts
     one block, and the same name gives the same sample."""
-    monkeypatch.setattr(matching, "SUBSAMPLE_BLOCKS", 16)
+    monkeypatch.setattr("initcli.inspection.tensor_stats.SUBSAMPLE_BLOCKS", 16)
     n, cap, seeds, length = 170, 48, 4000, 3  # strata of 10 or 11: blocks cross into the next, or wrap
     bounds = [k * n // 16 for k in range(17)]
     stratum_of = np.repeat(np.arange(16), np.diff(bounds))
