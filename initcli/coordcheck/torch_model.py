@@ -1,347 +1,34 @@
-"""`coordcheck`: does each layer's activation scale stay put as the network gets wider (or
-deeper) and trains a few steps? The coordinate check of µP (Yang et al. 2022, Tensor
-Programs V, §5 and Fig. 5; mup's `get_coord_data`): for each width, train K optimizer steps
-on one fixed batch and record each layer's mean |x| over the batch and its units before every
-step; under the standard parametrization with Adam the hidden layers and the output grow with
-width after one step, under µP they stay flat.
-
-The network is `initcli.training`'s (Linear → activation layers, then a linear readout),
-trained on one batch of the generated regression task with SGD or Adam, under `--param`
-(see `initcli.parametrization`) and optionally as a residual stack with `--residual-init`.
-
-Slopes: for each (layer, step) the least-squares slope of log(l1) against log(width) over
-every width and seed, with its standard error (the usual OLS one, σ̂/√Sxx) — against depth
-likewise when several depths are given. A slope is `flat` when |slope| ≤ flat_tol or within
-3·SE of 0 with SE ≤ flat_tol, `grows` or `shrinks` beyond flat_tol and 3·SE, `unclear` when
-the fit is too loose to tell (SE > flat_tol); `zero` when a layer is exactly 0 (a zero readout at
-step 0) and `overflow` when a value is not finite.
-"""
+"""`coordcheck --module MODULE:CALLABLE --width-arg NAME` (torch extra): the coordinate check of
+the user's own torch model, loaded and built as probe builds it, trained with torch's
+optimizer, its leaf modules' and repeated blocks' mean |output| recorded by forward hooks."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .activations import get_activation
-from .checks import check_dtype, check_memory, check_seed, positive_int
-from .engine import forward, make_architecture, seed_streams
-from .errors import InitcliError, suggest
-from .parametrization import check_base_width, check_param, predicted_slope
-from .schemes import gaussian, get_scheme, make_init
-from .threads import blas_threads_limited
-from .training import (
-    ADAM_BETAS,
-    ADAM_EPS,
-    OPTIMIZERS,
-    Optimizer,
-    build_network,
-    check_residual_init_trains,
-    gradients,
-    make_task,
-    number_in,
-)
-
-DEFAULT_WIDTHS = (128, 256, 512, 1024, 2048)
-DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1}
-READOUT_INITS = ("scheme", "zero")
-# |slope| below this is flat whatever its standard error: an exponent of 0.1 is a factor
-# 2^0.4 ≈ 1.3 from 128 to 2048, within what finite-width corrections O(n^−1/2) move.
-DEFAULT_FLAT_TOL = 0.1
-SE_FACTOR = 3.0  # and within 3 standard errors of 0
-ROW_COLUMNS = ("layer", "step", "width", "depth", "seed", "l1")
-SUMMARY_COLUMNS = ("layer", "step", "against", "width", "depth", "points", "slope", "slope_se", "predicted",
-                   "verdict")
-# a user's model (`--module`) has its own depth: no depth column, which would always be empty
-MODULE_ROW_COLUMNS = tuple(c for c in ROW_COLUMNS if c != "depth")
-MODULE_SUMMARY_COLUMNS = tuple(c for c in SUMMARY_COLUMNS if c != "depth")
-MAX_STEPS = 10_000
-
-
-@dataclass(frozen=True)
-class CoordRow:
-    layer: str  # "1" … str(depth) for the hidden layers (1 is the input layer), "readout"
-    step: int  # optimizer steps taken before the measurement
-    width: int
-    depth: int | None  # None for a user's model (`--module`): its depth is its own
-    seed: int
-    l1: float  # mean |x| over the batch and the units
-
-
-@dataclass(frozen=True)
-class Slope:
-    layer: str
-    step: int
-    against: str  # "width" or "depth"
-    width: int | None  # fixed when against depth
-    depth: int | None  # fixed when against width
-    points: int
-    slope: float | None
-    slope_se: float | None
-    predicted: float | None  # the exponent theory gives, where it gives one
-    verdict: str
-
-
-@dataclass(frozen=True)
-class CoordResult:
-    params: dict
-    rows: tuple[CoordRow, ...]
-    slopes: tuple[Slope, ...]
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return MODULE_ROW_COLUMNS if "module" in self.params else ROW_COLUMNS
-
-    @property
-    def summary_columns(self) -> tuple[str, ...]:
-        return MODULE_SUMMARY_COLUMNS if "module" in self.params else SUMMARY_COLUMNS
-
-    def row_dicts(self) -> list[dict]:
-        return [{k: v for k, v in asdict(row).items() if k in self.columns} for row in self.rows]
-
-    def summary_rows(self) -> list[dict]:
-        return [{k: v for k, v in asdict(slope).items() if k in self.summary_columns} for slope in self.slopes]
-
-
-def fit_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """(slope, standard error) of the least-squares line of log y on log x; the error is nan
-    with fewer than three points or a single x."""
-    lx, ly = np.log(np.asarray(x, dtype=np.float64)), np.log(np.asarray(y, dtype=np.float64))
-    sxx = float(np.sum((lx - lx.mean()) ** 2))
-    if sxx == 0:
-        return math.nan, math.nan
-    slope = float(np.sum((lx - lx.mean()) * (ly - ly.mean())) / sxx)
-    if len(lx) < 3:
-        return slope, math.nan
-    residuals = ly - ly.mean() - slope * (lx - lx.mean())
-    return slope, math.sqrt(float(np.sum(residuals**2)) / (len(lx) - 2) / sxx)
-
-
-def verdict(slope: float, se: float, flat_tol: float = DEFAULT_FLAT_TOL) -> str:
-    """flat: |slope| ≤ flat_tol, or within 3 standard errors of 0 when those errors are small
-    (≤ flat_tol); grows / shrinks: beyond flat_tol and 3 standard errors; unclear: a fit too
-    loose to tell (large errors: l1 is far from a power of width, as when a run overshoots)."""
-    known = math.isfinite(se)
-    if abs(slope) <= flat_tol or (known and se <= flat_tol and abs(slope) <= SE_FACTOR * se):
-        return "flat"
-    if not known or abs(slope) > SE_FACTOR * se:
-        return "grows" if slope > 0 else "shrinks"
-    return "unclear"
-
-
-def _parse_sizes(values, param: str) -> tuple[int, ...]:
-    if isinstance(values, (int, np.integer)):
-        values = [values]
-    values = tuple(positive_int(param, v, 1 << 16) for v in values)
-    if not values:
-        raise InitcliError(param, "needs at least one value")
-    if len(set(values)) != len(values):
-        raise InitcliError(param, f"lists a value twice: {','.join(map(str, values))}")
-    return tuple(sorted(values))
-
-
-def _measure(network, x: np.ndarray) -> list[tuple[str, float]]:
-    """Each Linear's output h = m·a Wᵀ + b, mean |h| over the batch and the units — what mup's
-    coord check records, its hooks sitting on the Linear modules — the readout's last."""
-    values: list[float] = []
-
-    def record(index, h, branch, state):
-        values.append(float(np.mean(np.abs(h), dtype=np.float64)))
-
-    a = x
-    for stack, act in network.stages:
-        a = forward(stack, act, a, record, keep=False).states[-1].act
-    names = [str(i) for i in range(1, len(values))] + ["readout"]
-    return list(zip(names, values))
-
-
-def _run_one(*, width: int, depth: int, seed: int, data_seed: int, scheme: str, activation: str, param: str,
-             base_width: float, optimizer: str, lr: float, steps: int, batch: int, outputs: int, readout_zero: bool,
-             dtype: str, arch_options: dict, init_options: dict) -> list[CoordRow]:
-    streams = seed_streams(data_seed)
-    task = make_task("regression", batch, rng=streams["inputs"])
-    task = replace(task, y=np.tile(task.y, (1, outputs)))  # every output fits the same surface
-    act = get_activation(activation, init_options.get("negative_slope", 0.01))
-    init = make_init(scheme, activation=activation, **init_options)
-    arch = make_architecture(depth=depth - 1, **arch_options) if arch_options.get("residual") else \
-        make_architecture(norm=arch_options.get("norm"))
-    network = build_network(init, act, task, [width] * depth, seed=seed, dtype=dtype, arch=arch, param=param,
-                            base_width=base_width, readout_zero=readout_zero, outputs=outputs)
-    params = network.parameters
-    opt = Optimizer(optimizer, lr, params, network.lr_factors(optimizer))
-    x, rows, everything = task.x.astype(network.dtype), [], np.arange(batch)
-    with np.errstate(all="ignore"):  # overflow is a result: inf/nan l1, verdict overflow
-        for step in range(steps + 1):
-            rows += [CoordRow(name, step, width, depth, seed, l1) for name, l1 in _measure(network, x)]
-            if step < steps:
-                _, _, grads = gradients(network, task, everything)
-                opt.step(params, grads)
-    return rows
-
-
-def _slopes(rows: Sequence[CoordRow], against: str, flat_tol: float,
-            predict: Callable[[str, int], float | None], order: Callable[[str], int]) -> list[Slope]:
-    """One Slope per (layer, step, fixed depth or width) group; `predict(layer, step)` gives
-    theory's exponent (or None), `order(layer)` the rank of a layer in the table."""
-    fixed = "depth" if against == "width" else "width"
-    groups: dict[tuple, list[CoordRow]] = {}
-    for row in rows:
-        groups.setdefault((row.layer, row.step, getattr(row, fixed)), []).append(row)
-    out = []
-    for (layer, step, fixed_value), members in groups.items():
-        xs = [getattr(r, against) for r in members]
-        if len(set(xs)) < 2:
-            continue  # a layer only some depths have
-        l1 = [r.l1 for r in members]
-        predicted = predict(layer, step) if against == "width" else None
-        if not all(math.isfinite(v) for v in l1):
-            slope, se, word = None, None, "overflow"
-        elif any(v == 0 for v in l1):
-            slope, se, word = None, None, "zero"
-        else:
-            slope, se = fit_slope(xs, l1)
-            word = verdict(slope, se, flat_tol)
-            se = None if math.isnan(se) else se
-        out.append(Slope(layer, step, against, fixed_value if fixed == "width" else None,
-                         fixed_value if fixed == "depth" else None, len(members), slope, se, predicted, word))
-    return sorted(out, key=lambda s: (s.width or 0, s.depth or 0, s.step, order(s.layer)))
-
-
-def _builtin_slopes(rows: Sequence[CoordRow], against: str, param: str, readout_zero: bool,
-                    flat_tol: float) -> list[Slope]:
-    def predict(layer: str, step: int) -> float | None:
-        role = "readout" if layer == "readout" else ("input" if layer == "1" else "hidden")
-        return predicted_slope(param, role, step, readout_zero=readout_zero)
-
-    return _slopes(rows, against, flat_tol, predict, lambda layer: 1 << 30 if layer == "readout" else int(layer))
-
-
-def _check_training(*, steps, optimizer, lr, seeds, seed, batch, flat_tol) -> dict:
-    """The options both forms share, checked: steps, optimizer (its key), lr (its default),
-    seeds, seed, batch and flat_tol."""
-    steps = positive_int("steps", steps, MAX_STEPS) if steps != 0 else 0
-    key = str(optimizer).strip().lower()
-    if key not in OPTIMIZERS:
-        raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
-    lr = DEFAULT_LR[key] if lr is None else number_in("lr", lr, "a finite number > 0", lambda v: v > 0)
-    batch = positive_int("batch", batch, 1 << 20)
-    if batch < 2:
-        raise InitcliError("batch", "must be at least 2: the task's inputs are standardised by their spread")
-    return {"steps": steps, "optimizer": key, "lr": lr, "seeds": positive_int("seeds", seeds, 1000),
-            "seed": check_seed(seed), "batch": batch,
-            "flat_tol": number_in("flat_tol", flat_tol, "a number ≥ 0", lambda v: v >= 0)}
-
-
-def _check_readout_init(readout_init: str | None, param: str) -> str:
-    """--readout-init checked; by default zero under µP (as mup's examples), the scheme's draw otherwise."""
-    if readout_init is None:
-        readout_init = "zero" if param == "mup" else "scheme"
-    readout_init = str(readout_init).strip().lower()
-    if readout_init not in READOUT_INITS:
-        raise InitcliError("readout_init", f"unknown readout init '{readout_init}'; choose from "
-                                           f"{', '.join(READOUT_INITS)}")
-    return readout_init
-
-
-def _check_depths(depths: Sequence[int], scheme: str, arch_options: dict) -> None:
-    """Every depth's architecture built and checked: a residual stack's layers split into
-    blocks, and its residual-init preset trains with the scheme."""
-    residual = arch_options["residual"]
-    for depth in depths:
-        if residual and depth < 2:
-            raise InitcliError("depths", "a residual stack needs at least two hidden layers: the first changes "
-                                         "the width")
-        arch = make_architecture(depth=depth - 1, **arch_options) if residual else make_architecture(
-            False, arch_options["residual_scale"], arch_options["block"], arch_options["norm"],
-            arch_options["residual_init"])
-        if arch.residual and (depth - 1) % arch.block:
-            raise InitcliError("block", f"{depth - 1} residual layers do not split into blocks of {arch.block}")
-        if arch.residual_init is not None:
-            check_residual_init_trains(arch, [scheme])
-
-
-def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] = (3,), steps: int = 3,
-               optimizer: str = "adam", lr: float | None = None, outputs: int = 1, seeds: int = 3, seed: int = 0,
-               batch: int = 64, scheme: str = "he-normal", activation: str = "relu", param: str = "sp",
-               base_width: float | None = None, readout_init: str | None = None, flat_tol: float = DEFAULT_FLAT_TOL,
-               dtype: str = "float32", residual: bool = False, residual_scale: float = 1.0, block: int = 1,
-               norm: str | None = None, residual_init: str | None = None,
-               progress: Callable[[int], None] | None = None, **init_options) -> CoordResult:
-    """The coordinate check of the built-in network at each width and depth (hidden layers),
-    `seeds` weight seeds from `seed` on, one batch of `batch` regression samples (drawn from
-    `seed`), `steps` optimizer steps at learning rate `lr` (default 1e-3 for Adam, 0.1 for
-    SGD) under `param`. `base_width` is the width at which µP's and NTK's factors are 1
-    (default: the smallest width, mup's base model); `readout_init` 'zero' or 'scheme'
-    (default: zero under µP, as mup's examples initialise it, the scheme's draw otherwise).
-    `progress(1)` after each (width, depth, seed) run."""
-    widths = _parse_sizes(widths, "widths")
-    depths = _parse_sizes(depths, "depths")
-    if len(widths) < 2 and len(depths) < 2:
-        raise InitcliError("widths", "needs at least two widths (or two --depths) to fit a slope")
-    checked = _check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
-                              flat_tol=flat_tol)
-    steps, key, lr, seeds, seed, batch, flat_tol = (checked[k] for k in ("steps", "optimizer", "lr", "seeds", "seed",
-                                                                          "batch", "flat_tol"))
-    outputs = positive_int("outputs", outputs, 1 << 16)
-    param = check_param(param)
-    base_width = float(widths[0]) if base_width is None else check_base_width(base_width)
-    readout_init = _check_readout_init(readout_init, param)
-    dtype = check_dtype(dtype).name
-    if get_scheme(scheme).kind == "lsuv":
-        raise InitcliError("scheme", "lsuv rescales every layer from the data, over the parametrization's factors")
-    make_init(scheme, activation=activation, **init_options)
-    get_activation(activation, init_options.get("negative_slope", 0.01))
-    arch_options = {"residual": residual, "residual_scale": residual_scale, "block": block, "norm": norm,
-                    "residual_init": residual_init}
-    _check_depths(depths, scheme, arch_options)
-    itemsize = np.dtype(dtype).itemsize
-    widest, deepest = widths[-1], depths[-1]
-    # weights with their gradients and Adam's moments; activations, φ' and δ of the batch
-    check_memory(deepest * widest * widest * itemsize * 5 + batch * deepest * widest * (itemsize * 4 + 8),
-                 dtype=dtype, options=("--widths", "--depths", "--batch"))
-    rows: list[CoordRow] = []
-    with blas_threads_limited(1):  # one thread: the bytes do not depend on the machine
-        for depth in depths:
-            for width in widths:
-                for i in range(seeds):
-                    rows += _run_one(width=width, depth=depth, seed=seed + i, data_seed=seed, scheme=scheme,
-                                     activation=activation, param=param, base_width=base_width, optimizer=key,
-                                     lr=lr, steps=steps, batch=batch, outputs=outputs,
-                                     readout_zero=readout_init == "zero", dtype=dtype, arch_options=arch_options,
-                                     init_options=init_options)
-                    if progress is not None:
-                        progress(1)
-    slopes = []
-    if len(widths) > 1:
-        slopes += _builtin_slopes(rows, "width", param, readout_init == "zero", flat_tol)
-    if len(depths) > 1:
-        slopes += _builtin_slopes(rows, "depth", param, readout_init == "zero", flat_tol)
-    init = make_init(scheme, activation=activation, **init_options)
-    arch = (make_architecture(depth=depths[0] - 1, **arch_options) if residual
-            else make_architecture(False, residual_scale, block, norm))
-    params = {**init.params(), "param": param, "base_width": base_width, "readout_init": readout_init,
-              "widths": list(widths), "depths": list(depths), "steps": steps, "optimizer": key, "lr": lr,
-              "outputs": outputs, "seeds": seeds, "seed": seed, "batch": batch, "task": "regression",
-              "flat_tol": flat_tol, "dtype": dtype, **arch.params()}
-    return CoordResult(params, tuple(rows), tuple(slopes))
-
-
-# -- the user's own model (`--module MODULE:CALLABLE --width-arg NAME`, torch extra) -------------
+from ..checks import check_dtype, check_memory, positive_int
+from ..engine import seed_streams
+from ..errors import InitcliError, suggest
+from ..schemes import gaussian
+from ..training import ADAM_BETAS, ADAM_EPS, make_task
+from .options import DEFAULT_WIDTHS, check_training, parse_sizes
+from .slopes import DEFAULT_FLAT_TOL, CoordResult, CoordRow, group_slopes
 
 PARAM_GROUPS_ATTRIBUTE = "initcli_param_groups"
 
 
 def _torch():
-    from .optional import require
+    from ..optional import require
 
     return require("torch", "module", "coordcheck --module")
 
 
 def _load_factory(target: str):
     """probe's loader (`initcli.probing.load_callable`), its refusals named --module."""
-    from .probing import load_callable
+    from ..probing import load_callable
 
     try:
         return load_callable(target)
@@ -376,7 +63,7 @@ def _argument_names(factory) -> list[str]:
 
 def _build(factory, target: str, call: dict, width_arg: str, user_kwargs: bool):
     """The model at one width: (module, example input or None), checked by probe's builder."""
-    from .probing import build_model
+    from ..probing import build_model
 
     name = target.rpartition(":")[2]
     return build_model(factory, call, name=name, call_text=f"{name}({width_arg}={call[width_arg]}, …)",
@@ -389,7 +76,7 @@ def _param_groups(model, optimizer: str, lr: float, target: str) -> tuple[list, 
     per-layer learning rates such as µP's, which a plain module cannot express; mup's groups
     ("mup") when mup's `set_base_shapes` gave every parameter an `infshape`; else every
     parameter at `lr` ("one")."""
-    from .probing import one_line
+    from ..probing import one_line
 
     method = getattr(model, PARAM_GROUPS_ATTRIBUTE, None)
     if method is None:
@@ -411,7 +98,7 @@ def _mup_groups(params, optimizer: str, lr: float, target: str) -> list[dict]:
     infinite dimensions) rate by its width multiplier; SGD multiplies a vector-like one's (one
     infinite dimension) by its width multiplier and divides a matrix-like one's by its fan-in
     over fan-out multiplier; the rest keep `lr`."""
-    from .probing import one_line
+    from ..probing import one_line
 
     rates: dict[float, list] = {}
     try:
@@ -451,7 +138,7 @@ def _leaf_names(model) -> dict:
     """{module: name} of the modules that get rows, in `named_modules` order: the leaves, and
     the repeated blocks (probe's `repeated_blocks`: their outputs are a transformer's or
     ResNet's residual stream); a model with no children is '(model)'."""
-    from .probing import repeated_blocks
+    from ..probing import repeated_blocks
 
     blocks = repeated_blocks(model)
     return {module: name or "(model)" for name, module in model.named_modules()
@@ -477,7 +164,7 @@ def _targets(shape: tuple[int, ...], seed: int, dtype: np.dtype) -> tuple[np.nda
 def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dict, seed: int, data_seed: int,
                 inputs, optimizer: str, lr: float, steps: int, torch, torch_dtype, np_dtype) -> tuple[list, dict]:
     """One (width, seed) run of the user's model: rows for steps 0…K, and what was used."""
-    from .probing import first_tensor
+    from ..probing import first_tensor
 
     torch.manual_seed(seed)  # the weights (and any dropout) are the point's, whatever ran before
     model, example = _build(factory, target, {**kwargs, width_arg: width}, width_arg, bool(kwargs))
@@ -525,7 +212,7 @@ def _run_module(factory, target: str, *, width: int, width_arg: str, kwargs: dic
 
 def _torch_optimizer(groups: list, optimizer: str, lr: float, target: str, torch):
     """torch's Adam (mup's betas and eps) or SGD over the parameter groups."""
-    from .probing import one_line
+    from ..probing import one_line
 
     try:
         return (torch.optim.Adam(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS) if optimizer == "adam"
@@ -537,7 +224,7 @@ def _torch_optimizer(groups: list, optimizer: str, lr: float, target: str, torch
 def _module_output(model, args: tuple, step: int, target: str, torch):
     """The model's floating output at `step`; the user's forward failing is one line (at step
     0 the input is blamed: the model rejected it)."""
-    from .probing import first_tensor, one_line
+    from ..probing import first_tensor, one_line
 
     try:
         output = first_tensor(model(*args), torch)
@@ -552,7 +239,7 @@ def _module_output(model, args: tuple, step: int, target: str, torch):
 
 def _train_step(opt, output, target_tensor, step: int, target: str, torch) -> None:
     """One optimizer step on the mean squared error, the built-in path's loss."""
-    from .probing import one_line
+    from ..probing import one_line
 
     loss = torch.mean((output - target_tensor) ** 2)
     opt.zero_grad(set_to_none=True)
@@ -592,11 +279,11 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
     before each step; the rows' depth is None and left out of the columns. Slopes as the
     built-in path's, with no predicted exponent."""
     torch = _torch()
-    from .probing import parse_kwargs
+    from ..probing import parse_kwargs
 
     kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) or kwargs is None else dict(kwargs)
     widths = _check_widths(width_arg, kwargs, widths)
-    checked = _check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
+    checked = check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
                               flat_tol=flat_tol)
     np_dtype = check_dtype(dtype)
     _check_step_size(checked["lr"], checked["optimizer"], np_dtype)
@@ -606,7 +293,7 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
     _check_width_arg(factory, target, width_arg)
     torch_dtype = getattr(torch, np_dtype.name)
     if input_shape is not None:
-        from .probing import draw_inputs
+        from ..probing import draw_inputs
 
         inputs = torch.from_numpy(draw_inputs(seed=checked["seed"], dtype=np_dtype, batch=checked["batch"],
                                               input_shape=input_shape, input_std=input_std))
@@ -633,7 +320,7 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
     finally:
         torch.set_num_threads(threads)
     order = {layer: i for i, layer in enumerate(dict.fromkeys(r.layer for r in rows))}
-    slopes = _slopes(rows, "width", checked["flat_tol"], lambda layer, step: None, order.__getitem__)
+    slopes = group_slopes(rows, "width", checked["flat_tol"], lambda layer, step: None, order.__getitem__)
     params = {"module": target, "width_arg": width_arg, "kwargs": kwargs, "widths": list(widths), "steps": steps,
               "optimizer": key, "lr": lr, "seeds": checked["seeds"], "seed": checked["seed"],
               "batch": int(full), **source, "targets": used.get("targets", "none"),
@@ -648,7 +335,7 @@ def _check_widths(width_arg: str | None, kwargs: dict, widths: Sequence[int]) ->
         raise InitcliError("width_arg", f"must name the callable's width argument, such as 'width'; got {width_arg!r}")
     if width_arg in kwargs:
         raise InitcliError("kwargs", f"sets '{width_arg}', which --width-arg varies over --widths")
-    widths = _parse_sizes(widths, "widths")
+    widths = parse_sizes(widths, "widths")
     if len(widths) < 2:
         raise InitcliError("widths", "needs at least two widths to fit a slope")
     return widths
@@ -665,8 +352,8 @@ def _check_step_size(lr: float, optimizer: str, np_dtype: np.dtype) -> None:
 
 def _check_input_shape(input_shape: Sequence[int], input_std: float, batch: int) -> tuple[tuple[int, ...], float]:
     """(--input-shape, --input-std) checked: positive sizes, and a batch of them that a run can hold."""
-    from .probing import MAX_SHAPE_ELEMENTS
-    from .schemes import check_weight_scale
+    from ..probing import MAX_SHAPE_ELEMENTS
+    from ..schemes import check_weight_scale
 
     input_std = check_weight_scale("input_std", input_std)
     input_shape = tuple(positive_int("input_shape", d, MAX_SHAPE_ELEMENTS) for d in input_shape)
@@ -691,7 +378,7 @@ def _check_widest(factory, target: str, kwargs: dict, width_arg: str, widest_wid
     batch, which also refuses an input the model rejects. Returns (inputs, where they come
     from, batch size): the regression task's inputs when neither --input-shape nor the
     callable gave any."""
-    from .probing import estimate_bytes, one_line
+    from ..probing import estimate_bytes, one_line
 
     torch_dtype = getattr(torch, np_dtype.name)
     call = {**kwargs, width_arg: widest_width}
@@ -719,3 +406,4 @@ def _check_widest(factory, target: str, kwargs: dict, width_arg: str, widest_wid
     check_memory(needed + 2 * params_bytes, available, dtype=np_dtype,  # + Adam's two moments
                  options=("--widths", "--batch", "--input-shape"))
     return inputs, source, full
+
