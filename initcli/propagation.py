@@ -44,7 +44,7 @@ from .engine import (
     make_architecture,
     seed_streams,
 )
-from .engines.base import Recorder, Result, columns_of, thread_policy
+from .engines.base import Recorder, Result, Run, columns_of, thread_policy
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parametrization import Parametrization, parametrize
@@ -128,19 +128,11 @@ def estimate_bytes(sizes: Sequence[int], batch: int, dtype: np.dtype, *, checkpo
 
 
 @dataclass(frozen=True)
-class MlpRun:
+class MlpRun(Run):
     """A propagate call with every argument checked and resolved."""
 
-    init: Init
-    act: Activation
-    sizes: tuple[int, ...]
-    batch: int
-    bias_std: float
-    input_std: float
-    dtype: np.dtype
-    seed: int
-    theory: bool
-    checkpoint: bool
+    sizes: tuple[int, ...] = ()
+    checkpoint: bool = False
     arch: Architecture = PLAIN
     lsuv_tol: float = DEFAULT_TOL
     lsuv_max_iter: int = DEFAULT_MAX_ITER
@@ -173,9 +165,8 @@ class MlpRun:
                       "activation": self.act.name}
         else:
             source = self.init.params()
-        params = {**source, "sizes": list(self.sizes), "depth": len(self.sizes) - 1, "batch": self.batch,
-                  "bias_std": self.bias_std if self.loaded is None else math.sqrt(self.bias_var), "input_std": self.input_std,
-                  "dtype": self.dtype.name, "seed": self.seed,
+        params = {**source, "sizes": list(self.sizes), "depth": len(self.sizes) - 1,
+                  **self.drawn_params(None if self.loaded is None else math.sqrt(self.bias_var)),
                   **self.arch.params(),
                   **(self.parametrization.params() if self.parametrization is not None else {"param": "sp"})}
         if self.init.scheme.kind == "lsuv" and self.loaded is None:
@@ -264,8 +255,10 @@ def prepare(
         if largest > limit:  # cast, they would be inf before the first layer
             raise InitcliError("weights", f"'{weights}' holds values up to {largest:.3g}, past {np_dtype.name}'s "
                                           f"largest {limit:.3g}: run it with --dtype float64")
-    return MlpRun(init, act, sizes, batch, bias_std, input_std, np_dtype, seed, bool(theory), bool(checkpoint), arch,
-                lsuv_tol, lsuv_max_iter, loaded, None if parametrization.plain else parametrization)
+    return MlpRun(init=init, act=act, batch=batch, bias_std=bias_std, input_std=input_std, dtype=np_dtype, seed=seed,
+                  theory=bool(theory), sizes=sizes, checkpoint=bool(checkpoint), arch=arch, lsuv_tol=lsuv_tol,
+                  lsuv_max_iter=lsuv_max_iter, loaded=loaded,
+                  parametrization=None if parametrization.plain else parametrization)
 
 
 def check_residual_init(arch: Architecture, init: Init, bias_std: float, weights: str | None = None) -> None:

@@ -39,6 +39,31 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
 
 
+# -- the shared run fields ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every engine's checked run holds besides its geometry: the scheme (an `Init`), the
+    activation, the batch, the biases' and inputs' stds, the dtype, the seed and whether to
+    put theory beside the rows. Each engine's run adds its own fields after these."""
+
+    init: Any
+    act: Any
+    batch: int
+    bias_std: float
+    input_std: float
+    dtype: np.dtype
+    seed: int
+    theory: bool
+
+    def drawn_params(self, bias_std: float | None = None) -> dict:
+        """The params every run records about its draws, in the order the CSV/JSON give them
+        (`bias_std`: the one to record when it is not the option's, as from a weights file)."""
+        return {"batch": self.batch, "bias_std": self.bias_std if bias_std is None else bias_std,
+                "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed}
+
+
 # -- one result type, one recorder -----------------------------------------------------------
 
 

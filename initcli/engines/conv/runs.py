@@ -16,7 +16,7 @@ from ...errors import InitcliError
 from ...schemes import Init, check_weight_scale, gaussian, make_init
 from ...theory import TheoryColumns, beside
 from ...threads import blas_threads_limited
-from ..base import Result, seed_streams, thread_policy
+from ..base import Result, Run, seed_streams, thread_policy
 from .kernels import (
     CHUNK_BYTES,
     MEMORY_OPTIONS,
@@ -69,25 +69,16 @@ def estimate_bytes(shape: ConvShape, depth: int, batch: int, dtype) -> int:
 
 
 @dataclass(frozen=True)
-class ConvRun:
+class ConvRun(Run):
     """A conv propagate call with every argument checked."""
 
-    init: Init
-    act: Activation
     shape: ConvShape
     depth: int
-    batch: int
-    bias_std: float
-    input_std: float
-    dtype: np.dtype
-    seed: int
-    theory: bool
     arch: Architecture
 
     @property
     def params(self) -> dict:
-        return {**self.init.params(), **self.shape.params(), "depth": self.depth, "batch": self.batch,
-                "bias_std": self.bias_std, "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed,
+        return {**self.init.params(), **self.shape.params(), "depth": self.depth, **self.drawn_params(),
                 **self.arch.params(), "param": "sp"}
 
     @property
@@ -134,7 +125,8 @@ def _checked_run(scheme: str | Init = "he-normal", activation: str = "relu", *, 
     bias_std = check_weight_scale("bias_std", bias_std)
     input_std = check_weight_scale("input_std", input_std)
     seed = check_seed(seed)
-    return ConvRun(init, act, shape, depth, batch, bias_std, input_std, np_dtype, seed, bool(theory), arch)
+    return ConvRun(init=init, act=act, batch=batch, bias_std=bias_std, input_std=input_std, dtype=np_dtype, seed=seed,
+                   theory=bool(theory), shape=shape, depth=depth, arch=arch)
 
 
 # Products up to this many multiply-adds run on one BLAS thread, as in `propagation`. A conv

@@ -31,7 +31,7 @@ from ...stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mea
 from ...theory import TheoryColumns, parts_ways
 from ...threads import blas_threads_limited
 from ..base import Recorder as _Recorder
-from ..base import Result, columns_of, row_sums, seed_streams, thread_policy
+from ..base import Result, Run, columns_of, row_sums, seed_streams, thread_policy
 from .kernels import (
     ATTN_WEIGHTS,
     DEFAULT_DEPTH,
@@ -251,24 +251,15 @@ def estimate_bytes(shape: TransformerShape, depth: int, batch: int, dtype) -> in
 
 
 @dataclass(frozen=True)
-class TransformerRun:
+class TransformerRun(Run):
     """A transformer propagate call with every argument checked."""
 
-    init: Init
-    act: Activation
     shape: TransformerShape
     depth: int
-    batch: int
-    bias_std: float
-    input_std: float
-    dtype: np.dtype
-    seed: int
-    theory: bool
 
     @property
     def params(self) -> dict:
-        return {**self.init.params(), **self.shape.params(), "depth": self.depth, "batch": self.batch,
-                "bias_std": self.bias_std, "input_std": self.input_std, "dtype": self.dtype.name, "seed": self.seed}
+        return {**self.init.params(), **self.shape.params(), "depth": self.depth, **self.drawn_params()}
 
     @property
     def estimate(self) -> int:
@@ -309,7 +300,8 @@ def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, 
     input_std = check_weight_scale("input_std", input_std)
     seed = check_seed(seed)
     check_memory(estimate_bytes(shape, depth, batch, np_dtype), dtype=np_dtype, options=MEMORY_OPTIONS)
-    return TransformerRun(init, act, shape, depth, batch, bias_std, input_std, np_dtype, seed, bool(theory))
+    return TransformerRun(init=init, act=act, batch=batch, bias_std=bias_std, input_std=input_std, dtype=np_dtype,
+                          seed=seed, theory=bool(theory), shape=shape, depth=depth)
 
 
 def inputs(run: TransformerRun) -> tuple[TransformerStack, np.ndarray, np.ndarray]:
