@@ -94,7 +94,7 @@ from .results import (  # noqa: F401 - as this module gave them before
     settings_text,
 )
 
-_theory = theory_columns  # the name benchmarks/bench_sweep.py imports
+_theory = theory_columns  # the name tests/benchmarks/bench_sweep.py imports
 
 TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "samples": 512, "batch": 128}
 MAX_KEPT_ROWS = 200_000  # a row held is about 4 KiB of Python objects: 800 MB at most
