@@ -6,10 +6,14 @@ within `Z_ACCEPT` standard errors (see `matching`)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..schemes import TRUNCATED_NORMAL_STD, TRUNCATION_BOUND
+
+if TYPE_CHECKING:
+    from .records import TensorReport
 
 Z_ACCEPT = 4.0  # standard errors within which a reading is accepted (two-sided 6e-5 per test)
 FAMILIES = ("uniform", "normal", "truncated-normal")
@@ -102,3 +106,32 @@ def ks_p_value(sorted_sample: np.ndarray, cdf) -> float:
     k = np.arange(1, 101)
     p = 2 * float(np.sum((-1.0) ** (k - 1) * np.exp(-2 * k * k * lam * lam)))
     return min(max(p, 0.0), 1.0)
+
+
+def density_for(report: TensorReport):
+    """The density of the first matched reading (for histograms), or None: a zero-mean normal,
+    uniform or ±2σ-truncated normal at the expected std."""
+    if not report.match or not report.expected_std:
+        return None
+    first = report.match.split("|")[0]
+    std = report.expected_std
+    if "truncated-normal" in first:
+        family = "truncated-normal"
+    elif "uniform" in first or first.startswith("torch-default"):
+        family = "uniform"
+    else:
+        family = "normal"
+    if family == "uniform":
+        half = math.sqrt(3) * std
+        return lambda w: 1 / (2 * half) if abs(w) <= half else 0.0
+    sigma = std / TRUNCATED_NORMAL_STD if family == "truncated-normal" else std
+    bound = TRUNCATION_BOUND * sigma if family == "truncated-normal" else math.inf
+    mass = math.erf(TRUNCATION_BOUND / math.sqrt(2)) if family == "truncated-normal" else 1.0
+
+    def pdf(w: float) -> float:
+        if abs(w) > bound:
+            return 0.0
+        z = w / sigma
+        return math.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi) * mass)
+
+    return pdf

@@ -197,6 +197,18 @@ def reading_fans(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
     return t[1] * receptive, t[0] * receptive
 
 
+_HEADS = {"head", "heads", "classifier", "lm_head", "score", "logits", "last_linear", "output_layer", "qa_outputs",
+          "fc_out", "cls_head", "proj_head"}
+
+
+def is_head(name: str) -> bool:
+    module = module_parts(name)
+    leaf = module[-1] if module else ""
+    if leaf in _HEADS or any(part in ("head", "classifier") for part in module[:-1]):
+        return True
+    return leaf == "fc" and not any(part.isdigit() for part in module)
+
+
 def recurrent_hidden(name: str, shapes: dict) -> int | None:
     """hidden_size of a torch RNN/LSTM/GRU parameter: weight_hh_lN is (gates·hidden, hidden),
     or (gates·hidden, proj_size) beside a weight_hr_lN of (proj_size, hidden)."""
