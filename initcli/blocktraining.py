@@ -54,11 +54,6 @@ from .training import (
     number_in,
 )
 
-# train's own smaller defaults: a few seconds per scheme on one core (propagate's are larger)
-TRAIN_DEFAULTS = {"conv": {"depth": 4, "channels": 8, "spatial": (16,)},
-                  "transformer": {"depth": 4, "width": 32, "seq_len": 8, "mlp_ratio": 2.0}}
-# what each is trained with in practice: SGD for convolutions, Adam for transformers
-TRAIN_OPTIMIZER = {"conv": "sgd", "transformer": "adam"}
 _READOUT_STREAM = 0x7EAD  # the read-out's own generator: SeedSequence([seed, this])
 
 
@@ -180,18 +175,25 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
           jobs: int | None = 1, progress: Callable[[int], None] | None = None, engine_options: dict | None = None,
           **init_options) -> TrainResult:
     """Train the same conv or transformer network from each scheme on the same generated task
-    and seed. `engine_options` are `conv.prepare`'s or `transformer.prepare`'s (geometry,
-    depth, skips), with train's smaller defaults (`TRAIN_DEFAULTS`) where not given. The
-    optimizer defaults to SGD at lr 0.1 for conv and Adam at 1e-3 for transformers (what
-    each is trained with in practice). Results have the columns of `training.train`."""
-    if kind not in TRAIN_DEFAULTS:
-        raise InitcliError("arch", f"train builds mlp, conv or transformer networks, got '{kind}'")
+    and seed. `engine_options` are the engine's `prepare` keywords (geometry, depth, skips),
+    with the engine's `train_defaults` (a smaller network than propagate's) where not given.
+    The optimizer defaults to the engine's `train_optimizer` (SGD at lr 0.1 for conv, Adam at
+    1e-3 for transformers: what each is trained with in practice). Results have the columns
+    of `training.train`."""
+    from .engines import names
+    from .propagation import engine
+
+    if kind not in names() or kind == "mlp":
+        others = [name for name in names() if name != "mlp"]
+        raise InitcliError("arch", f"this trains {', '.join(others)} networks (the MLP's is training.train), "
+                                   f"got '{kind}'")
+    domain = engine(kind)
     if not schemes:
         raise InitcliError("schemes", "needs at least one scheme")
     engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
-    for name, value in TRAIN_DEFAULTS[kind].items():
+    for name, value in domain.train_defaults.items():
         engine_options.setdefault(name, value)
-    optimizer = TRAIN_OPTIMIZER[kind] if optimizer is None else optimizer
+    optimizer = domain.train_optimizer if optimizer is None else optimizer
     key = str(optimizer).strip().lower()
     if key not in OPTIMIZERS:
         raise InitcliError("optimizer", f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
@@ -220,9 +222,6 @@ def train(kind: str, schemes: Sequence[str] = ("zeros", "constant", "normal", "x
     # per worker: the evaluation's forward pass over every sample, the data in float64, and the
     # parameters with their gradients and Adam's moments (inside the estimate's weights, ×4)
     # the largest forward pass is the evaluation's, over every sample: --samples is its batch
-    from .propagation import engine
-
-    domain = engine(kind)
     evaluation = domain.estimate_bytes(shape, runs[0].depth, samples, runs[0].dtype)
     shrink = tuple(option for option in domain.MEMORY_OPTIONS if option != "--batch")
     check_memory(at_once * (evaluation + data_bytes), dtype=runs[0].dtype,

@@ -498,6 +498,9 @@ def _draw_panels(fig, axes, panels: Sequence[dict], title: str) -> None:
 
 
 def propagate_series(rows: Sequence[dict]) -> list[Series]:
+    """A propagate run's rows by layer (or by block, for rows that are a block's sublayers)."""
+    if rows and "sublayer" in rows[0]:
+        return _sublayer_series(rows)
     layers = [row["layer"] for row in rows]
     series = [Series("act_var", layers, [row["act_var"] for row in rows], group=0),
               Series("preact_var", layers, [row["preact_var"] for row in rows], group=1),
@@ -508,7 +511,7 @@ def propagate_series(rows: Sequence[dict]) -> list[Series]:
     return series
 
 
-def transformer_series(rows: Sequence[dict]) -> list[Series]:
+def _sublayer_series(rows: Sequence[dict]) -> list[Series]:
     """A transformer's rows by block: the stream's variance and gradient, the attention logits'
     and the MLP's hidden pre-activation variance, with theory's where it has one."""
     series = []

@@ -12,8 +12,8 @@ entropy collapse on the attention, rank collapse on the last block's tokens).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
 from .checks import check_memory
 from .errors import InitcliError
@@ -54,13 +54,17 @@ class CompareRow:
     last_input_cosine: float
     verdict: str
     reason: str
-    # transformer runs only
-    last_token_cosine: float | None = None
-    max_attn_max: float | None = None
+    # the engine's own summary columns (a transformer's last_token_cosine and max_attn_max)
+    summary: Mapping[str, float] = field(default_factory=dict)
+
+    def __getattr__(self, name: str):  # the summary's columns read as the row's own
+        try:
+            return self.__dict__["summary"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
-COMPARE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CompareRow))[:-2]
-TRANSFORMER_COLUMNS: tuple[str, ...] = COMPARE_COLUMNS + ("last_token_cosine", "max_attn_max")
+COMPARE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CompareRow))[:-1]
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,9 @@ class CompareResult:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return TRANSFORMER_COLUMNS if self.params.get("arch") == "transformer" else COMPARE_COLUMNS
+        from .engines import of_run
+
+        return COMPARE_COLUMNS + of_run(self.params).summary_columns
 
     def rows(self) -> list[dict]:
         return [{name: getattr(row, name) for name in self.columns} for row in self.comparisons]
@@ -95,10 +101,11 @@ _settled_rate = settled_rate
 
 def compare_row(result) -> CompareRow:
     """The summary row of one propagate run: its first and last layers (blocks) and its verdict."""
+    from .engines import of_run
+
     layers = result.per_layer()
     sizes = widths(result.params)
     verdict, reason = judge(result)
-    transformer = result.params.get("arch") == "transformer"
     return CompareRow(
         scheme=result.params["scheme"], activation=result.params["activation"], depth=len(layers),
         width=sizes[1] if len(set(sizes)) == 1 else None,
@@ -109,9 +116,7 @@ def compare_row(result) -> CompareRow:
         max_dead_frac=max(_present(result.layers, "dead_frac")),
         min_effective_rank=min(layer.effective_rank for layer in layers),
         last_input_cosine=layers[-1].input_cosine,
-        verdict=verdict, reason=reason,
-        last_token_cosine=layers[-1].token_cosine if transformer else None,
-        max_attn_max=max(_present(result.layers, "attn_max")) if transformer else None,
+        verdict=verdict, reason=reason, summary=of_run(result.params).summary(result),
     )
 
 

@@ -150,17 +150,12 @@ class ArchOptions:
         return check_arch(self.architecture)
 
     @property
-    def conv(self) -> bool:
-        return self.kind == "conv"
-
-    @property
-    def transformer(self) -> bool:
-        return self.kind == "transformer"
-
-    @property
     def skips(self) -> bool:
-        """Whether the layers have skip connections: --residual, or a transformer's default."""
-        return self.residual if self.residual is not None else self.transformer
+        """Whether the layers have skip connections: --residual, or the engine's default (a
+        transformer's are on)."""
+        from ..engines import get
+
+        return self.residual if self.residual is not None else get(self.kind).skips_by_default
 
     def _values(self) -> dict:
         """The group's values for an engine's `keywords`, --spatial parsed, after refusing the

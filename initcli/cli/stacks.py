@@ -157,34 +157,28 @@ def propagate(
     if result.overflowed:
         warn(overflow_message(result).removeprefix("initcli: warning: "))
     if out.plot or out.save_plot:
-        from ..charts import log_chart, propagate_series, save_figure, transformer_series
+        from ..charts import log_chart, propagate_series, save_figure
+        from ..engines import of_run
 
         p = result.params
         title = (f"{p.get('scheme') or p['weights']} · {p['activation']} · "
                  f"{shape_text(p) if 'sizes' not in p else str(p['depth']) + ' layers · ' + sizes_text(p['sizes'])}"
                  f" · batch {p['batch']} · seed {p['seed']}")
-        series = transformer_series(rows) if arch.transformer else propagate_series(rows)
+        series = propagate_series(rows)
         if out.plot:
             show(log_chart(series, width=chart_width(chart_console()), title=title))
         if out.save_plot:
-            save_figure(out.save_plot, [{"series": series, "xlabel": "block" if arch.transformer else "layer",
-                                     "ylabel": "variance", "log": True}],
+            save_figure(out.save_plot, [{"series": series, "xlabel": of_run(p).unit, "ylabel": "variance",
+                                         "log": True}],
                         title=title, force=out.force, dpi=out.dpi)
 
 
 def shape_text(p: dict) -> str:
-    """'20 layers of 256', 'sizes 784,256,10', or for a conv stack '20 conv layers · 32 ch · 16×16 · k3 circular'."""
-    if p.get("arch") == "transformer":
-        mlp = f"MLP ×{p['mlp_ratio']:g}" if p["mlp_ratio"] else "no MLP"
-        return (f"{p['depth']} {p['norm_position']}-LN blocks · width {p['width']} · {p['heads']} heads · "
-                f"{p['seq_len']} tokens{' causal' if p['causal'] else ''} · {mlp}"
-                f"{'' if p['residual'] else ' · no skips'}")
-    if p.get("arch") == "conv":
-        return (f"{p['depth']} conv layers · {p['channels']} ch · {'×'.join(map(str, p['spatial']))} · "
-                f"k{p['kernel']} {p['padding']}")
-    if len(set(p["sizes"])) == 1:
-        return f"{p['depth']} layers of {p['sizes'][1]}"
-    return "sizes " + ",".join(map(str, p["sizes"]))
+    """A run's shape in words, as its engine describes it: '20 layers of 256', 'sizes 784,256,10',
+    '20 conv layers · 32 ch · 16×16 · k3 circular'."""
+    from ..engines import of_run
+
+    return of_run(p).describe(p)
 
 
 def _propagate_engine(init: InitOptions, stack: StackOptions, arch: ArchOptions, scheme: str, activation: str,
@@ -254,8 +248,10 @@ def compare(
     p = result.params
     shape = shape_text(p) if "sizes" not in p else f"{p['depth']} layers · {sizes_text(p['sizes'])}"
     if fmt == "table":
+        from ..engines import of_run
+
         columns = [c for c in result.columns if c != "reason"]
-        unit = "block" if arch.transformer else "layer"
+        unit = of_run(p).unit
         # each row on its own log scale, at least MIN_DECADES tall: a row's shape is what it shows
         profiles = {f"{column} by {unit}\n(log, ≥{MIN_DECADES:g} decades a row)":
                     [log_sparkline([getattr(layer, column) for layer in run.per_layer()]) for run in result.runs]
@@ -276,12 +272,14 @@ def compare(
             for column, series in panels:
                 show(log_chart(series, width=chart_width(chart_console()), title=f"{column} · {title}"))
         if out.save_plot:
-            unit = "block" if arch.transformer else "layer"
+            from ..engines import of_run
+
+            unit = of_run(p).unit
             figure = [{"series": series, "xlabel": unit, "ylabel": column, "log": True, "title": column}
                       for column, series in panels]
-            if arch.transformer:  # rank collapse: the tokens' mean cosine, on its own 0–1 scale
-                figure.append({"series": per_run_series(result.runs, "token_cosine"), "xlabel": unit,
-                               "ylabel": "token_cosine", "log": False, "title": "token_cosine"})
+            # the engine's 0–1 columns (a transformer's token cosine: rank collapse), each on its own scale
+            figure += [{"series": per_run_series(result.runs, column), "xlabel": unit, "ylabel": column,
+                        "log": False, "title": column} for column in of_run(p).chart_columns]
             save_figure(out.save_plot, figure, title=title, force=out.force, dpi=out.dpi)
 
 

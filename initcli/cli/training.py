@@ -145,17 +145,13 @@ def _train_blocks(names, activation, init: InitOptions, arch: ArchOptions, *, ta
                   width, sizes, optimizer, lr, epochs, batch, target, seed, dtype, jobs):
     """`train --arch conv|transformer` (`initcli.blocktraining`)."""
     from ..blocktraining import train as train_blocks
-    from ..errors import InitcliError
 
     kind = arch.kind
-    if sizes is not None:
-        raise InitcliError("sizes", f"does not apply with --arch {kind}: use --depth"
-                                    + (" and --width" if kind == "transformer" else ", --channels and --spatial"))
-    if width is not None and kind == "conv":
-        raise InitcliError("width", "does not apply with --arch conv: its layers have --channels channels")
     engine_options = arch.engine_domain()
     engine_options.pop("arch")
-    engine_options |= {"depth": depth} | ({"width": width} if kind == "transformer" else {})
+    # the engine takes or refuses --width and --sizes itself, naming its own geometry options
+    engine_options |= {"depth": depth, "width": width,
+                       "sizes": None if sizes is None else parse_int_list(sizes, "sizes")}
     epochs = 100 if epochs is None else epochs
     with progress(len(names) * max(epochs, 0), "training") as advance:
         return train_blocks(kind, names, activation, task=task, samples=samples, classes=classes, noise=noise,

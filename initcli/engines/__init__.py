@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .base import Engine, thread_policy
 
-__all__ = ["Engine", "get", "names", "register", "thread_policy"]
+__all__ = ["Engine", "get", "names", "of_run", "register", "thread_policy"]
 
 _REGISTRY: dict[str, Engine] = {}
 _BUILTIN = ("mlp", "conv", "transformer")
@@ -42,3 +42,8 @@ def names() -> tuple[str, ...]:
     registered (importing an engine's module registers it, whichever is imported first)."""
     _load_builtin()
     return _BUILTIN + tuple(name for name in _REGISTRY if name not in _BUILTIN)
+
+
+def of_run(params: dict) -> Engine:
+    """The engine a run's recorded params come from (an MLP's params name no `arch`)."""
+    return get(params.get("arch", "mlp"))

@@ -280,6 +280,21 @@ class Engine:
     # whether a read-out on top must first normalise the output (pre-LN transformers end on
     # an un-normalised stream, which GPT-2's ln_f normalises)
     final_norm: Callable[[Any], bool] = lambda net: False
+    # a run's params -> its shape in words, for titles ("20 conv layers · 16 ch · 16×16 · k3 circular")
+    describe: Callable[[dict], str] = lambda params: f"{params['depth']} layers"
+    # a run's params -> the widths its signal passes through, input first (the finite-width
+    # spread of the verdicts reads them)
+    widths: Callable[[dict], list[int]] = lambda params: list(params["sizes"])
+    skips_by_default: bool = False  # whether its units have skip connections unless --no-residual
+    sample: str = "input"  # what one sample of a row's statistics is ("token" for a transformer)
+    # compare's extra summary columns for this engine, and a result -> their values
+    summary_columns: tuple[str, ...] = ()
+    summary: Callable[[Any], dict] = lambda result: {}
+    # per-unit columns on a 0–1 scale that compare's figure adds a panel for
+    chart_columns: tuple[str, ...] = ()
+    # train's smaller defaults for this engine's prepare options, and its usual optimizer
+    train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    train_optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:

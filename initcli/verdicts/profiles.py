@@ -18,11 +18,9 @@ def run_widths(params: dict) -> list[int]:
     """The widths a propagate run's signal passes through, input first: an MLP's sizes, a conv
     stack's channels (its positions share one kernel, so they do not average its randomness
     away), a transformer's width per block."""
-    if params.get("arch") == "conv":
-        return [params["channels"]] * (params["depth"] + 1)
-    if params.get("arch") == "transformer":
-        return [params["width"]] * (params["depth"] + 1)
-    return list(params["sizes"])
+    from ..engines import of_run
+
+    return of_run(params).widths(params)
 
 
 def _value(x) -> float:
@@ -35,14 +33,16 @@ def propagate_profile(result) -> Profile:
     reads one); a transformer's stream rows (one per block, judged) with each block's
     attention and MLP outputs as branches. The run's recorded overflow layer, if any, is where
     it overflowed."""
+    from ..engines import of_run
+
     params = result.params
-    transformer = params.get("arch") == "transformer"
+    engine = of_run(params)
     where = result.forward_overflow_layer or result.backward_overflow_layer
     if where is None:
         columns = ("preact_var", "act_var", "grad_var")
         where = next((row.layer for row in result.per_layer() for name in columns
                       if getattr(row, name) is not None and not math.isfinite(getattr(row, name))), None)
-    if transformer:
+    if engine.unit == "block":  # its rows are each block's sublayers
         units = tuple(_sublayer_unit(row, result.layers) for row in result.layers)
     else:
         layers = result.per_layer()
@@ -54,8 +54,7 @@ def propagate_profile(result) -> Profile:
                            row.grad_var, row.weight_grad_var, row.dead_frac, row.saturated_frac, row.effective_rank)
                       for i, row in enumerate(layers))
     judged_widths = run_widths(params)[:len(units) if any(u.role == "head" for u in units) else None]
-    return Profile(units, drift_bound(judged_widths), noun="block" if transformer else "layer",
-                   sample="token" if transformer else "input", dtype=params["dtype"],
+    return Profile(units, drift_bound(judged_widths), noun=engine.unit, sample=engine.sample, dtype=params["dtype"],
                    overflow_at=None if where is None else f"layer {where}")
 
 

@@ -46,6 +46,12 @@ def _keywords(values: dict) -> dict:
             "residual_scale": values["residual_scale"], "block": values["block"]}
 
 
+def _describe(params: dict) -> str:
+    """'20 conv layers · 32 ch · 16×16 · k3 circular'."""
+    return (f"{params['depth']} conv layers · {params['channels']} ch · {'×'.join(map(str, params['spatial']))} · "
+            f"k{params['kernel']} {params['padding']}")
+
+
 ENGINE = register(Engine(
     name="conv", unit="layer", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
     single_thread_work=runs.SINGLE_THREAD_WORK,
@@ -55,5 +61,11 @@ ENGINE = register(Engine(
     build=runs.inputs, network=_network, features=lambda run: run.shape.channels, forward=_forward,
     backward=_backward, parameters=_parameters,
     refused=kernels.REFUSED_KINDS, own_options=("kernel", "channels", "spatial", "padding"),
-    keywords=_keywords,
+    keywords=_keywords, describe=_describe,
+    # a conv stack's width is its channels: its positions share one kernel, so they do not
+    # average the kernel's randomness away
+    widths=lambda params: [params["channels"]] * (params["depth"] + 1),
+    # train's smaller network (a few seconds per scheme on one core), trained with SGD as
+    # convolutions are in practice
+    train_defaults={"depth": 4, "channels": 8, "spatial": (16,)}, train_optimizer="sgd",
 ))

@@ -47,6 +47,14 @@ def _keywords(values: dict) -> dict:
         "residual": bool(values["residual"])}
 
 
+def _describe(params: dict) -> str:
+    """'20 layers of 256' or 'sizes 784,256,10'."""
+    sizes = params["sizes"]
+    if len(set(sizes)) == 1:
+        return f"{params['depth']} layers of {sizes[1]}"
+    return "sizes " + ",".join(map(str, sizes))
+
+
 def _propagate(scheme="he-normal", activation="relu", **options):
     from ...propagation import propagate
 
@@ -63,5 +71,5 @@ ENGINE = register(Engine(
     run_jacobian=deferred("initcli.jacobian", "run_jacobian"),
     build=_build, network=_network, features=lambda run: run.sizes[-1], forward=_forward, backward=_backward,
     parameters=_parameters,
-    refused={}, keywords=_keywords,
+    refused={}, keywords=_keywords, describe=_describe, widths=lambda params: list(params["sizes"]),
 ))

@@ -49,6 +49,22 @@ def _keywords(values: dict) -> dict:
             "residual_init": values["residual_init"]}
 
 
+def _describe(params: dict) -> str:
+    """'6 pre-LN blocks · width 64 · 4 heads · 16 tokens · MLP ×4'."""
+    mlp = f"MLP ×{params['mlp_ratio']:g}" if params["mlp_ratio"] else "no MLP"
+    return (f"{params['depth']} {params['norm_position']}-LN blocks · width {params['width']} · "
+            f"{params['heads']} heads · {params['seq_len']} tokens{' causal' if params['causal'] else ''} · {mlp}"
+            f"{'' if params['residual'] else ' · no skips'}")
+
+
+def _summary(result) -> dict:
+    """compare's transformer columns: the last block's token cosine (rank collapse, Dong et al.
+    2021) and the largest mean attention maximum over the blocks (entropy collapse, Zhai et
+    al. 2023; 0 when no row has attention)."""
+    attn_max = [row.attn_max for row in result.layers if row.attn_max is not None]
+    return {"last_token_cosine": result.per_layer()[-1].token_cosine, "max_attn_max": max(attn_max or [0.0])}
+
+
 ENGINE = register(Engine(
     name="transformer", unit="block", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
     single_thread_work=runs.SINGLE_THREAD_WORK,
@@ -59,4 +75,10 @@ ENGINE = register(Engine(
     backward=_backward, parameters=_parameters,
     refused=kernels.REFUSED_KINDS, final_norm=lambda stack: stack.shape.norm_position == "pre",
     own_options=("heads", "seq_len", "mlp_ratio", "norm_position", "causal"), keywords=_keywords,
+    describe=_describe, widths=lambda params: [params["width"]] * (params["depth"] + 1), sample="token",
+    skips_by_default=True,
+    summary_columns=("last_token_cosine", "max_attn_max"), summary=_summary, chart_columns=("token_cosine",),
+    # train's smaller network (a few seconds per scheme on one core), trained with Adam as
+    # transformers are in practice
+    train_defaults={"depth": 4, "width": 32, "seq_len": 8, "mlp_ratio": 2.0}, train_optimizer="adam",
 ))
