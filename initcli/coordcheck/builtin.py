@@ -98,6 +98,23 @@ def _check_depths(depths: Sequence[int], scheme: str, arch_options: dict) -> Non
             check_residual_init_trains(arch, [scheme])
 
 
+def _check_scheme(scheme: str, activation: str, init_options: dict) -> None:
+    """The scheme and activation made once, so that a bad name or option stops the run before
+    it starts; lsuv is refused (it rescales from data, over the parametrization's factors)."""
+    if get_scheme(scheme).kind == "lsuv":
+        raise InitcliError("scheme", "lsuv rescales every layer from the data, over the parametrization's factors")
+    make_init(scheme, activation=activation, **init_options)
+    get_activation(activation, init_options.get("negative_slope", 0.01))
+
+
+def _check_memory(widest: int, deepest: int, batch: int, dtype: str) -> None:
+    """The largest run's memory: weights with their gradients and Adam's moments; activations,
+    φ' and δ of the batch."""
+    itemsize = np.dtype(dtype).itemsize
+    check_memory(deepest * widest * widest * itemsize * 5 + batch * deepest * widest * (itemsize * 4 + 8),
+                 dtype=dtype, options=("--widths", "--depths", "--batch"))
+
+
 def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] = (3,), steps: int = 3,
                optimizer: str = "adam", lr: float | None = None, outputs: int = 1, seeds: int = 3, seed: int = 0,
                batch: int = 64, scheme: str = "he-normal", activation: str = "relu", param: str = "sp",
@@ -117,7 +134,7 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
     if len(widths) < 2 and len(depths) < 2:
         raise InitcliError("widths", "needs at least two widths (or two --depths) to fit a slope")
     checked = check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
-                              flat_tol=flat_tol)
+                             flat_tol=flat_tol)
     steps, key, lr, seeds, seed, batch, flat_tol = (checked[k] for k in ("steps", "optimizer", "lr", "seeds", "seed",
                                                                           "batch", "flat_tol"))
     outputs = positive_int("outputs", outputs, 1 << 16)
@@ -125,18 +142,11 @@ def coordcheck(*, widths: Sequence[int] = DEFAULT_WIDTHS, depths: Sequence[int] 
     base_width = float(widths[0]) if base_width is None else check_base_width(base_width)
     readout_init = _check_readout_init(readout_init, param)
     dtype = check_dtype(dtype).name
-    if get_scheme(scheme).kind == "lsuv":
-        raise InitcliError("scheme", "lsuv rescales every layer from the data, over the parametrization's factors")
-    make_init(scheme, activation=activation, **init_options)
-    get_activation(activation, init_options.get("negative_slope", 0.01))
+    _check_scheme(scheme, activation, init_options)
     arch_options = {"residual": residual, "residual_scale": residual_scale, "block": block, "norm": norm,
                     "residual_init": residual_init}
     _check_depths(depths, scheme, arch_options)
-    itemsize = np.dtype(dtype).itemsize
-    widest, deepest = widths[-1], depths[-1]
-    # weights with their gradients and Adam's moments; activations, φ' and δ of the batch
-    check_memory(deepest * widest * widest * itemsize * 5 + batch * deepest * widest * (itemsize * 4 + 8),
-                 dtype=dtype, options=("--widths", "--depths", "--batch"))
+    _check_memory(widths[-1], depths[-1], batch, dtype)
     rows: list[CoordRow] = []
     with blas_threads_limited(1):  # one thread: the bytes do not depend on the machine
         for depth in depths:

@@ -93,7 +93,7 @@ def verdict(slope: float, se: float, flat_tol: float = DEFAULT_FLAT_TOL) -> str:
 
 
 def group_slopes(rows: Sequence[CoordRow], against: str, flat_tol: float,
-            predict: Callable[[str, int], float | None], order: Callable[[str], int]) -> list[Slope]:
+                 predict: Callable[[str, int], float | None], order: Callable[[str], int]) -> list[Slope]:
     """One Slope per (layer, step, fixed depth or width) group; `predict(layer, step)` gives
     theory's exponent (or None), `order(layer)` the rank of a layer in the table."""
     fixed = "depth" if against == "width" else "width"

@@ -284,7 +284,7 @@ def coordcheck_module(target: str, *, width_arg: str | None, kwargs: dict | str 
     kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) or kwargs is None else dict(kwargs)
     widths = _check_widths(width_arg, kwargs, widths)
     checked = check_training(steps=steps, optimizer=optimizer, lr=lr, seeds=seeds, seed=seed, batch=batch,
-                              flat_tol=flat_tol)
+                             flat_tol=flat_tol)
     np_dtype = check_dtype(dtype)
     _check_step_size(checked["lr"], checked["optimizer"], np_dtype)
     if input_shape is not None:
