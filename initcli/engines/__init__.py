@@ -1,7 +1,8 @@
 """The registry of architectures: `get(name)` is the engine `--arch name` runs.
 
-Each engine module of this package registers itself on import; `names()` lists them in the
-order `--arch` documents them.
+Each engine module (or package) of this folder registers itself on import, and every module
+here is imported when the registry is first read; `names()` lists the built-in ones in the
+order `--arch` documents them, then any other.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ def register(engine: Engine) -> Engine:
 
 
 def _load_builtin() -> None:
+    """Import every engine module (or package) of this folder, each registering itself: a new
+    architecture dropped in here is found by every process, workers included."""
     import importlib
+    import pkgutil
 
-    for name in _BUILTIN:
-        if name not in _REGISTRY:
-            importlib.import_module(f"{__name__}.{name}")
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base" and module.name not in _REGISTRY:
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 def get(name: str) -> Engine:

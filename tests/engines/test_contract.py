@@ -165,3 +165,47 @@ def test_a_registered_engine_is_an_arch(monkeypatch):
     assert len(result.rows()) == 2 and calls == [dict(depth=2, width=8, batch=4, theory=False, progress=None)]
     with pytest.raises(ValueError, match="already registered"):
         engines.register(dataclasses.replace(mlp, name="conv"))
+
+
+def test_a_new_engine_runs_through_every_command_by_its_own_declarations(monkeypatch):
+    """No command names an architecture: a new engine's title, widths, summary columns and
+    units come from its own Engine, through propagate, compare and the verdicts."""
+    import csv
+    import dataclasses
+    import io
+
+    from typer.testing import CliRunner
+
+    from initcli import engines
+    from initcli.cli import app
+
+    conv = get("conv")
+
+    def relabel(result):
+        return dataclasses.replace(result, params={**result.params, "arch": "ring"})
+
+    def summary(result):
+        return {"ring_last_act_var": result.per_layer()[-1].act_var}
+
+    ring = dataclasses.replace(
+        conv, name="ring", own_options=(),
+        run_prepared=lambda run, progress=None: relabel(conv.run_prepared(run, progress)),
+        propagate=lambda *args, progress=None, **options: relabel(conv.propagate(*args, progress=progress, **options)),
+        describe=lambda params: f"a ring of {params['depth']}", summary_columns=("ring_last_act_var",),
+        summary=summary, widths=lambda params: [7] * (params["depth"] + 1), sample="site")
+    monkeypatch.setitem(engines._REGISTRY, "ring", ring)
+    env = {"COLUMNS": "200", "NO_COLOR": "1"}
+    done = CliRunner().invoke(app, ["propagate", "--arch", "ring", "--depth", "3", "--batch", "4", "-f", "json"], env=env)
+    assert done.exit_code == 0, done.output
+    assert '"arch": "ring"' in done.stdout
+    done = CliRunner().invoke(app, ["compare", "--arch", "ring", "--depth", "3", "--batch", "4", "--schemes",
+                                    "zeros,he-normal", "--jobs", "1", "-f", "csv"], env=env)
+    assert done.exit_code == 0, done.output
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [row["scheme"] for row in rows] == ["zeros", "he-normal"]
+    assert all(float(row["ring_last_act_var"]) >= 0 for row in rows)
+    assert "last_token_cosine" not in rows[0]
+    done = CliRunner().invoke(app, ["compare", "--arch", "ring", "--depth", "3", "--batch", "4", "--schemes", "he-normal",
+                                    "-f", "table"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "a ring of 3" in done.stdout
