@@ -249,13 +249,11 @@ def plan_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int |
 def run_jacobian(plan: JacobianRun, progress: Callable[[int], None] | None = None) -> JacobianResult:
     """Build the stack of a checked run and take its spectrum; `progress(n)` reports n more
     steps done, `plan.steps` in all."""
+    from .engines.base import jacobian_run
     from .propagation import run_inputs
 
-    with blas_threads_limited(1):  # the stack's LSUV calibration too: small products, one thread
-        stack, x, _, _ = run_inputs(plan.run)
-        layers, values = jacobian_spectrum(stack, plan.run.act, x[:plan.inputs], spectrum=plan.spectrum,
-                                           progress=progress)
-    return JacobianResult(plan.params, layers, values)
+    # on one thread, the stack's LSUV calibration too: small products
+    return jacobian_run(plan, progress, build=run_inputs, spectrum=jacobian_spectrum)
 
 
 def jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int | None = None, spectrum: bool = False,

@@ -8,6 +8,7 @@ Input checks shared by every command that builds a stack, and the memory guard, 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +45,7 @@ from .engine import (
     make_architecture,
     seed_streams,
 )
-from .engines.base import Recorder, Result, Run, columns_of, thread_policy
+from .engines.base import Recorder, Result, Run, columns_of, propagate_run, thread_policy
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parametrization import Parametrization, parametrize
@@ -334,14 +335,16 @@ def engine(kind: str):
 def run_prepared(run: MlpRun, progress: Callable[[int], None] | None = None) -> PropagateResult:
     """`propagate` for a run `prepare` has checked: so a caller that prepared it (to report
     the memory it needs, say) does not check it, or read a weights file, twice."""
-    with thread_policy(work(run), SINGLE_THREAD_WORK):
-        stack, x, cotangent, iterations = run_inputs(run)
-        layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent,
-                                                              checkpoint=run.checkpoint, progress=progress)
-    result = PropagateResult(run.params, layers, forward_overflow, backward_overflow, lsuv_iterations=iterations)
-    if not run.theory:
-        return result
-    return replace(result, theory=theory_columns(run, stack, result.layers))
+    built = {}
+
+    def build(run: MlpRun):  # the stack, inputs and cotangent, with LSUV's rescalings kept aside
+        built["stack"], x, cotangent, built["iterations"] = run_inputs(run)
+        return built["stack"], x, cotangent
+
+    result = propagate_run(run, progress, threads=thread_policy(work(run), SINGLE_THREAD_WORK), build=build,
+                           measure=functools.partial(measure, checkpoint=run.checkpoint),
+                           theory=lambda run, layers: theory_columns(run, built["stack"], layers))
+    return replace(result, lsuv_iterations=built["iterations"])
 
 
 def theory_columns(run: MlpRun, stack: Stack, layers: Sequence[LayerStats]) -> tuple[TheoryColumns, ...]:

@@ -120,6 +120,35 @@ class Result:
         return self.per_layer()
 
 
+def propagate_run(run: Run, progress: Callable[[int], None] | None, *, threads: AbstractContextManager,
+                  build: Callable[[Any], tuple], measure: Callable[..., tuple],
+                  theory: Callable[[Any, tuple], tuple], **result_fields) -> Result:
+    """The propagate driver of every engine: under the engine's BLAS thread setting, the
+    network and inputs its `build` draws from the run's seed (net, x, cotangent, …), one
+    forward and backward pass its `measure` records (rows, forward overflow, backward
+    overflow), then the theory columns beside the rows when the run asks for them.
+    `result_fields` are engine-specific fields of the result (the MLP's lsuv iterations)."""
+    with threads:
+        net, x, cotangent, *_ = build(run)
+        rows, forward_overflow, backward_overflow = measure(net, run.act, x, cotangent, progress=progress)
+    return Result(run.params, rows, forward_overflow, backward_overflow,
+                  theory=theory(run, rows) if run.theory else None, **result_fields)
+
+
+def jacobian_run(plan: Any, progress: Callable[[int], None] | None, *, build: Callable[[Any], tuple],
+                 spectrum: Callable[..., tuple]):
+    """The Jacobian driver of every engine: the network and inputs its `build` draws from the
+    plan's run, then its `spectrum` (one row of singular-value statistics per layer or block,
+    and every singular value with `plan.spectrum`) at the first `plan.inputs` inputs, on one
+    BLAS thread (many small products and SVDs run fastest that way)."""
+    from ..jacobian import JacobianResult
+
+    with blas_threads_limited(1):
+        net, x, *_ = build(plan.run)
+        rows, values = spectrum(net, plan.run.act, x[:plan.inputs], spectrum=plan.spectrum, progress=progress)
+    return JacobianResult(plan.params, rows, values)
+
+
 class Recorder:
     """What every engine's recorder keeps besides its statistics: the first layer (or block)
     whose forward pass overflowed, the first from the top whose gradient did, and a progress

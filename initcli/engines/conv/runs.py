@@ -15,8 +15,7 @@ from ...engine import Architecture, make_architecture
 from ...errors import InitcliError
 from ...schemes import Init, check_weight_scale, gaussian, make_init
 from ...theory import TheoryColumns, beside
-from ...threads import blas_threads_limited
-from ..base import Result, Run, seed_streams, thread_policy
+from ..base import Run, jacobian_run, propagate_run, seed_streams, thread_policy
 from .kernels import (
     CHUNK_BYTES,
     MEMORY_OPTIONS,
@@ -174,15 +173,8 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
 
 def run_prepared(run: ConvRun, progress: Callable[[int], None] | None = None):
     """`propagate` for a run `prepare` has checked (the CLI prepares it to report memory)."""
-    from dataclasses import replace
-
-    with thread_policy(work(run), SINGLE_THREAD_WORK):
-        stack, x, cotangent = inputs(run)
-        layers, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
-    result = Result(run.params, layers, forward_overflow, backward_overflow)
-    if not run.theory:
-        return result
-    return replace(result, theory=theory_columns(run, layers))
+    return propagate_run(run, progress, threads=thread_policy(work(run), SINGLE_THREAD_WORK), build=inputs,
+                         measure=measure, theory=theory_columns)
 
 
 def theory_columns(run: ConvRun, layers) -> tuple[TheoryColumns, ...]:
@@ -262,13 +254,7 @@ def run_jacobian(plan, progress: Callable[[int], None] | None = None):
     """Build the stack of a checked run and take its Jacobian spectrum at the first
     `plan.inputs` inputs: a `jacobian.JacobianResult`, one row per conv layer. `progress(n)`
     reports n more steps done, `plan.steps` in all. Float64, on one BLAS thread."""
-    from ...jacobian import JacobianResult
-
-    with blas_threads_limited(1):
-        stack, x = _stack_and_inputs(plan.run)
-        layers, values = jacobian_spectrum(stack, plan.run.act, x[:plan.inputs], spectrum=plan.spectrum,
-                                           progress=progress)
-    return JacobianResult(plan.params, layers, values)
+    return jacobian_run(plan, progress, build=_stack_and_inputs, spectrum=jacobian_spectrum)
 
 
 def jacobian(scheme: str | Init = "he-normal", activation: str = "relu", *, inputs: int | None = None,

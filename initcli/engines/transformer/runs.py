@@ -29,9 +29,8 @@ from ...errors import InitcliError
 from ...schemes import Init, check_weight_scale, gaussian, make_init
 from ...stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from ...theory import TheoryColumns, parts_ways
-from ...threads import blas_threads_limited
 from ..base import Recorder as _Recorder
-from ..base import Result, Run, columns_of, row_sums, seed_streams, thread_policy
+from ..base import Result, Run, columns_of, jacobian_run, propagate_run, row_sums, seed_streams, thread_policy
 from .kernels import (
     ATTN_WEIGHTS,
     DEFAULT_DEPTH,
@@ -335,13 +334,8 @@ def propagate(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *
 
 def run_prepared(run: TransformerRun, progress: Callable[[int], None] | None = None) -> TransformerResult:
     """`propagate` for a run `prepare` has checked; progress(1) per block forward and back."""
-    with thread_policy(work(run), SINGLE_THREAD_WORK):
-        stack, x, cotangent = inputs(run)
-        rows, forward_overflow, backward_overflow = measure(stack, run.act, x, cotangent, progress=progress)
-    result = TransformerResult(run.params, rows, forward_overflow, backward_overflow)
-    if not run.theory:
-        return result
-    return TransformerResult(run.params, rows, forward_overflow, backward_overflow, theory_columns(run, rows))
+    return propagate_run(run, progress, threads=thread_policy(work(run), SINGLE_THREAD_WORK), build=inputs,
+                         measure=measure, theory=theory_columns)
 
 
 def predicted_logit_var(run: TransformerRun, block: int) -> float:
@@ -450,22 +444,27 @@ def block_jacobian(block: Block, shape: TransformerShape, act: Activation, x: np
     return rows.reshape(n, n), trace.out
 
 
-def run_jacobian(plan, progress: Callable[[int], None] | None = None):
-    """The singular values of ∂y_b/∂x after each block b, for the first `inputs` sequences,
-    in float64 on one BLAS thread: a `jacobian.JacobianResult` with one row per block."""
-    from ...jacobian import JacobianResult, singular_values, spectrum_stats
+def jacobian_spectrum(stack: TransformerStack, act: Activation, x: np.ndarray, *, spectrum: bool = False,
+                      progress: Callable[[int], None] | None = None):
+    """(JacobianStats per block, every singular value or None) of ∂y_b/∂x after each block b at
+    each sequence of x (m, T, D), in float64: the blocks' Jacobians multiplied in turn."""
+    from ...jacobian import singular_values, spectrum_stats
 
-    with blas_threads_limited(1), np.errstate(all="ignore"):
-        stack, x, _ = inputs(plan.run)
-        stack64 = stack.astype(np.float64)
-        n = plan.run.shape.seq_len * plan.run.shape.width
-        values = [np.empty((plan.inputs, n)) for _ in range(stack.depth)]
-        for i in range(plan.inputs):
+    stack64 = stack.astype(np.float64)
+    n = stack.shape.seq_len * stack.shape.width
+    values = [np.empty((len(x), n)) for _ in range(stack.depth)]
+    with np.errstate(all="ignore"):
+        for i in range(len(x)):
             xi = x[i:i + 1].astype(np.float64)
             total = np.eye(n)
             for b, block in enumerate(stack64.blocks):
-                step, xi = block_jacobian(block, plan.run.shape, plan.run.act, xi)
+                step, xi = block_jacobian(block, stack.shape, act, xi)
                 total = step @ total
                 values[b][i] = singular_values(total[:, None, :], progress)[0]
-    layers = tuple(spectrum_stats(b + 1, v) for b, v in enumerate(values))
-    return JacobianResult(plan.params, layers, tuple(values) if plan.spectrum else None)
+    return tuple(spectrum_stats(b + 1, v) for b, v in enumerate(values)), (tuple(values) if spectrum else None)
+
+
+def run_jacobian(plan, progress: Callable[[int], None] | None = None):
+    """The singular values of ∂y_b/∂x after each block b, for the first `inputs` sequences,
+    in float64 on one BLAS thread: a `jacobian.JacobianResult` with one row per block."""
+    return jacobian_run(plan, progress, build=inputs, spectrum=jacobian_spectrum)
