@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
+from .activations import Activation
 from .checks import (  # noqa: F401  (re-exported: the checks were defined here before)
     DTYPES,
     MAX_DEPTH,
@@ -45,11 +45,11 @@ from .engine import (
     make_architecture,
     seed_streams,
 )
-from .engines.base import Recorder, Result, Run, columns_of, propagate_run, thread_policy
+from .engines.base import Recorder, Result, Run, columns_of, propagate_run, resolve_init, thread_policy
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parametrization import Parametrization, parametrize
-from .schemes import Init, check_weight_scale, gaussian, make_init
+from .schemes import Init, check_weight_scale, gaussian
 from .stats import _BLOCK as _STAT_BLOCK
 from .stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from .theory import TheoryColumns, beside
@@ -207,12 +207,7 @@ def prepare(
     stack measured is the function at init, each multiplier folded into its weights, so the
     columns describe the effective weights m·w. `init_options` are `schemes.make_init`'s (gain,
     mode, distribution, negative_slope, value, std, mean, limit, low, high, …)."""
-    if isinstance(scheme, Init):
-        init = scheme
-        act = get_activation(init.activation, init.negative_slope)
-    else:
-        init = make_init(scheme, activation=activation, **init_options)
-        act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
+    init, act = resolve_init(scheme, activation, init_options)
     declared = None
     if weights is not None:
         if sizes is not None or depth is not None or width is not None:

@@ -42,6 +42,19 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
 # -- the shared run fields ------------------------------------------------------------------
 
 
+def resolve_init(scheme: Any, activation: str, init_options: dict) -> tuple[Any, Any]:
+    """(Init, Activation) of a run: a ready `schemes.Init` as given, with its own activation,
+    or a scheme name drawn through `schemes.make_init` with the options (and the activation's
+    leaky slope from them)."""
+    from ..activations import DEFAULT_NEGATIVE_SLOPE, get_activation
+    from ..schemes import Init, make_init
+
+    if isinstance(scheme, Init):
+        return scheme, get_activation(scheme.activation, scheme.negative_slope)
+    init = make_init(scheme, activation=activation, **init_options)
+    return init, get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
+
+
 @dataclass(frozen=True)
 class Run:
     """What every engine's checked run holds besides its geometry: the scheme (an `Init`), the

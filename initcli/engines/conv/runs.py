@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
+from ...activations import Activation
 from ...checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, positive_int
 from ...engine import Architecture, make_architecture
 from ...errors import InitcliError
-from ...schemes import Init, check_weight_scale, gaussian, make_init
+from ...schemes import Init, check_weight_scale, gaussian
 from ...theory import TheoryColumns, beside
-from ..base import Run, jacobian_run, propagate_run, seed_streams, thread_policy
+from ..base import Run, jacobian_run, propagate_run, resolve_init, seed_streams, thread_policy
 from .kernels import (
     CHUNK_BYTES,
     MEMORY_OPTIONS,
@@ -107,12 +107,7 @@ def _checked_run(scheme: str | Init = "he-normal", activation: str = "relu", *, 
         if value is not None:
             raise InitcliError(name, "does not apply with --arch conv: its layers have --channels channels at "
                                      "each of the --spatial positions")
-    if isinstance(scheme, Init):
-        init = scheme
-        act = get_activation(init.activation, init.negative_slope)
-    else:
-        init = make_init(scheme, activation=activation, **init_options)
-        act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
+    init, act = resolve_init(scheme, activation, init_options)
     if init.kind in REFUSED_KINDS:
         raise InitcliError("scheme", f"{init.name} {REFUSED_KINDS[init.kind]}")
     shape = conv_shape(channels, spatial, kernel, padding)

@@ -23,14 +23,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...activations import DEFAULT_NEGATIVE_SLOPE, Activation, get_activation
+from ...activations import Activation
 from ...checks import MAX_DEPTH, MAX_SIZE, check_dtype, check_memory, check_seed, positive_int
 from ...errors import InitcliError
-from ...schemes import Init, check_weight_scale, gaussian, make_init
+from ...schemes import Init, check_weight_scale, gaussian
 from ...stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from ...theory import TheoryColumns, parts_ways
 from ..base import Recorder as _Recorder
-from ..base import Result, Run, columns_of, jacobian_run, propagate_run, row_sums, seed_streams, thread_policy
+from ..base import (
+    Result,
+    Run,
+    columns_of,
+    jacobian_run,
+    propagate_run,
+    resolve_init,
+    row_sums,
+    seed_streams,
+    thread_policy,
+)
 from .kernels import (
     ATTN_WEIGHTS,
     DEFAULT_DEPTH,
@@ -282,12 +292,7 @@ def prepare(scheme: str | Init = "xavier-uniform", activation: str = "gelu", *, 
     if sizes is not None:
         raise InitcliError("sizes", "does not apply with --arch transformer: every block has --width units per "
                                     "token")
-    if isinstance(scheme, Init):
-        init = scheme
-        act = get_activation(init.activation, init.negative_slope)
-    else:
-        init = make_init(scheme, activation=activation, **init_options)
-        act = get_activation(activation, init_options.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
+    init, act = resolve_init(scheme, activation, init_options)
     check_init(init)
     depth = positive_int("depth", DEFAULT_DEPTH if depth is None else depth, MAX_DEPTH)
     shape = transformer_shape(width, heads, seq_len, mlp_ratio, causal=causal, norm_position=norm_position,
