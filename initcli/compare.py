@@ -94,11 +94,6 @@ def judge(result) -> tuple[str, str]:
     return found.verdict, found.reason
 
 
-# probing imports these two until it calls `initcli.verdicts` itself
-_ratio = ratio
-_settled_rate = settled_rate
-
-
 def compare_row(result) -> CompareRow:
     """The summary row of one propagate run: its first and last layers (blocks) and its verdict."""
     from .engines import of_run
