@@ -285,8 +285,9 @@ class Engine:
     - build(run) -> (net, x, cotangent): the network and the inputs a run draws from its seed;
     - network(init, run, seed) -> net: the network alone, biases 0 (what `train` starts from);
     - features(run) -> the width of the last output's feature axis (channels, width);
-    - forward(net, activation, x) -> (trace, output): the trace `backward` needs, and the last
-      layer's (or block's) output, features on the last axis;
+    - forward(net, activation, x, observe=None) -> (trace, output): the trace `backward` needs,
+      and the last layer's (or block's) output, features on the last axis; `observe`, the
+      engine's own per-layer (per-block) callback, sees each step as it goes (its recorder's);
     - backward(net, trace, cotangent) -> {parameter name: ∂L/∂θ} for L = Σ cotangent ⊙ output;
     - parameters(net) -> {parameter name: array}, the arrays `backward` differentiates (views
       into the network: writing to one changes the network).
@@ -309,7 +310,7 @@ class Engine:
     build: Callable[[Any], tuple[Any, np.ndarray, np.ndarray]]
     network: Callable[[Any, Any, int], Any]
     features: Callable[[Any], int]
-    forward: Callable[[Any, Any, np.ndarray], tuple[Any, np.ndarray]]
+    forward: Callable[..., tuple[Any, np.ndarray]]
     backward: Callable[[Any, Any, np.ndarray], dict[str, np.ndarray]]
     parameters: Callable[[Any], dict[str, np.ndarray]]
     refused: Mapping[str, str] = field(default_factory=dict)

@@ -91,6 +91,19 @@ def _rows(result) -> str:
 
 
 @pytest.mark.parametrize("name", ARCHS)
+def test_forward_observes_each_unit_once_in_order(name):
+    """`forward`'s observer sees every layer (or block) once, first to last, and observing
+    changes nothing of the output."""
+    engine = get(name)
+    run = engine.prepare("he-normal", "relu", theory=False, **TINY[name][0])
+    net, x, _ = engine.build(run)
+    seen = []
+    _, observed = engine.forward(net, run.act, x, lambda index, *rest: seen.append(index))
+    assert seen == list(range(1, run.depth + 1))
+    assert observed.tobytes() == engine.output(net, run.act, x).tobytes()
+
+
+@pytest.mark.parametrize("name", ARCHS)
 def test_the_same_seed_gives_the_same_bytes(name):
     engine = get(name)
     first = engine.run_prepared(engine.prepare("he-normal", "relu", seed=3, theory=False, **TINY[name][0]))

@@ -15,8 +15,8 @@ def _network(init, run, seed: int):
     return kernels.build_conv_stack(init, run.shape, run.depth, seed=seed, dtype=run.dtype, arch=run.arch)
 
 
-def _forward(stack, activation, x):
-    trace = kernels.forward(stack, activation, x)
+def _forward(stack, activation, x, observe=None):
+    trace = kernels.forward(stack, activation, x, observe)
     return trace, trace.acts[-1]
 
 

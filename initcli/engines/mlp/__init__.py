@@ -23,8 +23,8 @@ def _network(init, run, seed: int):
     return kernels.build_stack(init, run.sizes, seed=seed, dtype=run.dtype, arch=run.arch)
 
 
-def _forward(stack, activation, x):
-    trace = kernels.forward(stack, activation, x)
+def _forward(stack, activation, x, observe=None):
+    trace = kernels.forward(stack, activation, x, observe)
     return trace, trace.states[-1].act
 
 

@@ -17,8 +17,8 @@ def _network(init, run, seed: int):
     return kernels.build_transformer(init, run.shape, run.depth, seed=seed, dtype=run.dtype)
 
 
-def _forward(stack, activation, x):
-    traces = kernels.forward(stack, activation, x)
+def _forward(stack, activation, x, observe=None):
+    traces = kernels.forward(stack, activation, x, observe)
     return traces, traces[-1].out
 
 
