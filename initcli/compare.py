@@ -57,11 +57,9 @@ class CompareRow:
     # the engine's own summary columns (a transformer's last_token_cosine and max_attn_max)
     summary: Mapping[str, float] = field(default_factory=dict)
 
-    def __getattr__(self, name: str):  # the summary's columns read as the row's own
-        try:
-            return self.__dict__["summary"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def values(self) -> dict:
+        """The row's columns: compare's own, then its engine's summary columns."""
+        return {**{name: getattr(self, name) for name in COMPARE_COLUMNS}, **self.summary}
 
 
 COMPARE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CompareRow))[:-1]
@@ -80,7 +78,7 @@ class CompareResult:
         return COMPARE_COLUMNS + of_run(self.params).summary_columns
 
     def rows(self) -> list[dict]:
-        return [{name: getattr(row, name) for name in self.columns} for row in self.comparisons]
+        return [row.values() for row in self.comparisons]
 
 
 def verdict(result) -> Verdict:
