@@ -1,7 +1,8 @@
 """The contract every architecture's engine keeps, and the BLAS thread policy they share.
 
-Also here, what every engine shares: the seed streams, the one LayerNorm, the result
-type and the recorder's overflow bookkeeping.
+Also here, what every engine shares: the seed streams, the resolution of a scheme, the run
+fields, the one result type, the recorder's overflow bookkeeping, the two drivers
+(`propagate_run`, `jacobian_run`) and the one LayerNorm.
 
 An engine is one object (`Engine`) over the module that holds its kernels. Commands and
 drivers reach an architecture only through it: `prepare` checks options and allocates
@@ -135,17 +136,16 @@ class Result:
 
 def propagate_run(run: Run, progress: Callable[[int], None] | None, *, threads: AbstractContextManager,
                   build: Callable[[Any], tuple], measure: Callable[..., tuple],
-                  theory: Callable[[Any, tuple], tuple], **result_fields) -> Result:
+                  theory: Callable[[Any, tuple], tuple]) -> Result:
     """The propagate driver of every engine: under the engine's BLAS thread setting, the
     network and inputs its `build` draws from the run's seed (net, x, cotangent, …), one
     forward and backward pass its `measure` records (rows, forward overflow, backward
-    overflow), then the theory columns beside the rows when the run asks for them.
-    `result_fields` are engine-specific fields of the result (the MLP's lsuv iterations)."""
+    overflow), then the theory columns beside the rows when the run asks for them."""
     with threads:
         net, x, cotangent, *_ = build(run)
         rows, forward_overflow, backward_overflow = measure(net, run.act, x, cotangent, progress=progress)
     return Result(run.params, rows, forward_overflow, backward_overflow,
-                  theory=theory(run, rows) if run.theory else None, **result_fields)
+                  theory=theory(run, rows) if run.theory else None)
 
 
 def jacobian_run(plan: Any, progress: Callable[[int], None] | None, *, build: Callable[[Any], tuple],
