@@ -222,3 +222,20 @@ def test_a_new_engine_runs_through_every_command_by_its_own_declarations(monkeyp
                                     "-f", "table"], env=env)
     assert done.exit_code == 0, done.output
     assert "a ring of 3" in done.stdout
+
+
+def test_an_engine_module_dropped_in_the_folder_is_found(tmp_path):
+    """The registry imports every module of the engines folder: a new module there registers
+    its engine with no other file changed (run in a fresh process, as a worker would be)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ring.py").write_text(
+        "import dataclasses\n"
+        "from initcli.engines import get, register\n"
+        "ENGINE = register(dataclasses.replace(get('conv'), name='ring', own_options=()))\n")
+    code = ("import initcli.engines as e; e.__path__.append(%r); "
+            "from initcli.propagation import check_arch; print(e.names(), check_arch('ring'))" % str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "('mlp', 'conv', 'transformer', 'ring') ring"
