@@ -234,8 +234,8 @@ def test_an_engine_module_dropped_in_the_folder_is_found(tmp_path):
         "import dataclasses\n"
         "from initcli.engines import get, register\n"
         "ENGINE = register(dataclasses.replace(get('conv'), name='ring', own_options=()))\n")
-    code = ("import initcli.engines as e; e.__path__.append(%r); "
-            "from initcli.propagation import check_arch; print(e.names(), check_arch('ring'))" % str(tmp_path))
+    code = (f"import initcli.engines as e; e.__path__.append({str(tmp_path)!r}); "
+            "from initcli.propagation import check_arch; print(e.names(), check_arch('ring'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "('mlp', 'conv', 'transformer', 'ring') ring"
