@@ -90,7 +90,7 @@ def _forward(network: BlockNetwork, x: np.ndarray):
     trace, out = network.engine.forward(network.body, network.act, x)
     norm = None
     if network.final_norm:
-        from .engines.base import layer_norm
+        from .engines.shared import layer_norm
 
         out, inv_std = layer_norm(out)
         norm = (out, inv_std)
@@ -111,7 +111,7 @@ def gradients(network: BlockNetwork, task: Task, rows: np.ndarray) -> tuple[floa
     d_out = np.broadcast_to((d_pooled / d_pooled.dtype.type(positions)).reshape(
         (len(rows),) + (1,) * (x.ndim - 2) + (d_pooled.shape[-1],)), x.shape[:-1] + (d_pooled.shape[-1],)).copy()
     if norm is not None:
-        from .engines.base import layer_norm_backward
+        from .engines.shared import layer_norm_backward
 
         d_out = layer_norm_backward(d_out, *norm)
     grads = network.engine.backward(network.body, trace, d_out)

@@ -249,7 +249,7 @@ def plan_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int |
 def run_jacobian(plan: JacobianRun, progress: Callable[[int], None] | None = None) -> JacobianResult:
     """Build the stack of a checked run and take its spectrum; `progress(n)` reports n more
     steps done, `plan.steps` in all."""
-    from .engines.base import jacobian_run
+    from .engines.shared import jacobian_run
     from .propagation import run_inputs
 
     # on one thread, the stack's LSUV calibration too: small products

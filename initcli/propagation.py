@@ -45,7 +45,8 @@ from .engine import (
     make_architecture,
     seed_streams,
 )
-from .engines.base import Recorder, Result, Run, columns_of, propagate_run, resolve_init, thread_policy
+from .engines.base import thread_policy
+from .engines.shared import Recorder, Result, Run, columns_of, propagate_run, resolve_init
 from .errors import InitcliError
 from .lsuv import DEFAULT_MAX_ITER, DEFAULT_TOL, check_lsuv_options, lsuv
 from .parametrization import Parametrization, parametrize

@@ -13,6 +13,7 @@ __all__ = ["Engine", "get", "names", "of_run", "register", "thread_policy"]
 
 _REGISTRY: dict[str, Engine] = {}
 _BUILTIN = ("mlp", "conv", "transformer")
+_SUPPORT = ("base", "shared")  # the modules of this folder that are no engine
 
 
 def register(engine: Engine) -> Engine:
@@ -29,7 +30,7 @@ def _load_builtin() -> None:
     import pkgutil
 
     for module in pkgutil.iter_modules(__path__):
-        if module.name != "base" and module.name not in _REGISTRY:
+        if module.name not in _SUPPORT and module.name not in _REGISTRY:
             importlib.import_module(f"{__name__}.{module.name}")
 
 

@@ -4,7 +4,7 @@ init makes (equal units must stay equal, whatever the rounding of a sum would do
 import numpy as np
 import pytest
 
-from initcli.engines.base import LAYER_NORM_EPS, layer_norm, layer_norm_backward
+from initcli.engines.shared import LAYER_NORM_EPS, layer_norm, layer_norm_backward
 
 torch = pytest.importorskip("torch")
 

@@ -41,7 +41,7 @@ from ...engine import PLAIN, Architecture
 from ...errors import InitcliError
 from ...schemes import Init, gaussian
 from ...stats import all_finite
-from ..base import seed_streams
+from ..shared import seed_streams
 
 PADDINGS = ("circular", "zero")
 MAX_SPATIAL_DIMS = 3

@@ -15,7 +15,8 @@ from ...engine import Architecture, make_architecture
 from ...errors import InitcliError
 from ...schemes import Init, check_weight_scale, gaussian
 from ...theory import TheoryColumns, beside
-from ..base import Run, jacobian_run, propagate_run, resolve_init, seed_streams, thread_policy
+from ..base import thread_policy
+from ..shared import Run, jacobian_run, propagate_run, resolve_init, seed_streams
 from .kernels import (
     CHUNK_BYTES,
     MEMORY_OPTIONS,

@@ -24,7 +24,7 @@ from ...errors import InitcliError
 from ...residual_init import ResidualInit, resolve_residual_init
 from ...schemes import Init, gaussian
 from ...stats import all_finite
-from ..base import LAYER_NORM_EPS, STREAMS, layer_norm, layer_norm_backward, seed_streams  # noqa: F401  (importable from here, as before)
+from ..shared import LAYER_NORM_EPS, STREAMS, layer_norm, layer_norm_backward, seed_streams  # noqa: F401  (importable from here, as before)
 
 NORMS = ("none", "layer")
 MEMORY_OPTIONS = STACK_OPTIONS  # what makes an MLP run smaller, as each engine names its own

@@ -35,7 +35,7 @@ from ...errors import InitcliError
 from ...residual_init import ResidualInit
 from ...schemes import Init, gaussian
 from ...stats import all_finite
-from ..base import layer_norm, layer_norm_backward, row_sums, seed_streams
+from ..shared import layer_norm, layer_norm_backward, row_sums, seed_streams
 
 NORM_POSITIONS = ("pre", "post")
 DEFAULT_WIDTH = 64

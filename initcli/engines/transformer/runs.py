@@ -29,18 +29,9 @@ from ...errors import InitcliError
 from ...schemes import Init, check_weight_scale, gaussian
 from ...stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from ...theory import TheoryColumns, parts_ways
-from ..base import Recorder as _Recorder
-from ..base import (
-    Result,
-    Run,
-    columns_of,
-    jacobian_run,
-    propagate_run,
-    resolve_init,
-    row_sums,
-    seed_streams,
-    thread_policy,
-)
+from ..base import thread_policy
+from ..shared import Recorder as _Recorder
+from ..shared import Result, Run, columns_of, jacobian_run, propagate_run, resolve_init, row_sums, seed_streams
 from .kernels import (
     ATTN_WEIGHTS,
     DEFAULT_DEPTH,
