@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .engines.mlp import MEMORY_OPTIONS as STACK_OPTIONS  # the MLP engine declares what shrinks its runs
 from .errors import InitcliError
 from .schemes import check_number
 
@@ -110,8 +111,6 @@ def _physical_available() -> int | None:
     except (ValueError, OSError, AttributeError):
         return None
 
-
-STACK_OPTIONS = ("--batch", "--width", "--depth", "--sizes")
 
 
 def check_memory(needed: int, available: int | None = None, *, dtype: np.dtype | None = None,

@@ -92,8 +92,8 @@ class StackOptions:
                 "dtype": self.dtype, "seed": self.seed}
 
 
-@_group
-class ArchOptions:
+@dataclass(frozen=True)
+class _SharedArchOptions:
     """How the layers connect."""
 
     residual: Annotated[Optional[bool], typer.Option(
@@ -120,27 +120,8 @@ class ArchOptions:
                        "--spatial positions with a --kernel kernel; or transformer: blocks of multi-head "
                        "self-attention and an MLP, each behind a LayerNorm, on sequences of --seq-len tokens of "
                        "--width units.")] = "mlp"
-    kernel: Annotated[Optional[int], typer.Option(
-        help="conv: kernel size k along each spatial axis (default 3); fans count C·k^d as `sample --shape` "
-             "does.")] = None
-    channels: Annotated[Optional[int], typer.Option(
-        help="conv: channels of every layer (default 16; 8 for jacobian and train).")] = None
-    spatial: Annotated[Optional[str], typer.Option(
-        help="conv: the input's size, one to three axes, e.g. 32 (1-D) or 16,16 (2-D; the default; 8,8 for "
-             "jacobian, 16 for train).")] = None
-    padding: Annotated[Optional[str], typer.Option(
-        help="conv: circular (the default; Xiao et al. 2018, where the mean-field theory holds) or zero.")] = None
-    heads: Annotated[Optional[int], typer.Option(
-        help="transformer: attention heads (default 4); they split --width (default 64) into equal parts.")] = None
-    seq_len: Annotated[Optional[int], typer.Option(help="transformer: tokens per sequence (default 16).")] = None
-    causal: Annotated[bool, typer.Option(
-        "--causal", help="transformer: each token attends to itself and the tokens before it only.")] = False
-    mlp_ratio: Annotated[Optional[float], typer.Option(
-        help="transformer: the MLP's hidden units per --width unit (default 4); 0 leaves the MLP out "
-             "(attention-only blocks). The MLP's activation is --activation.")] = None
-    norm_position: Annotated[Optional[str], typer.Option(
-        help="transformer: pre (the default: a LayerNorm before each sublayer, as GPT-2) or post (after each "
-             "skip's sum, as the original Transformer; Xiong et al. 2020).")] = None
+    # each engine's own options (conv's --kernel, --channels, …; the transformer's --heads, …)
+    # follow, spread from its declaration by `_with_engine_options`
 
     @property
     def kind(self) -> str:
@@ -158,18 +139,18 @@ class ArchOptions:
         return self.residual if self.residual is not None else get(self.kind).skips_by_default
 
     def _values(self) -> dict:
-        """The group's values for an engine's `keywords`, --spatial parsed, after refusing the
+        """The group's values for an engine's `keywords`, comma lists parsed, after refusing the
         options another engine owns."""
         from ..engines import get, names
 
         kind, values = self.kind, asdict(self)
         for owner in names():
-            if owner != kind:
-                for name in get(owner).own_options:
-                    if values[name] is not None and values[name] is not False:
-                        raise InitcliError(name, f"only applies with --arch {owner}")
-        if values["spatial"] is not None:
-            values["spatial"] = parse_int_list(values["spatial"], "spatial")
+            for option in get(owner).options:
+                given = values[option.name] is not None and values[option.name] is not False
+                if given and owner != kind:
+                    raise InitcliError(option.name, f"only applies with --arch {owner}")
+                if given and option.int_list:
+                    values[option.name] = parse_int_list(values[option.name], option.name)
         return values
 
     def domain(self) -> dict:
@@ -186,6 +167,31 @@ class ArchOptions:
         from ..engines import get
 
         return {"arch": self.kind} | get(self.kind).keywords(self._values())
+
+
+def _with_engine_options(shared: type) -> type:
+    """The architecture option group: the shared options, then every registered engine's own
+    (`Engine.options`), in registry order. Engines declare them without numpy, so reading
+    them costs the start-up next to nothing; a new engine's options appear in every command."""
+    from dataclasses import field, make_dataclass
+
+    from ..engines import get, names
+
+    own = []
+    for name in names():
+        for option in get(name).options:
+            if option.type is bool:  # a switch, off unless given
+                own.append((option.name, Annotated[bool, typer.Option(option.flag, help=option.help)],
+                            field(default=False)))
+            else:  # unset: the engine's own default
+                own.append((option.name, Annotated[Optional[option.type], typer.Option(help=option.help)],
+                            field(default=None)))
+    group = make_dataclass("ArchOptions", own, bases=(shared,), frozen=True)
+    group.__module__, group.__option_group__ = __name__, True
+    return group
+
+
+ArchOptions = _with_engine_options(_SharedArchOptions)
 
 
 @_group

@@ -33,6 +33,23 @@ if TYPE_CHECKING:  # annotations only: this module stays free of numpy at run ti
 UNITS = ("layer", "block")  # what one row of a result is
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """One command-line option an engine adds to every command that takes --arch: `name` is
+    its keyword (and, with `_` as `-`, its flag), `type` int, float, str or bool, `help` its
+    text. A bool option is the switch `--NAME`, off by default; any other is unset (None,
+    the engine's default) unless given. `int_list`: a comma list of integers, e.g. 16,16."""
+
+    name: str
+    type: type
+    help: str
+    int_list: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
 def thread_policy(work: int, single_thread_work: int) -> AbstractContextManager:
     """One BLAS thread while a run's largest single product (multiply-adds) is at most
     `single_thread_work`: there more threads only wait on each other, and one thread gives
@@ -67,8 +84,7 @@ class Engine:
 
     name: the `--arch` value; unit: "layer" or "block" (one result row each); memory_options:
     the options that make a run smaller, named by the memory guard; refused: scheme kind →
-    why this engine cannot run it (the error's text after the scheme's name); kernels: the
-    module holding the numerics. The callables:
+    why this engine cannot run it (the error's text after the scheme's name). The callables:
     - prepare(scheme, activation, **options) -> run (checked, nothing allocated);
     - run_prepared(run, progress=None) -> result with rows();
     - propagate(scheme, activation, *, progress=None, **options) -> result;
@@ -91,7 +107,6 @@ class Engine:
 
     name: str
     unit: str
-    kernels: Any
     memory_options: tuple[str, ...]
     single_thread_work: int
     prepare: Callable[..., Any]
@@ -108,9 +123,9 @@ class Engine:
     backward: Callable[[Any, Any, np.ndarray], dict[str, np.ndarray]]
     parameters: Callable[[Any], dict[str, np.ndarray]]
     refused: Mapping[str, str] = field(default_factory=dict)
-    # the architecture options only this engine takes (`--arch` option group's names): another
-    # engine's run refuses them, naming this engine
-    own_options: tuple[str, ...] = ()
+    # the command-line options only this engine takes, spread into the architecture option
+    # group of every command: another engine's run refuses them, naming this engine
+    options: tuple[OptionSpec, ...] = ()
     # the architecture option group's values (a dict, lists already parsed) -> this engine's
     # prepare keywords; refuses the shared options the engine cannot honour (InitcliError)
     keywords: Callable[[dict], dict] = lambda values: {}
@@ -136,6 +151,11 @@ class Engine:
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
             raise ValueError(f"engine {self.name}: unit must be one of {UNITS}, got {self.unit!r}")
+
+    @property
+    def own_options(self) -> tuple[str, ...]:
+        """The keywords of this engine's own options."""
+        return tuple(option.name for option in self.options)
 
     @property
     def MEMORY_OPTIONS(self) -> tuple[str, ...]:  # noqa: N802  (the name the engine modules export)

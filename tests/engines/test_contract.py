@@ -201,7 +201,7 @@ def test_a_new_engine_runs_through_every_command_by_its_own_declarations(monkeyp
         return {"ring_last_act_var": result.per_layer()[-1].act_var}
 
     ring = dataclasses.replace(
-        conv, name="ring", own_options=(),
+        conv, name="ring", options=(),
         run_prepared=lambda run, progress=None: relabel(conv.run_prepared(run, progress)),
         propagate=lambda *args, progress=None, **options: relabel(conv.propagate(*args, progress=progress, **options)),
         describe=lambda params: f"a ring of {params['depth']}", summary_columns=("ring_last_act_var",),
@@ -226,16 +226,24 @@ def test_a_new_engine_runs_through_every_command_by_its_own_declarations(monkeyp
 
 def test_an_engine_module_dropped_in_the_folder_is_found(tmp_path):
     """The registry imports every module of the engines folder: a new module there registers
-    its engine with no other file changed (run in a fresh process, as a worker would be)."""
+    its engine, and every command takes its own options, with no other file changed (run in
+    a fresh process, as a worker would be; the CLI reads the engines without importing numpy)."""
     import subprocess
     import sys
 
     (tmp_path / "ring.py").write_text(
         "import dataclasses\n"
         "from initcli.engines import get, register\n"
-        "ENGINE = register(dataclasses.replace(get('conv'), name='ring', own_options=()))\n")
-    code = (f"import initcli.engines as e; e.__path__.append({str(tmp_path)!r}); "
-            "from initcli.propagation import check_arch; print(e.names(), check_arch('ring'))")
+        "from initcli.engines.base import OptionSpec\n"
+        "ENGINE = register(dataclasses.replace(get('conv'), name='ring', options=(\n"
+        "    OptionSpec('ring_sites', int, 'ring: sites around the ring.'),)))\n")
+    code = (f"import sys; import initcli.engines as e; e.__path__.append({str(tmp_path)!r}); "
+            "from initcli.cli import app; print('numpy' in sys.modules); "
+            "from initcli.propagation import check_arch; print(e.names(), check_arch('ring')); "
+            "from typer.testing import CliRunner; run = CliRunner().invoke; "
+            "print('--ring-sites' in run(app, ['propagate', '--help'], env={'COLUMNS': '200'}).stdout); "
+            "print(run(app, ['compare', '--arch', 'conv', '--ring-sites', '3']).output.strip())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "('mlp', 'conv', 'transformer', 'ring') ring"
+    assert done.stdout.splitlines() == ["False", "('mlp', 'conv', 'transformer', 'ring') ring", "True",
+                                        "initcli: error: --ring-sites: only applies with --arch ring"]

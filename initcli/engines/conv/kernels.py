@@ -42,23 +42,17 @@ from ...errors import InitcliError
 from ...schemes import Init, gaussian
 from ...stats import all_finite
 from ..shared import seed_streams
+from . import MEMORY_OPTIONS, REFUSED_KINDS  # noqa: F401  (importable from here, as before)
 
 PADDINGS = ("circular", "zero")
 MAX_SPATIAL_DIMS = 3
 DEFAULT_CHANNELS = 16
 DEFAULT_SPATIAL = (16, 16)
 DEFAULT_KERNEL = 3
-MEMORY_OPTIONS = ("--batch", "--depth", "--channels", "--spatial")  # what makes a conv run smaller
 # im2col copies at most this much of the batch at a time: small enough to stay in a core's L2
 # cache (the copy then costs ~half of a 16 MiB chunk's on a 4 MiB-L2 Xeon), large enough for
 # an efficient GEMM (thousands of rows)
 CHUNK_BYTES = 1 << 20
-# schemes that cannot draw a conv kernel (identity and sparse are 2-D only, as torch's eye_ and
-# sparse_) or that need the MLP engine
-REFUSED_KINDS = {"identity": "draws 2-D matrices only; for conv kernels use delta-orthogonal or dirac",
-                 "sparse": "draws 2-D (out, in) matrices only, as torch's sparse_; for conv kernels use a "
-                           "variance-scaling scheme, delta-orthogonal or dirac",
-                 "lsuv": "rescales every layer from the data, which only the MLP engine does"}
 
 
 @dataclass(frozen=True)

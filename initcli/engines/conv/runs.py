@@ -17,6 +17,7 @@ from ...schemes import Init, check_weight_scale, gaussian
 from ...theory import TheoryColumns, beside
 from ..base import thread_policy
 from ..shared import Run, jacobian_run, propagate_run, resolve_init, seed_streams
+from . import SINGLE_THREAD_WORK
 from .kernels import (
     CHUNK_BYTES,
     MEMORY_OPTIONS,
@@ -122,13 +123,6 @@ def _checked_run(scheme: str | Init = "he-normal", activation: str = "relu", *, 
     seed = check_seed(seed)
     return ConvRun(init=init, act=act, batch=batch, bias_std=bias_std, input_std=input_std, dtype=np_dtype, seed=seed,
                    theory=bool(theory), shape=shape, depth=depth, arch=arch)
-
-
-# Products up to this many multiply-adds run on one BLAS thread, as in `propagation`. A conv
-# layer's products are made one im2col chunk at a time, so the product that counts is a
-# chunk's: at the defaults 7 examples (4.1e6 multiply-adds), where a second thread made a
-# 20-layer run 15 times slower on a busy two-core machine (40 s against 2.6 s).
-SINGLE_THREAD_WORK = 1 << 25
 
 
 def work(run: ConvRun) -> int:

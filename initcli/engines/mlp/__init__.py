@@ -1,15 +1,28 @@
 """The MLP engine: Linear stacks (plain, LayerNorm, residual; µP and its kin). `kernels`
 holds the layers, forward and backward (`initcli.engine` re-exports it); its runs are the
 public modules `initcli.propagation` (prepare, propagate, the statistics) and
-`initcli.jacobian`, which import these kernels, so the engine reaches them when called."""
+`initcli.jacobian`, which import these kernels, so the engine reaches them when called. This
+module only declares the engine (no numpy at import), so the command line can read it at
+start-up."""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .. import register
 from ..base import Engine, deferred, per_layer
-from . import kernels
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# declarations the command line reads at start-up, before any numpy: this module imports its
+# kernels only when an engine function is called
+MEMORY_OPTIONS = ("--batch", "--width", "--depth", "--sizes")  # what makes an MLP run smaller
+# Products up to this many multiply-adds (the defaults: 512 × 256 × 256) run on one BLAS
+# thread: at that size the threads spend more time waiting for each other than working, and
+# on a busy machine many times more (issue 11 measured 5–30×). It also makes the default run's
+# bytes independent of the thread count.
+SINGLE_THREAD_WORK = 1 << 25
 
 
 def _build(run):
@@ -20,17 +33,22 @@ def _build(run):
 
 
 def _network(init, run, seed: int):
-    return kernels.build_stack(init, run.sizes, seed=seed, dtype=run.dtype, arch=run.arch)
+    from .kernels import build_stack
+
+    return build_stack(init, run.sizes, seed=seed, dtype=run.dtype, arch=run.arch)
 
 
 def _forward(stack, activation, x, observe=None):
-    trace = kernels.forward(stack, activation, x, observe)
+    from .kernels import forward
+
+    trace = forward(stack, activation, x, observe)
     return trace, trace.states[-1].act
 
 
 def _backward(stack, trace, cotangent) -> dict[str, np.ndarray]:
-    grads = kernels.backward(stack, trace, cotangent)
-    return per_layer(grads)
+    from .kernels import backward
+
+    return per_layer(backward(stack, trace, cotangent))
 
 
 def _parameters(stack) -> dict[str, np.ndarray]:
@@ -62,8 +80,7 @@ def _propagate(scheme="he-normal", activation="relu", **options):
 
 
 ENGINE = register(Engine(
-    name="mlp", unit="layer", kernels=kernels, memory_options=kernels.MEMORY_OPTIONS,
-    single_thread_work=kernels.SINGLE_THREAD_WORK,
+    name="mlp", unit="layer", memory_options=MEMORY_OPTIONS, single_thread_work=SINGLE_THREAD_WORK,
     prepare=deferred("initcli.propagation", "prepare"), run_prepared=deferred("initcli.propagation", "run_prepared"),
     propagate=_propagate, estimate_bytes=deferred("initcli.propagation", "estimate_bytes"),
     work=deferred("initcli.propagation", "work"),

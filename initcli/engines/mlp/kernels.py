@@ -19,20 +19,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ...activations import Activation
-from ...checks import STACK_OPTIONS
 from ...errors import InitcliError
 from ...residual_init import ResidualInit, resolve_residual_init
 from ...schemes import Init, gaussian
 from ...stats import all_finite
 from ..shared import LAYER_NORM_EPS, STREAMS, layer_norm, layer_norm_backward, seed_streams  # noqa: F401  (importable from here, as before)
+from . import MEMORY_OPTIONS, SINGLE_THREAD_WORK  # noqa: F401  (importable from here, as before)
 
 NORMS = ("none", "layer")
-MEMORY_OPTIONS = STACK_OPTIONS  # what makes an MLP run smaller, as each engine names its own
-# Products up to this many multiply-adds (the defaults: 512 × 256 × 256) run on one BLAS
-# thread: at that size the threads spend more time waiting for each other than working, and
-# on a busy machine many times more (issue 11 measured 5–30×). It also makes the default run's
-# bytes independent of the thread count.
-SINGLE_THREAD_WORK = 1 << 25
 
 
 @dataclass(frozen=True)

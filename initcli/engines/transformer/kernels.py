@@ -36,6 +36,7 @@ from ...residual_init import ResidualInit
 from ...schemes import Init, gaussian
 from ...stats import all_finite
 from ..shared import layer_norm, layer_norm_backward, row_sums, seed_streams
+from . import MEMORY_OPTIONS, REFUSED_KINDS  # noqa: F401  (importable from here, as before)
 
 NORM_POSITIONS = ("pre", "post")
 DEFAULT_WIDTH = 64
@@ -44,13 +45,7 @@ DEFAULT_SEQ_LEN = 16
 DEFAULT_MLP_RATIO = 4.0  # Vaswani et al. 2017: d_ff = 4·d_model
 DEFAULT_DEPTH = 6
 MAX_MLP_RATIO = 64.0
-# the options that make a transformer run smaller, named when it does not fit in memory
-MEMORY_OPTIONS = ("--batch", "--depth", "--width", "--seq-len", "--mlp-ratio")
 SUBLAYERS = ("attn", "mlp", "stream")
-# schemes that cannot draw these weights, or that need the MLP engine
-REFUSED_KINDS = {"lsuv": "rescales every layer from the data, which only the MLP engine does",
-                  "delta-orthogonal": "draws conv kernels (a centre tap); use orthogonal for Linear weights",
-                  "dirac": "draws conv kernels; use identity or orthogonal for Linear weights"}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ...theory import TheoryColumns, parts_ways
 from ..base import thread_policy
 from ..shared import Recorder as _Recorder
 from ..shared import Result, Run, columns_of, jacobian_run, propagate_run, resolve_init, row_sums, seed_streams
+from . import SINGLE_THREAD_WORK
 from .kernels import (
     ATTN_WEIGHTS,
     DEFAULT_DEPTH,
@@ -308,12 +309,6 @@ def inputs(run: TransformerRun) -> tuple[TransformerStack, np.ndarray, np.ndarra
     x = gaussian(streams["inputs"], tokens, run.dtype) * run.dtype.type(run.input_std)
     cotangent = gaussian(streams["cotangent"], tokens, run.dtype)
     return stack, x, cotangent
-
-
-# A run whose largest product (tokens × width × MLP width) is at most this many multiply-adds
-# runs on one BLAS thread: same bytes on any machine. Measured at the defaults (1.3e8 here):
-# 0.84 s on one thread, 0.86 s on two, so threads only start to pay beyond it.
-SINGLE_THREAD_WORK = 1 << 28
 
 
 def work(run: TransformerRun) -> int:
