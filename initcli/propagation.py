@@ -45,6 +45,7 @@ from .engine import (
     make_architecture,
     seed_streams,
 )
+from .engines import BUILTIN
 from .engines.base import thread_policy
 from .engines.shared import Recorder, Result, Run, columns_of, propagate_run, resolve_init
 from .errors import InitcliError
@@ -302,7 +303,7 @@ def propagate(scheme: str | Init = "he-normal", activation: str = "relu", *,
     return run_prepared(prepare(scheme, activation, **options), progress)
 
 
-ARCHS = ("mlp", "conv", "transformer")
+ARCHS = BUILTIN  # the built-in architectures (the registry may hold more: `initcli.engines.names()`)
 
 
 def check_arch(arch: str | None) -> str:

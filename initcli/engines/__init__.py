@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from .base import Engine, thread_policy
 
-__all__ = ["Engine", "get", "names", "of_run", "register", "thread_policy"]
+__all__ = ["BUILTIN", "Engine", "get", "names", "of_run", "register", "thread_policy"]
 
 _REGISTRY: dict[str, Engine] = {}
-_BUILTIN = ("mlp", "conv", "transformer")
+BUILTIN = ("mlp", "conv", "transformer")  # the built-in engines, in the order --arch documents them
 _SUPPORT = ("base", "shared")  # the modules of this folder that are no engine
 
 
@@ -46,7 +46,7 @@ def names() -> tuple[str, ...]:
     """The built-in engines in `--arch`'s documented order, then any other in the order they
     registered (importing an engine's module registers it, whichever is imported first)."""
     _load_builtin()
-    return _BUILTIN + tuple(name for name in _REGISTRY if name not in _BUILTIN)
+    return BUILTIN + tuple(name for name in _REGISTRY if name not in BUILTIN)
 
 
 def of_run(params: dict) -> Engine:
