@@ -224,7 +224,7 @@ def prepare_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: in
     """Check every argument of `jacobian`, and refuse a run that is too wide or does not fit
     in memory, before allocating anything (a `weights` file is read, but no stack built)."""
     from .checks import check_dtype, check_memory, positive_int, stack_sizes
-    from .propagation import prepare
+    from .engines.mlp.runs import prepare
 
     batch = positive_int("batch", options.get("batch", 512))
     inputs = check_inputs(inputs, batch)
@@ -249,8 +249,8 @@ def plan_jacobian(scheme="he-normal", activation: str = "relu", *, inputs: int |
 def run_jacobian(plan: JacobianRun, progress: Callable[[int], None] | None = None) -> JacobianResult:
     """Build the stack of a checked run and take its spectrum; `progress(n)` reports n more
     steps done, `plan.steps` in all."""
+    from .engines.mlp.runs import run_inputs
     from .engines.shared import jacobian_run
-    from .propagation import run_inputs
 
     # on one thread, the stack's LSUV calibration too: small products
     return jacobian_run(plan, progress, build=run_inputs, spectrum=jacobian_spectrum)

@@ -1,16 +1,20 @@
 """What every engine shares at run time: the seed streams, the resolution of a scheme, the
 run fields, the one result type, the recorder's overflow bookkeeping, the two drivers
-(`propagate_run`, `jacobian_run`) and the one LayerNorm."""
+(`propagate_run`, `jacobian_run`) and the one LayerNorm; and the per-layer rows (`LayerStats`)
+with their recorder, which the MLP and conv engines both give."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from ..activations import Activation
+from ..stats import RANK_INPUTS, all_finite, dead_fraction, effective_rank, mean_input_cosine, moments
 from ..threads import blas_threads_limited
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
@@ -221,3 +225,80 @@ def layer_norm_backward(grad: np.ndarray, normed: np.ndarray, inv_std: np.ndarra
     out -= row_sums(shifted) * inv_d
     out *= inv_std
     return out
+
+
+# -- per-layer rows (MLP and conv) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """What one layer measured. Column names of `initcli propagate`, in its order."""
+
+    layer: int
+    fan_in: int
+    fan_out: int
+    weight_std: float
+    preact_mean: float
+    preact_var: float
+    act_mean: float
+    act_var: float
+    grad_var: float
+    weight_grad_var: float
+    saturated_frac: float
+    dead_frac: float
+    effective_rank: float
+    input_cosine: float
+
+    unit_output = True  # every layer's row is read by verdicts and profiles
+
+
+LAYER_COLUMNS: tuple[str, ...] = columns_of(LayerStats)
+
+
+class LayerRecorder(Recorder):
+    """Every layer's statistics as an engine's observers see them, one forward and one
+    backward pass: the MLP engine's and the conv engine's. An output (batch, …) is read as one
+    vector per input (input_cosine), a conv output's channels as its units, each (example,
+    position) an input (effective_rank), and φ' as one unit per entry (dead_frac);
+    moments are over every entry. `progress(1)` after each layer, forward and backward."""
+
+    def __init__(self, act: Activation, depth: int, progress: Callable[[int], None] | None = None) -> None:
+        super().__init__(progress)
+        self.act = act
+        self.forward_stats: list[dict | None] = [None] * depth
+        self.backward_stats: list[dict | None] = [None] * depth
+
+    def on_forward(self, layer: int, h: np.ndarray, branch: np.ndarray, output: np.ndarray,
+                   deriv: np.ndarray) -> None:
+        preact_mean, preact_var = moments(h)
+        # the first layer whose pre-activations held inf/nan
+        self.check_forward(layer, lambda: math.isfinite(preact_var) or all_finite(h))
+        act_mean, act_var = moments(output)
+        saturated = self.act.saturated
+        flat = output.reshape(output.shape[0], -1)
+        # the units whose symmetry effective_rank reads: a conv layer's channels (channels-last),
+        # each (example, position) one input, spread over the batch
+        if output.ndim == 2:
+            units = output
+        else:
+            units = output.reshape(-1, output.shape[-1])
+            units = units[::max(1, len(units) // RANK_INPUTS)]
+        self.forward_stats[layer - 1] = {
+            "preact_mean": preact_mean, "preact_var": preact_var, "act_mean": act_mean, "act_var": act_var,
+            "saturated_frac": float(np.count_nonzero(saturated(branch)) / branch.size) if saturated else 0.0,
+            "dead_frac": dead_fraction(deriv.reshape(deriv.shape[0], -1)),
+            "effective_rank": effective_rank(units), "input_cosine": mean_input_cosine(flat),
+        }
+        self.tick()
+
+    def on_backward(self, layer: int, delta: np.ndarray, weight_grad: np.ndarray) -> None:
+        grad_var = moments(delta)[1]
+        self.check_backward(layer, lambda: math.isfinite(grad_var) or all_finite(delta))
+        self.backward_stats[layer - 1] = {"grad_var": grad_var, "weight_grad_var": moments(weight_grad)[1]}
+        self.tick()
+
+    def layers(self, weights: Sequence[np.ndarray], fans: Sequence[tuple[int, int]]) -> tuple[LayerStats, ...]:
+        with np.errstate(all="ignore"):
+            return tuple(LayerStats(layer=i + 1, fan_in=fan_in, fan_out=fan_out, weight_std=math.sqrt(moments(w)[1]),
+                                    **self.forward_stats[i], **self.backward_stats[i])
+                         for i, (w, (fan_in, fan_out)) in enumerate(zip(weights, fans)))

@@ -42,7 +42,7 @@ def measure(stack: ConvStack, act: Activation, x: np.ndarray, cotangent: np.ndar
     moments over batch, positions and channels; dead_frac over the (position, channel) units;
     effective_rank and input_cosine over each example's flattened activations. Returns
     (layers, first layer whose pre-activations overflowed, first from the top whose gradient did)."""
-    from ...propagation import LayerRecorder
+    from ..shared import LayerRecorder
 
     recorder = LayerRecorder(act, stack.depth, progress)
     with np.errstate(all="ignore"):

@@ -1,7 +1,7 @@
 """The MLP engine: Linear stacks (plain, LayerNorm, residual; µP and its kin). `kernels`
-holds the layers, forward and backward (`initcli.engine` re-exports it); its runs are the
-public modules `initcli.propagation` (prepare, propagate, the statistics) and
-`initcli.jacobian`, which import these kernels, so the engine reaches them when called. This
+holds the layers, forward and backward (`initcli.engine` re-exports it); `runs` prepares,
+measures and puts theory beside (`initcli.propagation` re-exports it), and its Jacobian is
+`initcli.jacobian`'s. This
 module only declares the engine (no numpy at import), so the command line can read it at
 start-up."""
 
@@ -23,10 +23,11 @@ MEMORY_OPTIONS = ("--batch", "--width", "--depth", "--sizes")  # what makes an M
 # on a busy machine many times more (issue 11 measured 5–30×). It also makes the default run's
 # bytes independent of the thread count.
 SINGLE_THREAD_WORK = 1 << 25
+RUNS = "initcli.engines.mlp.runs"
 
 
 def _build(run):
-    from ...propagation import run_inputs
+    from .runs import run_inputs
 
     stack, x, cotangent, _ = run_inputs(run)
     return stack, x, cotangent
@@ -73,17 +74,17 @@ def _describe(params: dict) -> str:
     return "sizes " + ",".join(map(str, sizes))
 
 
-def _propagate(scheme="he-normal", activation="relu", **options):
-    from ...propagation import propagate
+def _propagate(scheme="he-normal", activation="relu", *, progress=None, **options):
+    from .runs import prepare, run_prepared
 
-    return propagate(scheme, activation, arch="mlp", **options)
+    return run_prepared(prepare(scheme, activation, **options), progress)
 
 
 ENGINE = register(Engine(
     name="mlp", unit="layer", memory_options=MEMORY_OPTIONS, single_thread_work=SINGLE_THREAD_WORK,
-    prepare=deferred("initcli.propagation", "prepare"), run_prepared=deferred("initcli.propagation", "run_prepared"),
-    propagate=_propagate, estimate_bytes=deferred("initcli.propagation", "estimate_bytes"),
-    work=deferred("initcli.propagation", "work"),
+    prepare=deferred(RUNS, "prepare"), run_prepared=deferred(RUNS, "run_prepared"),
+    propagate=_propagate, estimate_bytes=deferred(RUNS, "estimate_bytes"),
+    work=deferred(RUNS, "work"),
     prepare_jacobian=deferred("initcli.jacobian", "prepare_jacobian"),
     run_jacobian=deferred("initcli.jacobian", "run_jacobian"),
     build=_build, network=_network, features=lambda run: run.sizes[-1], forward=_forward, backward=_backward,
