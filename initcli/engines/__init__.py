@@ -13,7 +13,7 @@ __all__ = ["BUILTIN", "Engine", "get", "names", "of_run", "register", "thread_po
 
 _REGISTRY: dict[str, Engine] = {}
 BUILTIN = ("mlp", "conv", "transformer")  # the built-in engines, in the order --arch documents them
-_SUPPORT = ("base", "shared")  # the modules of this folder that are no engine
+_SUPPORT = ("base", "shared", "spectra")  # the modules of this folder that are no engine
 
 
 def register(engine: Engine) -> Engine:

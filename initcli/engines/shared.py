@@ -142,7 +142,7 @@ def jacobian_run(plan: Any, progress: Callable[[int], None] | None, *, build: Ca
     plan's run, then its `spectrum` (one row of singular-value statistics per layer or block,
     and every singular value with `plan.spectrum`) at the first `plan.inputs` inputs, on one
     BLAS thread (many small products and SVDs run fastest that way)."""
-    from ..jacobian import JacobianResult
+    from .spectra import JacobianResult
 
     with blas_threads_limited(1):
         net, x, *_ = build(plan.run)

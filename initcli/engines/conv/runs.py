@@ -219,7 +219,7 @@ def prepare_jacobian(scheme: str | Init = "he-normal", activation: str = "relu",
     to 8 and spatial to 8×8 here, see JACOBIAN_CHANNELS) and refuse, before allocating, an
     input wider than jacobian.MAX_JACOBIAN_WIDTH (C·positions values) or a run that does not
     fit in memory. `inputs` defaults to min(8, batch)."""
-    from ...jacobian import MAX_JACOBIAN_WIDTH, JacobianRun, check_inputs
+    from ..spectra import MAX_JACOBIAN_WIDTH, JacobianRun, check_inputs
 
     options.setdefault("theory", False)
     if options.get("channels") is None:
@@ -265,7 +265,7 @@ def jacobian_spectrum(stack: ConvStack, act: Activation, x: np.ndarray, *, spect
     without the bias, times that example's φ'(h), plus the block input's tangents at the end
     of a residual block (scaled as the forward pass scales the branch). Then one SVD per
     layer and example. Call it on one BLAS thread (`run_jacobian` does)."""
-    from ...jacobian import singular_values, spectrum_stats
+    from ..spectra import singular_values, spectrum_stats
 
     shape, arch = stack.shape, stack.arch
     before, after = shape.pads

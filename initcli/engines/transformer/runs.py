@@ -411,7 +411,7 @@ def prepare_jacobian(scheme="xavier-uniform", activation: str = "gelu", *, input
                      spectrum: bool = False, **options):
     """Check a transformer Jacobian run before anything is allocated: T·D at most
     `jacobian.MAX_JACOBIAN_WIDTH` (one SVD of (T·D)² per block and input), and the memory."""
-    from ...jacobian import MAX_JACOBIAN_WIDTH, JacobianRun, check_inputs
+    from ..spectra import MAX_JACOBIAN_WIDTH, JacobianRun, check_inputs
 
     inputs = check_inputs(inputs, positive_int("batch", options.get("batch", 512)), DEFAULT_JACOBIAN_INPUTS)
     options["theory"] = False
@@ -439,7 +439,7 @@ def jacobian_spectrum(stack: TransformerStack, act: Activation, x: np.ndarray, *
                       progress: Callable[[int], None] | None = None):
     """(JacobianStats per block, every singular value or None) of ∂y_b/∂x after each block b at
     each sequence of x (m, T, D), in float64: the blocks' Jacobians multiplied in turn."""
-    from ...jacobian import singular_values, spectrum_stats
+    from ..spectra import singular_values, spectrum_stats
 
     stack64 = stack.astype(np.float64)
     n = stack.shape.seq_len * stack.shape.width
